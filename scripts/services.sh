@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Installs (if missing) and runs the services idempipe needs, on loopback only:
+#   Kafka protocol: tansu 0.6.0 on 127.0.0.1:9092
+#   ClickHouse (Debian's clickhouse-server) with HTTP on 127.0.0.1:8123
+# Usage: scripts/services.sh up|down|status|restart-kafka
+# Environment:
+#   TANSU_STORAGE   tansu storage URL (default memory://tansu/; sqlite://PATH survives restarts)
+#   SERVICES_DIR    where data, logs and pid files live (default: data/services in the checkout)
+# Running `up` twice is harmless: a service that answers is left alone.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=${SERVICES_DIR:-$root/data/services}
+tansu_bin=${TANSU_BIN:-$HOME/.cargo/bin/tansu}
+storage=${TANSU_STORAGE:-memory://tansu/}
+kafka_port=9092
+ch_http_port=8123
+mkdir -p "$dir"
+
+log() { echo "services: $*" >&2; }
+
+install_tansu() {
+  if [[ -x $tansu_bin ]]; then return; fi
+  log "installing tansu 0.6.0 from crates.io (15 to 30 minutes, once per machine)"
+  cargo install tansu --locked --version 0.6.0 --features dynostore,libsql >"$dir/tansu-install.log" 2>&1 \
+    || { tail -30 "$dir/tansu-install.log" >&2; log "tansu install failed (log: $dir/tansu-install.log)"; exit 1; }
+}
+
+install_clickhouse() {
+  if [[ -x /usr/sbin/clickhouse-server ]]; then return; fi
+  log "installing clickhouse-server from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq clickhouse-server clickhouse-client >"$dir/clickhouse-install.log" 2>&1 \
+    || { tail -30 "$dir/clickhouse-install.log" >&2; log "clickhouse install failed"; exit 1; }
+}
+
+kafka_up() { (exec 3<>"/dev/tcp/127.0.0.1/$kafka_port") 2>/dev/null; }
+clickhouse_up() { [[ $(curl -fsS "http://127.0.0.1:$ch_http_port/ping" 2>/dev/null) == "Ok." ]]; }
+
+wait_for() { # name, check, seconds
+  local name=$1 check=$2 deadline=$((SECONDS + $3))
+  until $check; do
+    if ((SECONDS > deadline)); then log "$name did not answer in $3 s; see $dir/$name.log"; tail -20 "$dir/$name.log" >&2 || true; exit 1; fi
+    sleep 0.3
+  done
+}
+
+start_tansu() {
+  if kafka_up; then log "kafka already answers on 127.0.0.1:$kafka_port"; return; fi
+  install_tansu
+  log "starting tansu ($storage)"
+  setsid nohup "$tansu_bin" broker \
+    --listener-url "tcp://127.0.0.1:$kafka_port" \
+    --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
+    --storage-engine "$storage" >"$dir/tansu.log" 2>&1 </dev/null &
+  echo $! >"$dir/tansu.pid"
+  wait_for tansu kafka_up 60
+}
+
+start_clickhouse() {
+  if clickhouse_up; then log "clickhouse already answers on 127.0.0.1:$ch_http_port"; return; fi
+  install_clickhouse
+  local ch=$dir/clickhouse
+  mkdir -p "$ch/data" "$ch/tmp" "$ch/user_files" "$ch/format_schemas" "$ch/log"
+  cat >"$ch/config.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+    <logger>
+        <level>warning</level>
+        <log>$ch/log/server.log</log>
+        <errorlog>$ch/log/error.log</errorlog>
+        <size>100M</size>
+        <count>2</count>
+    </logger>
+    <http_port>$ch_http_port</http_port>
+    <tcp_port>9000</tcp_port>
+    <listen_host>127.0.0.1</listen_host>
+    <path>$ch/data/</path>
+    <tmp_path>$ch/tmp/</tmp_path>
+    <user_files_path>$ch/user_files/</user_files_path>
+    <format_schema_path>$ch/format_schemas/</format_schema_path>
+    <users_config>/etc/clickhouse-server/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <mark_cache_size>536870912</mark_cache_size>
+    <uncompressed_cache_size>268435456</uncompressed_cache_size>
+</yandex>
+XML
+  log "starting clickhouse-server"
+  setsid nohup /usr/sbin/clickhouse-server --config-file="$ch/config.xml" >"$dir/clickhouse.log" 2>&1 </dev/null &
+  echo $! >"$dir/clickhouse.pid"
+  wait_for clickhouse clickhouse_up 90
+}
+
+stop() { # name
+  local pidfile=$dir/$1.pid
+  [[ -f $pidfile ]] || return 0
+  local pid; pid=$(cat "$pidfile")
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+  log "$1 stopped"
+}
+
+status() {
+  if kafka_up; then echo "kafka: up (127.0.0.1:$kafka_port)"; else echo "kafka: down"; fi
+  if clickhouse_up; then echo "clickhouse: up (http://127.0.0.1:$ch_http_port)"; else echo "clickhouse: down"; fi
+}
+
+case ${1:-} in
+  up) start_tansu; start_clickhouse; status ;;
+  down) stop tansu; stop clickhouse ;;
+  restart-kafka) stop tansu; start_tansu ;;
+  status) status; kafka_up && clickhouse_up ;;
+  *) echo "usage: $0 up|down|status|restart-kafka" >&2; exit 2 ;;
+esac

@@ -1,0 +1,156 @@
+//! Command-line definitions: one struct per command. Every layered option can also come
+//! from the config file and from `IDEMPIPE_<OPTION>`; see [`crate::config`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// idempipe: a Kafka to Delta Lake pipeline that makes replays harmless.
+#[derive(Debug, Parser)]
+#[command(name = "idempipe", version, about)]
+pub struct Cli {
+    /// TOML config file; its keys are the long option names in snake case.
+    #[arg(long, global = true, env = "IDEMPIPE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command. `None` means: not given as a flag nor in the
+/// environment, so the file or the default decides.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CommonArgs {
+    /// Kafka bootstrap servers [default: 127.0.0.1:9092].
+    #[arg(long, global = true, env = "IDEMPIPE_BROKERS")]
+    pub brokers: Option<String>,
+    /// Topic the events arrive on [default: raw_events].
+    #[arg(long, global = true, env = "IDEMPIPE_RAW_TOPIC")]
+    pub raw_topic: Option<String>,
+    /// Topic newly stored events are sent to [default: processed_events].
+    #[arg(long, global = true, env = "IDEMPIPE_PROCESSED_TOPIC")]
+    pub processed_topic: Option<String>,
+    /// Dead-letter topic for refused messages [default: raw_events_dlq].
+    #[arg(long, global = true, env = "IDEMPIPE_DLQ_TOPIC")]
+    pub dlq_topic: Option<String>,
+    /// Consumer group of the processor [default: idempipe].
+    #[arg(long, global = true, env = "IDEMPIPE_GROUP")]
+    pub group: Option<String>,
+    /// Delta table location [default: ./data/delta/events].
+    #[arg(long, global = true, env = "IDEMPIPE_DELTA_PATH", value_name = "PATH")]
+    pub delta_path: Option<PathBuf>,
+    /// ClickHouse HTTP endpoint [default: http://127.0.0.1:8123].
+    #[arg(
+        long,
+        global = true,
+        env = "IDEMPIPE_CLICKHOUSE_URL",
+        value_name = "URL"
+    )]
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse database [default: idempipe].
+    #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_DATABASE")]
+    pub clickhouse_database: Option<String>,
+    /// ClickHouse events table [default: events].
+    #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_TABLE")]
+    pub clickhouse_table: Option<String>,
+    /// Partitions of the raw and processed topics created by `setup` [default: 4].
+    #[arg(long, global = true, env = "IDEMPIPE_PARTITIONS")]
+    pub partitions: Option<i32>,
+    /// Largest accepted message; larger ones go to the dead-letter topic [default: 1048576].
+    #[arg(
+        long,
+        global = true,
+        env = "IDEMPIPE_MAX_MESSAGE_BYTES",
+        value_name = "BYTES"
+    )]
+    pub max_message_bytes: Option<usize>,
+    /// Micro-batch trigger interval, e.g. 15s or 200ms (at least 100ms) [default: 15s].
+    #[arg(long, global = true, env = "IDEMPIPE_TRIGGER", value_parser = humantime::parse_duration)]
+    pub trigger: Option<Duration>,
+    /// Most messages in one micro-batch [default: 200000].
+    #[arg(
+        long,
+        global = true,
+        env = "IDEMPIPE_MAX_BATCH_EVENTS",
+        value_name = "N"
+    )]
+    pub max_batch_events: Option<usize>,
+    /// Most message bytes in one micro-batch [default: 268435456].
+    #[arg(
+        long,
+        global = true,
+        env = "IDEMPIPE_MAX_BATCH_BYTES",
+        value_name = "BYTES"
+    )]
+    pub max_batch_bytes: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the topics and the Delta table; running it again changes nothing.
+    Setup,
+    /// Write a JSON-lines file of events with exactly known duplicate and invalid counts.
+    Generate(GenerateArgs),
+    /// Send a JSON-lines file to the raw topic, in bulk or as a steady trickle.
+    Produce(ProduceArgs),
+    /// Run the stream processor.
+    Run(RunArgs),
+    /// Count what every store holds.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Events with distinct dedup keys.
+    #[arg(long)]
+    pub unique: u64,
+    /// Exact re-sends of earlier lines.
+    #[arg(long, default_value_t = 0)]
+    pub duplicates: u64,
+    /// Invalid lines of varied kinds.
+    #[arg(long, default_value_t = 0)]
+    pub invalid: u64,
+    /// Seed: the same seed gives the same file.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Days of event time the events spread over.
+    #[arg(long, default_value_t = 3)]
+    pub days: u32,
+    /// The file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Print the expected counts as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// JSON-lines file: one message per line.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Send at this steady rate instead of as fast as possible.
+    #[arg(long, value_name = "EVENTS_PER_SEC")]
+    pub rate: Option<f64>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Exit 0 once every partition is caught up and nothing new arrived for this long.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub until_idle: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,329 @@
+//! `generate`: a JSON-lines file whose distinct, duplicate and invalid counts are known
+//! exactly, so every store can be checked against them.
+//!
+//! Invariant: the same [`Spec`] gives the same bytes, on any machine and any version of
+//! the dependencies (the generator is its own SplitMix64, not a library RNG).
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::event::EventTime;
+
+/// What to generate.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// Valid events with distinct dedup keys.
+    pub unique: u64,
+    /// Exact re-sends of randomly chosen valid lines.
+    pub duplicates: u64,
+    /// Invalid lines, cycling through the kinds of [`INVALID_KINDS`].
+    pub invalid: u64,
+    pub seed: u64,
+    /// Days of event time the valid events spread over, from 2024-01-01.
+    pub days: u32,
+}
+
+impl Spec {
+    /// Refuses a spec that cannot be generated: re-sends need something to re-send.
+    pub fn check(&self) -> Result<(), String> {
+        if self.duplicates > 0 && self.unique == 0 {
+            return Err(
+                "--duplicates needs --unique of at least 1: re-sends copy earlier events".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The counts a store should end up with after ingesting the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Expected {
+    pub lines: u64,
+    pub valid_lines: u64,
+    pub distinct_keys: u64,
+    pub duplicates: u64,
+    pub invalid: u64,
+}
+
+/// Writes the file described by `spec` and returns the counts it holds.
+pub fn write_file(spec: &Spec, out: &Path) -> std::io::Result<Expected> {
+    let (lines, expected) = generate(spec);
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
+    for line in &lines {
+        w.write_all(line)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    Ok(expected)
+}
+
+/// The lines of the file (without newlines) and their counts.
+///
+/// # Panics
+/// If `spec` fails [`Spec::check`].
+pub fn generate(spec: &Spec) -> (Vec<Vec<u8>>, Expected) {
+    assert!(
+        spec.check().is_ok(),
+        "generate called with an unchecked spec"
+    );
+    let mut rng = SplitMix64(spec.seed);
+    let total = spec.unique + spec.duplicates + spec.invalid;
+    let mut lines: Vec<Vec<u8>> = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+
+    // Each event owns one slot of time, so canonical times (and keys) never collide;
+    // slots are whole milliseconds so that epoch-millisecond spellings stay exact.
+    let span_us = i64::from(spec.days.max(1)) * 86_400_000_000;
+    let slot_us = (span_us / i64::try_from(spec.unique.max(1)).unwrap_or(i64::MAX)).max(1_000)
+        / 1_000
+        * 1_000;
+    let base_us = 1_704_067_200_000_000; // 2024-01-01T00:00:00Z
+    let users = (spec.unique / 8).max(1);
+    for i in 0..spec.unique {
+        let ms_in_slot = rng.below(slot_us as u64 / 1_000) as i64;
+        let mut t = base_us + i as i64 * slot_us + ms_in_slot * 1_000;
+        let style = rng.below(8);
+        if style != 0 {
+            t += rng.below(1_000) as i64; // sub-millisecond digits, except for epoch millis
+        }
+        let time = EventTime::from_micros(t).expect("generated times are in 2024");
+        let user = rng.below(users);
+        let user_json = if rng.below(10) == 0 {
+            user.to_string()
+        } else {
+            format!("\"user_{user}\"")
+        };
+        let event_type = EVENT_TYPES[rng.below(EVENT_TYPES.len() as u64) as usize];
+        let ts_json = spell(time, style, &mut rng);
+        let line = format!(
+            r#"{{"user_id":{user_json},"event_type":"{event_type}","timestamp":{ts_json},"session_id":"s{:08x}","value":{}}}"#,
+            rng.next() as u32,
+            rng.below(100_000)
+        );
+        lines.push(line.into_bytes());
+    }
+    for _ in 0..spec.duplicates {
+        // `unique > 0` whenever `duplicates > 0`: checked by `Spec::check`.
+        let original = rng.below(spec.unique) as usize;
+        lines.push(lines[original].clone());
+    }
+    for k in 0..spec.invalid {
+        let kind = INVALID_KINDS[(k % INVALID_KINDS.len() as u64) as usize];
+        let mut line = kind(k).into_bytes();
+        if k % INVALID_KINDS.len() as u64 == 0 {
+            line.extend_from_slice(b"\xff\xfe not utf-8"); // the not-UTF-8 kind
+        }
+        lines.push(line);
+    }
+    // Fisher-Yates, so re-sends and invalid lines are spread through the file.
+    for i in (1..lines.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        lines.swap(i, j);
+    }
+    let expected = Expected {
+        lines: total,
+        valid_lines: spec.unique + spec.duplicates,
+        distinct_keys: spec.unique,
+        duplicates: spec.duplicates,
+        invalid: spec.invalid,
+    };
+    (lines, expected)
+}
+
+const EVENT_TYPES: [&str; 6] = [
+    "click",
+    "view",
+    "purchase",
+    "signup",
+    "add_to_cart",
+    "logout",
+];
+
+/// One of the contract's spellings of `time`: epoch millis (style 0), RFC 3339 with
+/// `Z` or an offset, with 0 to 9 fraction digits, or the space form without offset.
+fn spell(time: EventTime, style: u64, rng: &mut SplitMix64) -> String {
+    let canonical = time.to_string(); // YYYY-MM-DDTHH:MM:SS.ffffffZ
+    match style {
+        0 => (time.micros() / 1_000).to_string(),
+        1 => format!("\"{canonical}\""),
+        2 => format!("\"{}{:03}Z\"", &canonical[..26], rng.below(1_000)), // 9 digits, last 3 cut
+        3 => format!("\"{} {}\"", &canonical[..10], &canonical[11..26]),
+        _ => {
+            let offset_min = [-480_i64, -300, 60, 330, 540][rng.below(5) as usize];
+            let local = EventTime::from_micros(time.micros() + offset_min * 60_000_000)
+                .expect("offsets keep 2024 times in range")
+                .to_string();
+            let sign = if offset_min < 0 { '-' } else { '+' };
+            format!(
+                "\"{}{sign}{:02}:{:02}\"",
+                &local[..26],
+                offset_min.abs() / 60,
+                offset_min.abs() % 60
+            )
+        }
+    }
+}
+
+/// Invalid lines, one per kind of the contract; the index makes each line unique.
+const INVALID_KINDS: [fn(u64) -> String; 12] = [
+    |k| {
+        format!(
+            "{{\"user_id\":\"bad{k}\",\"event_type\":\"click\",\"timestamp\":\"2024-01-01T00:00:00Z\",\"note\":\""
+        )
+    },
+    |k| format!("{{not json {k}"),
+    |k| format!("[{k},\"click\",\"2024-01-01T00:00:00Z\"]"),
+    |k| format!("{{\"event_type\":\"click\",\"timestamp\":\"2024-01-01T00:00:00Z\",\"n\":{k}}}"),
+    |k| {
+        format!(
+            "{{\"user_id\":\"\",\"event_type\":\"click\",\"timestamp\":\"2024-01-01T00:00:00Z\",\"n\":{k}}}"
+        )
+    },
+    |k| {
+        format!(
+            "{{\"user_id\":\"bad{k}\",\"event_type\":\"click\",\"timestamp\":\"2024-02-30T00:00:00Z\"}}"
+        )
+    },
+    |k| {
+        format!("{{\"user_id\":\"bad{k}\",\"event_type\":\"click\",\"timestamp\":1704067200000.0}}")
+    },
+    |k| {
+        format!(
+            "{{\"user_id\":\"bad{k}\",\"event_type\":\"click\",\"timestamp\":99999999999999999}}"
+        )
+    },
+    |k| {
+        format!(
+            "{{\"user_id\":true,\"event_type\":\"click\",\"timestamp\":\"2024-01-01T00:00:00Z\",\"n\":{k}}}"
+        )
+    },
+    |k| {
+        format!(
+            "{{\"user_id\":\"bad{k}\",\"user_id\":\"dup\",\"event_type\":\"click\",\"timestamp\":0}}"
+        )
+    },
+    |k| format!("{{\"user_id\":\"bad{k}\",\"event_type\":null,\"timestamp\":0}}"),
+    |k| format!("\"just a string {k}\""),
+];
+
+/// SplitMix64: tiny, fast and fixed forever, so a seed always means the same file.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0); the modulo bias is irrelevant here.
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::event::{self, DEFAULT_MAX_MESSAGE_BYTES};
+
+    #[test]
+    fn the_file_holds_exactly_the_counts_it_claims() {
+        let spec = Spec {
+            unique: 5_000,
+            duplicates: 700,
+            invalid: 130,
+            seed: 7,
+            days: 3,
+        };
+        let (lines, expected) = generate(&spec);
+        assert_eq!(lines.len() as u64, expected.lines);
+        let mut keys = HashSet::new();
+        let (mut valid, mut invalid) = (0, 0);
+        for line in &lines {
+            assert!(!line.contains(&b'\n'));
+            match event::parse(Some(line), DEFAULT_MAX_MESSAGE_BYTES) {
+                Ok(e) => {
+                    valid += 1;
+                    keys.insert(e.key);
+                }
+                Err(_) => invalid += 1,
+            }
+        }
+        assert_eq!(valid, expected.valid_lines);
+        assert_eq!(invalid, expected.invalid);
+        assert_eq!(keys.len() as u64, expected.distinct_keys);
+        assert_eq!(
+            expected,
+            Expected {
+                lines: 5_830,
+                valid_lines: 5_700,
+                distinct_keys: 5_000,
+                duplicates: 700,
+                invalid: 130
+            }
+        );
+    }
+
+    #[test]
+    fn every_invalid_kind_is_refused() {
+        let spec = Spec {
+            unique: 0,
+            duplicates: 0,
+            invalid: INVALID_KINDS.len() as u64 * 2,
+            seed: 1,
+            days: 1,
+        };
+        let (lines, _) = generate(&spec);
+        let mut classes = HashSet::new();
+        for line in &lines {
+            let r = event::parse(Some(line), DEFAULT_MAX_MESSAGE_BYTES)
+                .expect_err("invalid line accepted");
+            classes.insert(r.class);
+        }
+        assert!(classes.len() >= 9, "only {classes:?}");
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_file_and_another_seed_does_not() {
+        let spec = Spec {
+            unique: 300,
+            duplicates: 30,
+            invalid: 12,
+            seed: 42,
+            days: 2,
+        };
+        assert_eq!(generate(&spec).0, generate(&spec).0);
+        assert_ne!(generate(&spec).0, generate(&Spec { seed: 43, ..spec }).0);
+    }
+
+    #[test]
+    fn dense_files_keep_keys_distinct() {
+        // More events than milliseconds in the span: slots stay at least 1 ms wide.
+        let spec = Spec {
+            unique: 20_000,
+            duplicates: 0,
+            invalid: 0,
+            seed: 3,
+            days: 0,
+        };
+        let (lines, _) = generate(&spec);
+        let keys: HashSet<_> = lines
+            .iter()
+            .map(|l| {
+                event::parse(Some(l), DEFAULT_MAX_MESSAGE_BYTES)
+                    .unwrap()
+                    .key
+            })
+            .collect();
+        assert_eq!(keys.len(), 20_000);
+    }
+}

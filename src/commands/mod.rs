@@ -1,0 +1,8 @@
+//! One module per command: each parses nothing and decides nothing about the data path;
+//! it calls the library and prints results to stdout (diagnostics go to stderr).
+
+pub mod generate;
+pub mod produce;
+pub mod run;
+pub mod setup;
+pub mod verify;

@@ -1,0 +1,191 @@
+//! `produce`: sends a JSON-lines file to the raw topic, one message per line, keyed by
+//! `user_id` so that an event and its re-sends share a partition.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+
+use crate::config::Settings;
+use crate::event;
+use crate::kafka::{self, KafkaFailure, Role, client_config};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Kafka(#[from] KafkaFailure),
+    #[error("{failed} of {sent} messages were not delivered to {topic}: {first}")]
+    NotDelivered {
+        topic: String,
+        sent: u64,
+        failed: u64,
+        first: String,
+    },
+    #[error("--rate must be a positive number of events per second, not {0}")]
+    BadRate(f64),
+}
+
+/// What was sent.
+#[derive(Debug, serde::Serialize)]
+pub struct ProduceSummary {
+    pub messages: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub messages_per_sec: f64,
+}
+
+/// Counts deliveries; the first failure is kept for the error message.
+#[derive(Default)]
+struct Deliveries {
+    failed: AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            self.first_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// The partitioning key of a line: its `user_id` when it has one.
+fn key_of(line: &[u8]) -> Option<String> {
+    if let Ok(e) = event::parse(Some(line), usize::MAX) {
+        return Some(e.user_id.into_owned());
+    }
+    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+    match value.get("user_id")? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Sends every line of `input` to the raw topic.
+pub fn produce(
+    settings: &Settings,
+    input: &Path,
+    rate: Option<f64>,
+) -> Result<ProduceSummary, ProduceFileError> {
+    if let Some(r) = rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+        return Err(ProduceFileError::BadRate(r));
+    }
+    let read_err = |source| ProduceFileError::Read {
+        path: input.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(input).map_err(read_err)?;
+    let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let producer: ThreadedProducer<Deliveries> = client_config(
+        settings,
+        Role::Producer,
+        &[
+            ("enable.idempotence", "true"),
+            ("linger.ms", if rate.is_some() { "0" } else { "20" }),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "1000000"),
+            ("queue.buffering.max.kbytes", "1048576"),
+            ("message.timeout.ms", "120000"),
+        ],
+    )
+    .create_with_context(Deliveries::default())
+    .map_err(kafka::client_error(settings))?;
+    kafka::partition_count(settings, producer.client(), Some(&settings.topics.raw))?;
+
+    let progress = indicatif::ProgressBar::new(total_bytes);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} {wide_bar} {msg} {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut sent = 0_u64;
+    let mut bytes = 0_u64;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(sent as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let key = key_of(&line);
+        let mut record: BaseRecord<'_, str, [u8]> =
+            BaseRecord::to(&settings.topics.raw).payload(&line[..]);
+        if let Some(k) = &key {
+            record = record.key(k.as_str());
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => return Err(kafka::client_error(settings)(e).into()),
+            }
+        }
+        sent += 1;
+        bytes += n as u64;
+        if sent % 4096 == 0 {
+            progress.set_position(bytes);
+        }
+    }
+    producer
+        .flush(Duration::from_secs(300))
+        .map_err(kafka::client_error(settings))?;
+    progress.finish_and_clear();
+    let context = producer.context();
+    let failed = context.failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        let first = context
+            .first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default();
+        return Err(ProduceFileError::NotDelivered {
+            topic: settings.topics.raw.clone(),
+            sent,
+            failed,
+            first,
+        });
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(ProduceSummary {
+        messages: sent,
+        bytes,
+        seconds,
+        messages_per_sec: sent as f64 / seconds.max(1e-9),
+    })
+}

@@ -1,0 +1,100 @@
+//! Why a message was refused: the stable classes carried by the dead-letter topic.
+//!
+//! Invariant: every class string is stable (operators alert and filter on them); a new
+//! kind of refusal gets a new class rather than changing the meaning of an old one.
+
+use std::fmt;
+
+/// A stable, machine-readable reason for refusing a message, sent as the `error.class`
+/// header of its dead-letter record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectClass {
+    /// The message has no value at all (a Kafka tombstone).
+    NullValue,
+    /// The value is larger than the configured limit.
+    TooLarge,
+    /// The value is not valid UTF-8.
+    NotUtf8,
+    /// The value is not JSON (syntax error, empty, trailing text, nesting too deep).
+    InvalidJson,
+    /// The value is JSON but not an object.
+    NotObject,
+    /// A required field appears twice in the object.
+    DuplicateField,
+    /// A required field is absent.
+    MissingField,
+    /// A required field is present but null or of a type the contract does not allow.
+    WrongType,
+    /// A required string field is empty.
+    EmptyField,
+    /// The timestamp does not have an accepted shape or names an impossible time.
+    InvalidTimestamp,
+    /// The timestamp is well formed but outside the years 0001 to 9999.
+    TimestampOutOfRange,
+}
+
+impl RejectClass {
+    /// Every class, for tests and documentation.
+    pub const ALL: [RejectClass; 11] = [
+        Self::NullValue,
+        Self::TooLarge,
+        Self::NotUtf8,
+        Self::InvalidJson,
+        Self::NotObject,
+        Self::DuplicateField,
+        Self::MissingField,
+        Self::WrongType,
+        Self::EmptyField,
+        Self::InvalidTimestamp,
+        Self::TimestampOutOfRange,
+    ];
+
+    /// The header value, in snake case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NullValue => "null_value",
+            Self::TooLarge => "too_large",
+            Self::NotUtf8 => "not_utf8",
+            Self::InvalidJson => "invalid_json",
+            Self::NotObject => "not_object",
+            Self::DuplicateField => "duplicate_field",
+            Self::MissingField => "missing_field",
+            Self::WrongType => "wrong_type",
+            Self::EmptyField => "empty_field",
+            Self::InvalidTimestamp => "invalid_timestamp",
+            Self::TimestampOutOfRange => "timestamp_out_of_range",
+        }
+    }
+}
+
+impl fmt::Display for RejectClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused message's class and a human-readable message naming what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The stable class, for machines.
+    pub class: RejectClass,
+    /// What was wrong, for people: names the field and the rule.
+    pub message: String,
+}
+
+impl Rejection {
+    pub(crate) fn new(class: RejectClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.class, self.message)
+    }
+}
+
+impl std::error::Error for Rejection {}

@@ -1,0 +1,253 @@
+//! Kafka client settings and the few admin and read-back helpers the commands share.
+//!
+//! Invariant: every client is built by [`client_config`], so brokers and the user's
+//! librdkafka pass-through settings reach all of them the same way.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::config::Settings;
+
+/// Kafka failures, with the broker and topic they concern.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaFailure {
+    #[error("Kafka client for {brokers}: {source}")]
+    Client { brokers: String, source: KafkaError },
+    #[error("topic {topic} does not exist on {brokers}: run `idempipe setup`")]
+    NoTopic { topic: String, brokers: String },
+    #[error("cannot create topic {topic} on {brokers}: {code}")]
+    CreateTopic {
+        topic: String,
+        brokers: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error(
+        "Kafka broker {brokers} did not answer within {timeout:?} ({what}): is it running? (`scripts/services.sh up`)"
+    )]
+    Unreachable {
+        brokers: String,
+        timeout: Duration,
+        what: String,
+    },
+}
+
+pub type Result<T, E = KafkaFailure> = std::result::Result<T, E>;
+
+/// How long a metadata or watermark request may take before the broker counts as down.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client context that logs librdkafka's errors, except partition EOF, which is
+/// how idempipe learns that a partition is caught up, not a failure.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QuietEof;
+
+impl rdkafka::ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
+
+/// The `error` callback shared by idempipe's client contexts.
+pub(crate) fn log_client_error(error: KafkaError, reason: &str) {
+    match error {
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
+        e => tracing::error!(error = %e, reason, "librdkafka error"),
+    }
+}
+
+/// Which kind of client a configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Consumer,
+    Producer,
+    Admin,
+}
+
+/// Pass-through settings that only consumers understand; librdkafka warns when a
+/// producer or admin client is given one, so they reach consumers only.
+const CONSUMER_ONLY: [&str; 12] = [
+    "group.",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "auto.offset.reset",
+    "enable.auto.",
+    "auto.commit.",
+    "fetch.",
+    "isolation.level",
+    "queued.",
+    "max.partition.fetch.bytes",
+];
+
+/// The base settings of every client: the brokers, ours, then the pass-through
+/// settings (which win, so an operator can override any of ours).
+pub fn client_config(settings: &Settings, role: Role, ours: &[(&str, &str)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &settings.brokers);
+    for (k, v) in ours {
+        config.set(*k, *v);
+    }
+    apply_passthrough(&mut config, role, &settings.kafka);
+    config
+}
+
+fn apply_passthrough(config: &mut ClientConfig, role: Role, kafka: &BTreeMap<String, String>) {
+    for (k, v) in kafka {
+        let consumer_only = CONSUMER_ONLY.iter().any(|c| {
+            if c.ends_with('.') {
+                k.starts_with(c)
+            } else {
+                k == c
+            }
+        });
+        if role == Role::Consumer || !consumer_only {
+            config.set(k, v);
+        }
+    }
+}
+
+pub(crate) fn client_error(settings: &Settings) -> impl Fn(KafkaError) -> KafkaFailure + '_ {
+    move |source| KafkaFailure::Client {
+        brokers: settings.brokers.clone(),
+        source,
+    }
+}
+
+/// Creates each topic with its partition count unless it exists. Returns, per topic,
+/// whether it was created now.
+pub async fn create_topics(
+    settings: &Settings,
+    topics: &[(&str, i32)],
+) -> Result<Vec<(String, bool)>> {
+    let admin: AdminClient<DefaultClientContext> = client_config(settings, Role::Admin, &[])
+        .create()
+        .map_err(client_error(settings))?;
+    // Fail fast and clearly when the broker is down, before the admin request's timeout.
+    partition_count(settings, admin.inner(), None)?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(METADATA_TIMEOUT))
+        .request_timeout(Some(METADATA_TIMEOUT));
+    let results = admin
+        .create_topics(&new, &options)
+        .await
+        .map_err(client_error(settings))?;
+    let mut out = Vec::new();
+    for result in results {
+        match result {
+            Ok(name) => out.push((name, true)),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => out.push((name, false)),
+            Err((topic, code)) => {
+                return Err(KafkaFailure::CreateTopic {
+                    topic,
+                    brokers: settings.brokers.clone(),
+                    code,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The number of partitions of `topic`, or (with `None`) just a check that the broker answers.
+pub fn partition_count<C: rdkafka::ClientContext>(
+    settings: &Settings,
+    client: &rdkafka::client::Client<C>,
+    topic: Option<&str>,
+) -> Result<usize> {
+    let metadata = client
+        .fetch_metadata(topic, METADATA_TIMEOUT)
+        .map_err(|e| match e {
+            KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)
+            | KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure) => {
+                KafkaFailure::Unreachable {
+                    brokers: settings.brokers.clone(),
+                    timeout: METADATA_TIMEOUT,
+                    what: "metadata".into(),
+                }
+            }
+            e => KafkaFailure::Client {
+                brokers: settings.brokers.clone(),
+                source: e,
+            },
+        })?;
+    let Some(topic) = topic else { return Ok(0) };
+    let found = metadata.topics().iter().find(|t| t.name() == topic);
+    match found {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len()),
+        _ => Err(KafkaFailure::NoTopic {
+            topic: topic.into(),
+            brokers: settings.brokers.clone(),
+        }),
+    }
+}
+
+/// Reads every record of `topic` from the beginning up to its current end, calling `f`
+/// on each. Uses manual assignment and commits nothing, so it leaves no trace.
+///
+/// The end is where librdkafka reports partition EOF, which comes from the high
+/// watermark of fetch responses. (ListOffsets is not used: tansu's memory storage
+/// answers it with the start of the newest batch, not the end of the partition.)
+pub fn read_topic(
+    settings: &Settings,
+    topic: &str,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64> {
+    let consumer: BaseConsumer<QuietEof> = client_config(
+        settings,
+        Role::Consumer,
+        &[
+            ("group.id", "idempipe-reader"),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "true"),
+        ],
+    )
+    .create_with_context(QuietEof)
+    .map_err(client_error(settings))?;
+    let partitions = partition_count(settings, consumer.client(), Some(topic))? as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(client_error(settings))?;
+    }
+    consumer.assign(&tpl).map_err(client_error(settings))?;
+    let mut open: std::collections::BTreeSet<i32> = (0..partitions).collect();
+    let mut count = 0;
+    let mut last_progress = std::time::Instant::now();
+    while !open.is_empty() {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                last_progress = std::time::Instant::now();
+                f(&m);
+                count += 1;
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                last_progress = std::time::Instant::now();
+                open.remove(&p);
+            }
+            Some(Err(e)) => return Err(client_error(settings)(e)),
+            None if last_progress.elapsed() > METADATA_TIMEOUT * 3 => {
+                return Err(KafkaFailure::Unreachable {
+                    brokers: settings.brokers.clone(),
+                    timeout: METADATA_TIMEOUT * 3,
+                    what: format!("reading {topic}"),
+                });
+            }
+            None => {}
+        }
+    }
+    Ok(count)
+}

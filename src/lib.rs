@@ -1,0 +1,34 @@
+//! # idempipe
+//!
+//! A Kafka to Delta Lake pipeline that makes replays harmless.
+//!
+//! ## The data path and its guarantees
+//! Events arrive on the raw topic. The processor reads them in micro-batches, validates
+//! each against the contract ([`event`]): an invalid message goes to the dead-letter topic
+//! with its reason, a valid one gets its dedup key (MD5 of user, event type and canonical
+//! time). Each batch keeps the first copy of a key ([`dedup`]), and inserts into Delta
+//! only the keys the table lacks, in one insert-only MERGE whose commit also records each
+//! Kafka partition's last offset ([`sink::delta`]). Delta is the truth: a restarted or
+//! rebalanced consumer resumes after the offsets it records ([`source`]). New events also
+//! go to the processed topic before that commit, so everything in Delta is there too.
+//! [`pipeline`] holds the order of the steps and why.
+//!
+//! ## Layout
+//! - [`cli`], [`config`]: flags, file, environment; validated settings.
+//! - [`event`]: the contract; [`dedup`]: in-batch dedup; [`batch`]: a batch being collected.
+//! - [`source`]: the consumer and its Delta-driven starts; [`kafka`]: client helpers.
+//! - [`sink`]: Delta, the processed and dead-letter topics, ClickHouse.
+//! - [`pipeline`]: the batch loop; [`batch_log`]: per-batch records.
+//! - [`commands`]: one module per command.
+
+pub mod batch;
+pub mod batch_log;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod dedup;
+pub mod event;
+pub mod kafka;
+pub mod pipeline;
+pub mod sink;
+pub mod source;

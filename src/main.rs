@@ -1,0 +1,122 @@
+//! The `idempipe` binary: parse, load the configuration, dispatch. The only place that
+//! uses `anyhow`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use idempipe::cli::{Cli, Command};
+use idempipe::commands::{generate, produce, run, setup, verify};
+use idempipe::config::{FileConfig, Settings};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IDEMPIPE_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(
+                    "info,deltalake=warn,datafusion=warn,buoyant_kernel=off",
+                )
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match main_inner() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_inner() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let file = match &cli.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let settings = Settings::resolve(file, &cli.common)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Setup => {
+            let report = runtime.block_on(setup::setup(&settings))?;
+            for (topic, created) in &report.topics {
+                println!(
+                    "topic {topic}: {}",
+                    if *created { "created" } else { "exists" }
+                );
+            }
+            println!(
+                "delta table {}: version {}",
+                report.delta_path, report.delta_version
+            );
+        }
+        Command::Generate(args) => {
+            let spec = generate::Spec {
+                unique: args.unique,
+                duplicates: args.duplicates,
+                invalid: args.invalid,
+                seed: args.seed,
+                days: args.days,
+            };
+            spec.check().map_err(anyhow::Error::msg)?;
+            let expected = generate::write_file(&spec, &args.out)
+                .with_context(|| format!("writing {}", args.out.display()))?;
+            if args.json {
+                println!("{}", serde_json::to_string(&expected)?);
+            } else {
+                println!("wrote {}", args.out.display());
+                println!("lines          {}", expected.lines);
+                println!("valid lines    {}", expected.valid_lines);
+                println!(
+                    "distinct keys  {}  (expected delta_rows)",
+                    expected.distinct_keys
+                );
+                println!("duplicates     {}", expected.duplicates);
+                println!(
+                    "invalid        {}  (expected dlq_records)",
+                    expected.invalid
+                );
+            }
+        }
+        Command::Produce(args) => {
+            let _guard = runtime.enter();
+            let summary = produce::produce(&settings, &args.input, args.rate)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!(
+                    "sent {} messages ({} bytes) to {} in {:.2} s: {:.0} messages/s",
+                    summary.messages,
+                    summary.bytes,
+                    settings.topics.raw,
+                    summary.seconds,
+                    summary.messages_per_sec
+                );
+            }
+        }
+        Command::Run(args) => {
+            let summary = run::run(settings, &runtime, args.until_idle)?;
+            println!(
+                "processed {} batches: {} events in, {} invalid, {} duplicates, {} inserted",
+                summary.batches,
+                summary.events_in,
+                summary.invalid,
+                summary.duplicates,
+                summary.inserted
+            );
+        }
+        Command::Verify(args) => {
+            let report = runtime.block_on(verify::verify(&settings));
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.to_table());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! The batch loop: the one place that knows the order of the steps.
+//!
+//! For each micro-batch:
+//! 1. collect: read messages until the trigger interval ends or a size limit is hit,
+//!    parsing each as it arrives (rows and dead letters);
+//! 2. dedup: keep the first copy of each key in the batch;
+//! 3. reload the table and drop any offsets that Delta already records (another writer,
+//!    or our own commit that reported an error but happened);
+//! 4. check which keys the table already holds;
+//! 5. send dead letters and the new events to their topics and wait for every ack;
+//! 6. MERGE the new events into Delta in one commit carrying each partition's last
+//!    offset (txn): the batch is done when, and only when, this commit exists;
+//! 7. commit the offsets to the Kafka group (for lag tools) and log the batch.
+//!
+//! Sending (5) before committing (6) is what guarantees that every event in Delta is in
+//! the processed topic: a crash between them leaves the batch uncommitted, so it is read
+//! and sent again (a harmless re-send). Any failure in 3 to 6 restarts at 3, which
+//! re-reads Delta rather than assuming the failed step did not happen.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use deltalake::kernel::Transaction;
+use rdkafka::Message;
+use rdkafka::error::KafkaError;
+use tokio::runtime::Handle;
+
+use crate::batch::Batch;
+use crate::batch_log::{BatchLog, BatchRecord, Phases};
+use crate::config::Settings;
+use crate::dedup;
+use crate::event::{DedupKey, EventTime};
+use crate::kafka::KafkaFailure;
+use crate::sink::delta::{self, DeltaError, EventTable};
+use crate::sink::producer::{Output, ProduceError};
+use crate::sink::{dlq, processed};
+use crate::source::Source;
+
+/// Why the processor stopped with an error. Nothing is lost in any case: whatever was
+/// not committed to Delta is read again on restart.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaFailure),
+    #[error(transparent)]
+    Produce(#[from] ProduceError),
+    #[error("consumer failed: {0}")]
+    Consumer(KafkaError),
+    #[error("partition assignment failed: {0}")]
+    Assignment(String),
+    #[error("building the Arrow batch failed: {0}")]
+    Arrow(#[from] deltalake::arrow::error::ArrowError),
+    #[error("batch {batch_id} failed after {attempts} attempts; last error: {last}")]
+    GaveUp {
+        batch_id: i64,
+        attempts: u32,
+        last: Box<PipelineError>,
+    },
+}
+
+/// How many times one batch is tried before the processor stops (and, restarted, tries
+/// again from what Delta records).
+const MAX_ATTEMPTS: u32 = 8;
+
+/// What a run did, for the exit summary.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct RunSummary {
+    pub batches: u64,
+    pub events_in: u64,
+    pub invalid: u64,
+    pub duplicates: u64,
+    pub inserted: u64,
+}
+
+/// The processor: a consumer, the table and the output producer.
+pub struct Pipeline {
+    settings: Settings,
+    source: Source,
+    output: Output,
+    table: EventTable,
+    log: BatchLog,
+    runtime: Handle,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Pipeline {
+    /// Opens the table and joins the group. Must run outside the runtime's workers
+    /// (it blocks), with `runtime` a handle to a multi-thread runtime.
+    pub fn start(
+        settings: Settings,
+        runtime: Handle,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Self, PipelineError> {
+        let table = runtime.block_on(EventTable::open(&settings.delta_path))?;
+        let output = Output::new(&settings)?;
+        let source = Source::subscribe(&settings, runtime.clone())?;
+        let log = BatchLog::new(settings.batch_log_path());
+        Ok(Self {
+            settings,
+            source,
+            output,
+            table,
+            log,
+            runtime,
+            shutdown,
+        })
+    }
+
+    /// Runs batches until shutdown is requested, or, with `until_idle`, until every
+    /// partition is caught up and nothing arrived for that long.
+    pub fn run(mut self, until_idle: Option<Duration>) -> Result<RunSummary, PipelineError> {
+        let mut summary = RunSummary::default();
+        let mut next: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+        let mut generation = u64::MAX;
+        let mut last_message = Instant::now();
+        // Partitions whose end was reached (an EOF event) with nothing read since.
+        let mut at_end: BTreeSet<i32> = BTreeSet::new();
+        loop {
+            let started_at = now();
+            let collect_started = Instant::now();
+            let deadline = collect_started + self.settings.batch.trigger;
+            let mut batch = Batch::default();
+            while !self.shutdown.load(Ordering::Relaxed) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero()
+                    || batch.messages() >= self.settings.batch.max_events.get() as u64
+                    || batch.bytes >= self.settings.batch.max_bytes.get()
+                {
+                    break;
+                }
+                let polled = self.source.poll(left.min(Duration::from_millis(100)));
+                {
+                    let assignment = self.source.assignment();
+                    if let Some(failure) = &assignment.failure {
+                        return Err(PipelineError::Assignment(failure.clone()));
+                    }
+                    if assignment.generation != generation {
+                        // A rebalance: every partition restarts from Delta, so what was
+                        // collected is dropped (it will be read again).
+                        generation = assignment.generation;
+                        next = assignment.next.clone();
+                        if !batch.is_empty() {
+                            tracing::info!(
+                                dropped = batch.messages(),
+                                "rebalance: dropping the batch under collection"
+                            );
+                        }
+                        batch = Batch::default();
+                        at_end.clear();
+                    }
+                }
+                match polled {
+                    Some(Ok(m)) => {
+                        let p = m.partition();
+                        // Only partitions we hold, and never before the start Delta gave.
+                        match next.get(&p) {
+                            Some(Some(start)) if m.offset() < *start => continue,
+                            Some(_) => {}
+                            None => continue,
+                        }
+                        batch.add(
+                            p,
+                            m.offset(),
+                            m.key(),
+                            m.payload(),
+                            self.settings.max_message_bytes,
+                        );
+                        next.insert(p, Some(m.offset() + 1));
+                        at_end.remove(&p);
+                        last_message = Instant::now();
+                    }
+                    Some(Err(KafkaError::PartitionEOF(p))) => {
+                        at_end.insert(p);
+                    }
+                    None => {}
+                    Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                }
+            }
+            let collect_time = collect_started.elapsed();
+            if !batch.is_empty() {
+                let record = self.process(batch, started_at, collect_time)?;
+                summary.batches += 1;
+                summary.events_in += record.events_in;
+                summary.invalid += record.invalid;
+                summary.duplicates += record.in_batch_duplicates + record.stored_duplicates;
+                summary.inserted += record.inserted.unwrap_or(0);
+            }
+            if self.shutdown.load(Ordering::Relaxed) {
+                tracing::info!("shutdown requested: stopping after the last committed batch");
+                return Ok(summary);
+            }
+            if let Some(idle) = until_idle
+                && last_message.elapsed() >= idle
+                && !next.is_empty()
+                && next.keys().all(|p| at_end.contains(p))
+            {
+                tracing::info!(idle = ?idle, "caught up and idle: stopping");
+                return Ok(summary);
+            }
+        }
+    }
+
+    /// Steps 2 to 7 for one collected batch.
+    fn process(
+        &mut self,
+        mut batch: Batch,
+        started_at: EventTime,
+        collect_time: Duration,
+    ) -> Result<BatchRecord, PipelineError> {
+        let batch_id = started_at.micros();
+        let mut record = BatchRecord {
+            batch_id,
+            started_at: started_at.to_string(),
+            events_in: batch.messages(),
+            invalid: batch.dead_letters.len() as u64,
+            events_per_partition: batch.per_partition(),
+            phases: Phases {
+                collect_ms: ms(collect_time),
+                parse_ms: ms(batch.parse_time),
+                ..Phases::default()
+            },
+            ..BatchRecord::default()
+        };
+        let t = Instant::now();
+        let (rows, duplicates) =
+            dedup::first_of_each_key(std::mem::take(&mut batch.rows), |r| r.key);
+        batch.rows = rows;
+        record.in_batch_duplicates = duplicates;
+        record.phases.dedup_ms = ms(t.elapsed());
+
+        let last_offsets: BTreeMap<i32, i64> =
+            batch.ranges.iter().map(|(p, r)| (*p, r.last)).collect();
+        let mut sent = Sent::default();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.attempt(&mut batch, batch_id, &mut sent, &mut record) {
+                Ok(()) => break,
+                Err(e) if attempt < MAX_ATTEMPTS => {
+                    // Capped well below max.poll.interval.ms, so retries do not cost the
+                    // group membership as well.
+                    let backoff = Duration::from_millis((200 * 2_u64.pow(attempt)).min(3_000));
+                    tracing::warn!(batch_id, attempt, error = %e, ?backoff, "batch attempt failed; reloading the table and retrying");
+                    std::thread::sleep(backoff);
+                }
+                Err(e) => {
+                    return Err(PipelineError::GaveUp {
+                        batch_id,
+                        attempts: attempt,
+                        last: Box::new(e),
+                    });
+                }
+            }
+        }
+        record.attempts = attempt;
+        self.source.commit_offsets(&last_offsets);
+        record.ended_at = now().to_string();
+        if let Err(e) = self.log.append(&record) {
+            tracing::warn!(error = %e, path = %self.log.path().display(), "cannot write the batch log");
+        }
+        tracing::info!(
+            batch_id,
+            events_in = record.events_in,
+            invalid = record.invalid,
+            in_batch_duplicates = record.in_batch_duplicates,
+            stored_duplicates = record.stored_duplicates,
+            inserted = record.inserted,
+            delta_version = record.delta_version,
+            "batch committed"
+        );
+        Ok(record)
+    }
+
+    /// Steps 3 to 6; safe to repeat after any failure.
+    fn attempt(
+        &mut self,
+        batch: &mut Batch,
+        batch_id: i64,
+        sent: &mut Sent,
+        record: &mut BatchRecord,
+    ) -> Result<(), PipelineError> {
+        let rt = self.runtime.clone();
+        let t = Instant::now();
+        rt.block_on(self.table.reload())?;
+        let app_ids: Vec<(i32, String)> = batch
+            .ranges
+            .keys()
+            .map(|p| (*p, self.settings.txn_app_id(*p)))
+            .collect();
+        let stored = rt.block_on(
+            self.table
+                .txn_versions(app_ids.iter().map(|(p, id)| (*p, id.as_str()))),
+        )?;
+        let dropped = batch.drop_stored(&stored);
+        record.phases.reload_ms += ms(t.elapsed());
+        if dropped > 0 {
+            if sent.merge_attempted {
+                // Our own earlier commit reported an error but happened.
+                tracing::warn!(
+                    batch_id,
+                    "a commit that reported an error is in the table: not writing it again"
+                );
+                record.inserted = None;
+            } else {
+                tracing::warn!(
+                    batch_id,
+                    dropped,
+                    "offsets already stored by another writer: skipping them"
+                );
+                record.already_committed += dropped;
+            }
+        }
+        if batch.is_empty() {
+            record.delta_version = self.table.version();
+            return Ok(());
+        }
+
+        let t = Instant::now();
+        let probe: Vec<(DedupKey, i32)> = batch
+            .rows
+            .iter()
+            .map(|r| (r.key, r.time.days_since_epoch()))
+            .collect();
+        let existing = rt.block_on(self.table.existing_keys(&probe))?;
+        let new_rows: Vec<&delta::Row> = batch
+            .rows
+            .iter()
+            .filter(|r| !existing.contains(&r.key))
+            .collect();
+        record.stored_duplicates = (batch.rows.len() - new_rows.len()) as u64;
+        record.phases.check_ms += ms(t.elapsed());
+
+        let t = Instant::now();
+        let ingested_at = now();
+        let settings = &self.settings;
+        let dead_letters = batch
+            .dead_letters
+            .iter()
+            .filter(|d| !sent.dead_letters.contains(&(d.partition, d.offset)))
+            .map(|d| dlq::record(&settings.topics.dlq, &settings.topics.raw, d))
+            .collect::<Vec<_>>();
+        let events = new_rows
+            .iter()
+            .filter(|r| !sent.events.contains(&r.key))
+            .map(|r| processed::record(&settings.topics.processed, r, batch_id, ingested_at))
+            .collect::<Vec<_>>();
+        rt.block_on(self.output.send_all(dead_letters.into_iter().chain(events)))?;
+        sent.dead_letters
+            .extend(batch.dead_letters.iter().map(|d| (d.partition, d.offset)));
+        sent.events.extend(new_rows.iter().map(|r| r.key));
+        record.phases.produce_ms += ms(t.elapsed());
+
+        let t = Instant::now();
+        let now_ms = ingested_at.micros() / 1_000;
+        let txns: Vec<Transaction> = batch
+            .ranges
+            .iter()
+            .map(|(p, r)| {
+                Transaction::new_with_last_update(settings.txn_app_id(*p), r.last, Some(now_ms))
+            })
+            .collect();
+        let rows = delta::to_record_batch(&new_rows, batch_id, ingested_at)?;
+        let metadata =
+            serde_json::json!({ "idempipe.batch_id": batch_id, "idempipe.group": settings.group });
+        sent.merge_attempted = true;
+        let outcome = rt.block_on(self.table.merge_insert(rows, &txns, metadata))?;
+        record.phases.commit_ms += ms(t.elapsed());
+        record.inserted = Some(outcome.inserted);
+        record.files_added = outcome.files_added;
+        record.delta_version = outcome.version;
+        if (outcome.inserted as usize) < new_rows.len() {
+            // A concurrent writer stored some of these keys between the check and the
+            // merge; the MERGE kept them single. Their re-send is harmless.
+            tracing::info!(
+                batch_id,
+                raced = new_rows.len() - outcome.inserted as usize,
+                "keys inserted concurrently by another writer"
+            );
+            record.stored_duplicates += new_rows.len() as u64 - outcome.inserted;
+        }
+        Ok(())
+    }
+}
+
+/// What earlier attempts of a batch already sent, so a retry does not send it again.
+#[derive(Default)]
+struct Sent {
+    dead_letters: HashSet<(i32, i64)>,
+    events: BTreeSet<DedupKey>,
+    merge_attempted: bool,
+}
+
+fn now() -> EventTime {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    // The clock is between 1970 and 9999.
+    EventTime::from_micros(micros)
+        .unwrap_or_else(|_| EventTime::from_micros(0).expect("0 is in range"))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1_000.0
+}

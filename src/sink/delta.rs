@@ -1,0 +1,485 @@
+//! The Delta Lake table: the source of truth.
+//!
+//! Invariants kept here:
+//! - a row is inserted only by an insert-only MERGE on `dedup_key`, whose read predicate
+//!   (the batch's `event_date` partitions) makes a concurrent writer inserting into the
+//!   same partitions a commit conflict rather than a duplicate;
+//! - the commit that inserts a batch also records, per Kafka partition, the last offset
+//!   the batch covered (a `txn` action with app id `<group>-<topic>-<partition>`); when
+//!   nothing is new, a commit with only those `txn` actions records the progress;
+//! - the outcome of a failed commit is never assumed: callers reload and read the txn
+//!   versions back ([`EventTable::txn_versions`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use deltalake::arrow::array::{
+    Array, ArrayRef, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::datafusion::prelude::{SessionContext, col};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
+use deltalake::kernel::{DataType, StructField, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableError};
+
+use crate::event::{DedupKey, EventTime};
+
+/// Errors of the Delta table, with the path they concern.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("Delta table at {path}: {source}")]
+    Table {
+        path: PathBuf,
+        source: DeltaTableError,
+    },
+    #[error("no Delta table at {path}: run `idempipe setup` first")]
+    Missing { path: PathBuf },
+    #[error("Delta path {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("Delta table at {path}: {what}")]
+    Unexpected { path: PathBuf, what: String },
+}
+
+pub type Result<T, E = DeltaError> = std::result::Result<T, E>;
+
+/// The partition column: the UTC date of `event_time`.
+pub const PARTITION_COLUMN: &str = "event_date";
+
+/// Column names in table order.
+pub const COLUMNS: [&str; 10] = [
+    "dedup_key",
+    "user_id",
+    "event_type",
+    "event_time",
+    "event_date",
+    "payload",
+    "source_partition",
+    "source_offset",
+    "batch_id",
+    "ingested_at",
+];
+
+fn delta_columns() -> Vec<StructField> {
+    vec![
+        StructField::new("dedup_key", DataType::STRING, false),
+        StructField::new("user_id", DataType::STRING, true),
+        StructField::new("event_type", DataType::STRING, true),
+        StructField::new("event_time", DataType::TIMESTAMP, true),
+        StructField::new("event_date", DataType::DATE, true),
+        StructField::new("payload", DataType::STRING, true),
+        StructField::new("source_partition", DataType::INTEGER, true),
+        StructField::new("source_offset", DataType::LONG, true),
+        StructField::new("batch_id", DataType::LONG, true),
+        StructField::new("ingested_at", DataType::TIMESTAMP, true),
+    ]
+}
+
+/// The Arrow schema of a batch of rows, matching the Delta schema.
+pub fn arrow_schema() -> SchemaRef {
+    let utc_micros = ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("dedup_key", ArrowType::Utf8, false),
+        Field::new("user_id", ArrowType::Utf8, true),
+        Field::new("event_type", ArrowType::Utf8, true),
+        Field::new("event_time", utc_micros.clone(), true),
+        Field::new("event_date", ArrowType::Date32, true),
+        Field::new("payload", ArrowType::Utf8, true),
+        Field::new("source_partition", ArrowType::Int32, true),
+        Field::new("source_offset", ArrowType::Int64, true),
+        Field::new("batch_id", ArrowType::Int64, true),
+        Field::new("ingested_at", utc_micros, true),
+    ]))
+}
+
+/// One row to insert: a validated event and where it came from.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub key: DedupKey,
+    pub user_id: String,
+    pub event_type: String,
+    pub time: EventTime,
+    pub payload: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+/// Builds the Arrow batch of `rows`, stamped with the batch id and ingest time.
+pub fn to_record_batch(
+    rows: &[&Row],
+    batch_id: i64,
+    ingested_at: EventTime,
+) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
+    let keys: StringArray = rows.iter().map(|r| Some(r.key.to_string())).collect();
+    let users: StringArray = rows.iter().map(|r| Some(r.user_id.as_str())).collect();
+    let types: StringArray = rows.iter().map(|r| Some(r.event_type.as_str())).collect();
+    let times = TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.time.micros()))
+        .with_timezone("UTC");
+    let dates = Date32Array::from_iter_values(rows.iter().map(|r| r.time.days_since_epoch()));
+    let payloads: StringArray = rows.iter().map(|r| Some(r.payload.as_str())).collect();
+    let partitions = Int32Array::from_iter_values(rows.iter().map(|r| r.source_partition));
+    let offsets = Int64Array::from_iter_values(rows.iter().map(|r| r.source_offset));
+    let batch_ids = Int64Array::from_value(batch_id, rows.len());
+    let ingested = TimestampMicrosecondArray::from_value(ingested_at.micros(), rows.len())
+        .with_timezone("UTC");
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(keys),
+        Arc::new(users),
+        Arc::new(types),
+        Arc::new(times),
+        Arc::new(dates),
+        Arc::new(payloads),
+        Arc::new(partitions),
+        Arc::new(offsets),
+        Arc::new(batch_ids),
+        Arc::new(ingested),
+    ];
+    RecordBatch::try_new(arrow_schema(), columns)
+}
+
+/// What a merge did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MergeOutcome {
+    /// Rows the merge inserted.
+    pub inserted: u64,
+    /// Data files it added.
+    pub files_added: u64,
+    /// The table version after the commit.
+    pub version: u64,
+}
+
+/// Counts of the table's content, for `verify`.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct TableCounts {
+    pub rows: u64,
+    pub distinct_keys: u64,
+    pub version: u64,
+    pub files: u64,
+}
+
+/// The events table at one path.
+pub struct EventTable {
+    path: PathBuf,
+    table: DeltaTable,
+}
+
+impl EventTable {
+    /// Creates the table if there is none, with the events schema partitioned by
+    /// `event_date`; opens it otherwise. Running it again changes nothing.
+    pub async fn create_if_missing(path: &Path) -> Result<Self> {
+        if path.exists() && !path.is_dir() {
+            return Err(DeltaError::NotADirectory {
+                path: path.to_owned(),
+            });
+        }
+        let err = |source| DeltaError::Table {
+            path: path.to_owned(),
+            source,
+        };
+        let url = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(err)?;
+        let created = DeltaTable::try_from_url(url.clone())
+            .await
+            .map_err(err)?
+            .create()
+            .with_table_name("events")
+            .with_comment("idempipe events: one row per distinct dedup_key")
+            .with_columns(delta_columns())
+            .with_partition_columns([PARTITION_COLUMN])
+            .with_save_mode(SaveMode::Ignore)
+            .await;
+        let table = match created {
+            Ok(table) => table,
+            // Two `setup`s racing: the loser's version 0 conflicts; the winner's table is fine.
+            Err(_) => deltalake::open_table(url).await.map_err(err)?,
+        };
+        let this = Self {
+            path: path.to_owned(),
+            table,
+        };
+        this.check_schema()?;
+        Ok(this)
+    }
+
+    /// Opens an existing table; an absent one is [`DeltaError::Missing`].
+    pub async fn open(path: &Path) -> Result<Self> {
+        if path.exists() && !path.is_dir() {
+            return Err(DeltaError::NotADirectory {
+                path: path.to_owned(),
+            });
+        }
+        if !path.join("_delta_log").is_dir() {
+            return Err(DeltaError::Missing {
+                path: path.to_owned(),
+            });
+        }
+        let err = |source| DeltaError::Table {
+            path: path.to_owned(),
+            source,
+        };
+        let url = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(err)?;
+        let table = deltalake::open_table(url).await.map_err(|e| match e {
+            DeltaTableError::NotATable(_) => DeltaError::Missing {
+                path: path.to_owned(),
+            },
+            e => err(e),
+        })?;
+        let this = Self {
+            path: path.to_owned(),
+            table,
+        };
+        this.check_schema()?;
+        Ok(this)
+    }
+
+    /// Refuses a table whose columns are not ours: writing to it would fail mid-batch.
+    fn check_schema(&self) -> Result<()> {
+        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+        let schema = snapshot.snapshot().arrow_schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let missing: Vec<&str> = COLUMNS
+            .iter()
+            .copied()
+            .filter(|c| !names.contains(c))
+            .collect();
+        if !missing.is_empty() {
+            return Err(DeltaError::Unexpected {
+                path: self.path.clone(),
+                what: format!("is not an idempipe events table: columns {missing:?} are missing"),
+            });
+        }
+        Ok(())
+    }
+
+    fn error(&self, source: DeltaTableError) -> DeltaError {
+        DeltaError::Table {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The loaded table version.
+    pub fn version(&self) -> u64 {
+        self.table.version().unwrap_or(0)
+    }
+
+    /// Brings the table to the latest committed version.
+    pub async fn reload(&mut self) -> Result<()> {
+        self.table.update_state().await.map_err(|e| self.error(e))
+    }
+
+    /// The txn version (last stored Kafka offset) of each app id that has one.
+    pub async fn txn_versions<'a>(
+        &self,
+        app_ids: impl IntoIterator<Item = (i32, &'a str)>,
+    ) -> Result<BTreeMap<i32, i64>> {
+        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+        let log_store = self.table.log_store();
+        let mut versions = BTreeMap::new();
+        for (partition, app_id) in app_ids {
+            if let Some(v) = snapshot
+                .transaction_version(log_store.as_ref(), app_id)
+                .await
+                .map_err(|e| self.error(e))?
+            {
+                versions.insert(partition, v);
+            }
+        }
+        Ok(versions)
+    }
+
+    /// Which of `keys` (with their dates) the table already holds. Reads only the
+    /// partitions of those dates.
+    pub async fn existing_keys(&self, keys: &[(DedupKey, i32)]) -> Result<HashSet<DedupKey>> {
+        if keys.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let probe_schema = Arc::new(Schema::new(vec![
+            Field::new("k", ArrowType::Utf8, false),
+            Field::new("d", ArrowType::Date32, false),
+        ]));
+        let probe = RecordBatch::try_new(
+            probe_schema,
+            vec![
+                Arc::new(
+                    keys.iter()
+                        .map(|(k, _)| Some(k.to_string()))
+                        .collect::<StringArray>(),
+                ),
+                Arc::new(Date32Array::from_iter_values(keys.iter().map(|(_, d)| *d))),
+            ],
+        )
+        .map_err(|e| self.error(e.into()))?;
+        let ctx = SessionContext::new();
+        let provider = self
+            .table
+            .table_provider()
+            .await
+            .map_err(|e| self.error(e.into()))?;
+        ctx.register_table("t", provider)
+            .map_err(|e| self.error(e.into()))?;
+        ctx.register_batch("probe", probe)
+            .map_err(|e| self.error(e.into()))?;
+        let sql = format!(
+            "SELECT t.dedup_key FROM t JOIN probe ON t.dedup_key = probe.k AND t.event_date = probe.d \
+             WHERE t.event_date IN ({})",
+            date_list(keys.iter().map(|(_, d)| *d))
+        );
+        let batches = ctx
+            .sql(&sql)
+            .await
+            .map_err(|e| self.error(e.into()))?
+            .collect()
+            .await
+            .map_err(|e| self.error(e.into()))?;
+        let mut found = HashSet::new();
+        for batch in &batches {
+            // DataFusion may hand back a string view; normalise to plain UTF-8.
+            let column = deltalake::arrow::compute::cast(batch.column(0), &ArrowType::Utf8)
+                .map_err(|e| self.error(e.into()))?;
+            let strings = column
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| self.unexpected("dedup_key is not a string column"))?;
+            for i in 0..strings.len() {
+                if let Some(key) = DedupKey::from_hex(strings.value(i)) {
+                    found.insert(key);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn unexpected(&self, what: &str) -> DeltaError {
+        DeltaError::Unexpected {
+            path: self.path.clone(),
+            what: what.into(),
+        }
+    }
+
+    /// Inserts the rows of `batch` whose `dedup_key` the table does not hold, in one
+    /// commit that also carries `txns`. When no row is new, commits the txns alone, so
+    /// that the Kafka progress is recorded either way. `batch` must not repeat a key.
+    pub async fn merge_insert(
+        &mut self,
+        batch: RecordBatch,
+        txns: &[Transaction],
+        metadata: serde_json::Value,
+    ) -> Result<MergeOutcome> {
+        let dates: BTreeSet<i32> = batch
+            .column_by_name(PARTITION_COLUMN)
+            .and_then(|c| c.as_any().downcast_ref::<Date32Array>())
+            .map(|a| a.iter().flatten().collect())
+            .unwrap_or_default();
+        let properties = || {
+            let mut p = CommitProperties::default().with_application_transactions(txns.to_vec());
+            if let serde_json::Value::Object(map) = &metadata {
+                p = p.with_metadata(map.clone());
+            }
+            p
+        };
+        let mut outcome = MergeOutcome::default();
+        if batch.num_rows() > 0 {
+            let ctx = SessionContext::new();
+            let source = ctx.read_batch(batch).map_err(|e| self.error(e.into()))?;
+            // The literal date list keeps the read (and so the conflict check) to the
+            // batch's partitions.
+            let predicate = format!(
+                "target.dedup_key = source.dedup_key AND target.event_date = source.event_date \
+                 AND target.event_date IN ({})",
+                date_list(dates.iter().copied())
+            );
+            let (table, metrics) = self
+                .table
+                .clone()
+                .merge(source, predicate)
+                .with_source_alias("source")
+                .with_target_alias("target")
+                .when_not_matched_insert(|insert| {
+                    COLUMNS
+                        .iter()
+                        .fold(insert, |i, c| i.set(*c, col(format!("source.{c}"))))
+                })
+                .map_err(|e| self.error(e))?
+                .with_commit_properties(properties())
+                .await
+                .map_err(|e| self.error(e))?;
+            self.table = table;
+            outcome.inserted = metrics.num_target_rows_inserted as u64;
+            outcome.files_added = metrics.num_target_files_added as u64;
+        }
+        if outcome.files_added == 0 && !txns.is_empty() {
+            // A merge that writes nothing makes no commit: record the offsets alone.
+            let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+            CommitBuilder::from(properties())
+                .with_actions(vec![])
+                .build(
+                    Some(snapshot as &dyn TableReference),
+                    self.table.log_store(),
+                    DeltaOperation::Write {
+                        mode: SaveMode::Append,
+                        partition_by: None,
+                        predicate: None,
+                    },
+                )
+                .await
+                .map_err(|e| self.error(e.into()))?;
+            self.reload().await?;
+        }
+        outcome.version = self.version();
+        Ok(outcome)
+    }
+
+    /// Row count, distinct key count, version and live file count.
+    pub async fn counts(&self) -> Result<TableCounts> {
+        let ctx = SessionContext::new();
+        let provider = self
+            .table
+            .table_provider()
+            .await
+            .map_err(|e| self.error(e.into()))?;
+        ctx.register_table("t", provider)
+            .map_err(|e| self.error(e.into()))?;
+        let batches = ctx
+            .sql("SELECT count(*), count(DISTINCT dedup_key) FROM t")
+            .await
+            .map_err(|e| self.error(e.into()))?
+            .collect()
+            .await
+            .map_err(|e| self.error(e.into()))?;
+        let value = |i: usize| -> Result<u64> {
+            batches
+                .first()
+                .and_then(|b| b.column(i).as_any().downcast_ref::<Int64Array>())
+                .filter(|a| !a.is_empty())
+                .map(|a| a.value(0) as u64)
+                .ok_or_else(|| self.unexpected("count query returned no row"))
+        };
+        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+        Ok(TableCounts {
+            rows: value(0)?,
+            distinct_keys: value(1)?,
+            version: self.version(),
+            files: snapshot.log_data().num_files() as u64,
+        })
+    }
+}
+
+/// `'YYYY-MM-DD', …` for a SQL IN list, distinct and sorted.
+fn date_list(days: impl Iterator<Item = i32>) -> String {
+    let days: BTreeSet<i32> = days.collect();
+    days.into_iter()
+        .map(|d| {
+            let canonical = EventTime::from_micros(i64::from(d) * 86_400_000_000)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            format!("'{}'", &canonical[..10.min(canonical.len())])
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}

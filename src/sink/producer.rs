@@ -1,0 +1,124 @@
+//! The idempotent producer behind the processed and dead-letter topics.
+//!
+//! Invariant: [`Output::send_all`] returns `Ok` only when the broker acknowledged every
+//! record, so a caller may then advance past them (commit to Delta).
+
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+use crate::config::Settings;
+use crate::kafka::{self, KafkaFailure, Role, client_config};
+
+/// A record to send.
+pub struct OutRecord {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Option<OwnedHeaders>,
+}
+
+/// Failures to deliver.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    #[error("{failed} of {total} records to {topic} were not delivered: {first}")]
+    NotDelivered {
+        topic: String,
+        failed: u64,
+        total: u64,
+        first: KafkaError,
+    },
+    #[error(transparent)]
+    Kafka(#[from] KafkaFailure),
+}
+
+/// An idempotent producer: retries inside librdkafka never duplicate or reorder.
+pub struct Output {
+    producer: FutureProducer,
+}
+
+impl Output {
+    pub fn new(settings: &Settings) -> Result<Self, KafkaFailure> {
+        let producer = client_config(
+            settings,
+            Role::Producer,
+            &[
+                ("enable.idempotence", "true"),
+                ("linger.ms", "5"),
+                ("queue.buffering.max.messages", "1000000"),
+                ("queue.buffering.max.kbytes", "1048576"),
+                ("message.timeout.ms", "120000"),
+            ],
+        )
+        .create()
+        .map_err(kafka::client_error(settings))?;
+        Ok(Self { producer })
+    }
+
+    /// Sends every record and waits until each is acknowledged.
+    pub async fn send_all(
+        &self,
+        records: impl IntoIterator<Item = OutRecord>,
+    ) -> Result<u64, ProduceError> {
+        let mut pending: FuturesUnordered<DeliveryFuture> = FuturesUnordered::new();
+        let mut total = 0;
+        let mut failed = 0;
+        let mut first: Option<(String, KafkaError)> = None;
+        let mut note = |topic: &str, e: KafkaError, failed: &mut u64| {
+            *failed += 1;
+            first.get_or_insert((topic.to_owned(), e));
+        };
+        for record in records {
+            total += 1;
+            loop {
+                let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic);
+                if let Some(k) = &record.key {
+                    r = r.key(k);
+                }
+                if let Some(v) = &record.value {
+                    r = r.payload(v);
+                }
+                if let Some(h) = &record.headers {
+                    r = r.headers(h.clone());
+                }
+                match self.producer.send_result(r) {
+                    Ok(delivery) => {
+                        pending.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        // Let deliveries drain before trying again.
+                        match pending.next().await {
+                            Some(Ok(Err((e, _)))) => note(&record.topic, e, &mut failed),
+                            Some(Err(_)) => note(&record.topic, KafkaError::Canceled, &mut failed),
+                            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+                        }
+                    }
+                    Err((e, _)) => {
+                        note(&record.topic, e, &mut failed);
+                        break;
+                    }
+                }
+            }
+        }
+        while let Some(result) = pending.next().await {
+            match result {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => note("", e, &mut failed),
+                Err(_) => note("", KafkaError::Canceled, &mut failed),
+            }
+        }
+        match first {
+            None => Ok(total),
+            Some((topic, first)) => Err(ProduceError::NotDelivered {
+                topic,
+                failed,
+                total,
+                first,
+            }),
+        }
+    }
+}

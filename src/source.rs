@@ -1,0 +1,249 @@
+//! The raw-topic consumer: group membership, and where each partition starts.
+//!
+//! Invariant: Delta, not the Kafka group, says where a partition resumes. On every
+//! assignment the rebalance hook reloads the table, reads each assigned partition's txn
+//! version (the last offset stored) and assigns the partition at the offset after it, so
+//! no message before that point is delivered and none after it is skipped. The Kafka
+//! group offsets are written afterwards for lag tools only, and never read.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+
+use crate::config::Settings;
+use crate::kafka::{self, KafkaFailure, Role, client_config};
+use crate::sink::delta::EventTable;
+
+/// What the rebalance hook tells the batch loop.
+#[derive(Debug, Default)]
+pub struct Assignment {
+    /// Bumped on every assignment or revocation: a batch collected under an older
+    /// generation is dropped (its partitions restart from Delta).
+    pub generation: u64,
+    /// Assigned partitions and the next offset to read on each (`None`: from the
+    /// beginning, nothing stored yet).
+    pub next: BTreeMap<i32, Option<i64>>,
+    /// A failure inside the hook (Delta unreadable): the processor must stop.
+    pub failure: Option<String>,
+}
+
+/// The consumer context: holds what the rebalance hook needs to read Delta.
+pub struct SourceContext {
+    topic: String,
+    delta_path: PathBuf,
+    /// Txn app id per partition: `<group>-<topic>-<partition>`.
+    app_id: Box<dyn Fn(i32) -> String + Send + Sync>,
+    /// The runtime to run the async Delta read on; the hook runs on the consumer's own
+    /// thread, never on a runtime worker, so blocking on it is allowed.
+    runtime: Handle,
+    state: Arc<Mutex<Assignment>>,
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        kafka::log_client_error(error, reason);
+    }
+}
+
+impl SourceContext {
+    fn state(&self) -> MutexGuard<'_, Assignment> {
+        // A poisoned lock means a panic elsewhere already ended the processor.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Next offset to read per partition, from the table's txn versions.
+    fn starts_from_delta(&self, partitions: &[i32]) -> Result<BTreeMap<i32, Option<i64>>, String> {
+        let ids: Vec<(i32, String)> = partitions.iter().map(|p| (*p, (self.app_id)(*p))).collect();
+        let path = self.delta_path.clone();
+        let versions = self.runtime.block_on(async move {
+            let table = EventTable::open(&path).await?;
+            table
+                .txn_versions(ids.iter().map(|(p, id)| (*p, id.as_str())))
+                .await
+        });
+        let versions = versions.map_err(|e| e.to_string())?;
+        Ok(partitions
+            .iter()
+            .map(|p| (*p, versions.get(p).map(|v| v + 1)))
+            .collect())
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let partitions: Vec<i32> = tpl
+                    .elements()
+                    .iter()
+                    .filter(|e| e.topic() == self.topic)
+                    .map(|e| e.partition())
+                    .collect();
+                match self.starts_from_delta(&partitions) {
+                    Ok(starts) => {
+                        for (p, start) in &starts {
+                            let offset = start.map_or(Offset::Beginning, Offset::Offset);
+                            if let Err(e) = tpl.set_partition_offset(&self.topic, *p, offset) {
+                                tracing::error!(partition = p, error = %e, "cannot set start offset");
+                            }
+                        }
+                        let result = if cooperative {
+                            consumer.incremental_assign(tpl)
+                        } else {
+                            consumer.assign(tpl)
+                        };
+                        if let Err(e) = result {
+                            self.state().failure =
+                                Some(format!("assigning partitions failed: {e}"));
+                            return;
+                        }
+                        tracing::info!(
+                            ?starts,
+                            "partitions assigned; starting after the offsets stored in Delta"
+                        );
+                        let mut state = self.state();
+                        state.generation += 1;
+                        if !cooperative {
+                            state.next.clear();
+                        }
+                        state.next.extend(starts);
+                    }
+                    Err(e) => {
+                        // Without Delta's offsets no start is safe: take nothing and stop.
+                        tracing::error!(error = %e, "cannot read offsets from Delta on assignment");
+                        let _ = if cooperative {
+                            consumer.incremental_unassign(tpl)
+                        } else {
+                            consumer.unassign()
+                        };
+                        self.state().failure =
+                            Some(format!("reading the offsets stored in Delta failed: {e}"));
+                    }
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?revoked, "partitions revoked");
+                let _ = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                let mut state = self.state();
+                state.generation += 1;
+                for p in revoked {
+                    state.next.remove(&p);
+                }
+            }
+            other => {
+                tracing::warn!(?other, "rebalance error; unassigning to resynchronise");
+                let _ = consumer.unassign();
+                let mut state = self.state();
+                state.generation += 1;
+                state.next.clear();
+            }
+        }
+    }
+}
+
+/// The raw-topic consumer and the assignment state its hook maintains.
+pub struct Source {
+    pub consumer: BaseConsumer<SourceContext>,
+    pub assignment: Arc<Mutex<Assignment>>,
+    pub topic: String,
+}
+
+impl Source {
+    /// Joins the group and subscribes to the raw topic. The topic must exist.
+    pub fn subscribe(settings: &Settings, runtime: Handle) -> Result<Self, KafkaFailure> {
+        let state = Arc::new(Mutex::new(Assignment::default()));
+        let group = settings.group.clone();
+        let topic = settings.topics.raw.clone();
+        let context = SourceContext {
+            topic: topic.clone(),
+            delta_path: settings.delta_path.clone(),
+            app_id: Box::new(move |p| format!("{group}-{topic}-{p}")),
+            runtime,
+            state: state.clone(),
+        };
+        let consumer: BaseConsumer<SourceContext> = client_config(
+            settings,
+            Role::Consumer,
+            &[
+                ("group.id", settings.group.as_str()),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                // Only used if a stored start is out of range (topic recreated, retention):
+                // then re-reading from the start is safe, the MERGE drops what is stored.
+                ("auto.offset.reset", "earliest"),
+                ("isolation.level", "read_uncommitted"),
+                // End-of-partition events tell `--until-idle` that a partition is caught up.
+                ("enable.partition.eof", "true"),
+                ("fetch.wait.max.ms", "50"),
+                ("fetch.queue.backoff.ms", "20"),
+                ("max.partition.fetch.bytes", "10485760"),
+                ("queued.max.messages.kbytes", "262144"),
+            ],
+        )
+        .create_with_context(context)
+        .map_err(kafka::client_error(settings))?;
+        kafka::partition_count(settings, consumer.client(), Some(&settings.topics.raw))?;
+        consumer
+            .subscribe(&[&settings.topics.raw])
+            .map_err(kafka::client_error(settings))?;
+        Ok(Self {
+            consumer,
+            assignment: state,
+            topic: settings.topics.raw.clone(),
+        })
+    }
+
+    pub fn assignment(&self) -> MutexGuard<'_, Assignment> {
+        self.assignment.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records progress in the Kafka group, for lag tools; Delta stays the truth, so a
+    /// failure here is logged, not fatal.
+    pub fn commit_offsets(&self, last: &BTreeMap<i32, i64>) {
+        let mut tpl = TopicPartitionList::new();
+        for (p, offset) in last {
+            if tpl
+                .add_partition_offset(&self.topic, *p, Offset::Offset(offset + 1))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = self
+                .consumer
+                .commit(&tpl, rdkafka::consumer::CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "committing group offsets failed (Delta holds the truth)");
+        }
+    }
+
+    /// Polls for one message or event.
+    pub fn poll(
+        &self,
+        timeout: Duration,
+    ) -> Option<Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>> {
+        self.consumer.poll(timeout)
+    }
+}

@@ -1,0 +1,152 @@
+//! Helpers for tests against the real services: each test gets its own topics, group
+//! and Delta table, so tests run in parallel on one broker.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BROKERS: &str = "127.0.0.1:9092";
+
+/// Fails the test with a clear message when the services are not running.
+pub fn require_services() {
+    let up =
+        std::net::TcpStream::connect_timeout(&BROKERS.parse().unwrap(), Duration::from_secs(2))
+            .is_ok();
+    assert!(
+        up,
+        "no Kafka broker on {BROKERS}: run `scripts/services.sh up` (scripts/test.sh does)"
+    );
+}
+
+/// One isolated pipeline: topics, group and table of its own.
+pub struct Pipeline {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Pipeline {
+    pub fn new(test: &str) -> Self {
+        require_services();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("{test}_{}_{n}_{nanos}", std::process::id());
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("idempipe.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+brokers = "{BROKERS}"
+raw_topic = "{name}_raw"
+processed_topic = "{name}_processed"
+dlq_topic = "{name}_dlq"
+group = "{name}"
+delta_path = "{}"
+clickhouse_table = "{name}"
+trigger = "500ms"
+
+[kafka]
+"max.poll.interval.ms" = "10000"
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+"#,
+                dir.path().join("delta/events").display()
+            ),
+        )
+        .unwrap();
+        Self { name, dir, config }
+    }
+
+    pub fn delta_path(&self) -> PathBuf {
+        self.dir.path().join("delta/events")
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_idempipe"));
+        c.arg("--config").arg(&self.config).args(args);
+        c.env("IDEMPIPE_LOG", "info,deltalake=warn,datafusion=warn");
+        c
+    }
+
+    /// Runs a command to completion; panics with its output unless it succeeds.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "idempipe {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn setup(&self) {
+        self.ok(&["setup"]);
+    }
+
+    pub fn produce(&self, file: &Path) {
+        self.ok(&["produce", "--input", file.to_str().unwrap()]);
+    }
+
+    /// Runs the processor until it is caught up and idle for a second.
+    pub fn run_until_idle(&self, extra: &[&str]) -> String {
+        let mut args = vec!["run", "--until-idle", "2s"];
+        args.extend_from_slice(extra);
+        self.ok(&args)
+    }
+
+    pub fn verify(&self) -> Value {
+        serde_json::from_str(&self.ok(&["verify", "--json"])).unwrap()
+    }
+
+    /// Lines of the batch log.
+    pub fn batch_log_lines(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("delta/events.batches.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn count(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} is not a count in {v}"))
+}

@@ -1,0 +1,331 @@
+//! End-to-end tests against the real broker (tansu) and the built binary.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::{Pipeline, count, wait_until};
+use rdkafka::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{Offset, TopicPartitionList};
+
+fn assert_delta(p: &Pipeline, rows: u64) -> serde_json::Value {
+    let v = p.verify();
+    assert_eq!(count(&v, "delta_rows"), rows, "{v}");
+    assert_eq!(count(&v, "delta_distinct_keys"), rows, "{v}");
+    v
+}
+
+#[test]
+fn seed_scenario_replays_change_nothing_and_new_events_land() {
+    let p = Pipeline::new("seed");
+    p.setup();
+    let file = p.path("seed.jsonl");
+    let out = p.ok(&[
+        "generate",
+        "--unique",
+        "10000",
+        "--duplicates",
+        "1000",
+        "--seed",
+        "11",
+        "--out",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
+    let expected: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(count(&expected, "distinct_keys"), 10_000);
+
+    p.produce(&file);
+    p.run_until_idle(&[]);
+    let v = assert_delta(&p, 10_000);
+    assert_eq!(count(&v, "processed_distinct_keys"), 10_000, "{v}");
+    assert_eq!(
+        count(&v, "processed_records"),
+        10_000,
+        "no crash, so no re-send: {v}"
+    );
+    let version = count(&v, "delta_version");
+
+    for _ in 0..10 {
+        p.produce(&file);
+    }
+    p.run_until_idle(&[]);
+    let v = assert_delta(&p, 10_000);
+    assert_eq!(
+        count(&v, "processed_records"),
+        10_000,
+        "a replay sends nothing new: {v}"
+    );
+    assert_eq!(count(&v, "raw_records"), 11 * 11_000, "{v}");
+    assert!(
+        count(&v, "delta_version") > version,
+        "replays still record their offsets"
+    );
+
+    let fresh = p.path("fresh.jsonl");
+    p.ok(&[
+        "generate",
+        "--unique",
+        "15",
+        "--seed",
+        "12",
+        "--days",
+        "1",
+        "--out",
+        fresh.to_str().unwrap(),
+    ]);
+    // Seed 12 spreads over 2024-01-01 like seed 11; the contract makes them distinct
+    // events unless user, type and time all match, which the check below would catch.
+    p.produce(&fresh);
+    p.run_until_idle(&[]);
+    let v = assert_delta(&p, 10_015);
+    assert_eq!(count(&v, "processed_distinct_keys"), 10_015, "{v}");
+}
+
+/// Other spellings of one instant, integer ids and invalid lines, counted by hand from
+/// the contract rather than by the code under test.
+#[test]
+fn a_file_of_spellings_ids_and_invalid_lines_lands_exactly() {
+    let p = Pipeline::new("spellings");
+    p.setup();
+    let mut lines = Vec::new();
+    for user in 0..20 {
+        // Four spellings of one event, plus its integer-id twin: 1 distinct key.
+        for ts in [
+            r#""2024-03-10T12:00:00Z""#,
+            r#""2024-03-10T13:30:00+01:30""#,
+            r#""2024-03-10 12:00:00.000000""#,
+            "1710072000000",
+        ] {
+            lines.push(format!(
+                r#"{{"user_id":"{user}","event_type":"buy","timestamp":{ts},"n":{}}}"#,
+                lines.len()
+            ));
+        }
+        lines.push(format!(
+            r#"{{"user_id":{user},"event_type":"buy","timestamp":"2024-03-10T12:00:00.0000009Z"}}"#
+        ));
+        // A different microsecond, and a different type: 2 more distinct keys.
+        lines.push(format!(
+            r#"{{"user_id":"{user}","event_type":"buy","timestamp":"2024-03-10T12:00:00.000001Z"}}"#
+        ));
+        lines.push(format!(
+            r#"{{"user_id":"{user}","event_type":"view","timestamp":"2024-03-10T12:00:00Z"}}"#
+        ));
+    }
+    let invalid = [
+        r#"{"user_id":"x","event_type":"buy","timestamp":"2024-02-30T00:00:00Z"}"#,
+        r#"{"user_id":"","event_type":"buy","timestamp":"2024-03-10T12:00:00Z"}"#,
+        r#"{"user_id":1.5,"event_type":"buy","timestamp":"2024-03-10T12:00:00Z"}"#,
+        r#"{"event_type":"buy","timestamp":"2024-03-10T12:00:00Z"}"#,
+        r#"{"user_id":"x","event_type":"buy","timestamp":"1710072000000"}"#,
+        r#"["x","buy","2024-03-10T12:00:00Z"]"#,
+        "not json at all",
+    ];
+    lines.extend(invalid.iter().map(|s| s.to_string()));
+    let file = p.path("spellings.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    p.produce(&file);
+    p.run_until_idle(&[]);
+    let v = assert_delta(&p, 20 * 3);
+    assert_eq!(count(&v, "dlq_records"), invalid.len() as u64, "{v}");
+
+    // An independent reader (Python `deltalake`) sees the same table and schema.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_delta.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(p.delta_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "Python deltalake check failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(count(&py, "rows"), 60, "{py}");
+    assert_eq!(count(&py, "distinct_keys"), 60, "{py}");
+    assert_eq!(
+        count(&py, "partitions"),
+        1,
+        "all events are on 2024-03-10: {py}"
+    );
+}
+
+#[test]
+fn invalid_messages_reach_the_dead_letter_topic_with_their_reason() {
+    let p = Pipeline::new("dlq");
+    p.setup();
+    let file = p.path("mixed.jsonl");
+    p.ok(&[
+        "generate",
+        "--unique",
+        "200",
+        "--duplicates",
+        "20",
+        "--invalid",
+        "24",
+        "--seed",
+        "5",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    p.produce(&file);
+    p.run_until_idle(&[]);
+    let v = assert_delta(&p, 200);
+    assert_eq!(count(&v, "dlq_records"), 24, "{v}");
+
+    // Every dead letter names its class, reason and source, and the source offset holds
+    // exactly the bytes of the dead letter.
+    let raw = read_all(&format!("{}_raw", p.name));
+    let dead = read_all(&format!("{}_dlq", p.name));
+    assert_eq!(dead.len(), 24);
+    let mut classes = HashSet::new();
+    for d in &dead {
+        let class = d.headers["error.class"].clone();
+        assert!(!d.headers["error.message"].is_empty());
+        assert_eq!(d.headers["source.topic"], format!("{}_raw", p.name));
+        let partition: i32 = d.headers["source.partition"].parse().unwrap();
+        let offset: i64 = d.headers["source.offset"].parse().unwrap();
+        let source = raw
+            .iter()
+            .find(|r| r.partition == partition && r.offset == offset)
+            .expect("source record exists");
+        assert_eq!(
+            source.value, d.value,
+            "the dead letter carries the original bytes"
+        );
+        classes.insert(class);
+    }
+    assert!(
+        classes.len() >= 8,
+        "varied classes expected, got {classes:?}"
+    );
+}
+
+#[test]
+fn a_processor_killed_mid_run_loses_nothing_and_doubles_nothing() {
+    let p = Pipeline::new("sigkill");
+    p.setup();
+    let file = p.path("seed.jsonl");
+    p.ok(&[
+        "generate",
+        "--unique",
+        "10000",
+        "--duplicates",
+        "1000",
+        "--invalid",
+        "50",
+        "--seed",
+        "21",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    p.produce(&file);
+
+    // Small batches, so the kill lands between many commits.
+    let mut child = p.spawn(&["run", "--trigger", "200ms", "--max-batch-events", "700"]);
+    wait_until(Duration::from_secs(120), "two committed batches", || {
+        p.batch_log_lines() >= 2
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let after_kill = p.verify();
+    let stored = count(&after_kill, "delta_rows");
+    assert!(
+        stored < 10_000,
+        "the kill should land mid-run, but all {stored} rows were in"
+    );
+
+    p.run_until_idle(&[]);
+    let v = assert_delta(&p, 10_000);
+    assert_eq!(count(&v, "dlq_records"), 50, "{v}");
+    assert_eq!(
+        count(&v, "processed_distinct_keys"),
+        10_000,
+        "every stored event reached the processed topic: {v}"
+    );
+}
+
+#[test]
+fn setup_twice_changes_nothing() {
+    let p = Pipeline::new("setup");
+    let first = p.ok(&["setup"]);
+    assert!(first.contains("created"), "{first}");
+    let second = p.ok(&["setup"]);
+    assert!(!second.contains("created"), "{second}");
+    assert!(second.contains("version 0"), "{second}");
+}
+
+struct Record {
+    partition: i32,
+    offset: i64,
+    value: Option<Vec<u8>>,
+    headers: BTreeMap<String, String>,
+}
+
+/// Reads a whole topic with a plain consumer, independently of the code under test:
+/// from the beginning until every partition reports its end (EOF, from the high
+/// watermark of fetch responses).
+fn read_all(topic: &str) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", common::BROKERS)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut open: HashSet<i32> = (0..partitions).collect();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !open.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading {topic} timed out"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| {
+                                (
+                                    x.key.to_string(),
+                                    String::from_utf8_lossy(x.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
