@@ -50,7 +50,8 @@ start_tansu() {
   if kafka_up; then log "kafka already answers on 127.0.0.1:$kafka_port"; return; fi
   install_tansu
   log "starting tansu ($storage)"
-  setsid nohup "$tansu_bin" broker \
+  # Started in $dir, so a relative sqlite://NAME.db lands there.
+  setsid nohup env -C "$dir" "$tansu_bin" broker \
     --listener-url "tcp://127.0.0.1:$kafka_port" \
     --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
     --storage-engine "$storage" >"$dir/tansu.log" 2>&1 </dev/null &

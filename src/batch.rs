@@ -77,11 +77,7 @@ impl Batch {
                 r.first = r.first.min(offset);
                 r.messages += 1;
             })
-            .or_insert(Range {
-                first: offset,
-                last: offset,
-                messages: 1,
-            });
+            .or_insert(Range { first: offset, last: offset, messages: 1 });
     }
 
     pub fn messages(&self) -> u64 {
@@ -97,16 +93,10 @@ impl Batch {
     pub fn drop_stored(&mut self, stored: &BTreeMap<i32, i64>) -> u64 {
         let done = |p: i32, offset: i64| stored.get(&p).is_some_and(|s| offset <= *s);
         let before = self.messages();
-        self.rows
-            .retain(|r| !done(r.source_partition, r.source_offset));
+        self.rows.retain(|r| !done(r.source_partition, r.source_offset));
         self.dead_letters.retain(|d| !done(d.partition, d.offset));
         let mut counts: BTreeMap<i32, u64> = BTreeMap::new();
-        for p in self
-            .rows
-            .iter()
-            .map(|r| r.source_partition)
-            .chain(self.dead_letters.iter().map(|d| d.partition))
-        {
+        for p in self.rows.iter().map(|r| r.source_partition).chain(self.dead_letters.iter().map(|d| d.partition)) {
             *counts.entry(p).or_default() += 1;
         }
         self.ranges.retain(|p, r| match stored.get(p) {
@@ -145,22 +135,8 @@ mod tests {
         assert_eq!(b.rows.len(), 2);
         assert_eq!(b.dead_letters.len(), 2);
         assert_eq!(b.messages(), 4);
-        assert_eq!(
-            b.ranges[&0],
-            Range {
-                first: 10,
-                last: 12,
-                messages: 3
-            }
-        );
-        assert_eq!(
-            b.ranges[&1],
-            Range {
-                first: 5,
-                last: 5,
-                messages: 1
-            }
-        );
+        assert_eq!(b.ranges[&0], Range { first: 10, last: 12, messages: 3 });
+        assert_eq!(b.ranges[&1], Range { first: 5, last: 5, messages: 1 });
         assert_eq!(b.dead_letters[1].key.as_deref(), Some(&b"k"[..]));
     }
 
@@ -174,23 +150,9 @@ mod tests {
         }
         let dropped = b.drop_stored(&BTreeMap::from([(0, 14), (1, 25), (2, 3)]));
         assert_eq!(dropped, 5 + 10);
-        assert_eq!(
-            b.ranges[&0],
-            Range {
-                first: 15,
-                last: 19,
-                messages: 5
-            }
-        );
+        assert_eq!(b.ranges[&0], Range { first: 15, last: 19, messages: 5 });
         assert!(!b.ranges.contains_key(&1));
-        assert_eq!(
-            b.ranges[&2],
-            Range {
-                first: 10,
-                last: 19,
-                messages: 10
-            }
-        );
+        assert_eq!(b.ranges[&2], Range { first: 10, last: 19, messages: 10 });
         assert_eq!(b.rows.len(), 15);
         assert!(b.dead_letters.is_empty());
     }

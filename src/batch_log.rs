@@ -74,10 +74,7 @@ impl BatchLog {
         }
         let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
         file.write_all(&line)
     }
 
@@ -88,10 +85,7 @@ impl BatchLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
+        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
     }
 }
 
@@ -103,29 +97,12 @@ mod tests {
     fn records_round_trip_and_a_torn_line_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let log = BatchLog::new(dir.path().join("events.batches.jsonl"));
-        let record = BatchRecord {
-            batch_id: 7,
-            events_in: 10,
-            inserted: Some(9),
-            ..Default::default()
-        };
+        let record = BatchRecord { batch_id: 7, events_in: 10, inserted: Some(9), ..Default::default() };
         log.append(&record).unwrap();
-        log.append(&BatchRecord {
-            batch_id: 8,
-            ..Default::default()
-        })
-        .unwrap();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(log.path())
-            .unwrap()
-            .write_all(b"{\"batch_id\":9,")
-            .unwrap();
+        log.append(&BatchRecord { batch_id: 8, ..Default::default() }).unwrap();
+        std::fs::OpenOptions::new().append(true).open(log.path()).unwrap().write_all(b"{\"batch_id\":9,").unwrap();
         let read = log.read().unwrap();
-        assert_eq!(
-            read.iter().map(|r| r.batch_id).collect::<Vec<_>>(),
-            vec![7, 8]
-        );
+        assert_eq!(read.iter().map(|r| r.batch_id).collect::<Vec<_>>(), vec![7, 8]);
         assert_eq!(read[0].inserted, Some(9));
     }
 }

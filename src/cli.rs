@@ -44,12 +44,7 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "IDEMPIPE_DELTA_PATH", value_name = "PATH")]
     pub delta_path: Option<PathBuf>,
     /// ClickHouse HTTP endpoint [default: http://127.0.0.1:8123].
-    #[arg(
-        long,
-        global = true,
-        env = "IDEMPIPE_CLICKHOUSE_URL",
-        value_name = "URL"
-    )]
+    #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_URL", value_name = "URL")]
     pub clickhouse_url: Option<String>,
     /// ClickHouse database [default: idempipe].
     #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_DATABASE")]
@@ -61,31 +56,16 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "IDEMPIPE_PARTITIONS")]
     pub partitions: Option<i32>,
     /// Largest accepted message; larger ones go to the dead-letter topic [default: 1048576].
-    #[arg(
-        long,
-        global = true,
-        env = "IDEMPIPE_MAX_MESSAGE_BYTES",
-        value_name = "BYTES"
-    )]
+    #[arg(long, global = true, env = "IDEMPIPE_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
     /// Micro-batch trigger interval, e.g. 15s or 200ms (at least 100ms) [default: 15s].
     #[arg(long, global = true, env = "IDEMPIPE_TRIGGER", value_parser = humantime::parse_duration)]
     pub trigger: Option<Duration>,
     /// Most messages in one micro-batch [default: 200000].
-    #[arg(
-        long,
-        global = true,
-        env = "IDEMPIPE_MAX_BATCH_EVENTS",
-        value_name = "N"
-    )]
+    #[arg(long, global = true, env = "IDEMPIPE_MAX_BATCH_EVENTS", value_name = "N")]
     pub max_batch_events: Option<usize>,
     /// Most message bytes in one micro-batch [default: 268435456].
-    #[arg(
-        long,
-        global = true,
-        env = "IDEMPIPE_MAX_BATCH_BYTES",
-        value_name = "BYTES"
-    )]
+    #[arg(long, global = true, env = "IDEMPIPE_MAX_BATCH_BYTES", value_name = "BYTES")]
     pub max_batch_bytes: Option<usize>,
 }
 

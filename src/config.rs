@@ -18,15 +18,9 @@ use crate::event::DEFAULT_MAX_MESSAGE_BYTES;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
     #[error("invalid value for `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
 }
@@ -60,14 +54,9 @@ pub struct FileConfig {
 impl FileConfig {
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
     }
 }
 
@@ -139,48 +128,22 @@ impl Settings {
             brokers: pick(&args.brokers, file.brokers, DEFAULT_BROKERS.into()),
             topics: Topics {
                 raw: pick(&args.raw_topic, file.raw_topic, "raw_events".into()),
-                processed: pick(
-                    &args.processed_topic,
-                    file.processed_topic,
-                    "processed_events".into(),
-                ),
+                processed: pick(&args.processed_topic, file.processed_topic, "processed_events".into()),
                 dlq: pick(&args.dlq_topic, file.dlq_topic, "raw_events_dlq".into()),
             },
             group: pick(&args.group, file.group, "idempipe".into()),
             delta_path: pick(&args.delta_path, file.delta_path, DEFAULT_DELTA_PATH.into()),
             clickhouse: ClickHouseSettings {
-                url: pick(
-                    &args.clickhouse_url,
-                    file.clickhouse_url,
-                    DEFAULT_CLICKHOUSE_URL.into(),
-                ),
-                database: pick(
-                    &args.clickhouse_database,
-                    file.clickhouse_database,
-                    "idempipe".into(),
-                ),
-                table: pick(
-                    &args.clickhouse_table,
-                    file.clickhouse_table,
-                    "events".into(),
-                ),
+                url: pick(&args.clickhouse_url, file.clickhouse_url, DEFAULT_CLICKHOUSE_URL.into()),
+                database: pick(&args.clickhouse_database, file.clickhouse_database, "idempipe".into()),
+                table: pick(&args.clickhouse_table, file.clickhouse_table, "events".into()),
             },
             partitions: pick(&args.partitions, file.partitions, 4),
-            max_message_bytes: pick(
-                &args.max_message_bytes,
-                file.max_message_bytes,
-                DEFAULT_MAX_MESSAGE_BYTES,
-            ),
+            max_message_bytes: pick(&args.max_message_bytes, file.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES),
             batch: BatchLimits {
                 trigger: pick(&args.trigger, file.trigger, DEFAULT_TRIGGER),
-                max_events: non_zero(
-                    "max_batch_events",
-                    pick(&args.max_batch_events, file.max_batch_events, 200_000),
-                )?,
-                max_bytes: non_zero(
-                    "max_batch_bytes",
-                    pick(&args.max_batch_bytes, file.max_batch_bytes, 256 << 20),
-                )?,
+                max_events: non_zero("max_batch_events", pick(&args.max_batch_events, file.max_batch_events, 200_000))?,
+                max_bytes: non_zero("max_batch_bytes", pick(&args.max_batch_bytes, file.max_batch_bytes, 256 << 20))?,
             },
             kafka: file.kafka,
         };
@@ -189,12 +152,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.into(),
-            })
-        };
+        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
         for (key, value) in [
             ("brokers", &self.brokers),
             ("raw_topic", &self.topics.raw),
@@ -214,16 +172,10 @@ impl Settings {
             ("processed_topic", &self.topics.processed),
             ("dlq_topic", &self.topics.dlq),
         ] {
-            if topic.len() > 249
-                || !topic
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            {
+            if topic.len() > 249 || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
                 return invalid(
                     key,
-                    &format!(
-                        "{topic:?} is not a Kafka topic name (ASCII letters, digits, `.`, `_`, `-`)"
-                    ),
+                    &format!("{topic:?} is not a Kafka topic name (ASCII letters, digits, `.`, `_`, `-`)"),
                 );
             }
         }
@@ -231,30 +183,16 @@ impl Settings {
             || self.topics.raw == self.topics.dlq
             || self.topics.processed == self.topics.dlq
         {
-            return invalid(
-                "raw_topic",
-                "the raw, processed and dead-letter topics must be three different topics",
-            );
+            return invalid("raw_topic", "the raw, processed and dead-letter topics must be three different topics");
         }
         if self.delta_path.as_os_str().is_empty() {
             return invalid("delta_path", "must not be empty");
         }
-        if !(self.clickhouse.url.starts_with("http://")
-            || self.clickhouse.url.starts_with("https://"))
-        {
-            return invalid(
-                "clickhouse_url",
-                &format!(
-                    "{:?} is not an http:// or https:// URL",
-                    self.clickhouse.url
-                ),
-            );
+        if !(self.clickhouse.url.starts_with("http://") || self.clickhouse.url.starts_with("https://")) {
+            return invalid("clickhouse_url", &format!("{:?} is not an http:// or https:// URL", self.clickhouse.url));
         }
         if !(1..=10_000).contains(&self.partitions) {
-            return invalid(
-                "partitions",
-                &format!("{} is not between 1 and 10000", self.partitions),
-            );
+            return invalid("partitions", &format!("{} is not between 1 and 10000", self.partitions));
         }
         if self.max_message_bytes == 0 {
             return invalid("max_message_bytes", "must be at least 1");
@@ -262,10 +200,7 @@ impl Settings {
         if self.batch.trigger < MIN_TRIGGER {
             return invalid(
                 "trigger",
-                &format!(
-                    "{} is below the minimum of 100ms",
-                    humantime::format_duration(self.batch.trigger)
-                ),
+                &format!("{} is below the minimum of 100ms", humantime::format_duration(self.batch.trigger)),
             );
         }
         Ok(())
@@ -280,21 +215,14 @@ impl Settings {
     /// The JSON-lines batch log, beside the table (not inside it, where `vacuum` would
     /// delete it as an unknown file).
     pub fn batch_log_path(&self) -> PathBuf {
-        let mut name = self
-            .delta_path
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_else(|| "events".into());
+        let mut name = self.delta_path.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "events".into());
         name.push(".batches.jsonl");
         self.delta_path.with_file_name(name)
     }
 }
 
 fn non_zero(key: &'static str, value: usize) -> Result<NonZeroUsize, ConfigError> {
-    NonZeroUsize::new(value).ok_or(ConfigError::Invalid {
-        key,
-        reason: "must be at least 1".into(),
-    })
+    NonZeroUsize::new(value).ok_or(ConfigError::Invalid { key, reason: "must be at least 1".into() })
 }
 
 /// Durations in the file are strings such as `"15s"` or `"200ms"`.
@@ -303,16 +231,12 @@ mod humantime_serde_opt {
 
     use serde::{Deserialize, Deserializer};
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let Some(text) = Option::<String>::deserialize(d)? else {
             return Ok(None);
         };
         humantime::parse_duration(&text).map(Some).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not a duration such as \"15s\" or \"200ms\": {e}"
-            ))
+            serde::de::Error::custom(format!("{text:?} is not a duration such as \"15s\" or \"200ms\": {e}"))
         })
     }
 }
@@ -329,11 +253,9 @@ mod tests {
 
     #[test]
     fn flags_override_the_file_which_overrides_defaults() {
-        let s = resolve(
-            "group = \"from-file\"\nraw_topic = \"file_raw\"",
-            &["idempipe", "--group", "from-flag", "verify"],
-        )
-        .unwrap();
+        let s =
+            resolve("group = \"from-file\"\nraw_topic = \"file_raw\"", &["idempipe", "--group", "from-flag", "verify"])
+                .unwrap();
         assert_eq!(s.group, "from-flag");
         assert_eq!(s.topics.raw, "file_raw");
         assert_eq!(s.topics.dlq, "raw_events_dlq");
@@ -357,11 +279,7 @@ mod tests {
         assert!(err.to_string().contains("`raw_topic`"), "{err}");
         let err = resolve("max_batch_events = 0", &["idempipe", "verify"]).unwrap_err();
         assert!(err.to_string().contains("`max_batch_events`"), "{err}");
-        let err = resolve(
-            "",
-            &["idempipe", "--clickhouse-url", "localhost:8123", "verify"],
-        )
-        .unwrap_err();
+        let err = resolve("", &["idempipe", "--clickhouse-url", "localhost:8123", "verify"]).unwrap_err();
         assert!(err.to_string().contains("`clickhouse_url`"), "{err}");
     }
 
@@ -375,15 +293,8 @@ mod tests {
 
     #[test]
     fn the_batch_log_sits_beside_the_table() {
-        let s = resolve(
-            "delta_path = \"/data/delta/events\"",
-            &["idempipe", "verify"],
-        )
-        .unwrap();
-        assert_eq!(
-            s.batch_log_path(),
-            PathBuf::from("/data/delta/events.batches.jsonl")
-        );
+        let s = resolve("delta_path = \"/data/delta/events\"", &["idempipe", "verify"]).unwrap();
+        assert_eq!(s.batch_log_path(), PathBuf::from("/data/delta/events.batches.jsonl"));
         assert_eq!(s.txn_app_id(3), "idempipe-raw_events-3");
     }
 }

@@ -13,10 +13,7 @@ use crate::event::DedupKey;
 pub fn first_of_each_key<T>(items: Vec<T>, key: impl Fn(&T) -> DedupKey) -> (Vec<T>, u64) {
     let mut seen = HashSet::with_capacity(items.len());
     let before = items.len();
-    let kept: Vec<T> = items
-        .into_iter()
-        .filter(|item| seen.insert(key(item)))
-        .collect();
+    let kept: Vec<T> = items.into_iter().filter(|item| seen.insert(key(item))).collect();
     let dropped = (before - kept.len()) as u64;
     (kept, dropped)
 }
@@ -32,16 +29,8 @@ mod tests {
 
     #[test]
     fn the_first_copy_wins() {
-        let (kept, dropped) = first_of_each_key(
-            vec![
-                (k(1), "a"),
-                (k(2), "b"),
-                (k(1), "c"),
-                (k(2), "d"),
-                (k(3), "e"),
-            ],
-            |x| x.0,
-        );
+        let (kept, dropped) =
+            first_of_each_key(vec![(k(1), "a"), (k(2), "b"), (k(1), "c"), (k(2), "d"), (k(3), "e")], |x| x.0);
         assert_eq!(kept, vec![(k(1), "a"), (k(2), "b"), (k(3), "e")]);
         assert_eq!(dropped, 2);
     }

@@ -23,19 +23,11 @@ pub enum KafkaFailure {
     #[error("topic {topic} does not exist on {brokers}: run `idempipe setup`")]
     NoTopic { topic: String, brokers: String },
     #[error("cannot create topic {topic} on {brokers}: {code}")]
-    CreateTopic {
-        topic: String,
-        brokers: String,
-        code: RDKafkaErrorCode,
-    },
+    CreateTopic { topic: String, brokers: String, code: RDKafkaErrorCode },
     #[error(
         "Kafka broker {brokers} did not answer within {timeout:?} ({what}): is it running? (`scripts/services.sh up`)"
     )]
-    Unreachable {
-        brokers: String,
-        timeout: Duration,
-        what: String,
-    },
+    Unreachable { brokers: String, timeout: Duration, what: String },
 }
 
 pub type Result<T, E = KafkaFailure> = std::result::Result<T, E>;
@@ -103,13 +95,7 @@ pub fn client_config(settings: &Settings, role: Role, ours: &[(&str, &str)]) -> 
 
 fn apply_passthrough(config: &mut ClientConfig, role: Role, kafka: &BTreeMap<String, String>) {
     for (k, v) in kafka {
-        let consumer_only = CONSUMER_ONLY.iter().any(|c| {
-            if c.ends_with('.') {
-                k.starts_with(c)
-            } else {
-                k == c
-            }
-        });
+        let consumer_only = CONSUMER_ONLY.iter().any(|c| if c.ends_with('.') { k.starts_with(c) } else { k == c });
         if role == Role::Consumer || !consumer_only {
             config.set(k, v);
         }
@@ -117,45 +103,27 @@ fn apply_passthrough(config: &mut ClientConfig, role: Role, kafka: &BTreeMap<Str
 }
 
 pub(crate) fn client_error(settings: &Settings) -> impl Fn(KafkaError) -> KafkaFailure + '_ {
-    move |source| KafkaFailure::Client {
-        brokers: settings.brokers.clone(),
-        source,
-    }
+    move |source| KafkaFailure::Client { brokers: settings.brokers.clone(), source }
 }
 
 /// Creates each topic with its partition count unless it exists. Returns, per topic,
 /// whether it was created now.
-pub async fn create_topics(
-    settings: &Settings,
-    topics: &[(&str, i32)],
-) -> Result<Vec<(String, bool)>> {
-    let admin: AdminClient<DefaultClientContext> = client_config(settings, Role::Admin, &[])
-        .create()
-        .map_err(client_error(settings))?;
+pub async fn create_topics(settings: &Settings, topics: &[(&str, i32)]) -> Result<Vec<(String, bool)>> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(settings, Role::Admin, &[]).create().map_err(client_error(settings))?;
     // Fail fast and clearly when the broker is down, before the admin request's timeout.
     partition_count(settings, admin.inner(), None)?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1)))
-        .collect();
-    let options = AdminOptions::new()
-        .operation_timeout(Some(METADATA_TIMEOUT))
-        .request_timeout(Some(METADATA_TIMEOUT));
-    let results = admin
-        .create_topics(&new, &options)
-        .await
-        .map_err(client_error(settings))?;
+    let new: Vec<NewTopic<'_>> =
+        topics.iter().map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)).request_timeout(Some(METADATA_TIMEOUT));
+    let results = admin.create_topics(&new, &options).await.map_err(client_error(settings))?;
     let mut out = Vec::new();
     for result in results {
         match result {
             Ok(name) => out.push((name, true)),
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => out.push((name, false)),
             Err((topic, code)) => {
-                return Err(KafkaFailure::CreateTopic {
-                    topic,
-                    brokers: settings.brokers.clone(),
-                    code,
-                });
+                return Err(KafkaFailure::CreateTopic { topic, brokers: settings.brokers.clone(), code });
             }
         }
     }
@@ -168,30 +136,20 @@ pub fn partition_count<C: rdkafka::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: Option<&str>,
 ) -> Result<usize> {
-    let metadata = client
-        .fetch_metadata(topic, METADATA_TIMEOUT)
-        .map_err(|e| match e {
-            KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)
-            | KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure) => {
-                KafkaFailure::Unreachable {
-                    brokers: settings.brokers.clone(),
-                    timeout: METADATA_TIMEOUT,
-                    what: "metadata".into(),
-                }
-            }
-            e => KafkaFailure::Client {
-                brokers: settings.brokers.clone(),
-                source: e,
-            },
-        })?;
+    let metadata = client.fetch_metadata(topic, METADATA_TIMEOUT).map_err(|e| match e {
+        KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)
+        | KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure) => KafkaFailure::Unreachable {
+            brokers: settings.brokers.clone(),
+            timeout: METADATA_TIMEOUT,
+            what: "metadata".into(),
+        },
+        e => KafkaFailure::Client { brokers: settings.brokers.clone(), source: e },
+    })?;
     let Some(topic) = topic else { return Ok(0) };
     let found = metadata.topics().iter().find(|t| t.name() == topic);
     match found {
         Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len()),
-        _ => Err(KafkaFailure::NoTopic {
-            topic: topic.into(),
-            brokers: settings.brokers.clone(),
-        }),
+        _ => Err(KafkaFailure::NoTopic { topic: topic.into(), brokers: settings.brokers.clone() }),
     }
 }
 
@@ -201,27 +159,18 @@ pub fn partition_count<C: rdkafka::ClientContext>(
 /// The end is where librdkafka reports partition EOF, which comes from the high
 /// watermark of fetch responses. (ListOffsets is not used: tansu's memory storage
 /// answers it with the start of the newest batch, not the end of the partition.)
-pub fn read_topic(
-    settings: &Settings,
-    topic: &str,
-    mut f: impl FnMut(&BorrowedMessage<'_>),
-) -> Result<u64> {
+pub fn read_topic(settings: &Settings, topic: &str, mut f: impl FnMut(&BorrowedMessage<'_>)) -> Result<u64> {
     let consumer: BaseConsumer<QuietEof> = client_config(
         settings,
         Role::Consumer,
-        &[
-            ("group.id", "idempipe-reader"),
-            ("enable.auto.commit", "false"),
-            ("enable.partition.eof", "true"),
-        ],
+        &[("group.id", "idempipe-reader"), ("enable.auto.commit", "false"), ("enable.partition.eof", "true")],
     )
     .create_with_context(QuietEof)
     .map_err(client_error(settings))?;
     let partitions = partition_count(settings, consumer.client(), Some(topic))? as i32;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(client_error(settings))?;
+        tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(client_error(settings))?;
     }
     consumer.assign(&tpl).map_err(client_error(settings))?;
     let mut open: std::collections::BTreeSet<i32> = (0..partitions).collect();

@@ -11,13 +11,9 @@ use idempipe::config::{FileConfig, Settings};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IDEMPIPE_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(
-                    "info,deltalake=warn,datafusion=warn,buoyant_kernel=off",
-                )
-            }),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IDEMPIPE_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,deltalake=warn,datafusion=warn,buoyant_kernel=off")
+        }))
         .with_writer(std::io::stderr)
         .init();
     match main_inner() {
@@ -36,23 +32,15 @@ fn main_inner() -> anyhow::Result<()> {
         None => FileConfig::default(),
     };
     let settings = Settings::resolve(file, &cli.common)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     match cli.command {
         Command::Setup => {
             let report = runtime.block_on(setup::setup(&settings))?;
             for (topic, created) in &report.topics {
-                println!(
-                    "topic {topic}: {}",
-                    if *created { "created" } else { "exists" }
-                );
+                println!("topic {topic}: {}", if *created { "created" } else { "exists" });
             }
-            println!(
-                "delta table {}: version {}",
-                report.delta_path, report.delta_version
-            );
+            println!("delta table {}: version {}", report.delta_path, report.delta_version);
         }
         Command::Generate(args) => {
             let spec = generate::Spec {
@@ -63,23 +51,17 @@ fn main_inner() -> anyhow::Result<()> {
                 days: args.days,
             };
             spec.check().map_err(anyhow::Error::msg)?;
-            let expected = generate::write_file(&spec, &args.out)
-                .with_context(|| format!("writing {}", args.out.display()))?;
+            let expected =
+                generate::write_file(&spec, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
             if args.json {
                 println!("{}", serde_json::to_string(&expected)?);
             } else {
                 println!("wrote {}", args.out.display());
                 println!("lines          {}", expected.lines);
                 println!("valid lines    {}", expected.valid_lines);
-                println!(
-                    "distinct keys  {}  (expected delta_rows)",
-                    expected.distinct_keys
-                );
+                println!("distinct keys  {}  (expected delta_rows)", expected.distinct_keys);
                 println!("duplicates     {}", expected.duplicates);
-                println!(
-                    "invalid        {}  (expected dlq_records)",
-                    expected.invalid
-                );
+                println!("invalid        {}  (expected dlq_records)", expected.invalid);
             }
         }
         Command::Produce(args) => {
@@ -90,11 +72,7 @@ fn main_inner() -> anyhow::Result<()> {
             } else {
                 println!(
                     "sent {} messages ({} bytes) to {} in {:.2} s: {:.0} messages/s",
-                    summary.messages,
-                    summary.bytes,
-                    settings.topics.raw,
-                    summary.seconds,
-                    summary.messages_per_sec
+                    summary.messages, summary.bytes, settings.topics.raw, summary.seconds, summary.messages_per_sec
                 );
             }
         }
@@ -102,11 +80,7 @@ fn main_inner() -> anyhow::Result<()> {
             let summary = run::run(settings, &runtime, args.until_idle)?;
             println!(
                 "processed {} batches: {} events in, {} invalid, {} duplicates, {} inserted",
-                summary.batches,
-                summary.events_in,
-                summary.invalid,
-                summary.duplicates,
-                summary.inserted
+                summary.batches, summary.events_in, summary.invalid, summary.duplicates, summary.inserted
             );
         }
         Command::Verify(args) => {

@@ -55,11 +55,7 @@ pub enum PipelineError {
     #[error("building the Arrow batch failed: {0}")]
     Arrow(#[from] deltalake::arrow::error::ArrowError),
     #[error("batch {batch_id} failed after {attempts} attempts; last error: {last}")]
-    GaveUp {
-        batch_id: i64,
-        attempts: u32,
-        last: Box<PipelineError>,
-    },
+    GaveUp { batch_id: i64, attempts: u32, last: Box<PipelineError> },
 }
 
 /// How many times one batch is tried before the processor stops (and, restarted, tries
@@ -90,24 +86,12 @@ pub struct Pipeline {
 impl Pipeline {
     /// Opens the table and joins the group. Must run outside the runtime's workers
     /// (it blocks), with `runtime` a handle to a multi-thread runtime.
-    pub fn start(
-        settings: Settings,
-        runtime: Handle,
-        shutdown: Arc<AtomicBool>,
-    ) -> Result<Self, PipelineError> {
+    pub fn start(settings: Settings, runtime: Handle, shutdown: Arc<AtomicBool>) -> Result<Self, PipelineError> {
         let table = runtime.block_on(EventTable::open(&settings.delta_path))?;
         let output = Output::new(&settings)?;
         let source = Source::subscribe(&settings, runtime.clone())?;
         let log = BatchLog::new(settings.batch_log_path());
-        Ok(Self {
-            settings,
-            source,
-            output,
-            table,
-            log,
-            runtime,
-            shutdown,
-        })
+        Ok(Self { settings, source, output, table, log, runtime, shutdown })
     }
 
     /// Runs batches until shutdown is requested, or, with `until_idle`, until every
@@ -162,13 +146,7 @@ impl Pipeline {
                             Some(_) => {}
                             None => continue,
                         }
-                        batch.add(
-                            p,
-                            m.offset(),
-                            m.key(),
-                            m.payload(),
-                            self.settings.max_message_bytes,
-                        );
+                        batch.add(p, m.offset(), m.key(), m.payload(), self.settings.max_message_bytes);
                         next.insert(p, Some(m.offset() + 1));
                         at_end.remove(&p);
                         last_message = Instant::now();
@@ -218,22 +196,16 @@ impl Pipeline {
             events_in: batch.messages(),
             invalid: batch.dead_letters.len() as u64,
             events_per_partition: batch.per_partition(),
-            phases: Phases {
-                collect_ms: ms(collect_time),
-                parse_ms: ms(batch.parse_time),
-                ..Phases::default()
-            },
+            phases: Phases { collect_ms: ms(collect_time), parse_ms: ms(batch.parse_time), ..Phases::default() },
             ..BatchRecord::default()
         };
         let t = Instant::now();
-        let (rows, duplicates) =
-            dedup::first_of_each_key(std::mem::take(&mut batch.rows), |r| r.key);
+        let (rows, duplicates) = dedup::first_of_each_key(std::mem::take(&mut batch.rows), |r| r.key);
         batch.rows = rows;
         record.in_batch_duplicates = duplicates;
         record.phases.dedup_ms = ms(t.elapsed());
 
-        let last_offsets: BTreeMap<i32, i64> =
-            batch.ranges.iter().map(|(p, r)| (*p, r.last)).collect();
+        let last_offsets: BTreeMap<i32, i64> = batch.ranges.iter().map(|(p, r)| (*p, r.last)).collect();
         let mut sent = Sent::default();
         let mut attempt = 0;
         loop {
@@ -248,11 +220,7 @@ impl Pipeline {
                     std::thread::sleep(backoff);
                 }
                 Err(e) => {
-                    return Err(PipelineError::GaveUp {
-                        batch_id,
-                        attempts: attempt,
-                        last: Box::new(e),
-                    });
+                    return Err(PipelineError::GaveUp { batch_id, attempts: attempt, last: Box::new(e) });
                 }
             }
         }
@@ -286,31 +254,17 @@ impl Pipeline {
         let rt = self.runtime.clone();
         let t = Instant::now();
         rt.block_on(self.table.reload())?;
-        let app_ids: Vec<(i32, String)> = batch
-            .ranges
-            .keys()
-            .map(|p| (*p, self.settings.txn_app_id(*p)))
-            .collect();
-        let stored = rt.block_on(
-            self.table
-                .txn_versions(app_ids.iter().map(|(p, id)| (*p, id.as_str()))),
-        )?;
+        let app_ids: Vec<(i32, String)> = batch.ranges.keys().map(|p| (*p, self.settings.txn_app_id(*p))).collect();
+        let stored = rt.block_on(self.table.txn_versions(app_ids.iter().map(|(p, id)| (*p, id.as_str()))))?;
         let dropped = batch.drop_stored(&stored);
         record.phases.reload_ms += ms(t.elapsed());
         if dropped > 0 {
             if sent.merge_attempted {
                 // Our own earlier commit reported an error but happened.
-                tracing::warn!(
-                    batch_id,
-                    "a commit that reported an error is in the table: not writing it again"
-                );
+                tracing::warn!(batch_id, "a commit that reported an error is in the table: not writing it again");
                 record.inserted = None;
             } else {
-                tracing::warn!(
-                    batch_id,
-                    dropped,
-                    "offsets already stored by another writer: skipping them"
-                );
+                tracing::warn!(batch_id, dropped, "offsets already stored by another writer: skipping them");
                 record.already_committed += dropped;
             }
         }
@@ -320,17 +274,9 @@ impl Pipeline {
         }
 
         let t = Instant::now();
-        let probe: Vec<(DedupKey, i32)> = batch
-            .rows
-            .iter()
-            .map(|r| (r.key, r.time.days_since_epoch()))
-            .collect();
+        let probe: Vec<(DedupKey, i32)> = batch.rows.iter().map(|r| (r.key, r.time.days_since_epoch())).collect();
         let existing = rt.block_on(self.table.existing_keys(&probe))?;
-        let new_rows: Vec<&delta::Row> = batch
-            .rows
-            .iter()
-            .filter(|r| !existing.contains(&r.key))
-            .collect();
+        let new_rows: Vec<&delta::Row> = batch.rows.iter().filter(|r| !existing.contains(&r.key)).collect();
         record.stored_duplicates = (batch.rows.len() - new_rows.len()) as u64;
         record.phases.check_ms += ms(t.elapsed());
 
@@ -349,8 +295,7 @@ impl Pipeline {
             .map(|r| processed::record(&settings.topics.processed, r, batch_id, ingested_at))
             .collect::<Vec<_>>();
         rt.block_on(self.output.send_all(dead_letters.into_iter().chain(events)))?;
-        sent.dead_letters
-            .extend(batch.dead_letters.iter().map(|d| (d.partition, d.offset)));
+        sent.dead_letters.extend(batch.dead_letters.iter().map(|d| (d.partition, d.offset)));
         sent.events.extend(new_rows.iter().map(|r| r.key));
         record.phases.produce_ms += ms(t.elapsed());
 
@@ -359,13 +304,10 @@ impl Pipeline {
         let txns: Vec<Transaction> = batch
             .ranges
             .iter()
-            .map(|(p, r)| {
-                Transaction::new_with_last_update(settings.txn_app_id(*p), r.last, Some(now_ms))
-            })
+            .map(|(p, r)| Transaction::new_with_last_update(settings.txn_app_id(*p), r.last, Some(now_ms)))
             .collect();
         let rows = delta::to_record_batch(&new_rows, batch_id, ingested_at)?;
-        let metadata =
-            serde_json::json!({ "idempipe.batch_id": batch_id, "idempipe.group": settings.group });
+        let metadata = serde_json::json!({ "idempipe.batch_id": batch_id, "idempipe.group": settings.group });
         sent.merge_attempted = true;
         let outcome = rt.block_on(self.table.merge_insert(rows, &txns, metadata))?;
         record.phases.commit_ms += ms(t.elapsed());
@@ -395,12 +337,9 @@ struct Sent {
 }
 
 fn now() -> EventTime {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
     // The clock is between 1970 and 9999.
-    EventTime::from_micros(micros)
-        .unwrap_or_else(|_| EventTime::from_micros(0).expect("0 is in range"))
+    EventTime::from_micros(micros).unwrap_or_else(|_| EventTime::from_micros(0).expect("0 is in range"))
 }
 
 fn ms(d: Duration) -> f64 {

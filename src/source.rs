@@ -64,37 +64,20 @@ impl SourceContext {
         let path = self.delta_path.clone();
         let versions = self.runtime.block_on(async move {
             let table = EventTable::open(&path).await?;
-            table
-                .txn_versions(ids.iter().map(|(p, id)| (*p, id.as_str())))
-                .await
+            table.txn_versions(ids.iter().map(|(p, id)| (*p, id.as_str()))).await
         });
         let versions = versions.map_err(|e| e.to_string())?;
-        Ok(partitions
-            .iter()
-            .map(|p| (*p, versions.get(p).map(|v| v + 1)))
-            .collect())
+        Ok(partitions.iter().map(|p| (*p, versions.get(p).map(|v| v + 1))).collect())
     }
 }
 
 impl ConsumerContext for SourceContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let partitions: Vec<i32> = tpl
-                    .elements()
-                    .iter()
-                    .filter(|e| e.topic() == self.topic)
-                    .map(|e| e.partition())
-                    .collect();
+                let partitions: Vec<i32> =
+                    tpl.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect();
                 match self.starts_from_delta(&partitions) {
                     Ok(starts) => {
                         for (p, start) in &starts {
@@ -103,20 +86,12 @@ impl ConsumerContext for SourceContext {
                                 tracing::error!(partition = p, error = %e, "cannot set start offset");
                             }
                         }
-                        let result = if cooperative {
-                            consumer.incremental_assign(tpl)
-                        } else {
-                            consumer.assign(tpl)
-                        };
+                        let result = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                         if let Err(e) = result {
-                            self.state().failure =
-                                Some(format!("assigning partitions failed: {e}"));
+                            self.state().failure = Some(format!("assigning partitions failed: {e}"));
                             return;
                         }
-                        tracing::info!(
-                            ?starts,
-                            "partitions assigned; starting after the offsets stored in Delta"
-                        );
+                        tracing::info!(?starts, "partitions assigned; starting after the offsets stored in Delta");
                         let mut state = self.state();
                         state.generation += 1;
                         if !cooperative {
@@ -127,24 +102,15 @@ impl ConsumerContext for SourceContext {
                     Err(e) => {
                         // Without Delta's offsets no start is safe: take nothing and stop.
                         tracing::error!(error = %e, "cannot read offsets from Delta on assignment");
-                        let _ = if cooperative {
-                            consumer.incremental_unassign(tpl)
-                        } else {
-                            consumer.unassign()
-                        };
-                        self.state().failure =
-                            Some(format!("reading the offsets stored in Delta failed: {e}"));
+                        let _ = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                        self.state().failure = Some(format!("reading the offsets stored in Delta failed: {e}"));
                     }
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(?revoked, "partitions revoked");
-                let _ = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
+                let _ = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
                 let mut state = self.state();
                 state.generation += 1;
                 for p in revoked {
@@ -204,14 +170,8 @@ impl Source {
         .create_with_context(context)
         .map_err(kafka::client_error(settings))?;
         kafka::partition_count(settings, consumer.client(), Some(&settings.topics.raw))?;
-        consumer
-            .subscribe(&[&settings.topics.raw])
-            .map_err(kafka::client_error(settings))?;
-        Ok(Self {
-            consumer,
-            assignment: state,
-            topic: settings.topics.raw.clone(),
-        })
+        consumer.subscribe(&[&settings.topics.raw]).map_err(kafka::client_error(settings))?;
+        Ok(Self { consumer, assignment: state, topic: settings.topics.raw.clone() })
     }
 
     pub fn assignment(&self) -> MutexGuard<'_, Assignment> {
@@ -223,27 +183,19 @@ impl Source {
     pub fn commit_offsets(&self, last: &BTreeMap<i32, i64>) {
         let mut tpl = TopicPartitionList::new();
         for (p, offset) in last {
-            if tpl
-                .add_partition_offset(&self.topic, *p, Offset::Offset(offset + 1))
-                .is_err()
-            {
+            if tpl.add_partition_offset(&self.topic, *p, Offset::Offset(offset + 1)).is_err() {
                 return;
             }
         }
         if tpl.count() > 0
-            && let Err(e) = self
-                .consumer
-                .commit(&tpl, rdkafka::consumer::CommitMode::Async)
+            && let Err(e) = self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async)
         {
             tracing::debug!(error = %e, "committing group offsets failed (Delta holds the truth)");
         }
     }
 
     /// Polls for one message or event.
-    pub fn poll(
-        &self,
-        timeout: Duration,
-    ) -> Option<Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>> {
+    pub fn poll(&self, timeout: Duration) -> Option<Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>> {
         self.consumer.poll(timeout)
     }
 }

@@ -43,11 +43,7 @@ fn seed_scenario_replays_change_nothing_and_new_events_land() {
     p.run_until_idle(&[]);
     let v = assert_delta(&p, 10_000);
     assert_eq!(count(&v, "processed_distinct_keys"), 10_000, "{v}");
-    assert_eq!(
-        count(&v, "processed_records"),
-        10_000,
-        "no crash, so no re-send: {v}"
-    );
+    assert_eq!(count(&v, "processed_records"), 10_000, "no crash, so no re-send: {v}");
     let version = count(&v, "delta_version");
 
     for _ in 0..10 {
@@ -55,29 +51,12 @@ fn seed_scenario_replays_change_nothing_and_new_events_land() {
     }
     p.run_until_idle(&[]);
     let v = assert_delta(&p, 10_000);
-    assert_eq!(
-        count(&v, "processed_records"),
-        10_000,
-        "a replay sends nothing new: {v}"
-    );
+    assert_eq!(count(&v, "processed_records"), 10_000, "a replay sends nothing new: {v}");
     assert_eq!(count(&v, "raw_records"), 11 * 11_000, "{v}");
-    assert!(
-        count(&v, "delta_version") > version,
-        "replays still record their offsets"
-    );
+    assert!(count(&v, "delta_version") > version, "replays still record their offsets");
 
     let fresh = p.path("fresh.jsonl");
-    p.ok(&[
-        "generate",
-        "--unique",
-        "15",
-        "--seed",
-        "12",
-        "--days",
-        "1",
-        "--out",
-        fresh.to_str().unwrap(),
-    ]);
+    p.ok(&["generate", "--unique", "15", "--seed", "12", "--days", "1", "--out", fresh.to_str().unwrap()]);
     // Seed 12 spreads over 2024-01-01 like seed 11; the contract makes them distinct
     // events unless user, type and time all match, which the check below would catch.
     p.produce(&fresh);
@@ -101,21 +80,12 @@ fn a_file_of_spellings_ids_and_invalid_lines_lands_exactly() {
             r#""2024-03-10 12:00:00.000000""#,
             "1710072000000",
         ] {
-            lines.push(format!(
-                r#"{{"user_id":"{user}","event_type":"buy","timestamp":{ts},"n":{}}}"#,
-                lines.len()
-            ));
+            lines.push(format!(r#"{{"user_id":"{user}","event_type":"buy","timestamp":{ts},"n":{}}}"#, lines.len()));
         }
-        lines.push(format!(
-            r#"{{"user_id":{user},"event_type":"buy","timestamp":"2024-03-10T12:00:00.0000009Z"}}"#
-        ));
+        lines.push(format!(r#"{{"user_id":{user},"event_type":"buy","timestamp":"2024-03-10T12:00:00.0000009Z"}}"#));
         // A different microsecond, and a different type: 2 more distinct keys.
-        lines.push(format!(
-            r#"{{"user_id":"{user}","event_type":"buy","timestamp":"2024-03-10T12:00:00.000001Z"}}"#
-        ));
-        lines.push(format!(
-            r#"{{"user_id":"{user}","event_type":"view","timestamp":"2024-03-10T12:00:00Z"}}"#
-        ));
+        lines.push(format!(r#"{{"user_id":"{user}","event_type":"buy","timestamp":"2024-03-10T12:00:00.000001Z"}}"#));
+        lines.push(format!(r#"{{"user_id":"{user}","event_type":"view","timestamp":"2024-03-10T12:00:00Z"}}"#));
     }
     let invalid = [
         r#"{"user_id":"x","event_type":"buy","timestamp":"2024-02-30T00:00:00Z"}"#,
@@ -136,24 +106,12 @@ fn a_file_of_spellings_ids_and_invalid_lines_lands_exactly() {
 
     // An independent reader (Python `deltalake`) sees the same table and schema.
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_delta.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(p.delta_path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "Python deltalake check failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = std::process::Command::new("python3").arg(script).arg(p.delta_path()).output().unwrap();
+    assert!(out.status.success(), "Python deltalake check failed: {}", String::from_utf8_lossy(&out.stderr));
     let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(count(&py, "rows"), 60, "{py}");
     assert_eq!(count(&py, "distinct_keys"), 60, "{py}");
-    assert_eq!(
-        count(&py, "partitions"),
-        1,
-        "all events are on 2024-03-10: {py}"
-    );
+    assert_eq!(count(&py, "partitions"), 1, "all events are on 2024-03-10: {py}");
 }
 
 #[test]
@@ -191,20 +149,11 @@ fn invalid_messages_reach_the_dead_letter_topic_with_their_reason() {
         assert_eq!(d.headers["source.topic"], format!("{}_raw", p.name));
         let partition: i32 = d.headers["source.partition"].parse().unwrap();
         let offset: i64 = d.headers["source.offset"].parse().unwrap();
-        let source = raw
-            .iter()
-            .find(|r| r.partition == partition && r.offset == offset)
-            .expect("source record exists");
-        assert_eq!(
-            source.value, d.value,
-            "the dead letter carries the original bytes"
-        );
+        let source = raw.iter().find(|r| r.partition == partition && r.offset == offset).expect("source record exists");
+        assert_eq!(source.value, d.value, "the dead letter carries the original bytes");
         classes.insert(class);
     }
-    assert!(
-        classes.len() >= 8,
-        "varied classes expected, got {classes:?}"
-    );
+    assert!(classes.len() >= 8, "varied classes expected, got {classes:?}");
 }
 
 #[test]
@@ -229,26 +178,17 @@ fn a_processor_killed_mid_run_loses_nothing_and_doubles_nothing() {
 
     // Small batches, so the kill lands between many commits.
     let mut child = p.spawn(&["run", "--trigger", "200ms", "--max-batch-events", "700"]);
-    wait_until(Duration::from_secs(120), "two committed batches", || {
-        p.batch_log_lines() >= 2
-    });
+    wait_until(Duration::from_secs(120), "two committed batches", || p.batch_log_lines() >= 2);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let after_kill = p.verify();
     let stored = count(&after_kill, "delta_rows");
-    assert!(
-        stored < 10_000,
-        "the kill should land mid-run, but all {stored} rows were in"
-    );
+    assert!(stored < 10_000, "the kill should land mid-run, but all {stored} rows were in");
 
     p.run_until_idle(&[]);
     let v = assert_delta(&p, 10_000);
     assert_eq!(count(&v, "dlq_records"), 50, "{v}");
-    assert_eq!(
-        count(&v, "processed_distinct_keys"),
-        10_000,
-        "every stored event reached the processed topic: {v}"
-    );
+    assert_eq!(count(&v, "processed_distinct_keys"), 10_000, "every stored event reached the processed topic: {v}");
 }
 
 #[test]
@@ -279,24 +219,18 @@ fn read_all(topic: &str) -> Vec<Record> {
         .set("enable.partition.eof", "true")
         .create()
         .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
     let partitions = metadata.topics()[0].partitions().len() as i32;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let mut open: HashSet<i32> = (0..partitions).collect();
     let mut out = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !open.is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "reading {topic} timed out"
-        );
+        assert!(std::time::Instant::now() < deadline, "reading {topic} timed out");
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 let headers = m
@@ -304,11 +238,7 @@ fn read_all(topic: &str) -> Vec<Record> {
                     .map(|h| {
                         h.iter()
                             .map(|x| {
-                                (
-                                    x.key.to_string(),
-                                    String::from_utf8_lossy(x.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
+                                (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())
                             })
                             .collect()
                     })

@@ -29,9 +29,7 @@ impl Spec {
     /// Refuses a spec that cannot be generated: re-sends need something to re-send.
     pub fn check(&self) -> Result<(), String> {
         if self.duplicates > 0 && self.unique == 0 {
-            return Err(
-                "--duplicates needs --unique of at least 1: re-sends copy earlier events".into(),
-            );
+            return Err("--duplicates needs --unique of at least 1: re-sends copy earlier events".into());
         }
         Ok(())
     }
@@ -67,10 +65,7 @@ pub fn write_file(spec: &Spec, out: &Path) -> std::io::Result<Expected> {
 /// # Panics
 /// If `spec` fails [`Spec::check`].
 pub fn generate(spec: &Spec) -> (Vec<Vec<u8>>, Expected) {
-    assert!(
-        spec.check().is_ok(),
-        "generate called with an unchecked spec"
-    );
+    assert!(spec.check().is_ok(), "generate called with an unchecked spec");
     let mut rng = SplitMix64(spec.seed);
     let total = spec.unique + spec.duplicates + spec.invalid;
     let mut lines: Vec<Vec<u8>> = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
@@ -78,9 +73,7 @@ pub fn generate(spec: &Spec) -> (Vec<Vec<u8>>, Expected) {
     // Each event owns one slot of time, so canonical times (and keys) never collide;
     // slots are whole milliseconds so that epoch-millisecond spellings stay exact.
     let span_us = i64::from(spec.days.max(1)) * 86_400_000_000;
-    let slot_us = (span_us / i64::try_from(spec.unique.max(1)).unwrap_or(i64::MAX)).max(1_000)
-        / 1_000
-        * 1_000;
+    let slot_us = (span_us / i64::try_from(spec.unique.max(1)).unwrap_or(i64::MAX)).max(1_000) / 1_000 * 1_000;
     let base_us = 1_704_067_200_000_000; // 2024-01-01T00:00:00Z
     let users = (spec.unique / 8).max(1);
     for i in 0..spec.unique {
@@ -92,11 +85,7 @@ pub fn generate(spec: &Spec) -> (Vec<Vec<u8>>, Expected) {
         }
         let time = EventTime::from_micros(t).expect("generated times are in 2024");
         let user = rng.below(users);
-        let user_json = if rng.below(10) == 0 {
-            user.to_string()
-        } else {
-            format!("\"user_{user}\"")
-        };
+        let user_json = if rng.below(10) == 0 { user.to_string() } else { format!("\"user_{user}\"") };
         let event_type = EVENT_TYPES[rng.below(EVENT_TYPES.len() as u64) as usize];
         let ts_json = spell(time, style, &mut rng);
         let line = format!(
@@ -134,14 +123,7 @@ pub fn generate(spec: &Spec) -> (Vec<Vec<u8>>, Expected) {
     (lines, expected)
 }
 
-const EVENT_TYPES: [&str; 6] = [
-    "click",
-    "view",
-    "purchase",
-    "signup",
-    "add_to_cart",
-    "logout",
-];
+const EVENT_TYPES: [&str; 6] = ["click", "view", "purchase", "signup", "add_to_cart", "logout"];
 
 /// One of the contract's spellings of `time`: epoch millis (style 0), RFC 3339 with
 /// `Z` or an offset, with 0 to 9 fraction digits, or the space form without offset.
@@ -158,54 +140,23 @@ fn spell(time: EventTime, style: u64, rng: &mut SplitMix64) -> String {
                 .expect("offsets keep 2024 times in range")
                 .to_string();
             let sign = if offset_min < 0 { '-' } else { '+' };
-            format!(
-                "\"{}{sign}{:02}:{:02}\"",
-                &local[..26],
-                offset_min.abs() / 60,
-                offset_min.abs() % 60
-            )
+            format!("\"{}{sign}{:02}:{:02}\"", &local[..26], offset_min.abs() / 60, offset_min.abs() % 60)
         }
     }
 }
 
 /// Invalid lines, one per kind of the contract; the index makes each line unique.
 const INVALID_KINDS: [fn(u64) -> String; 12] = [
-    |k| {
-        format!(
-            "{{\"user_id\":\"bad{k}\",\"event_type\":\"click\",\"timestamp\":\"2024-01-01T00:00:00Z\",\"note\":\""
-        )
-    },
+    |k| format!("{{\"user_id\":\"bad{k}\",\"event_type\":\"click\",\"timestamp\":\"2024-01-01T00:00:00Z\",\"note\":\""),
     |k| format!("{{not json {k}"),
     |k| format!("[{k},\"click\",\"2024-01-01T00:00:00Z\"]"),
     |k| format!("{{\"event_type\":\"click\",\"timestamp\":\"2024-01-01T00:00:00Z\",\"n\":{k}}}"),
-    |k| {
-        format!(
-            "{{\"user_id\":\"\",\"event_type\":\"click\",\"timestamp\":\"2024-01-01T00:00:00Z\",\"n\":{k}}}"
-        )
-    },
-    |k| {
-        format!(
-            "{{\"user_id\":\"bad{k}\",\"event_type\":\"click\",\"timestamp\":\"2024-02-30T00:00:00Z\"}}"
-        )
-    },
-    |k| {
-        format!("{{\"user_id\":\"bad{k}\",\"event_type\":\"click\",\"timestamp\":1704067200000.0}}")
-    },
-    |k| {
-        format!(
-            "{{\"user_id\":\"bad{k}\",\"event_type\":\"click\",\"timestamp\":99999999999999999}}"
-        )
-    },
-    |k| {
-        format!(
-            "{{\"user_id\":true,\"event_type\":\"click\",\"timestamp\":\"2024-01-01T00:00:00Z\",\"n\":{k}}}"
-        )
-    },
-    |k| {
-        format!(
-            "{{\"user_id\":\"bad{k}\",\"user_id\":\"dup\",\"event_type\":\"click\",\"timestamp\":0}}"
-        )
-    },
+    |k| format!("{{\"user_id\":\"\",\"event_type\":\"click\",\"timestamp\":\"2024-01-01T00:00:00Z\",\"n\":{k}}}"),
+    |k| format!("{{\"user_id\":\"bad{k}\",\"event_type\":\"click\",\"timestamp\":\"2024-02-30T00:00:00Z\"}}"),
+    |k| format!("{{\"user_id\":\"bad{k}\",\"event_type\":\"click\",\"timestamp\":1704067200000.0}}"),
+    |k| format!("{{\"user_id\":\"bad{k}\",\"event_type\":\"click\",\"timestamp\":99999999999999999}}"),
+    |k| format!("{{\"user_id\":true,\"event_type\":\"click\",\"timestamp\":\"2024-01-01T00:00:00Z\",\"n\":{k}}}"),
+    |k| format!("{{\"user_id\":\"bad{k}\",\"user_id\":\"dup\",\"event_type\":\"click\",\"timestamp\":0}}"),
     |k| format!("{{\"user_id\":\"bad{k}\",\"event_type\":null,\"timestamp\":0}}"),
     |k| format!("\"just a string {k}\""),
 ];
@@ -237,13 +188,7 @@ mod tests {
 
     #[test]
     fn the_file_holds_exactly_the_counts_it_claims() {
-        let spec = Spec {
-            unique: 5_000,
-            duplicates: 700,
-            invalid: 130,
-            seed: 7,
-            days: 3,
-        };
+        let spec = Spec { unique: 5_000, duplicates: 700, invalid: 130, seed: 7, days: 3 };
         let (lines, expected) = generate(&spec);
         assert_eq!(lines.len() as u64, expected.lines);
         let mut keys = HashSet::new();
@@ -263,30 +208,17 @@ mod tests {
         assert_eq!(keys.len() as u64, expected.distinct_keys);
         assert_eq!(
             expected,
-            Expected {
-                lines: 5_830,
-                valid_lines: 5_700,
-                distinct_keys: 5_000,
-                duplicates: 700,
-                invalid: 130
-            }
+            Expected { lines: 5_830, valid_lines: 5_700, distinct_keys: 5_000, duplicates: 700, invalid: 130 }
         );
     }
 
     #[test]
     fn every_invalid_kind_is_refused() {
-        let spec = Spec {
-            unique: 0,
-            duplicates: 0,
-            invalid: INVALID_KINDS.len() as u64 * 2,
-            seed: 1,
-            days: 1,
-        };
+        let spec = Spec { unique: 0, duplicates: 0, invalid: INVALID_KINDS.len() as u64 * 2, seed: 1, days: 1 };
         let (lines, _) = generate(&spec);
         let mut classes = HashSet::new();
         for line in &lines {
-            let r = event::parse(Some(line), DEFAULT_MAX_MESSAGE_BYTES)
-                .expect_err("invalid line accepted");
+            let r = event::parse(Some(line), DEFAULT_MAX_MESSAGE_BYTES).expect_err("invalid line accepted");
             classes.insert(r.class);
         }
         assert!(classes.len() >= 9, "only {classes:?}");
@@ -294,13 +226,7 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_file_and_another_seed_does_not() {
-        let spec = Spec {
-            unique: 300,
-            duplicates: 30,
-            invalid: 12,
-            seed: 42,
-            days: 2,
-        };
+        let spec = Spec { unique: 300, duplicates: 30, invalid: 12, seed: 42, days: 2 };
         assert_eq!(generate(&spec).0, generate(&spec).0);
         assert_ne!(generate(&spec).0, generate(&Spec { seed: 43, ..spec }).0);
     }
@@ -308,22 +234,10 @@ mod tests {
     #[test]
     fn dense_files_keep_keys_distinct() {
         // More events than milliseconds in the span: slots stay at least 1 ms wide.
-        let spec = Spec {
-            unique: 20_000,
-            duplicates: 0,
-            invalid: 0,
-            seed: 3,
-            days: 0,
-        };
+        let spec = Spec { unique: 20_000, duplicates: 0, invalid: 0, seed: 3, days: 0 };
         let (lines, _) = generate(&spec);
-        let keys: HashSet<_> = lines
-            .iter()
-            .map(|l| {
-                event::parse(Some(l), DEFAULT_MAX_MESSAGE_BYTES)
-                    .unwrap()
-                    .key
-            })
-            .collect();
+        let keys: HashSet<_> =
+            lines.iter().map(|l| event::parse(Some(l), DEFAULT_MAX_MESSAGE_BYTES).unwrap().key).collect();
         assert_eq!(keys.len(), 20_000);
     }
 }

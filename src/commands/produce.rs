@@ -17,19 +17,11 @@ use crate::kafka::{self, KafkaFailure, Role, client_config};
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceFileError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error(transparent)]
     Kafka(#[from] KafkaFailure),
     #[error("{failed} of {sent} messages were not delivered to {topic}: {first}")]
-    NotDelivered {
-        topic: String,
-        sent: u64,
-        failed: u64,
-        first: String,
-    },
+    NotDelivered { topic: String, sent: u64, failed: u64, first: String },
     #[error("--rate must be a positive number of events per second, not {0}")]
     BadRate(f64),
 }
@@ -57,10 +49,7 @@ impl ProducerContext for Deliveries {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = result {
             self.failed.fetch_add(1, Ordering::Relaxed);
-            self.first_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_insert_with(|| e.to_string());
+            self.first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
         }
     }
 }
@@ -79,18 +68,11 @@ fn key_of(line: &[u8]) -> Option<String> {
 }
 
 /// Sends every line of `input` to the raw topic.
-pub fn produce(
-    settings: &Settings,
-    input: &Path,
-    rate: Option<f64>,
-) -> Result<ProduceSummary, ProduceFileError> {
+pub fn produce(settings: &Settings, input: &Path, rate: Option<f64>) -> Result<ProduceSummary, ProduceFileError> {
     if let Some(r) = rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
         return Err(ProduceFileError::BadRate(r));
     }
-    let read_err = |source| ProduceFileError::Read {
-        path: input.display().to_string(),
-        source,
-    };
+    let read_err = |source| ProduceFileError::Read { path: input.display().to_string(), source };
     let file = std::fs::File::open(input).map_err(read_err)?;
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     let producer: ThreadedProducer<Deliveries> = client_config(
@@ -111,10 +93,8 @@ pub fn produce(
 
     let progress = indicatif::ProgressBar::new(total_bytes);
     progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {bytes}/{total_bytes} {wide_bar} {msg} {per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {wide_bar} {msg} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let started = Instant::now();
     let mut sent = 0_u64;
@@ -140,8 +120,7 @@ pub fn produce(
             }
         }
         let key = key_of(&line);
-        let mut record: BaseRecord<'_, str, [u8]> =
-            BaseRecord::to(&settings.topics.raw).payload(&line[..]);
+        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&settings.topics.raw).payload(&line[..]);
         if let Some(k) = &key {
             record = record.key(k.as_str());
         }
@@ -161,31 +140,14 @@ pub fn produce(
             progress.set_position(bytes);
         }
     }
-    producer
-        .flush(Duration::from_secs(300))
-        .map_err(kafka::client_error(settings))?;
+    producer.flush(Duration::from_secs(300)).map_err(kafka::client_error(settings))?;
     progress.finish_and_clear();
     let context = producer.context();
     let failed = context.failed.load(Ordering::Relaxed);
     if failed > 0 {
-        let first = context
-            .first_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .unwrap_or_default();
-        return Err(ProduceFileError::NotDelivered {
-            topic: settings.topics.raw.clone(),
-            sent,
-            failed,
-            first,
-        });
+        let first = context.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+        return Err(ProduceFileError::NotDelivered { topic: settings.topics.raw.clone(), sent, failed, first });
     }
     let seconds = started.elapsed().as_secs_f64();
-    Ok(ProduceSummary {
-        messages: sent,
-        bytes,
-        seconds,
-        messages_per_sec: sent as f64 / seconds.max(1e-9),
-    })
+    Ok(ProduceSummary { messages: sent, bytes, seconds, messages_per_sec: sent as f64 / seconds.max(1e-9) })
 }

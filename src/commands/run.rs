@@ -11,11 +11,7 @@ use crate::pipeline::{Pipeline, PipelineError, RunSummary};
 
 /// Runs the processor on the calling thread (it blocks), using `runtime` for the async
 /// parts. SIGINT and SIGTERM stop it after the batch in progress.
-pub fn run(
-    settings: Settings,
-    runtime: &Runtime,
-    until_idle: Option<Duration>,
-) -> Result<RunSummary, PipelineError> {
+pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) -> Result<RunSummary, PipelineError> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let flag = shutdown.clone();
     runtime.spawn(async move {

@@ -33,9 +33,5 @@ pub async fn setup(settings: &Settings) -> Result<SetupReport, SetupError> {
         ],
     )
     .await?;
-    Ok(SetupReport {
-        topics,
-        delta_path: table.path().display().to_string(),
-        delta_version: table.version(),
-    })
+    Ok(SetupReport { topics, delta_path: table.path().display().to_string(), delta_version: table.version() })
 }

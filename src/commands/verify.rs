@@ -52,28 +52,15 @@ pub async fn verify(settings: &Settings) -> Report {
         let mut sources = HashSet::new();
         let dlq = kafka::read_topic(&s, &s.topics.dlq, |m| {
             let header = |name: &str| {
-                m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|x| x.key == name)
-                        .and_then(|x| x.value)
-                        .map(<[u8]>::to_vec)
-                })
+                m.headers().and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value).map(<[u8]>::to_vec))
             };
-            sources.insert((
-                header(dlq::HEADER_TOPIC),
-                header(dlq::HEADER_PARTITION),
-                header(dlq::HEADER_OFFSET),
-            ));
+            sources.insert((header(dlq::HEADER_TOPIC), header(dlq::HEADER_PARTITION), header(dlq::HEADER_OFFSET)));
         });
         let mut keys = HashSet::new();
         let processed = kafka::read_topic(&s, &s.topics.processed, |m| {
             keys.insert(m.key().map(<[u8]>::to_vec));
         });
-        (
-            raw,
-            dlq.map(|n| (n, sources.len() as u64)),
-            processed.map(|n| (n, keys.len() as u64)),
-        )
+        (raw, dlq.map(|n| (n, sources.len() as u64)), processed.map(|n| (n, keys.len() as u64)))
     })
     .await;
     match topics {
@@ -99,9 +86,7 @@ pub async fn verify(settings: &Settings) -> Report {
 }
 
 fn ok_or_warn<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> Option<T> {
-    result
-        .map_err(|e| tracing::warn!(error = %e, "no counts for the {what}"))
-        .ok()
+    result.map_err(|e| tracing::warn!(error = %e, "no counts for the {what}")).ok()
 }
 
 impl Report {
@@ -124,12 +109,7 @@ impl Report {
         ];
         rows.iter()
             .filter(|(name, _)| !name.is_empty())
-            .map(|(name, v)| {
-                format!(
-                    "{name:<24} {}\n",
-                    v.map_or("-".to_string(), |v| v.to_string())
-                )
-            })
+            .map(|(name, v)| format!("{name:<24} {}\n", v.map_or("-".to_string(), |v| v.to_string())))
             .collect()
     }
 }

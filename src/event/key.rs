@@ -51,14 +51,10 @@ impl EventTime {
     pub fn from_epoch_millis(millis: i64) -> Result<Self, TimeError> {
         millis
             .checked_mul(1_000)
-            .ok_or_else(|| {
-                TimeError::OutOfRange(format!("{millis} epoch milliseconds is out of range"))
-            })
+            .ok_or_else(|| TimeError::OutOfRange(format!("{millis} epoch milliseconds is out of range")))
             .and_then(Self::from_micros)
             .map_err(|_| {
-                TimeError::OutOfRange(format!(
-                    "{millis} epoch milliseconds is outside the years 0001 to 9999"
-                ))
+                TimeError::OutOfRange(format!("{millis} epoch milliseconds is outside the years 0001 to 9999"))
             })
     }
 
@@ -89,9 +85,7 @@ impl EventTime {
         let minute = digits(&b[14..16]).ok_or_else(|| malformed("has no two-digit minute"))?;
         let second = digits(&b[17..19]).ok_or_else(|| malformed("has no two-digit second"))?;
         if year == 0 {
-            return Err(TimeError::OutOfRange(format!(
-                "timestamp {text:?} is in year 0000; the first year is 0001"
-            )));
+            return Err(TimeError::OutOfRange(format!("timestamp {text:?} is in year 0000; the first year is 0001")));
         }
         if !(1..=12).contains(&month) {
             return Err(malformed("has a month outside 01 to 12"));
@@ -134,15 +128,10 @@ impl EventTime {
         };
 
         let days = days_from_civil(i64::from(year), month, day);
-        let local_secs = days * SECS_PER_DAY
-            + i64::from(hour) * 3600
-            + i64::from(minute) * 60
-            + i64::from(second);
+        let local_secs = days * SECS_PER_DAY + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second);
         let utc_micros = (local_secs - offset_secs) * MICROS_PER_SEC + micros_of_second;
         Self::from_micros(utc_micros).map_err(|_| {
-            TimeError::OutOfRange(format!(
-                "timestamp {text:?} falls outside the years 0001 to 9999 once taken to UTC"
-            ))
+            TimeError::OutOfRange(format!("timestamp {text:?} falls outside the years 0001 to 9999 once taken to UTC"))
         })
     }
 
@@ -166,13 +155,7 @@ impl fmt::Display for EventTime {
         let days = secs.div_euclid(SECS_PER_DAY);
         let sod = secs.rem_euclid(SECS_PER_DAY);
         let (y, m, d) = civil_from_days(days);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-            sod / 3600,
-            sod / 60 % 60,
-            sod % 60
-        )
+        write!(f, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", sod / 3600, sod / 60 % 60, sod % 60)
     }
 }
 
@@ -244,9 +227,7 @@ fn hex_value(c: u8) -> Option<u8> {
 
 /// The value of a run of ASCII digits, or `None` if any byte is not a digit.
 fn digits(b: &[u8]) -> Option<u32> {
-    b.iter().try_fold(0_u32, |acc, c| {
-        c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
-    })
+    b.iter().try_fold(0_u32, |acc, c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
 }
 
 fn is_leap(year: u32) -> bool {
@@ -293,53 +274,24 @@ mod tests {
     use proptest::prelude::*;
 
     fn canonical(text: &str) -> String {
-        EventTime::parse(text)
-            .map(|t| t.to_string())
-            .unwrap_or_else(|e| format!("{e:?}"))
+        EventTime::parse(text).map(|t| t.to_string()).unwrap_or_else(|e| format!("{e:?}"))
     }
 
     #[test]
     fn offsets_are_taken_to_utc() {
-        assert_eq!(
-            canonical("2024-01-01T01:00:00+01:00"),
-            "2024-01-01T00:00:00.000000Z"
-        );
-        assert_eq!(
-            canonical("2023-12-31T19:00:00-05:00"),
-            "2024-01-01T00:00:00.000000Z"
-        );
-        assert_eq!(
-            canonical("2024-01-01T05:30:00+05:30"),
-            "2024-01-01T00:00:00.000000Z"
-        );
-        assert_eq!(
-            canonical("2024-03-01T00:30:00+01:00"),
-            "2024-02-29T23:30:00.000000Z"
-        );
-        assert_eq!(
-            canonical("2024-01-01T00:00:00-00:00"),
-            "2024-01-01T00:00:00.000000Z"
-        );
+        assert_eq!(canonical("2024-01-01T01:00:00+01:00"), "2024-01-01T00:00:00.000000Z");
+        assert_eq!(canonical("2023-12-31T19:00:00-05:00"), "2024-01-01T00:00:00.000000Z");
+        assert_eq!(canonical("2024-01-01T05:30:00+05:30"), "2024-01-01T00:00:00.000000Z");
+        assert_eq!(canonical("2024-03-01T00:30:00+01:00"), "2024-02-29T23:30:00.000000Z");
+        assert_eq!(canonical("2024-01-01T00:00:00-00:00"), "2024-01-01T00:00:00.000000Z");
     }
 
     #[test]
     fn fraction_digits_past_the_sixth_are_cut_not_rounded() {
-        assert_eq!(
-            canonical("2024-01-01T00:00:00.9Z"),
-            "2024-01-01T00:00:00.900000Z"
-        );
-        assert_eq!(
-            canonical("2024-01-01T00:00:00.12Z"),
-            "2024-01-01T00:00:00.120000Z"
-        );
-        assert_eq!(
-            canonical("2024-01-01T00:00:00.999999999Z"),
-            "2024-01-01T00:00:00.999999Z"
-        );
-        assert_eq!(
-            canonical("2024-01-01 00:00:00.0000005"),
-            "2024-01-01T00:00:00.000000Z"
-        );
+        assert_eq!(canonical("2024-01-01T00:00:00.9Z"), "2024-01-01T00:00:00.900000Z");
+        assert_eq!(canonical("2024-01-01T00:00:00.12Z"), "2024-01-01T00:00:00.120000Z");
+        assert_eq!(canonical("2024-01-01T00:00:00.999999999Z"), "2024-01-01T00:00:00.999999Z");
+        assert_eq!(canonical("2024-01-01 00:00:00.0000005"), "2024-01-01T00:00:00.000000Z");
     }
 
     #[test]
@@ -374,23 +326,10 @@ mod tests {
 
     #[test]
     fn the_range_is_years_0001_to_9999() {
-        assert_eq!(
-            canonical("0001-01-01T00:00:00Z"),
-            "0001-01-01T00:00:00.000000Z"
-        );
-        assert_eq!(
-            canonical("9999-12-31T23:59:59.999999999Z"),
-            "9999-12-31T23:59:59.999999Z"
-        );
-        for text in [
-            "0000-01-01T00:00:00Z",
-            "0001-01-01T00:00:00+00:01",
-            "9999-12-31T23:59:59-00:01",
-        ] {
-            assert!(
-                matches!(EventTime::parse(text), Err(TimeError::OutOfRange(_))),
-                "{text}"
-            );
+        assert_eq!(canonical("0001-01-01T00:00:00Z"), "0001-01-01T00:00:00.000000Z");
+        assert_eq!(canonical("9999-12-31T23:59:59.999999999Z"), "9999-12-31T23:59:59.999999Z");
+        for text in ["0000-01-01T00:00:00Z", "0001-01-01T00:00:00+00:01", "9999-12-31T23:59:59-00:01"] {
+            assert!(matches!(EventTime::parse(text), Err(TimeError::OutOfRange(_))), "{text}");
         }
         assert!(EventTime::from_epoch_millis(253_402_300_799_999).is_ok());
         assert!(EventTime::from_epoch_millis(253_402_300_800_000).is_err());
@@ -416,10 +355,7 @@ mod tests {
     #[test]
     fn the_separator_keeps_shifted_fields_apart() {
         let t = EventTime::parse("2024-01-01T00:00:00Z").unwrap();
-        assert_ne!(
-            DedupKey::compute("ab", "c", t),
-            DedupKey::compute("a", "bc", t)
-        );
+        assert_ne!(DedupKey::compute("ab", "c", t), DedupKey::compute("a", "bc", t));
     }
 
     #[test]
@@ -428,10 +364,7 @@ mod tests {
         let key = DedupKey::compute("u1", "click", t);
         assert_eq!(key.to_string(), "0d268ed825d0878afe3a1761a47c13d8");
         assert_eq!(DedupKey::from_hex(&key.to_string()), Some(key));
-        assert_eq!(
-            DedupKey::from_hex("0D268ED825D0878AFE3A1761A47C13D8"),
-            Some(key)
-        );
+        assert_eq!(DedupKey::from_hex("0D268ED825D0878AFE3A1761A47C13D8"), Some(key));
         assert_eq!(DedupKey::from_hex("0d26"), None);
         assert_eq!(key.prefix_u64(), 0x0d26_8ed8_25d0_878a);
     }

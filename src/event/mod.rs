@@ -19,6 +19,11 @@ pub use reject::{RejectClass, Rejection};
 /// Messages larger than this are refused unless configured otherwise: 1 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
 
+/// The deepest nesting of arrays and objects accepted. serde_json skips ignored values
+/// without a depth limit, and a 100,000-deep payload would be stored and then break
+/// readers downstream, so the limit is checked here.
+pub const MAX_DEPTH: usize = 64;
+
 /// A message that passed the contract. Borrows from the message bytes where it can.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event<'a> {
@@ -39,61 +44,43 @@ pub struct Event<'a> {
 /// `value` is `None` for a Kafka message without a value (a tombstone).
 pub fn parse(value: Option<&[u8]>, max_bytes: usize) -> Result<Event<'_>, Rejection> {
     let Some(bytes) = value else {
-        return Err(Rejection::new(
-            RejectClass::NullValue,
-            "the message has no value",
-        ));
+        return Err(Rejection::new(RejectClass::NullValue, "the message has no value"));
     };
     if bytes.len() > max_bytes {
         return Err(Rejection::new(
             RejectClass::TooLarge,
-            format!(
-                "the message is {} bytes, over the limit of {max_bytes}",
-                bytes.len()
-            ),
+            format!("the message is {} bytes, over the limit of {max_bytes}", bytes.len()),
         ));
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        Rejection::new(
-            RejectClass::NotUtf8,
-            format!("the message is not valid UTF-8: {e}"),
-        )
-    })?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| Rejection::new(RejectClass::NotUtf8, format!("the message is not valid UTF-8: {e}")))?;
 
-    let first = text
-        .bytes()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    let first = text.bytes().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     if first != Some(b'{') {
         return Err(match serde_json::from_str::<IgnoredAny>(text) {
-            Ok(_) => Rejection::new(
-                RejectClass::NotObject,
-                "the message is JSON but not an object",
-            ),
+            Ok(_) => Rejection::new(RejectClass::NotObject, "the message is JSON but not an object"),
             Err(e) => invalid_json(&e),
         });
     }
+    if nesting_exceeds(text.as_bytes(), MAX_DEPTH) {
+        return Err(Rejection::new(
+            RejectClass::TooDeep,
+            format!("arrays and objects are nested deeper than {MAX_DEPTH} levels"),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_str(text);
-    let fields = de
-        .deserialize_map(FieldsVisitor)
-        .map_err(|e| invalid_json(&e))?;
+    let fields = de.deserialize_map(FieldsVisitor).map_err(|e| invalid_json(&e))?;
     de.end().map_err(|e| invalid_json(&e))?;
 
     if let Some(name) = fields.duplicate {
-        return Err(Rejection::new(
-            RejectClass::DuplicateField,
-            format!("field `{name}` appears more than once"),
-        ));
+        return Err(Rejection::new(RejectClass::DuplicateField, format!("field `{name}` appears more than once")));
     }
     let user_id = match required("user_id", fields.user_id)? {
         Scalar::Str(s) => non_empty("user_id", s)?,
         Scalar::Int(n) => Cow::Owned(n.to_string()),
         Scalar::UInt(n) => Cow::Owned(n.to_string()),
         other => {
-            return Err(wrong_type(
-                "user_id",
-                &other,
-                "a non-empty string or an integer",
-            ));
+            return Err(wrong_type("user_id", &other, "a non-empty string or an integer"));
         }
     };
     let event_type = match required("event_type", fields.event_type)? {
@@ -103,19 +90,15 @@ pub fn parse(value: Option<&[u8]>, max_bytes: usize) -> Result<Event<'_>, Reject
     let time = match required("timestamp", fields.timestamp)? {
         Scalar::Str(s) => EventTime::parse(&s),
         Scalar::Int(millis) => EventTime::from_epoch_millis(millis),
-        Scalar::UInt(millis) => Err(TimeError::OutOfRange(format!(
-            "{millis} epoch milliseconds is outside the years 0001 to 9999"
-        ))),
+        Scalar::UInt(millis) => {
+            Err(TimeError::OutOfRange(format!("{millis} epoch milliseconds is outside the years 0001 to 9999")))
+        }
         // An integer too large for 64 bits arrives as a float with no fraction.
-        Scalar::Float(f) if f.fract() == 0.0 && f.abs() >= 9.2e18 => Err(TimeError::OutOfRange(
-            format!("{f} epoch milliseconds is outside the years 0001 to 9999"),
-        )),
+        Scalar::Float(f) if f.fract() == 0.0 && f.abs() >= 9.2e18 => {
+            Err(TimeError::OutOfRange(format!("{f} epoch milliseconds is outside the years 0001 to 9999")))
+        }
         other => {
-            return Err(wrong_type(
-                "timestamp",
-                &other,
-                "an RFC 3339 string or an integer of epoch milliseconds",
-            ));
+            return Err(wrong_type("timestamp", &other, "an RFC 3339 string or an integer of epoch milliseconds"));
         }
     }
     .map_err(|e| match e {
@@ -124,47 +107,56 @@ pub fn parse(value: Option<&[u8]>, max_bytes: usize) -> Result<Event<'_>, Reject
     })?;
 
     let key = DedupKey::compute(&user_id, &event_type, time);
-    Ok(Event {
-        key,
-        user_id,
-        event_type,
-        time,
-        payload: text,
-    })
+    Ok(Event { key, user_id, event_type, time, payload: text })
+}
+
+/// Whether brackets outside strings nest deeper than `limit`. Runs before parsing, so
+/// malformed text gives no false alarm worse than a refusal it would get anyway.
+fn nesting_exceeds(bytes: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0_usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn invalid_json(e: &serde_json::Error) -> Rejection {
-    Rejection::new(
-        RejectClass::InvalidJson,
-        format!("the message is not valid JSON: {e}"),
-    )
+    Rejection::new(RejectClass::InvalidJson, format!("the message is not valid JSON: {e}"))
 }
 
 fn required<'a>(name: &str, value: Option<Scalar<'a>>) -> Result<Scalar<'a>, Rejection> {
-    value.ok_or_else(|| {
-        Rejection::new(
-            RejectClass::MissingField,
-            format!("required field `{name}` is missing"),
-        )
-    })
+    value.ok_or_else(|| Rejection::new(RejectClass::MissingField, format!("required field `{name}` is missing")))
 }
 
 fn non_empty<'a>(name: &str, s: Cow<'a, str>) -> Result<Cow<'a, str>, Rejection> {
     if s.is_empty() {
-        Err(Rejection::new(
-            RejectClass::EmptyField,
-            format!("field `{name}` is an empty string"),
-        ))
+        Err(Rejection::new(RejectClass::EmptyField, format!("field `{name}` is an empty string")))
     } else {
         Ok(s)
     }
 }
 
 fn wrong_type(name: &str, found: &Scalar<'_>, expected: &str) -> Rejection {
-    Rejection::new(
-        RejectClass::WrongType,
-        format!("field `{name}` is {found}; expected {expected}"),
-    )
+    Rejection::new(RejectClass::WrongType, format!("field `{name}` is {found}; expected {expected}"))
 }
 
 /// The three fields the contract reads; every other field is skipped unread.
@@ -329,22 +321,16 @@ mod tests {
         let text = key_of(r#"{"user_id":"123","event_type":"e","timestamp":0}"#);
         assert_eq!(int, text);
         let big = key_of(r#"{"user_id":18446744073709551615,"event_type":"e","timestamp":0}"#);
-        let big_text =
-            key_of(r#"{"user_id":"18446744073709551615","event_type":"e","timestamp":0}"#);
+        let big_text = key_of(r#"{"user_id":"18446744073709551615","event_type":"e","timestamp":0}"#);
         assert_eq!(big, big_text);
         let neg = key_of(r#"{"user_id":-7,"event_type":"e","timestamp":0}"#);
-        assert_eq!(
-            neg,
-            key_of(r#"{"user_id":"-7","event_type":"e","timestamp":0}"#)
-        );
+        assert_eq!(neg, key_of(r#"{"user_id":"-7","event_type":"e","timestamp":0}"#));
     }
 
     #[test]
     fn other_fields_and_field_order_do_not_change_the_key() {
         assert_eq!(
-            key_of(
-                r#"{"timestamp":"2024-01-01T00:00:00Z","x":[1,{"y":null}],"event_type":"click","user_id":"u1"}"#
-            ),
+            key_of(r#"{"timestamp":"2024-01-01T00:00:00Z","x":[1,{"y":null}],"event_type":"click","user_id":"u1"}"#),
             U1_CLICK_2024
         );
     }
@@ -352,9 +338,7 @@ mod tests {
     #[test]
     fn escaped_strings_are_read_as_their_text() {
         assert_eq!(
-            key_of(
-                r#"{"user_\u0069d":"\u00751","event_type":"cl\u0069ck","timestamp":"2024-01-01T00:00:00Z"}"#
-            ),
+            key_of(r#"{"user_\u0069d":"\u00751","event_type":"cl\u0069ck","timestamp":"2024-01-01T00:00:00Z"}"#),
             U1_CLICK_2024
         );
     }
@@ -374,87 +358,30 @@ mod tests {
             (b"\xff\xfe{}", RejectClass::NotUtf8),
             (b"{not json", RejectClass::InvalidJson),
             (b"", RejectClass::InvalidJson),
-            (
-                b"\xef\xbb\xbf{\"user_id\":\"u1\"}",
-                RejectClass::InvalidJson,
-            ),
-            (
-                b"{\"user_id\":\"u1\",\"event_type\":\"e\",\"timestamp\":0} {}",
-                RejectClass::InvalidJson,
-            ),
-            (
-                b"{\"user_id\":\"u\0\",\"event_type\":\"e\",\"timestamp\":0}",
-                RejectClass::InvalidJson,
-            ),
+            (b"\xef\xbb\xbf{\"user_id\":\"u1\"}", RejectClass::InvalidJson),
+            (b"{\"user_id\":\"u1\",\"event_type\":\"e\",\"timestamp\":0} {}", RejectClass::InvalidJson),
+            (b"{\"user_id\":\"u\0\",\"event_type\":\"e\",\"timestamp\":0}", RejectClass::InvalidJson),
             (b"[1,2]", RejectClass::NotObject),
             (b"[\"u1\",\"click\",0]", RejectClass::NotObject),
             (b"\"str\"", RejectClass::NotObject),
             (b"null", RejectClass::NotObject),
             (b"12", RejectClass::NotObject),
-            (
-                br#"{"user_id":"u1","user_id":"u2","event_type":"e","timestamp":0}"#,
-                RejectClass::DuplicateField,
-            ),
-            (
-                br#"{"event_type":"e","timestamp":0}"#,
-                RejectClass::MissingField,
-            ),
-            (
-                br#"{"user_id":"u1","timestamp":0}"#,
-                RejectClass::MissingField,
-            ),
-            (
-                br#"{"user_id":"u1","event_type":"e"}"#,
-                RejectClass::MissingField,
-            ),
-            (
-                br#"{"user_id":null,"event_type":"e","timestamp":0}"#,
-                RejectClass::WrongType,
-            ),
-            (
-                br#"{"user_id":1.5,"event_type":"e","timestamp":0}"#,
-                RejectClass::WrongType,
-            ),
-            (
-                br#"{"user_id":true,"event_type":"e","timestamp":0}"#,
-                RejectClass::WrongType,
-            ),
-            (
-                br#"{"user_id":{},"event_type":"e","timestamp":0}"#,
-                RejectClass::WrongType,
-            ),
-            (
-                br#"{"user_id":"u1","event_type":7,"timestamp":0}"#,
-                RejectClass::WrongType,
-            ),
-            (
-                br#"{"user_id":"u1","event_type":"e","timestamp":1.0}"#,
-                RejectClass::WrongType,
-            ),
-            (
-                br#"{"user_id":"u1","event_type":"e","timestamp":[0]}"#,
-                RejectClass::WrongType,
-            ),
-            (
-                br#"{"user_id":"","event_type":"e","timestamp":0}"#,
-                RejectClass::EmptyField,
-            ),
-            (
-                br#"{"user_id":"u1","event_type":"","timestamp":0}"#,
-                RejectClass::EmptyField,
-            ),
-            (
-                br#"{"user_id":"u1","event_type":"e","timestamp":"yesterday"}"#,
-                RejectClass::InvalidTimestamp,
-            ),
-            (
-                br#"{"user_id":"u1","event_type":"e","timestamp":"0"}"#,
-                RejectClass::InvalidTimestamp,
-            ),
-            (
-                br#"{"user_id":"u1","event_type":"e","timestamp":99999999999999999}"#,
-                RejectClass::TimestampOutOfRange,
-            ),
+            (br#"{"user_id":"u1","user_id":"u2","event_type":"e","timestamp":0}"#, RejectClass::DuplicateField),
+            (br#"{"event_type":"e","timestamp":0}"#, RejectClass::MissingField),
+            (br#"{"user_id":"u1","timestamp":0}"#, RejectClass::MissingField),
+            (br#"{"user_id":"u1","event_type":"e"}"#, RejectClass::MissingField),
+            (br#"{"user_id":null,"event_type":"e","timestamp":0}"#, RejectClass::WrongType),
+            (br#"{"user_id":1.5,"event_type":"e","timestamp":0}"#, RejectClass::WrongType),
+            (br#"{"user_id":true,"event_type":"e","timestamp":0}"#, RejectClass::WrongType),
+            (br#"{"user_id":{},"event_type":"e","timestamp":0}"#, RejectClass::WrongType),
+            (br#"{"user_id":"u1","event_type":7,"timestamp":0}"#, RejectClass::WrongType),
+            (br#"{"user_id":"u1","event_type":"e","timestamp":1.0}"#, RejectClass::WrongType),
+            (br#"{"user_id":"u1","event_type":"e","timestamp":[0]}"#, RejectClass::WrongType),
+            (br#"{"user_id":"","event_type":"e","timestamp":0}"#, RejectClass::EmptyField),
+            (br#"{"user_id":"u1","event_type":"","timestamp":0}"#, RejectClass::EmptyField),
+            (br#"{"user_id":"u1","event_type":"e","timestamp":"yesterday"}"#, RejectClass::InvalidTimestamp),
+            (br#"{"user_id":"u1","event_type":"e","timestamp":"0"}"#, RejectClass::InvalidTimestamp),
+            (br#"{"user_id":"u1","event_type":"e","timestamp":99999999999999999}"#, RejectClass::TimestampOutOfRange),
             (
                 br#"{"user_id":"u1","event_type":"e","timestamp":18446744073709551615}"#,
                 RejectClass::TimestampOutOfRange,
@@ -470,59 +397,36 @@ mod tests {
         ];
         for (bytes, class) in cases {
             let got = parse(Some(bytes), DEFAULT_MAX_MESSAGE_BYTES).map(|e| e.key);
-            assert_eq!(
-                got.map_err(|r| r.class),
-                Err(*class),
-                "{}",
-                String::from_utf8_lossy(bytes)
-            );
+            assert_eq!(got.map_err(|r| r.class), Err(*class), "{}", String::from_utf8_lossy(bytes));
         }
-        assert_eq!(
-            parse(None, 10).map(|e| e.key).map_err(|r| r.class),
-            Err(RejectClass::NullValue)
-        );
-        let big = format!(
-            r#"{{"user_id":"u1","event_type":"e","timestamp":0,"pad":"{}"}}"#,
-            "x".repeat(100)
-        );
-        assert_eq!(
-            parse(Some(big.as_bytes()), 100)
-                .map(|e| e.key)
-                .map_err(|r| r.class),
-            Err(RejectClass::TooLarge)
-        );
-        assert!(
-            parse(Some(big.as_bytes()), big.len()).is_ok(),
-            "the limit is inclusive"
-        );
+        assert_eq!(parse(None, 10).map(|e| e.key).map_err(|r| r.class), Err(RejectClass::NullValue));
+        let big = format!(r#"{{"user_id":"u1","event_type":"e","timestamp":0,"pad":"{}"}}"#, "x".repeat(100));
+        assert_eq!(parse(Some(big.as_bytes()), 100).map(|e| e.key).map_err(|r| r.class), Err(RejectClass::TooLarge));
+        assert!(parse(Some(big.as_bytes()), big.len()).is_ok(), "the limit is inclusive");
     }
 
     #[test]
     fn deep_nesting_is_refused_not_overflowed() {
-        let deep = format!(
-            r#"{{"user_id":"u1","event_type":"e","timestamp":0,"x":{}{}}}"#,
-            "[".repeat(100_000),
-            "]".repeat(100_000)
+        let nested = |n: usize| {
+            format!(r#"{{"user_id":"u1","event_type":"e","timestamp":0,"x":{}{}}}"#, "[".repeat(n), "]".repeat(n))
+        };
+        assert_eq!(class_of(&nested(100_000)), RejectClass::TooDeep);
+        assert_eq!(class_of(&nested(MAX_DEPTH)), RejectClass::TooDeep, "the object itself is one level");
+        assert!(parse(Some(nested(MAX_DEPTH - 1).as_bytes()), DEFAULT_MAX_MESSAGE_BYTES).is_ok());
+        // Brackets inside strings (and escaped quotes) do not count.
+        let quoted = format!(
+            r#"{{"user_id":"u1","event_type":"e","timestamp":0,"x":"{}\"{}"}}"#,
+            "[".repeat(100),
+            "{".repeat(100)
         );
-        assert_eq!(class_of(&deep), RejectClass::InvalidJson);
+        assert!(parse(Some(quoted.as_bytes()), DEFAULT_MAX_MESSAGE_BYTES).is_ok());
     }
 
     #[test]
     fn rejection_messages_name_the_field() {
-        let r = parse(
-            Some(br#"{"user_id":"u1","event_type":"","timestamp":0}"#),
-            1024,
-        )
-        .unwrap_err();
+        let r = parse(Some(br#"{"user_id":"u1","event_type":"","timestamp":0}"#), 1024).unwrap_err();
         assert!(r.message.contains("event_type"), "{r}");
-        let r = parse(
-            Some(br#"{"user_id":"u1","event_type":"e","timestamp":true}"#),
-            1024,
-        )
-        .unwrap_err();
-        assert!(
-            r.message.contains("timestamp") && r.message.contains("boolean"),
-            "{r}"
-        );
+        let r = parse(Some(br#"{"user_id":"u1","event_type":"e","timestamp":true}"#), 1024).unwrap_err();
+        assert!(r.message.contains("timestamp") && r.message.contains("boolean"), "{r}");
     }
 }

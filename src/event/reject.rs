@@ -17,6 +17,8 @@ pub enum RejectClass {
     NotUtf8,
     /// The value is not JSON (syntax error, empty, trailing text, nesting too deep).
     InvalidJson,
+    /// Arrays and objects are nested deeper than [`crate::event::MAX_DEPTH`].
+    TooDeep,
     /// The value is JSON but not an object.
     NotObject,
     /// A required field appears twice in the object.
@@ -35,11 +37,12 @@ pub enum RejectClass {
 
 impl RejectClass {
     /// Every class, for tests and documentation.
-    pub const ALL: [RejectClass; 11] = [
+    pub const ALL: [RejectClass; 12] = [
         Self::NullValue,
         Self::TooLarge,
         Self::NotUtf8,
         Self::InvalidJson,
+        Self::TooDeep,
         Self::NotObject,
         Self::DuplicateField,
         Self::MissingField,
@@ -56,6 +59,7 @@ impl RejectClass {
             Self::TooLarge => "too_large",
             Self::NotUtf8 => "not_utf8",
             Self::InvalidJson => "invalid_json",
+            Self::TooDeep => "too_deep",
             Self::NotObject => "not_object",
             Self::DuplicateField => "duplicate_field",
             Self::MissingField => "missing_field",
@@ -84,10 +88,7 @@ pub struct Rejection {
 
 impl Rejection {
     pub(crate) fn new(class: RejectClass, message: impl Into<String>) -> Self {
-        Self {
-            class,
-            message: message.into(),
-        }
+        Self { class, message: message.into() }
     }
 }
 

@@ -15,9 +15,7 @@ pub struct ClickHouseCounts {
 }
 
 fn client(settings: &ClickHouseSettings) -> clickhouse::Client {
-    clickhouse::Client::default()
-        .with_url(&settings.url)
-        .with_validation(false)
+    clickhouse::Client::default().with_url(&settings.url).with_validation(false)
 }
 
 /// The counts, or `None` when the server does not answer or the table does not exist.
@@ -26,13 +24,7 @@ pub async fn counts(settings: &ClickHouseSettings) -> Option<ClickHouseCounts> {
     let table = format!("`{}`.`{}`", settings.database, settings.table);
     let query = |sql: String| {
         let client = client.clone();
-        async move {
-            tokio::time::timeout(
-                Duration::from_secs(10),
-                client.query(&sql).fetch_one::<u64>(),
-            )
-            .await
-        }
+        async move { tokio::time::timeout(Duration::from_secs(10), client.query(&sql).fetch_one::<u64>()).await }
     };
     match (
         query(format!("SELECT count() FROM {table}")).await,

@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
-    Array, ArrayRef, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    Array, ArrayRef, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::datafusion::prelude::{SessionContext, col};
@@ -31,10 +30,7 @@ use crate::event::{DedupKey, EventTime};
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {
     #[error("Delta table at {path}: {source}")]
-    Table {
-        path: PathBuf,
-        source: DeltaTableError,
-    },
+    Table { path: PathBuf, source: DeltaTableError },
     #[error("no Delta table at {path}: run `idempipe setup` first")]
     Missing { path: PathBuf },
     #[error("Delta path {path} is not a directory")]
@@ -115,15 +111,13 @@ pub fn to_record_batch(
     let keys: StringArray = rows.iter().map(|r| Some(r.key.to_string())).collect();
     let users: StringArray = rows.iter().map(|r| Some(r.user_id.as_str())).collect();
     let types: StringArray = rows.iter().map(|r| Some(r.event_type.as_str())).collect();
-    let times = TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.time.micros()))
-        .with_timezone("UTC");
+    let times = TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.time.micros())).with_timezone("UTC");
     let dates = Date32Array::from_iter_values(rows.iter().map(|r| r.time.days_since_epoch()));
     let payloads: StringArray = rows.iter().map(|r| Some(r.payload.as_str())).collect();
     let partitions = Int32Array::from_iter_values(rows.iter().map(|r| r.source_partition));
     let offsets = Int64Array::from_iter_values(rows.iter().map(|r| r.source_offset));
     let batch_ids = Int64Array::from_value(batch_id, rows.len());
-    let ingested = TimestampMicrosecondArray::from_value(ingested_at.micros(), rows.len())
-        .with_timezone("UTC");
+    let ingested = TimestampMicrosecondArray::from_value(ingested_at.micros(), rows.len()).with_timezone("UTC");
     let columns: Vec<ArrayRef> = vec![
         Arc::new(keys),
         Arc::new(users),
@@ -170,14 +164,9 @@ impl EventTable {
     /// `event_date`; opens it otherwise. Running it again changes nothing.
     pub async fn create_if_missing(path: &Path) -> Result<Self> {
         if path.exists() && !path.is_dir() {
-            return Err(DeltaError::NotADirectory {
-                path: path.to_owned(),
-            });
+            return Err(DeltaError::NotADirectory { path: path.to_owned() });
         }
-        let err = |source| DeltaError::Table {
-            path: path.to_owned(),
-            source,
-        };
+        let err = |source| DeltaError::Table { path: path.to_owned(), source };
         let url = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(err)?;
         let created = DeltaTable::try_from_url(url.clone())
             .await
@@ -194,10 +183,7 @@ impl EventTable {
             // Two `setup`s racing: the loser's version 0 conflicts; the winner's table is fine.
             Err(_) => deltalake::open_table(url).await.map_err(err)?,
         };
-        let this = Self {
-            path: path.to_owned(),
-            table,
-        };
+        let this = Self { path: path.to_owned(), table };
         this.check_schema()?;
         Ok(this)
     }
@@ -205,30 +191,18 @@ impl EventTable {
     /// Opens an existing table; an absent one is [`DeltaError::Missing`].
     pub async fn open(path: &Path) -> Result<Self> {
         if path.exists() && !path.is_dir() {
-            return Err(DeltaError::NotADirectory {
-                path: path.to_owned(),
-            });
+            return Err(DeltaError::NotADirectory { path: path.to_owned() });
         }
         if !path.join("_delta_log").is_dir() {
-            return Err(DeltaError::Missing {
-                path: path.to_owned(),
-            });
+            return Err(DeltaError::Missing { path: path.to_owned() });
         }
-        let err = |source| DeltaError::Table {
-            path: path.to_owned(),
-            source,
-        };
+        let err = |source| DeltaError::Table { path: path.to_owned(), source };
         let url = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(err)?;
         let table = deltalake::open_table(url).await.map_err(|e| match e {
-            DeltaTableError::NotATable(_) => DeltaError::Missing {
-                path: path.to_owned(),
-            },
+            DeltaTableError::NotATable(_) => DeltaError::Missing { path: path.to_owned() },
             e => err(e),
         })?;
-        let this = Self {
-            path: path.to_owned(),
-            table,
-        };
+        let this = Self { path: path.to_owned(), table };
         this.check_schema()?;
         Ok(this)
     }
@@ -238,11 +212,7 @@ impl EventTable {
         let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
         let schema = snapshot.snapshot().arrow_schema();
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        let missing: Vec<&str> = COLUMNS
-            .iter()
-            .copied()
-            .filter(|c| !names.contains(c))
-            .collect();
+        let missing: Vec<&str> = COLUMNS.iter().copied().filter(|c| !names.contains(c)).collect();
         if !missing.is_empty() {
             return Err(DeltaError::Unexpected {
                 path: self.path.clone(),
@@ -253,10 +223,7 @@ impl EventTable {
     }
 
     fn error(&self, source: DeltaTableError) -> DeltaError {
-        DeltaError::Table {
-            path: self.path.clone(),
-            source,
-        }
+        DeltaError::Table { path: self.path.clone(), source }
     }
 
     pub fn path(&self) -> &Path {
@@ -282,10 +249,8 @@ impl EventTable {
         let log_store = self.table.log_store();
         let mut versions = BTreeMap::new();
         for (partition, app_id) in app_ids {
-            if let Some(v) = snapshot
-                .transaction_version(log_store.as_ref(), app_id)
-                .await
-                .map_err(|e| self.error(e))?
+            if let Some(v) =
+                snapshot.transaction_version(log_store.as_ref(), app_id).await.map_err(|e| self.error(e))?
             {
                 versions.insert(partition, v);
             }
@@ -306,42 +271,27 @@ impl EventTable {
         let probe = RecordBatch::try_new(
             probe_schema,
             vec![
-                Arc::new(
-                    keys.iter()
-                        .map(|(k, _)| Some(k.to_string()))
-                        .collect::<StringArray>(),
-                ),
+                Arc::new(keys.iter().map(|(k, _)| Some(k.to_string())).collect::<StringArray>()),
                 Arc::new(Date32Array::from_iter_values(keys.iter().map(|(_, d)| *d))),
             ],
         )
         .map_err(|e| self.error(e.into()))?;
         let ctx = SessionContext::new();
-        let provider = self
-            .table
-            .table_provider()
-            .await
-            .map_err(|e| self.error(e.into()))?;
-        ctx.register_table("t", provider)
-            .map_err(|e| self.error(e.into()))?;
-        ctx.register_batch("probe", probe)
-            .map_err(|e| self.error(e.into()))?;
+        let provider = self.table.table_provider().await.map_err(|e| self.error(e.into()))?;
+        ctx.register_table("t", provider).map_err(|e| self.error(e.into()))?;
+        ctx.register_batch("probe", probe).map_err(|e| self.error(e.into()))?;
         let sql = format!(
             "SELECT t.dedup_key FROM t JOIN probe ON t.dedup_key = probe.k AND t.event_date = probe.d \
              WHERE t.event_date IN ({})",
             date_list(keys.iter().map(|(_, d)| *d))
         );
-        let batches = ctx
-            .sql(&sql)
-            .await
-            .map_err(|e| self.error(e.into()))?
-            .collect()
-            .await
-            .map_err(|e| self.error(e.into()))?;
+        let batches =
+            ctx.sql(&sql).await.map_err(|e| self.error(e.into()))?.collect().await.map_err(|e| self.error(e.into()))?;
         let mut found = HashSet::new();
         for batch in &batches {
             // DataFusion may hand back a string view; normalise to plain UTF-8.
-            let column = deltalake::arrow::compute::cast(batch.column(0), &ArrowType::Utf8)
-                .map_err(|e| self.error(e.into()))?;
+            let column =
+                deltalake::arrow::compute::cast(batch.column(0), &ArrowType::Utf8).map_err(|e| self.error(e.into()))?;
             let strings = column
                 .as_any()
                 .downcast_ref::<StringArray>()
@@ -356,10 +306,7 @@ impl EventTable {
     }
 
     fn unexpected(&self, what: &str) -> DeltaError {
-        DeltaError::Unexpected {
-            path: self.path.clone(),
-            what: what.into(),
-        }
+        DeltaError::Unexpected { path: self.path.clone(), what: what.into() }
     }
 
     /// Inserts the rows of `batch` whose `dedup_key` the table does not hold, in one
@@ -401,9 +348,7 @@ impl EventTable {
                 .with_source_alias("source")
                 .with_target_alias("target")
                 .when_not_matched_insert(|insert| {
-                    COLUMNS
-                        .iter()
-                        .fold(insert, |i, c| i.set(*c, col(format!("source.{c}"))))
+                    COLUMNS.iter().fold(insert, |i, c| i.set(*c, col(format!("source.{c}"))))
                 })
                 .map_err(|e| self.error(e))?
                 .with_commit_properties(properties())
@@ -421,11 +366,7 @@ impl EventTable {
                 .build(
                     Some(snapshot as &dyn TableReference),
                     self.table.log_store(),
-                    DeltaOperation::Write {
-                        mode: SaveMode::Append,
-                        partition_by: None,
-                        predicate: None,
-                    },
+                    DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None },
                 )
                 .await
                 .map_err(|e| self.error(e.into()))?;
@@ -438,13 +379,8 @@ impl EventTable {
     /// Row count, distinct key count, version and live file count.
     pub async fn counts(&self) -> Result<TableCounts> {
         let ctx = SessionContext::new();
-        let provider = self
-            .table
-            .table_provider()
-            .await
-            .map_err(|e| self.error(e.into()))?;
-        ctx.register_table("t", provider)
-            .map_err(|e| self.error(e.into()))?;
+        let provider = self.table.table_provider().await.map_err(|e| self.error(e.into()))?;
+        ctx.register_table("t", provider).map_err(|e| self.error(e.into()))?;
         let batches = ctx
             .sql("SELECT count(*), count(DISTINCT dedup_key) FROM t")
             .await
@@ -475,9 +411,8 @@ fn date_list(days: impl Iterator<Item = i32>) -> String {
     let days: BTreeSet<i32> = days.collect();
     days.into_iter()
         .map(|d| {
-            let canonical = EventTime::from_micros(i64::from(d) * 86_400_000_000)
-                .map(|t| t.to_string())
-                .unwrap_or_default();
+            let canonical =
+                EventTime::from_micros(i64::from(d) * 86_400_000_000).map(|t| t.to_string()).unwrap_or_default();
             format!("'{}'", &canonical[..10.min(canonical.len())])
         })
         .collect::<Vec<_>>()

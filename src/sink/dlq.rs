@@ -21,30 +21,10 @@ pub fn record(dlq_topic: &str, source_topic: &str, dead: &DeadLetter) -> OutReco
     let partition = dead.partition.to_string();
     let offset = dead.offset.to_string();
     let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: HEADER_CLASS,
-            value: Some(dead.rejection.class.as_str()),
-        })
-        .insert(Header {
-            key: HEADER_MESSAGE,
-            value: Some(dead.rejection.message.as_str()),
-        })
-        .insert(Header {
-            key: HEADER_TOPIC,
-            value: Some(source_topic),
-        })
-        .insert(Header {
-            key: HEADER_PARTITION,
-            value: Some(partition.as_str()),
-        })
-        .insert(Header {
-            key: HEADER_OFFSET,
-            value: Some(offset.as_str()),
-        });
-    OutRecord {
-        topic: dlq_topic.to_owned(),
-        key: dead.key.clone(),
-        value: dead.value.clone(),
-        headers: Some(headers),
-    }
+        .insert(Header { key: HEADER_CLASS, value: Some(dead.rejection.class.as_str()) })
+        .insert(Header { key: HEADER_MESSAGE, value: Some(dead.rejection.message.as_str()) })
+        .insert(Header { key: HEADER_TOPIC, value: Some(source_topic) })
+        .insert(Header { key: HEADER_PARTITION, value: Some(partition.as_str()) })
+        .insert(Header { key: HEADER_OFFSET, value: Some(offset.as_str()) });
+    OutRecord { topic: dlq_topic.to_owned(), key: dead.key.clone(), value: dead.value.clone(), headers: Some(headers) }
 }

@@ -25,12 +25,7 @@ pub struct OutRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
     #[error("{failed} of {total} records to {topic} were not delivered: {first}")]
-    NotDelivered {
-        topic: String,
-        failed: u64,
-        total: u64,
-        first: KafkaError,
-    },
+    NotDelivered { topic: String, failed: u64, total: u64, first: KafkaError },
     #[error(transparent)]
     Kafka(#[from] KafkaFailure),
 }
@@ -59,10 +54,7 @@ impl Output {
     }
 
     /// Sends every record and waits until each is acknowledged.
-    pub async fn send_all(
-        &self,
-        records: impl IntoIterator<Item = OutRecord>,
-    ) -> Result<u64, ProduceError> {
+    pub async fn send_all(&self, records: impl IntoIterator<Item = OutRecord>) -> Result<u64, ProduceError> {
         let mut pending: FuturesUnordered<DeliveryFuture> = FuturesUnordered::new();
         let mut total = 0;
         let mut failed = 0;
@@ -113,12 +105,7 @@ impl Output {
         }
         match first {
             None => Ok(total),
-            Some((topic, first)) => Err(ProduceError::NotDelivered {
-                topic,
-                failed,
-                total,
-                first,
-            }),
+            Some((topic, first)) => Err(ProduceError::NotDelivered { topic, failed, total, first }),
         }
     }
 }

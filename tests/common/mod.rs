@@ -13,13 +13,8 @@ pub const BROKERS: &str = "127.0.0.1:9092";
 
 /// Fails the test with a clear message when the services are not running.
 pub fn require_services() {
-    let up =
-        std::net::TcpStream::connect_timeout(&BROKERS.parse().unwrap(), Duration::from_secs(2))
-            .is_ok();
-    assert!(
-        up,
-        "no Kafka broker on {BROKERS}: run `scripts/services.sh up` (scripts/test.sh does)"
-    );
+    let up = std::net::TcpStream::connect_timeout(&BROKERS.parse().unwrap(), Duration::from_secs(2)).is_ok();
+    assert!(up, "no Kafka broker on {BROKERS}: run `scripts/services.sh up` (scripts/test.sh does)");
 }
 
 /// One isolated pipeline: topics, group and table of its own.
@@ -35,10 +30,7 @@ impl Pipeline {
     pub fn new(test: &str) -> Self {
         require_services();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
         let name = format!("{test}_{}_{n}_{nanos}", std::process::id());
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("idempipe.toml");
@@ -99,11 +91,7 @@ trigger = "500ms"
     }
 
     pub fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        self.command(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
     }
 
     pub fn setup(&self) {
@@ -137,16 +125,11 @@ trigger = "500ms"
 pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 pub fn count(v: &Value, field: &str) -> u64 {
-    v[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} is not a count in {v}"))
+    v[field].as_u64().unwrap_or_else(|| panic!("{field} is not a count in {v}"))
 }
