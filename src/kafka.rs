@@ -160,10 +160,14 @@ pub fn partition_count<C: rdkafka::ClientContext>(
 /// watermark of fetch responses. (ListOffsets is not used: tansu's memory storage
 /// answers it with the start of the newest batch, not the end of the partition.)
 pub fn read_topic(settings: &Settings, topic: &str, mut f: impl FnMut(&BorrowedMessage<'_>)) -> Result<u64> {
+    // librdkafka wants a group id even for manual assignment. It is unique per reader:
+    // tansu 0.6.0 lets a shared reader group disturb other groups' assignments.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let group = format!("idempipe-reader-{}-{nanos}", std::process::id());
     let consumer: BaseConsumer<QuietEof> = client_config(
         settings,
         Role::Consumer,
-        &[("group.id", "idempipe-reader"), ("enable.auto.commit", "false"), ("enable.partition.eof", "true")],
+        &[("group.id", group.as_str()), ("enable.auto.commit", "false"), ("enable.partition.eof", "true")],
     )
     .create_with_context(QuietEof)
     .map_err(client_error(settings))?;

@@ -58,6 +58,13 @@ pub enum PipelineError {
     GaveUp { batch_id: i64, attempts: u32, last: Box<PipelineError> },
 }
 
+/// How long the processor accepts holding no partition before it rejoins the group
+/// (see [`Source::rejoin`]). Doubles after each rejoin, up to the maximum, so that a
+/// member that is legitimately idle (more members than partitions) rarely forces a
+/// rebalance on the others.
+const EMPTY_ASSIGNMENT_REJOIN: Duration = Duration::from_secs(30);
+const EMPTY_ASSIGNMENT_REJOIN_MAX: Duration = Duration::from_secs(600);
+
 /// How many times one batch is tried before the processor stops (and, restarted, tries
 /// again from what Delta records).
 const MAX_ATTEMPTS: u32 = 8;
@@ -103,6 +110,9 @@ impl Pipeline {
         let mut last_message = Instant::now();
         // Partitions whose end was reached (an EOF event) with nothing read since.
         let mut at_end: BTreeSet<i32> = BTreeSet::new();
+        // Since when the assignment has been empty (the start counts as empty).
+        let mut empty_since = Some(Instant::now());
+        let mut rejoin_after = EMPTY_ASSIGNMENT_REJOIN;
         loop {
             let started_at = now();
             let collect_started = Instant::now();
@@ -135,6 +145,7 @@ impl Pipeline {
                         }
                         batch = Batch::default();
                         at_end.clear();
+                        empty_since = if next.is_empty() { Some(Instant::now()) } else { None };
                     }
                 }
                 match polled {
@@ -159,6 +170,13 @@ impl Pipeline {
                 }
             }
             let collect_time = collect_started.elapsed();
+            if let Some(since) = empty_since
+                && since.elapsed() >= rejoin_after
+            {
+                self.source.rejoin().map_err(PipelineError::Consumer)?;
+                empty_since = Some(Instant::now());
+                rejoin_after = (rejoin_after * 2).min(EMPTY_ASSIGNMENT_REJOIN_MAX);
+            }
             if !batch.is_empty() {
                 let record = self.process(batch, started_at, collect_time)?;
                 summary.batches += 1;

@@ -194,6 +194,18 @@ impl Source {
         }
     }
 
+    /// Leaves and joins the group again, forcing a rebalance.
+    ///
+    /// A guard against a broker that leaves this member with no partitions although the
+    /// topic has some and no other member holds them: tansu 0.6.0 does so when a member
+    /// joins after a crash while another client was fetching the crashed member's
+    /// partitions. A rejoin makes it assign them.
+    pub fn rejoin(&self) -> Result<(), KafkaError> {
+        tracing::warn!(topic = %self.topic, "no partitions assigned for a long time: rejoining the group");
+        self.consumer.unsubscribe();
+        self.consumer.subscribe(&[&self.topic])
+    }
+
     /// Polls for one message or event.
     pub fn poll(&self, timeout: Duration) -> Option<Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>> {
         self.consumer.poll(timeout)

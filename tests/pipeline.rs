@@ -177,7 +177,7 @@ fn a_processor_killed_mid_run_loses_nothing_and_doubles_nothing() {
     p.produce(&file);
 
     // Small batches, so the kill lands between many commits.
-    let mut child = p.spawn(&["run", "--trigger", "200ms", "--max-batch-events", "700"]);
+    let mut child = p.spawn(&["run", "--trigger", "200ms", "--max-batch-events", "700"], "killed-run");
     wait_until(Duration::from_secs(120), "two committed batches", || p.batch_log_lines() >= 2);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();

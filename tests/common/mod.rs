@@ -11,6 +11,9 @@ use serde_json::Value;
 
 pub const BROKERS: &str = "127.0.0.1:9092";
 
+/// Longest a `run --until-idle` may take in a test: far above the seconds it needs.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+
 /// Fails the test with a clear message when the services are not running.
 pub fn require_services() {
     let up = std::net::TcpStream::connect_timeout(&BROKERS.parse().unwrap(), Duration::from_secs(2)).is_ok();
@@ -20,8 +23,11 @@ pub fn require_services() {
 /// One isolated pipeline: topics, group and table of its own.
 pub struct Pipeline {
     pub name: String,
-    pub dir: tempfile::TempDir,
+    /// The test's directory: table, config, logs.
+    pub root: PathBuf,
     pub config: PathBuf,
+    /// Removes the directory at the end, unless `IDEMPIPE_TEST_KEEP` is set.
+    _cleanup: Option<tempfile::TempDir>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -32,8 +38,16 @@ impl Pipeline {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
         let name = format!("{test}_{}_{n}_{nanos}", std::process::id());
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("idempipe.toml");
+        let dir = tempfile::Builder::new().prefix(&format!("idempipe-{test}-")).tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let cleanup = if std::env::var_os("IDEMPIPE_TEST_KEEP").is_some() {
+            eprintln!("keeping {}", root.display());
+            let _ = dir.keep();
+            None
+        } else {
+            Some(dir)
+        };
+        let config = root.join("idempipe.toml");
         std::fs::write(
             &config,
             format!(
@@ -52,25 +66,25 @@ trigger = "500ms"
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
 "#,
-                dir.path().join("delta/events").display()
+                root.join("delta/events").display()
             ),
         )
         .unwrap();
-        Self { name, dir, config }
+        Self { name, root, config, _cleanup: cleanup }
     }
 
     pub fn delta_path(&self) -> PathBuf {
-        self.dir.path().join("delta/events")
+        self.root.join("delta/events")
     }
 
     pub fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
+        self.root.join(file)
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_idempipe"));
         c.arg("--config").arg(&self.config).args(args);
-        c.env("IDEMPIPE_LOG", "info,deltalake=warn,datafusion=warn");
+        c.env("IDEMPIPE_LOG", "info,deltalake=warn,datafusion=warn,buoyant_kernel=off,idempipe=debug");
         c
     }
 
@@ -90,8 +104,11 @@ trigger = "500ms"
         self.command(args).output().unwrap()
     }
 
-    pub fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+    /// Starts a command in the background; its stderr goes to `<name>.log` in the test's
+    /// directory (a pipe nobody reads would stall it once full).
+    pub fn spawn(&self, args: &[&str], name: &str) -> Child {
+        let log = std::fs::File::create(self.path(&format!("{name}.log"))).unwrap();
+        self.command(args).stdout(Stdio::null()).stderr(log).spawn().unwrap()
     }
 
     pub fn setup(&self) {
@@ -102,11 +119,34 @@ trigger = "500ms"
         self.ok(&["produce", "--input", file.to_str().unwrap()]);
     }
 
-    /// Runs the processor until it is caught up and idle for a second.
-    pub fn run_until_idle(&self, extra: &[&str]) -> String {
+    /// Runs the processor until it is caught up and idle for two seconds; fails (with the
+    /// processor's log) if that takes longer than `RUN_TIMEOUT`.
+    pub fn run_until_idle(&self, extra: &[&str]) {
         let mut args = vec!["run", "--until-idle", "2s"];
         args.extend_from_slice(extra);
-        self.ok(&args)
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("run-{n}");
+        let mut child = self.spawn(&args, &name);
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("`idempipe run` did not finish in {RUN_TIMEOUT:?}; its log:\n{}", self.tail(&name));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "`idempipe run` failed ({status}); its log:\n{}", self.tail(&name));
+    }
+
+    /// The last lines of a background command's log.
+    pub fn tail(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
     pub fn verify(&self) -> Value {
@@ -115,9 +155,7 @@ trigger = "500ms"
 
     /// Lines of the batch log.
     pub fn batch_log_lines(&self) -> usize {
-        std::fs::read_to_string(self.dir.path().join("delta/events.batches.jsonl"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
+        std::fs::read_to_string(self.root.join("delta/events.batches.jsonl")).map(|t| t.lines().count()).unwrap_or(0)
     }
 }
 
