@@ -67,6 +67,10 @@ pub struct CommonArgs {
     /// Most message bytes in one micro-batch [default: 268435456].
     #[arg(long, global = true, env = "IDEMPIPE_MAX_BATCH_BYTES", value_name = "BYTES")]
     pub max_batch_bytes: Option<usize>,
+    /// How the processor gets partitions: `assign` (all of them, no group membership)
+    /// or `group` (share them with other instances) [default: assign].
+    #[arg(long, global = true, env = "IDEMPIPE_CONSUMER_MODE", value_enum)]
+    pub consumer_mode: Option<crate::config::ConsumerMode>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +85,17 @@ pub enum Command {
     Run(RunArgs),
     /// Count what every store holds.
     Verify(VerifyArgs),
+    /// Read a topic end to end with a bare consumer and report the rate: the ceiling
+    /// that benchmarks compare the processor with.
+    #[command(hide = true)]
+    Drain(DrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// Topic to read [default: the raw topic].
+    #[arg(long)]
+    pub topic: Option<String>,
 }
 
 #[derive(Debug, Args)]

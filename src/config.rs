@@ -45,6 +45,7 @@ pub struct FileConfig {
     pub trigger: Option<Duration>,
     pub max_batch_events: Option<usize>,
     pub max_batch_bytes: Option<usize>,
+    pub consumer_mode: Option<ConsumerMode>,
     /// librdkafka settings passed through to every Kafka client, e.g.
     /// `"max.poll.interval.ms" = "10000"` or SASL and TLS settings.
     #[serde(default)]
@@ -69,6 +70,21 @@ pub struct Topics {
     pub processed: String,
     /// Where refused messages go, with their reason.
     pub dlq: String,
+}
+
+/// How the processor gets its partitions of the raw topic. Either way Delta says where
+/// each partition starts, and offsets are committed to the group for lag tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumerMode {
+    /// This instance reads every partition (static assignment, no group membership). The
+    /// default: one processor per table, and no dependence on the broker's group
+    /// coordinator (tansu 0.6.0's is unreliable, see the README).
+    #[default]
+    Assign,
+    /// Join the consumer group and share the partitions with other instances; every
+    /// rebalance re-reads the start offsets from Delta.
+    Group,
 }
 
 /// Micro-batch limits: a batch closes at whichever comes first.
@@ -103,6 +119,7 @@ pub struct Settings {
     pub partitions: i32,
     pub max_message_bytes: usize,
     pub batch: BatchLimits,
+    pub consumer_mode: ConsumerMode,
     /// librdkafka pass-through settings, applied to every client after ours.
     pub kafka: BTreeMap<String, String>,
 }
@@ -145,6 +162,7 @@ impl Settings {
                 max_events: non_zero("max_batch_events", pick(&args.max_batch_events, file.max_batch_events, 200_000))?,
                 max_bytes: non_zero("max_batch_bytes", pick(&args.max_batch_bytes, file.max_batch_bytes, 256 << 20))?,
             },
+            consumer_mode: pick(&args.consumer_mode, file.consumer_mode, ConsumerMode::default()),
             kafka: file.kafka,
         };
         settings.validate()?;

@@ -83,6 +83,22 @@ fn main_inner() -> anyhow::Result<()> {
                 summary.batches, summary.events_in, summary.invalid, summary.duplicates, summary.inserted
             );
         }
+        Command::Drain(args) => {
+            let topic = args.topic.unwrap_or_else(|| settings.topics.raw.clone());
+            let started = std::time::Instant::now();
+            let mut bytes = 0_u64;
+            let messages = idempipe::kafka::read_topic(&settings, &topic, |m| {
+                bytes += rdkafka::Message::payload(m).map_or(0, <[u8]>::len) as u64;
+            })?;
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "topic": topic, "messages": messages, "bytes": bytes, "seconds": seconds,
+                    "messages_per_sec": messages as f64 / seconds.max(1e-9),
+                })
+            );
+        }
         Command::Verify(args) => {
             let report = runtime.block_on(verify::verify(&settings));
             if args.json {

@@ -29,7 +29,7 @@ use tokio::runtime::Handle;
 
 use crate::batch::Batch;
 use crate::batch_log::{BatchLog, BatchRecord, Phases};
-use crate::config::Settings;
+use crate::config::{ConsumerMode, Settings};
 use crate::dedup;
 use crate::event::{DedupKey, EventTime};
 use crate::kafka::KafkaFailure;
@@ -171,6 +171,7 @@ impl Pipeline {
             }
             let collect_time = collect_started.elapsed();
             if let Some(since) = empty_since
+                && self.source.mode == ConsumerMode::Group
                 && since.elapsed() >= rejoin_after
             {
                 self.source.rejoin().map_err(PipelineError::Consumer)?;

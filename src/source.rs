@@ -17,7 +17,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
-use crate::config::Settings;
+use crate::config::{ConsumerMode, Settings};
 use crate::kafka::{self, KafkaFailure, Role, client_config};
 use crate::sink::delta::EventTable;
 
@@ -133,10 +133,12 @@ pub struct Source {
     pub consumer: BaseConsumer<SourceContext>,
     pub assignment: Arc<Mutex<Assignment>>,
     pub topic: String,
+    pub mode: ConsumerMode,
 }
 
 impl Source {
-    /// Joins the group and subscribes to the raw topic. The topic must exist.
+    /// Takes the raw topic's partitions: in [`ConsumerMode::Assign`] all of them at once,
+    /// in [`ConsumerMode::Group`] by joining the group. The topic must exist.
     pub fn subscribe(settings: &Settings, runtime: Handle) -> Result<Self, KafkaFailure> {
         let state = Arc::new(Mutex::new(Assignment::default()));
         let group = settings.group.clone();
@@ -169,9 +171,31 @@ impl Source {
         )
         .create_with_context(context)
         .map_err(kafka::client_error(settings))?;
-        kafka::partition_count(settings, consumer.client(), Some(&settings.topics.raw))?;
-        consumer.subscribe(&[&settings.topics.raw]).map_err(kafka::client_error(settings))?;
-        Ok(Self { consumer, assignment: state, topic: settings.topics.raw.clone() })
+        let partitions = kafka::partition_count(settings, consumer.client(), Some(&settings.topics.raw))? as i32;
+        match settings.consumer_mode {
+            ConsumerMode::Group => {
+                consumer.subscribe(&[&settings.topics.raw]).map_err(kafka::client_error(settings))?;
+            }
+            ConsumerMode::Assign => {
+                // Every partition, each at the offset after the one Delta records.
+                let all: Vec<i32> = (0..partitions).collect();
+                let starts = consumer.context().starts_from_delta(&all).map_err(|e| KafkaFailure::Client {
+                    brokers: settings.brokers.clone(),
+                    source: KafkaError::Subscription(format!("reading the offsets stored in Delta failed: {e}")),
+                })?;
+                let mut tpl = TopicPartitionList::new();
+                for (p, start) in &starts {
+                    tpl.add_partition_offset(&settings.topics.raw, *p, start.map_or(Offset::Beginning, Offset::Offset))
+                        .map_err(kafka::client_error(settings))?;
+                }
+                consumer.assign(&tpl).map_err(kafka::client_error(settings))?;
+                tracing::info!(?starts, "all partitions assigned; starting after the offsets stored in Delta");
+                let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                s.generation += 1;
+                s.next = starts;
+            }
+        }
+        Ok(Self { consumer, assignment: state, topic: settings.topics.raw.clone(), mode: settings.consumer_mode })
     }
 
     pub fn assignment(&self) -> MutexGuard<'_, Assignment> {
