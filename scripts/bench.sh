@@ -13,21 +13,8 @@ dups=$((n / 10))
 scripts/services.sh up >/dev/null
 cargo build --locked --release --bin idempipe 2>&1 | tail -1
 bin=target/release/idempipe
-id=bench$(date +%s)
-work=data/$id
-mkdir -p "$work"
-cat >"$work/idempipe.toml" <<TOML
-raw_topic = "$id.raw"
-processed_topic = "$id.processed"
-dlq_topic = "$id.dlq"
-group = "$id"
-delta_path = "$work/delta/events"
-trigger = "2s"
-[kafka]
-"max.poll.interval.ms" = "10000"
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "1000"
-TOML
+source scripts/lib.sh
+new_pipeline bench 2s
 idem() { "$bin" --config "$work/idempipe.toml" "$@"; }
 # Peak RSS (KiB) and wall seconds of one command, from GNU time.
 timed() { /usr/bin/time -f '%M %e' -o "$work/time" "$@"; read -r rss secs <"$work/time"; }

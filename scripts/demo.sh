@@ -19,23 +19,8 @@ scripts/services.sh up
 cargo build --locked "${cargo_flags[@]}" --bin idempipe
 bin=target/$profile/idempipe
 
-run_id=demo$(date +%s)
-work=data/$run_id
-mkdir -p "$work"
-cat >"$work/idempipe.toml" <<TOML
-raw_topic = "$run_id.raw_events"
-processed_topic = "$run_id.processed_events"
-dlq_topic = "$run_id.raw_events_dlq"
-group = "$run_id"
-delta_path = "$work/delta/events"
-trigger = "1s"
-
-# tansu completes a group join only after the rebalance timeout: keep it short.
-[kafka]
-"max.poll.interval.ms" = "10000"
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "1000"
-TOML
+source scripts/lib.sh
+new_pipeline demo 1s
 idem() { "$bin" --config "$work/idempipe.toml" "$@"; }
 
 failed=0
