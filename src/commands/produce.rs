@@ -136,7 +136,7 @@ pub fn produce(settings: &Settings, input: &Path, rate: Option<f64>) -> Result<P
         }
         sent += 1;
         bytes += n as u64;
-        if sent % 4096 == 0 {
+        if sent.is_multiple_of(4096) {
             progress.set_position(bytes);
         }
     }

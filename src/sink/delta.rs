@@ -30,7 +30,7 @@ use crate::event::{DedupKey, EventTime};
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {
     #[error("Delta table at {path}: {source}")]
-    Table { path: PathBuf, source: DeltaTableError },
+    Table { path: PathBuf, source: Box<DeltaTableError> },
     #[error("no Delta table at {path}: run `idempipe setup` first")]
     Missing { path: PathBuf },
     #[error("Delta path {path} is not a directory")]
@@ -166,7 +166,7 @@ impl EventTable {
         if path.exists() && !path.is_dir() {
             return Err(DeltaError::NotADirectory { path: path.to_owned() });
         }
-        let err = |source| DeltaError::Table { path: path.to_owned(), source };
+        let err = |source| DeltaError::Table { path: path.to_owned(), source: Box::new(source) };
         let url = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(err)?;
         let created = DeltaTable::try_from_url(url.clone())
             .await
@@ -196,7 +196,7 @@ impl EventTable {
         if !path.join("_delta_log").is_dir() {
             return Err(DeltaError::Missing { path: path.to_owned() });
         }
-        let err = |source| DeltaError::Table { path: path.to_owned(), source };
+        let err = |source| DeltaError::Table { path: path.to_owned(), source: Box::new(source) };
         let url = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(err)?;
         let table = deltalake::open_table(url).await.map_err(|e| match e {
             DeltaTableError::NotATable(_) => DeltaError::Missing { path: path.to_owned() },
@@ -223,7 +223,7 @@ impl EventTable {
     }
 
     fn error(&self, source: DeltaTableError) -> DeltaError {
-        DeltaError::Table { path: self.path.clone(), source }
+        DeltaError::Table { path: self.path.clone(), source: Box::new(source) }
     }
 
     pub fn path(&self) -> &Path {
@@ -369,7 +369,7 @@ impl EventTable {
                     DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None },
                 )
                 .await
-                .map_err(|e| self.error(e.into()))?;
+                .map_err(|e| self.error(e))?;
             self.reload().await?;
         }
         outcome.version = self.version();
