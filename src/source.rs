@@ -7,7 +7,6 @@
 //! group offsets are written afterwards for lag tools only, and never read.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,10 +35,9 @@ pub struct Assignment {
 
 /// The consumer context: holds what the rebalance hook needs to read Delta.
 pub struct SourceContext {
-    topic: String,
-    delta_path: PathBuf,
-    /// Txn app id per partition: `<group>-<topic>-<partition>`.
-    app_id: Box<dyn Fn(i32) -> String + Send + Sync>,
+    /// Raw topic, Delta path and the txn app ids ([`Settings::txn_app_id`], the same
+    /// ids the pipeline commits with).
+    settings: Settings,
     /// The runtime to run the async Delta read on; the hook runs on the consumer's own
     /// thread, never on a runtime worker, so blocking on it is allowed.
     runtime: Handle,
@@ -60,8 +58,8 @@ impl SourceContext {
 
     /// Next offset to read per partition, from the table's txn versions.
     fn starts_from_delta(&self, partitions: &[i32]) -> Result<BTreeMap<i32, Option<i64>>, String> {
-        let ids: Vec<(i32, String)> = partitions.iter().map(|p| (*p, (self.app_id)(*p))).collect();
-        let path = self.delta_path.clone();
+        let ids: Vec<(i32, String)> = partitions.iter().map(|p| (*p, self.settings.txn_app_id(*p))).collect();
+        let path = self.settings.delta_path.clone();
         let versions = self.runtime.block_on(async move {
             let table = EventTable::open(&path).await?;
             table.txn_versions(ids.iter().map(|(p, id)| (*p, id.as_str()))).await
@@ -76,13 +74,17 @@ impl ConsumerContext for SourceContext {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let partitions: Vec<i32> =
-                    tpl.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect();
+                let partitions: Vec<i32> = tpl
+                    .elements()
+                    .iter()
+                    .filter(|e| e.topic() == self.settings.topics.raw)
+                    .map(|e| e.partition())
+                    .collect();
                 match self.starts_from_delta(&partitions) {
                     Ok(starts) => {
                         for (p, start) in &starts {
                             let offset = start.map_or(Offset::Beginning, Offset::Offset);
-                            if let Err(e) = tpl.set_partition_offset(&self.topic, *p, offset) {
+                            if let Err(e) = tpl.set_partition_offset(&self.settings.topics.raw, *p, offset) {
                                 tracing::error!(partition = p, error = %e, "cannot set start offset");
                             }
                         }
@@ -141,15 +143,7 @@ impl Source {
     /// in [`ConsumerMode::Group`] by joining the group. The topic must exist.
     pub fn subscribe(settings: &Settings, runtime: Handle) -> Result<Self, KafkaFailure> {
         let state = Arc::new(Mutex::new(Assignment::default()));
-        let group = settings.group.clone();
-        let topic = settings.topics.raw.clone();
-        let context = SourceContext {
-            topic: topic.clone(),
-            delta_path: settings.delta_path.clone(),
-            app_id: Box::new(move |p| format!("{group}-{topic}-{p}")),
-            runtime,
-            state: state.clone(),
-        };
+        let context = SourceContext { settings: settings.clone(), runtime, state: state.clone() };
         let consumer: BaseConsumer<SourceContext> = client_config(
             settings,
             Role::Consumer,
