@@ -4,7 +4,8 @@
 #   ClickHouse (Debian's clickhouse-server) with HTTP on 127.0.0.1:8123
 # Usage: scripts/services.sh up|down|status|restart-kafka
 # Environment:
-#   TANSU_STORAGE   tansu storage URL (default memory://tansu/; sqlite://PATH survives restarts)
+#   TANSU_STORAGE   tansu storage URL (default sqlite://tansu.db, under SERVICES_DIR; not memory://,
+#                   whose fetch cannot resume inside a stored batch: see README)
 #   SERVICES_DIR    where data, logs and pid files live (default: data/services in the checkout)
 # Running `up` twice is harmless: a service that answers is left alone.
 set -euo pipefail
@@ -12,7 +13,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${SERVICES_DIR:-$root/data/services}
 tansu_bin=${TANSU_BIN:-$HOME/.cargo/bin/tansu}
-storage=${TANSU_STORAGE:-memory://tansu/}
+storage=${TANSU_STORAGE:-sqlite://tansu.db}
 kafka_port=9092
 ch_http_port=8123
 mkdir -p "$dir"
@@ -46,8 +47,28 @@ wait_for() { # name, check, seconds
   done
 }
 
+# The storage engine of a tansu already serving our port (empty if none, or not tansu).
+running_tansu_storage() {
+  local pid
+  for pid in $(pgrep -f "tansu broker --listener-url tcp://127.0.0.1:$kafka_port" 2>/dev/null); do
+    tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -A1 -x -- --storage-engine | tail -1
+    return
+  done
+}
+
 start_tansu() {
-  if kafka_up; then log "kafka already answers on 127.0.0.1:$kafka_port"; return; fi
+  if kafka_up; then
+    local running; running=$(running_tansu_storage)
+    if [[ -z $running || $running == "$storage" ]]; then
+      log "kafka already answers on 127.0.0.1:$kafka_port${running:+ (tansu, $running)}"
+      return
+    fi
+    # A broker on the wrong storage (memory:// loses data on resume) would make the
+    # tests fail for reasons that are not ours: replace it.
+    log "a tansu on $running answers on :$kafka_port; replacing it with one on $storage"
+    pkill -f "tansu broker --listener-url tcp://127.0.0.1:$kafka_port" || true
+    for _ in $(seq 50); do kafka_up || break; sleep 0.2; done
+  fi
   install_tansu
   log "starting tansu ($storage)"
   # Started in $dir, so a relative sqlite://NAME.db lands there.

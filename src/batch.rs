@@ -37,6 +37,10 @@ pub struct Batch {
     pub bytes: usize,
     /// Time spent parsing and validating, summed over messages.
     pub parse_time: Duration,
+    /// Offsets the broker skipped: the next message on a partition came later than the
+    /// offset expected (the start Delta gave, or the previous message + 1). Legitimate
+    /// after compaction, retention or transaction markers; otherwise a broker fault.
+    pub offset_gaps: u64,
 }
 
 impl Batch {

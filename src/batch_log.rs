@@ -46,6 +46,9 @@ pub struct BatchRecord {
     pub inserted: Option<u64>,
     /// Messages skipped because another writer had already stored their offsets.
     pub already_committed: u64,
+    /// Offsets skipped by the broker inside the batch's ranges (see `Batch::offset_gaps`).
+    #[serde(default)]
+    pub offset_gaps: u64,
     pub events_per_partition: BTreeMap<i32, u64>,
     pub phases: Phases,
     pub attempts: u32,

@@ -154,6 +154,16 @@ impl Pipeline {
                         // Only partitions we hold, and never before the start Delta gave.
                         match next.get(&p) {
                             Some(Some(start)) if m.offset() < *start => continue,
+                            Some(Some(start)) if m.offset() > *start => {
+                                tracing::warn!(
+                                    partition = p,
+                                    expected = start,
+                                    got = m.offset(),
+                                    "offset gap: the broker skipped offsets (fine after compaction, \
+                                     retention or transaction markers; otherwise a broker fault)"
+                                );
+                                batch.offset_gaps += (m.offset() - start) as u64;
+                            }
                             Some(_) => {}
                             None => continue,
                         }
@@ -214,6 +224,7 @@ impl Pipeline {
             started_at: started_at.to_string(),
             events_in: batch.messages(),
             invalid: batch.dead_letters.len() as u64,
+            offset_gaps: batch.offset_gaps,
             events_per_partition: batch.per_partition(),
             phases: Phases { collect_ms: ms(collect_time), parse_ms: ms(batch.parse_time), ..Phases::default() },
             ..BatchRecord::default()

@@ -155,7 +155,14 @@ trigger = "500ms"
 
     /// Lines of the batch log.
     pub fn batch_log_lines(&self) -> usize {
-        std::fs::read_to_string(self.root.join("delta/events.batches.jsonl")).map(|t| t.lines().count()).unwrap_or(0)
+        self.batch_log().len()
+    }
+
+    /// The batch log's records (one per committed batch).
+    pub fn batch_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.root.join("delta/events.batches.jsonl"))
+            .map(|t| t.lines().map(|l| serde_json::from_str(l).expect("batch log line is JSON")).collect())
+            .unwrap_or_default()
     }
 }
 
