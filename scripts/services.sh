@@ -2,11 +2,14 @@
 # Installs (if missing) and runs the services idempipe needs, on loopback only:
 #   Kafka protocol: tansu 0.6.0 on 127.0.0.1:9092
 #   ClickHouse (Debian's clickhouse-server) with HTTP on 127.0.0.1:8123
-# Usage: scripts/services.sh up|down|status|restart-kafka
+# Usage: scripts/services.sh up|down|status|restart-kafka|clickhouse-up|clickhouse-down
 # Environment:
 #   TANSU_STORAGE   tansu storage URL (default sqlite://tansu.db, under SERVICES_DIR; not memory://,
 #                   whose fetch cannot resume inside a stored batch: see README)
 #   SERVICES_DIR    where data, logs and pid files live (default: data/services in the checkout)
+#   CLICKHOUSE_HTTP_PORT, CLICKHOUSE_TCP_PORT   ClickHouse ports (default 8123, 9000); with
+#                   its own SERVICES_DIR, `clickhouse-up` starts a private server (tests
+#                   that stop ClickHouse use one, so other tests keep theirs)
 # Running `up` twice is harmless: a service that answers is left alone.
 set -euo pipefail
 
@@ -15,7 +18,8 @@ dir=${SERVICES_DIR:-$root/data/services}
 tansu_bin=${TANSU_BIN:-$HOME/.cargo/bin/tansu}
 storage=${TANSU_STORAGE:-sqlite://tansu.db}
 kafka_port=9092
-ch_http_port=8123
+ch_http_port=${CLICKHOUSE_HTTP_PORT:-8123}
+ch_tcp_port=${CLICKHOUSE_TCP_PORT:-9000}
 mkdir -p "$dir"
 
 log() { echo "services: $*" >&2; }
@@ -96,7 +100,7 @@ start_clickhouse() {
         <count>2</count>
     </logger>
     <http_port>$ch_http_port</http_port>
-    <tcp_port>9000</tcp_port>
+    <tcp_port>$ch_tcp_port</tcp_port>
     <listen_host>127.0.0.1</listen_host>
     <path>$ch/data/</path>
     <tmp_path>$ch/tmp/</tmp_path>
@@ -137,6 +141,8 @@ case ${1:-} in
   up) start_tansu; start_clickhouse; status ;;
   down) stop tansu; stop clickhouse ;;
   restart-kafka) stop tansu; start_tansu ;;
+  clickhouse-up) start_clickhouse ;;
+  clickhouse-down) stop clickhouse ;;
   status) status; kafka_up && clickhouse_up ;;
-  *) echo "usage: $0 up|down|status|restart-kafka" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|restart-kafka|clickhouse-up|clickhouse-down" >&2; exit 2 ;;
 esac

@@ -52,6 +52,31 @@ pub struct CommonArgs {
     /// ClickHouse events table [default: events].
     #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_TABLE")]
     pub clickhouse_table: Option<String>,
+    /// ClickHouse user [default: the server's default user].
+    #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_USER")]
+    pub clickhouse_user: Option<String>,
+    /// ClickHouse password (prefer the environment variable to the flag).
+    #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    pub clickhouse_password: Option<String>,
+    /// How events reach ClickHouse: `sink` (idempipe's own) or `kafka-engine`
+    /// (ClickHouse consumes the processed topic; created by `setup`) [default: sink].
+    #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_INGEST", value_enum)]
+    pub clickhouse_ingest: Option<crate::config::ClickHouseIngest>,
+    /// Consumer group of the ClickHouse sink [default: <group>-clickhouse].
+    #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_GROUP")]
+    pub clickhouse_group: Option<String>,
+    /// Also run the ClickHouse sink inside `run` [default: false].
+    #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_IN_RUN", num_args = 0..=1, default_missing_value = "true")]
+    pub clickhouse_in_run: Option<bool>,
+    /// How long the sink collects before an insert, e.g. 1s [default: 1s].
+    #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_TRIGGER", value_parser = humantime::parse_duration)]
+    pub clickhouse_trigger: Option<Duration>,
+    /// Most rows in one ClickHouse insert [default: 100000].
+    #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_MAX_BATCH_ROWS", value_name = "N")]
+    pub clickhouse_max_batch_rows: Option<usize>,
+    /// Kafka brokers as ClickHouse's Kafka engine reaches them [default: --brokers].
+    #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_KAFKA_BROKERS")]
+    pub clickhouse_kafka_brokers: Option<String>,
     /// Partitions of the raw and processed topics created by `setup` [default: 4].
     #[arg(long, global = true, env = "IDEMPIPE_PARTITIONS")]
     pub partitions: Option<i32>,
@@ -75,20 +100,32 @@ pub struct CommonArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the topics and the Delta table; running it again changes nothing.
-    Setup,
+    /// Create the topics, the Delta table and the ClickHouse schema; running it again
+    /// changes nothing.
+    Setup(SetupArgs),
     /// Write a JSON-lines file of events with exactly known duplicate and invalid counts.
     Generate(GenerateArgs),
     /// Send a JSON-lines file to the raw topic, in bulk or as a steady trickle.
     Produce(ProduceArgs),
     /// Run the stream processor.
     Run(RunArgs),
-    /// Count what every store holds.
+    /// Count what every store holds, and compare Delta's keys with ClickHouse's.
     Verify(VerifyArgs),
+    /// Load the processed topic into ClickHouse (the built-in sink).
+    SinkClickhouse(SinkArgs),
+    /// Insert into ClickHouse every Delta row whose key ClickHouse lacks.
+    Reconcile(ReconcileArgs),
     /// Read a topic end to end with a bare consumer and report the rate: the ceiling
     /// that benchmarks compare the processor with.
     #[command(hide = true)]
     Drain(DrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Leave ClickHouse alone (a pipeline without the speed layer).
+    #[arg(long)]
+    pub skip_clickhouse: bool,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +178,20 @@ pub struct RunArgs {
     /// Exit 0 once every partition is caught up and nothing new arrived for this long.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub until_idle: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct SinkArgs {
+    /// Exit 0 once every partition is loaded and nothing new arrived for this long.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub until_idle: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -39,6 +39,15 @@ pub struct FileConfig {
     pub clickhouse_url: Option<String>,
     pub clickhouse_database: Option<String>,
     pub clickhouse_table: Option<String>,
+    pub clickhouse_user: Option<String>,
+    pub clickhouse_password: Option<String>,
+    pub clickhouse_ingest: Option<ClickHouseIngest>,
+    pub clickhouse_group: Option<String>,
+    pub clickhouse_in_run: Option<bool>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub clickhouse_trigger: Option<Duration>,
+    pub clickhouse_max_batch_rows: Option<usize>,
+    pub clickhouse_kafka_brokers: Option<String>,
     pub partitions: Option<i32>,
     pub max_message_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -98,12 +107,38 @@ pub struct BatchLimits {
     pub max_bytes: NonZeroUsize,
 }
 
-/// Where ClickHouse is and which table holds the events.
+/// How events get from the processed topic into ClickHouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClickHouseIngest {
+    /// idempipe's own sink (`sink-clickhouse`, or inside `run`): commits its Kafka
+    /// offsets only after ClickHouse acknowledged the insert.
+    #[default]
+    Sink,
+    /// ClickHouse's Kafka engine: a Kafka table and a materialized view into the events
+    /// table, created by `setup`; ClickHouse consumes the topic itself.
+    KafkaEngine,
+}
+
+/// Where ClickHouse is, which table holds the events, and how the sink loads it.
 #[derive(Debug, Clone)]
 pub struct ClickHouseSettings {
     pub url: String,
     pub database: String,
     pub table: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub ingest: ClickHouseIngest,
+    /// Consumer group of the sink on the processed topic.
+    pub group: String,
+    /// Whether `run` also runs the sink, in a thread beside the processor.
+    pub in_run: bool,
+    /// How long the sink collects records before an insert.
+    pub trigger: Duration,
+    /// The most rows in one insert.
+    pub max_batch_rows: NonZeroUsize,
+    /// The Kafka brokers as ClickHouse's Kafka engine reaches them.
+    pub kafka_brokers: String,
 }
 
 /// The validated, effective configuration shared by every command.
@@ -141,19 +176,32 @@ impl Settings {
         {
             flag.clone().or(file).unwrap_or(default)
         }
+        let group = pick(&args.group, file.group, "idempipe".into());
+        let brokers = pick(&args.brokers, file.brokers, DEFAULT_BROKERS.into());
         let settings = Settings {
-            brokers: pick(&args.brokers, file.brokers, DEFAULT_BROKERS.into()),
+            brokers: brokers.clone(),
             topics: Topics {
                 raw: pick(&args.raw_topic, file.raw_topic, "raw_events".into()),
                 processed: pick(&args.processed_topic, file.processed_topic, "processed_events".into()),
                 dlq: pick(&args.dlq_topic, file.dlq_topic, "raw_events_dlq".into()),
             },
-            group: pick(&args.group, file.group, "idempipe".into()),
+            group: group.clone(),
             delta_path: pick(&args.delta_path, file.delta_path, DEFAULT_DELTA_PATH.into()),
             clickhouse: ClickHouseSettings {
                 url: pick(&args.clickhouse_url, file.clickhouse_url, DEFAULT_CLICKHOUSE_URL.into()),
                 database: pick(&args.clickhouse_database, file.clickhouse_database, "idempipe".into()),
                 table: pick(&args.clickhouse_table, file.clickhouse_table, "events".into()),
+                user: args.clickhouse_user.clone().or(file.clickhouse_user),
+                password: args.clickhouse_password.clone().or(file.clickhouse_password),
+                ingest: pick(&args.clickhouse_ingest, file.clickhouse_ingest, ClickHouseIngest::default()),
+                group: pick(&args.clickhouse_group, file.clickhouse_group, format!("{group}-clickhouse")),
+                in_run: args.clickhouse_in_run.or(file.clickhouse_in_run).unwrap_or(false),
+                trigger: pick(&args.clickhouse_trigger, file.clickhouse_trigger, Duration::from_secs(1)),
+                max_batch_rows: non_zero(
+                    "clickhouse_max_batch_rows",
+                    pick(&args.clickhouse_max_batch_rows, file.clickhouse_max_batch_rows, 100_000),
+                )?,
+                kafka_brokers: pick(&args.clickhouse_kafka_brokers, file.clickhouse_kafka_brokers, brokers),
             },
             partitions: pick(&args.partitions, file.partitions, 4),
             max_message_bytes: pick(&args.max_message_bytes, file.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES),
@@ -180,6 +228,8 @@ impl Settings {
             ("clickhouse_url", &self.clickhouse.url),
             ("clickhouse_database", &self.clickhouse.database),
             ("clickhouse_table", &self.clickhouse.table),
+            ("clickhouse_group", &self.clickhouse.group),
+            ("clickhouse_kafka_brokers", &self.clickhouse.kafka_brokers),
         ] {
             if value.trim().is_empty() {
                 return invalid(key, "must not be empty");
@@ -208,6 +258,32 @@ impl Settings {
         }
         if !(self.clickhouse.url.starts_with("http://") || self.clickhouse.url.starts_with("https://")) {
             return invalid("clickhouse_url", &format!("{:?} is not an http:// or https:// URL", self.clickhouse.url));
+        }
+        for (key, name) in [("clickhouse_database", &self.clickhouse.database), ("clickhouse_table", &self.clickhouse.table)]
+        {
+            let mut chars = name.chars();
+            let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+            if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') || name.len() > 200 {
+                return invalid(
+                    key,
+                    &format!("{name:?} is not a plain identifier (ASCII letters, digits and `_`, not starting with a digit)"),
+                );
+            }
+        }
+        if self.clickhouse.group == self.group {
+            return invalid("clickhouse_group", "must differ from `group`: the sink and the processor are different consumers");
+        }
+        if self.clickhouse.in_run && self.clickhouse.ingest == ClickHouseIngest::KafkaEngine {
+            return invalid(
+                "clickhouse_in_run",
+                "the built-in sink and `clickhouse_ingest = \"kafka-engine\"` would both load ClickHouse; pick one",
+            );
+        }
+        if self.clickhouse.trigger < Duration::from_millis(10) {
+            return invalid(
+                "clickhouse_trigger",
+                &format!("{} is below the minimum of 10ms", humantime::format_duration(self.clickhouse.trigger)),
+            );
         }
         if !(1..=10_000).contains(&self.partitions) {
             return invalid("partitions", &format!("{} is not between 1 and 10000", self.partitions));
@@ -299,6 +375,12 @@ mod tests {
         assert!(err.to_string().contains("`max_batch_events`"), "{err}");
         let err = resolve("", &["idempipe", "--clickhouse-url", "localhost:8123", "verify"]).unwrap_err();
         assert!(err.to_string().contains("`clickhouse_url`"), "{err}");
+        let err = resolve("clickhouse_table = \"events; DROP TABLE x\"", &["idempipe", "verify"]).unwrap_err();
+        assert!(err.to_string().contains("`clickhouse_table`"), "{err}");
+        let err = resolve("clickhouse_group = \"idempipe\"", &["idempipe", "verify"]).unwrap_err();
+        assert!(err.to_string().contains("`clickhouse_group`"), "{err}");
+        let err = resolve("clickhouse_max_batch_rows = 0", &["idempipe", "verify"]).unwrap_err();
+        assert!(err.to_string().contains("`clickhouse_max_batch_rows`"), "{err}");
     }
 
     #[test]
@@ -314,5 +396,7 @@ mod tests {
         let s = resolve("delta_path = \"/data/delta/events\"", &["idempipe", "verify"]).unwrap();
         assert_eq!(s.batch_log_path(), PathBuf::from("/data/delta/events.batches.jsonl"));
         assert_eq!(s.txn_app_id(3), "idempipe-raw_events-3");
+        assert_eq!(s.clickhouse.group, "idempipe-clickhouse");
+        assert_eq!(s.clickhouse.kafka_brokers, DEFAULT_BROKERS);
     }
 }

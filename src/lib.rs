@@ -32,3 +32,4 @@ pub mod kafka;
 pub mod pipeline;
 pub mod sink;
 pub mod source;
+pub mod speed;

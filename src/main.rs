@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use idempipe::cli::{Cli, Command};
-use idempipe::commands::{generate, produce, run, setup, verify};
+use idempipe::commands::{generate, produce, reconcile, run, setup, sink, verify};
 use idempipe::config::{FileConfig, Settings};
 
 fn main() -> ExitCode {
@@ -35,12 +35,42 @@ fn main_inner() -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     match cli.command {
-        Command::Setup => {
-            let report = runtime.block_on(setup::setup(&settings))?;
+        Command::Setup(args) => {
+            let report = runtime.block_on(setup::setup(&settings, !args.skip_clickhouse))?;
             for (topic, created) in &report.topics {
                 println!("topic {topic}: {}", if *created { "created" } else { "exists" });
             }
             println!("delta table {}: version {}", report.delta_path, report.delta_version);
+            if let Some(ch) = &report.clickhouse {
+                println!(
+                    "clickhouse table {}: {} ({:?} layout, server {})",
+                    ch.table,
+                    if ch.created { "created" } else { "exists" },
+                    ch.layout,
+                    ch.server_version
+                );
+                if let Some([queue, view]) = &ch.kafka_engine {
+                    println!("clickhouse kafka engine: {queue} -> {view} -> {}", ch.table);
+                }
+            }
+        }
+        Command::SinkClickhouse(args) => {
+            let summary = sink::sink(settings, &runtime, args.until_idle)?;
+            println!(
+                "loaded {} rows into ClickHouse in {} batches ({} retries, {} unreadable records)",
+                summary.rows, summary.batches, summary.retries, summary.unreadable
+            );
+        }
+        Command::Reconcile(args) => {
+            let summary = runtime.block_on(reconcile::reconcile(&settings))?;
+            if args.json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!(
+                    "delta keys {}, clickhouse keys {}: {} missing, {} inserted, {} in ClickHouse only",
+                    summary.delta_keys, summary.clickhouse_keys, summary.missing, summary.inserted, summary.extra
+                );
+            }
         }
         Command::Generate(args) => {
             let spec = generate::Spec {

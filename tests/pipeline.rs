@@ -19,6 +19,15 @@ fn assert_delta(p: &Pipeline, rows: u64) -> serde_json::Value {
     v
 }
 
+/// ClickHouse holds exactly Delta's keys: `FINAL` count and key checksum agree.
+fn assert_clickhouse(v: &serde_json::Value, rows: u64) {
+    assert_eq!(count(v, "clickhouse_final_rows"), rows, "{v}");
+    assert!(count(v, "clickhouse_rows") >= rows, "{v}");
+    assert_eq!(v["clickhouse_keys_match"], true, "{v}");
+    assert_eq!(v["clickhouse_key_checksum"], v["delta_key_checksum"], "{v}");
+    assert_eq!(count(v, "clickhouse_missing_keys"), 0, "{v}");
+}
+
 #[test]
 fn seed_scenario_replays_change_nothing_and_new_events_land() {
     let p = Pipeline::new("seed");
@@ -40,18 +49,21 @@ fn seed_scenario_replays_change_nothing_and_new_events_land() {
     assert_eq!(count(&expected, "distinct_keys"), 10_000);
 
     p.produce(&file);
-    p.run_until_idle(&[]);
+    p.run_until_idle(&["--clickhouse-in-run"]);
     let v = assert_delta(&p, 10_000);
     assert_eq!(count(&v, "processed_distinct_keys"), 10_000, "{v}");
     assert_eq!(count(&v, "processed_records"), 10_000, "no crash, so no re-send: {v}");
+    assert_clickhouse(&v, 10_000);
+    check_delta_with_chdb(&p, &v);
     let version = count(&v, "delta_version");
 
     for _ in 0..10 {
         p.produce(&file);
     }
-    p.run_until_idle(&[]);
+    p.run_until_idle(&["--clickhouse-in-run"]);
     let v = assert_delta(&p, 10_000);
     assert_eq!(count(&v, "processed_records"), 10_000, "a replay sends nothing new: {v}");
+    assert_clickhouse(&v, 10_000);
     assert_eq!(count(&v, "raw_records"), 11 * 11_000, "{v}");
     assert!(count(&v, "delta_version") > version, "replays still record their offsets");
 
@@ -60,9 +72,10 @@ fn seed_scenario_replays_change_nothing_and_new_events_land() {
     // Seed 12 spreads over 2024-01-01 like seed 11; the contract makes them distinct
     // events unless user, type and time all match, which the check below would catch.
     p.produce(&fresh);
-    p.run_until_idle(&[]);
+    p.run_until_idle(&["--clickhouse-in-run"]);
     let v = assert_delta(&p, 10_015);
     assert_eq!(count(&v, "processed_distinct_keys"), 10_015, "{v}");
+    assert_clickhouse(&v, 10_015);
 }
 
 /// Other spellings of one instant, integer ids and invalid lines, counted by hand from
@@ -177,7 +190,8 @@ fn a_processor_killed_mid_run_loses_nothing_and_doubles_nothing() {
     p.produce(&file);
 
     // Small batches, so the kill lands between many commits.
-    let mut child = p.spawn(&["run", "--trigger", "200ms", "--max-batch-events", "700"], "killed-run");
+    let mut child =
+        p.spawn(&["run", "--trigger", "200ms", "--max-batch-events", "700", "--clickhouse-in-run"], "killed-run");
     wait_until(Duration::from_secs(120), "two committed batches", || p.batch_log_lines() >= 2);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -185,12 +199,28 @@ fn a_processor_killed_mid_run_loses_nothing_and_doubles_nothing() {
     let stored = count(&after_kill, "delta_rows");
     assert!(stored < 10_000, "the kill should land mid-run, but all {stored} rows were in");
 
-    p.run_until_idle(&[]);
+    p.run_until_idle(&["--clickhouse-in-run"]);
     let gaps: u64 = p.batch_log().iter().map(|b| count(b, "offset_gaps")).sum();
     assert_eq!(gaps, 0, "the broker skipped offsets on resume (a tansu storage that cannot fetch mid-batch?)");
     let v = assert_delta(&p, 10_000);
     assert_eq!(count(&v, "dlq_records"), 50, "{v}");
     assert_eq!(count(&v, "processed_distinct_keys"), 10_000, "every stored event reached the processed topic: {v}");
+    assert_clickhouse(&v, 10_000);
+}
+
+/// The embedded current ClickHouse (chdb) reads our Delta table on its own: same row
+/// count, same key checksum as `verify` computed.
+fn check_delta_with_chdb(p: &Pipeline, v: &serde_json::Value) {
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/check_clickhouse.py"))
+        .arg("delta")
+        .arg(p.delta_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chdb check failed: {}", String::from_utf8_lossy(&out.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["rows"], v["delta_rows"], "{seen} vs {v}");
+    assert_eq!(seen["key_checksum"], v["delta_key_checksum"], "{seen} vs {v}");
 }
 
 #[test]

@@ -3,6 +3,8 @@
 
 pub mod generate;
 pub mod produce;
+pub mod reconcile;
 pub mod run;
 pub mod setup;
+pub mod sink;
 pub mod verify;

@@ -1,4 +1,5 @@
-//! `run`: the stream processor, until a signal or (with `--until-idle`) until caught up.
+//! `run`: the stream processor, until a signal or (with `--until-idle`) until caught up;
+//! with `clickhouse_in_run`, the ClickHouse sink runs beside it in a thread.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,12 +9,20 @@ use tokio::runtime::Runtime;
 
 use crate::config::Settings;
 use crate::pipeline::{Pipeline, PipelineError, RunSummary};
+use crate::speed::{Sink, SinkError};
 
-/// Runs the processor on the calling thread (it blocks), using `runtime` for the async
-/// parts. SIGINT and SIGTERM stop it after the batch in progress.
-pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) -> Result<RunSummary, PipelineError> {
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let flag = shutdown.clone();
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("ClickHouse sink: {0}")]
+    Sink(#[from] SinkError),
+    #[error("the ClickHouse sink thread panicked")]
+    SinkPanicked,
+}
+
+/// Sets `flag` on SIGINT or SIGTERM.
+pub fn stop_on_signal(runtime: &Runtime, flag: Arc<AtomicBool>) {
     runtime.spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
@@ -34,5 +43,46 @@ pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) 
         tracing::info!("signal received: finishing the batch in progress");
         flag.store(true, Ordering::Relaxed);
     });
-    Pipeline::start(settings, runtime.handle().clone(), shutdown)?.run(until_idle)
+}
+
+/// Runs the processor on the calling thread (it blocks), using `runtime` for the async
+/// parts. SIGINT and SIGTERM stop it after the batch in progress.
+pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) -> Result<RunSummary, RunError> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    stop_on_signal(runtime, shutdown.clone());
+    let processor_done = Arc::new(AtomicBool::new(false));
+    let sink = settings.clickhouse.in_run.then(|| {
+        let (settings, handle, shutdown) = (settings.clone(), runtime.handle().clone(), shutdown.clone());
+        let done = processor_done.clone();
+        std::thread::Builder::new().name("clickhouse-sink".into()).spawn(move || {
+            let result =
+                Sink::start(settings, handle, shutdown.clone()).and_then(|s| s.after(done).run(until_idle));
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "the ClickHouse sink stopped; stopping the processor");
+                shutdown.store(true, Ordering::Relaxed);
+            }
+            result
+        })
+    });
+    let sink = match sink {
+        Some(Ok(handle)) => Some(handle),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot start the ClickHouse sink thread");
+            return Err(RunError::SinkPanicked);
+        }
+        None => None,
+    };
+    let processed = Pipeline::start(settings, runtime.handle().clone(), shutdown.clone()).and_then(|p| p.run(until_idle));
+    processor_done.store(true, Ordering::Relaxed);
+    if processed.is_err() || until_idle.is_none() {
+        shutdown.store(true, Ordering::Relaxed);
+    }
+    // With --until-idle the sink stops by itself once it has loaded everything.
+    let sunk = sink.map(|handle| handle.join());
+    let summary = processed?;
+    if let Some(joined) = sunk {
+        let sunk = joined.map_err(|_| RunError::SinkPanicked)??;
+        tracing::info!(rows = sunk.rows, batches = sunk.batches, "ClickHouse sink stopped");
+    }
+    Ok(summary)
 }

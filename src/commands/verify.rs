@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::kafka;
-use crate::sink::clickhouse;
+use crate::event::DedupKey;
+use crate::sink::clickhouse::ClickHouse;
 use crate::sink::delta::EventTable;
 use crate::sink::dlq;
 
@@ -29,12 +30,32 @@ pub struct Report {
     pub processed_distinct_keys: Option<u64>,
     pub clickhouse_rows: Option<u64>,
     pub clickhouse_final_rows: Option<u64>,
+    /// Whether ClickHouse (with `FINAL`) holds exactly Delta's keys: equal counts and
+    /// equal key checksums. `None` when either store could not be read.
+    pub clickhouse_keys_match: Option<bool>,
+    /// Sum mod 2^64 of the first 8 bytes (big-endian) of every Delta key's MD5.
+    pub delta_key_checksum: Option<u64>,
+    /// The same sum over ClickHouse's `FINAL` rows.
+    pub clickhouse_key_checksum: Option<u64>,
+    /// When the key sets differ: Delta keys that ClickHouse lacks (`reconcile` fixes these)...
+    pub clickhouse_missing_keys: Option<u64>,
+    /// ...and ClickHouse keys that Delta does not hold.
+    pub clickhouse_extra_keys: Option<u64>,
 }
 
 pub async fn verify(settings: &Settings) -> Report {
     let mut report = Report::default();
-    match EventTable::open(&settings.delta_path).await {
-        Ok(table) => match table.counts().await {
+    let table = match EventTable::open(&settings.delta_path).await {
+        Ok(table) => Some(table),
+        Err(e) => {
+            tracing::warn!(error = %e, "no Delta counts");
+            None
+        }
+    };
+    // Delta's keys, read once, for the checksum and, if needed, the comparison.
+    let mut delta_keys = None;
+    if let Some(table) = &table {
+        match table.counts().await {
             Ok(c) => {
                 report.delta_rows = Some(c.rows);
                 report.delta_distinct_keys = Some(c.distinct_keys);
@@ -42,8 +63,14 @@ pub async fn verify(settings: &Settings) -> Report {
                 report.delta_files = Some(c.files);
             }
             Err(e) => tracing::warn!(error = %e, "cannot count the Delta table"),
-        },
-        Err(e) => tracing::warn!(error = %e, "no Delta counts"),
+        }
+        match table.keys().await {
+            Ok(keys) => {
+                report.delta_key_checksum = Some(key_checksum(keys.iter().map(String::as_str)));
+                delta_keys = Some(keys);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the Delta keys"),
+        }
     }
 
     let s = settings.clone();
@@ -78,11 +105,57 @@ pub async fn verify(settings: &Settings) -> Report {
         Err(e) => tracing::warn!(error = %e, "reading the topics panicked"),
     }
 
-    if let Some(c) = clickhouse::counts(&settings.clickhouse).await {
-        report.clickhouse_rows = Some(c.rows);
-        report.clickhouse_final_rows = Some(c.final_rows);
-    }
+    compare_with_clickhouse(settings, &mut report, delta_keys).await;
     report
+}
+
+/// Sum mod 2^64 of each key's first 8 bytes read big-endian: order-independent, so
+/// both stores can compute it their own way. A key that is not 32 hex digits counts 0.
+pub fn key_checksum<'a>(keys: impl Iterator<Item = &'a str>) -> u64 {
+    keys.filter_map(DedupKey::from_hex).fold(0_u64, |sum, k| sum.wrapping_add(k.prefix_u64()))
+}
+
+async fn compare_with_clickhouse(settings: &Settings, report: &mut Report, delta_keys: Option<Vec<String>>) {
+    let clickhouse = match ClickHouse::connect(&settings.clickhouse).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "no ClickHouse counts");
+            return;
+        }
+    };
+    let counts = match clickhouse.counts().await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            tracing::warn!(table = %clickhouse.table(), "no ClickHouse table: run `idempipe setup`");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count the ClickHouse table");
+            return;
+        }
+    };
+    report.clickhouse_rows = Some(counts.rows);
+    report.clickhouse_final_rows = Some(counts.final_rows);
+    report.clickhouse_key_checksum = Some(counts.key_checksum);
+    let Some(delta_keys) = delta_keys else { return };
+    let same = report.delta_distinct_keys == Some(counts.final_rows)
+        && report.delta_key_checksum == Some(counts.key_checksum)
+        && report.delta_rows == report.delta_distinct_keys;
+    report.clickhouse_keys_match = Some(same);
+    if same {
+        report.clickhouse_missing_keys = Some(0);
+        report.clickhouse_extra_keys = Some(0);
+        return;
+    }
+    // They differ: find out by how much, key by key.
+    match clickhouse.keys().await {
+        Ok(ch_keys) => {
+            let delta: HashSet<&str> = delta_keys.iter().map(String::as_str).collect();
+            report.clickhouse_missing_keys = Some(delta.iter().filter(|k| !ch_keys.contains(**k)).count() as u64);
+            report.clickhouse_extra_keys = Some(ch_keys.iter().filter(|k| !delta.contains(k.as_str())).count() as u64);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the ClickHouse keys"),
+    }
 }
 
 fn ok_or_warn<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> Option<T> {
@@ -92,7 +165,8 @@ fn ok_or_warn<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> Opti
 impl Report {
     /// A two-column table for people.
     pub fn to_table(&self) -> String {
-        let rows: [(&str, Option<u64>); 13] = [
+        let matched = self.clickhouse_keys_match.map(u64::from);
+        let rows: [(&str, Option<u64>); 16] = [
             ("delta_rows", self.delta_rows),
             ("delta_distinct_keys", self.delta_distinct_keys),
             ("delta_version", self.delta_version),
@@ -104,12 +178,37 @@ impl Report {
             ("processed_distinct_keys", self.processed_distinct_keys),
             ("clickhouse_rows", self.clickhouse_rows),
             ("clickhouse_final_rows", self.clickhouse_final_rows),
-            ("", None),
-            ("", None),
+            ("delta_key_checksum", self.delta_key_checksum),
+            ("clickhouse_key_checksum", self.clickhouse_key_checksum),
+            ("clickhouse_missing_keys", self.clickhouse_missing_keys),
+            ("clickhouse_extra_keys", self.clickhouse_extra_keys),
+            ("clickhouse_keys_match", matched),
         ];
         rows.iter()
-            .filter(|(name, _)| !name.is_empty())
-            .map(|(name, v)| format!("{name:<24} {}\n", v.map_or("-".to_string(), |v| v.to_string())))
+            .map(|(name, v)| {
+                let shown = match (*name, v) {
+                    (_, None) => "-".to_string(),
+                    ("clickhouse_keys_match", Some(v)) => (*v == 1).to_string(),
+                    (_, Some(v)) => v.to_string(),
+                };
+                format!("{name:<24} {shown}\n")
+            })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checksum_is_order_independent_and_wraps() {
+        let a = "0d268ed825d0878a0000000000000001";
+        let b = "ffffffffffffffff0000000000000002";
+        let c = "ffffffffffffffff0000000000000003";
+        let sum = key_checksum([a, b, c].into_iter());
+        assert_eq!(sum, key_checksum([c, a, b].into_iter()));
+        assert_eq!(sum, 0x0d26_8ed8_25d0_878a_u64.wrapping_add(u64::MAX).wrapping_add(u64::MAX));
+        assert_eq!(key_checksum(std::iter::empty()), 0);
     }
 }

@@ -25,6 +25,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::event::{DedupKey, EventTime};
+use crate::sink::processed::ProcessedRecord;
 
 /// Errors of the Delta table, with the path they concern.
 #[derive(Debug, thiserror::Error)]
@@ -374,6 +375,73 @@ impl EventTable {
         }
         outcome.version = self.version();
         Ok(outcome)
+    }
+
+    /// Runs `sql` against the table registered as `t` and returns the batches.
+    async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let ctx = SessionContext::new();
+        let provider = self.table.table_provider().await.map_err(|e| self.error(e.into()))?;
+        ctx.register_table("t", provider).map_err(|e| self.error(e.into()))?;
+        ctx.sql(sql).await.map_err(|e| self.error(e.into()))?.collect().await.map_err(|e| self.error(e.into()))
+    }
+
+    /// Column `i` of `batch` as plain UTF-8 (DataFusion may hand back string views).
+    fn strings(&self, batch: &RecordBatch, i: usize) -> Result<StringArray> {
+        let column =
+            deltalake::arrow::compute::cast(batch.column(i), &ArrowType::Utf8).map_err(|e| self.error(e.into()))?;
+        column
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .cloned()
+            .ok_or_else(|| self.unexpected("expected a string column"))
+    }
+
+    /// Every key in the table (for comparing with the speed layer).
+    pub async fn keys(&self) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        for batch in self.query("SELECT dedup_key FROM t").await? {
+            let column = self.strings(&batch, 0)?;
+            keys.extend(column.iter().flatten().map(str::to_owned));
+        }
+        Ok(keys)
+    }
+
+    /// The rows whose key is in `keys`, in the processed topic's record form.
+    pub async fn rows_with_keys(&self, keys: &HashSet<String>) -> Result<Vec<ProcessedRecord>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Timestamps come back as microseconds; the cast below reads them as Int64.
+        let sql = "SELECT dedup_key, user_id, event_type, event_time, payload, \
+                   source_partition, source_offset, batch_id, ingested_at FROM t";
+        let mut out = Vec::new();
+        for batch in self.query(sql).await? {
+            let (key, user, kind, payload) =
+                (self.strings(&batch, 0)?, self.strings(&batch, 1)?, self.strings(&batch, 2)?, self.strings(&batch, 4)?);
+            let int64 = |i: usize| -> Result<Int64Array> {
+                let c = deltalake::arrow::compute::cast(batch.column(i), &ArrowType::Int64)
+                    .map_err(|e| self.error(e.into()))?;
+                c.as_any().downcast_ref::<Int64Array>().cloned().ok_or_else(|| self.unexpected("expected integers"))
+            };
+            let (time, partition, offset, batch_id, ingested) = (int64(3)?, int64(5)?, int64(6)?, int64(7)?, int64(8)?);
+            for i in 0..batch.num_rows() {
+                if key.is_null(i) || !keys.contains(key.value(i)) {
+                    continue;
+                }
+                out.push(ProcessedRecord {
+                    dedup_key: key.value(i).to_owned(),
+                    user_id: user.value(i).to_owned(),
+                    event_type: kind.value(i).to_owned(),
+                    event_time_us: time.value(i),
+                    payload: payload.value(i).to_owned(),
+                    source_partition: partition.value(i) as i32,
+                    source_offset: offset.value(i),
+                    batch_id: batch_id.value(i),
+                    ingested_at_us: ingested.value(i),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Row count, distinct key count, version and live file count.

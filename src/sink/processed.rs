@@ -2,7 +2,7 @@
 //! `dedup_key`, for the speed layer. Re-sends are allowed (ClickHouse collapses them);
 //! absence is not: a record is sent before the Delta commit that stores its event.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::EventTime;
 use crate::sink::delta::Row;
@@ -26,6 +26,28 @@ pub struct ProcessedEvent<'a> {
     pub batch_id: i64,
     pub ingested_at: String,
     pub ingested_at_us: i64,
+}
+
+/// A processed record as the speed layer reads it back: owned, and only the fields it
+/// stores (the string forms of the times are derived from the numbers).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ProcessedRecord {
+    pub dedup_key: String,
+    pub user_id: String,
+    pub event_type: String,
+    pub event_time_us: i64,
+    pub payload: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    pub batch_id: i64,
+    pub ingested_at_us: i64,
+}
+
+impl ProcessedRecord {
+    /// Parses a record's value; the error says what is wrong with it.
+    pub fn from_json(value: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(value)
+    }
 }
 
 /// The record of one row.
@@ -52,5 +74,34 @@ pub fn record(topic: &str, row: &Row, batch_id: i64, ingested_at: EventTime) -> 
         // Serialising plain strings and integers cannot fail.
         value: Some(serde_json::to_vec(&value).unwrap_or_default()),
         headers: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::DedupKey;
+
+    #[test]
+    fn a_record_reads_back_as_the_row_it_was_made_from() {
+        let time = EventTime::from_micros(1_767_323_045_123_456).unwrap();
+        let row = Row {
+            key: DedupKey::from_hex("0d268ed825d0878a0d268ed825d0878a").unwrap(),
+            user_id: "u1".into(),
+            event_type: "click".into(),
+            time,
+            payload: r#"{"x":1}"#.into(),
+            source_partition: 2,
+            source_offset: 40,
+        };
+        let ingested = EventTime::from_micros(1_767_323_046_000_001).unwrap();
+        let out = record("processed", &row, 7, ingested);
+        let back = ProcessedRecord::from_json(out.value.as_deref().unwrap()).unwrap();
+        assert_eq!(back.dedup_key, row.key.to_string());
+        assert_eq!(back.event_time_us, time.micros());
+        assert_eq!(back.ingested_at_us, ingested.micros());
+        assert_eq!((back.source_partition, back.source_offset, back.batch_id), (2, 40, 7));
+        assert_eq!(back.payload, row.payload);
+        assert_eq!(out.key.as_deref(), Some(row.key.to_string().as_bytes()));
     }
 }

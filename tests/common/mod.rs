@@ -34,6 +34,11 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Pipeline {
     pub fn new(test: &str) -> Self {
+        Self::with_options(test, "")
+    }
+
+    /// A pipeline whose config file also has `extra` (top-level TOML lines).
+    pub fn with_options(test: &str, extra: &str) -> Self {
         require_services();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
@@ -60,6 +65,8 @@ group = "{name}"
 delta_path = "{}"
 clickhouse_table = "{name}"
 trigger = "500ms"
+clickhouse_trigger = "300ms"
+{extra}
 
 [kafka]
 "max.poll.interval.ms" = "10000"
@@ -71,6 +78,20 @@ trigger = "500ms"
         )
         .unwrap();
         Self { name, root, config, _cleanup: cleanup }
+    }
+
+    /// The ClickHouse URL in use (the shared server unless the config names another).
+    pub fn clickhouse_url(&self) -> String {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("clickhouse_url = \"").and_then(|r| r.strip_suffix('"')))
+            .unwrap_or(CLICKHOUSE_URL)
+            .to_owned()
+    }
+
+    /// `` `idempipe`.`<name>` ``: the test's ClickHouse table.
+    pub fn clickhouse_table(&self) -> String {
+        format!("`idempipe`.`{}`", self.name)
     }
 
     pub fn delta_path(&self) -> PathBuf {
@@ -163,6 +184,83 @@ trigger = "500ms"
         std::fs::read_to_string(self.root.join("delta/events.batches.jsonl"))
             .map(|t| t.lines().map(|l| serde_json::from_str(l).expect("batch log line is JSON")).collect())
             .unwrap_or_default()
+    }
+}
+
+impl Drop for Pipeline {
+    /// Drops the test's ClickHouse table from the shared server (best effort).
+    fn drop(&mut self) {
+        if self._cleanup.is_some() && self.clickhouse_url() == CLICKHOUSE_URL {
+            let _ = clickhouse_query(CLICKHOUSE_URL, &format!("DROP TABLE IF EXISTS {}", self.clickhouse_table()));
+        }
+    }
+}
+
+pub const CLICKHOUSE_URL: &str = "http://127.0.0.1:8123";
+
+/// Sends one statement to ClickHouse over HTTP and returns the body, independently of
+/// the code under test (a plain HTTP/1.0 POST on a socket).
+pub fn clickhouse_query(url: &str, sql: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let host = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(host).map_err(|e| format!("connect {host}: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let request =
+        format!("POST / HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{sql}", sql.len());
+    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
+        Ok(body.to_owned())
+    } else {
+        Err(format!("{sql}: {head}\n{body}"))
+    }
+}
+
+/// A ClickHouse server of the test's own, on free ports, that the test may stop and
+/// start (started by `scripts/services.sh clickhouse-up` with its own directory).
+pub struct PrivateClickHouse {
+    pub dir: PathBuf,
+    pub http_port: u16,
+    pub tcp_port: u16,
+}
+
+impl PrivateClickHouse {
+    pub fn start(dir: PathBuf) -> Self {
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let this = Self { dir, http_port: free(), tcp_port: free() };
+        this.up();
+        this
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    fn script(&self, action: &str) {
+        let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
+            .arg(action)
+            .env("SERVICES_DIR", &self.dir)
+            .env("CLICKHOUSE_HTTP_PORT", self.http_port.to_string())
+            .env("CLICKHOUSE_TCP_PORT", self.tcp_port.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "services.sh {action} failed for the private ClickHouse");
+    }
+
+    pub fn up(&self) {
+        self.script("clickhouse-up");
+    }
+
+    pub fn down(&self) {
+        self.script("clickhouse-down");
+    }
+}
+
+impl Drop for PrivateClickHouse {
+    fn drop(&mut self) {
+        self.down();
     }
 }
 

@@ -1,0 +1,367 @@
+//! ClickHouse, the speed layer: the schema, inserts, and what `verify` and `reconcile`
+//! read back.
+//!
+//! Invariants:
+//! - every query goes through plain `RowBinary` with the client's validation off:
+//!   ClickHouse 18.16 has no `RowBinaryWithNamesAndTypes`, which validation needs;
+//! - rows are written in the layout the existing table has (read from
+//!   `system.columns`), not the one the server would create today, so a table created
+//!   before a server upgrade keeps working;
+//! - an insert either returns `Ok` after the server acknowledged every row, or an
+//!   error after which the caller must assume nothing (re-sending is harmless: the table
+//!   collapses copies, and a deduplication token drops an identical retry outright where
+//!   the server supports it).
+
+pub mod schema;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use clickhouse::{Row, RowWrite};
+use serde::Serialize;
+
+use crate::config::{ClickHouseIngest, ClickHouseSettings};
+pub use crate::sink::clickhouse::schema::{Layout, ServerVersion};
+use crate::sink::processed::ProcessedRecord;
+
+/// Failures talking to ClickHouse, with the server and what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum ClickHouseError {
+    #[error("ClickHouse at {url}: {what}: {source}")]
+    Request { url: String, what: String, source: Box<clickhouse::error::Error> },
+    #[error("ClickHouse at {url} did not answer within {timeout:?} ({what}): is it running?")]
+    Timeout { url: String, what: String, timeout: Duration },
+    #[error("ClickHouse at {url}: {what}")]
+    Unexpected { url: String, what: String },
+}
+
+pub type Result<T, E = ClickHouseError> = std::result::Result<T, E>;
+
+/// How long a query or insert may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Raw and collapsed (`FINAL`) counts of the events table, with the key checksum of the
+/// collapsed table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ClickHouseCounts {
+    pub rows: u64,
+    pub final_rows: u64,
+    /// Sum, modulo 2^64, of [`crate::event::DedupKey::prefix_u64`] over the `FINAL` rows.
+    pub key_checksum: u64,
+}
+
+/// What `setup` did in ClickHouse.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SchemaReport {
+    pub server_version: String,
+    pub table: String,
+    pub layout: Layout,
+    /// Whether the events table was created now (false: it existed).
+    pub created: bool,
+    /// The Kafka-engine objects, when that route was asked for.
+    pub kafka_engine: Option<[String; 2]>,
+}
+
+/// A connection to one server and events table.
+#[derive(Clone)]
+pub struct ClickHouse {
+    client: clickhouse::Client,
+    settings: ClickHouseSettings,
+    version: ServerVersion,
+}
+
+impl ClickHouse {
+    /// Connects and reads the server version.
+    pub async fn connect(settings: &ClickHouseSettings) -> Result<Self> {
+        let mut client = clickhouse::Client::default().with_url(&settings.url).with_validation(false);
+        if let Some(user) = &settings.user {
+            client = client.with_user(user);
+        }
+        if let Some(password) = &settings.password {
+            client = client.with_password(password);
+        }
+        let mut this = Self {
+            client,
+            settings: settings.clone(),
+            version: ServerVersion { text: String::new(), major: 0, minor: 0 },
+        };
+        let text: String = this.fetch_one("SELECT version()", "reading the server version").await?;
+        this.version = ServerVersion::parse(&text)
+            .ok_or_else(|| this.unexpected(format!("cannot read the server version {text:?}")))?;
+        Ok(this)
+    }
+
+    pub fn version(&self) -> &ServerVersion {
+        &self.version
+    }
+
+    /// `` `db`.`table` `` of the events table.
+    pub fn table(&self) -> String {
+        schema::qualified(&self.settings.database, &self.settings.table)
+    }
+
+    fn unexpected(&self, what: String) -> ClickHouseError {
+        ClickHouseError::Unexpected { url: self.settings.url.clone(), what }
+    }
+
+    async fn timed<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = clickhouse::error::Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => Err(ClickHouseError::Request {
+                url: self.settings.url.clone(),
+                what: what.to_owned(),
+                source: Box::new(source),
+            }),
+            Err(_) => Err(ClickHouseError::Timeout {
+                url: self.settings.url.clone(),
+                what: what.to_owned(),
+                timeout: REQUEST_TIMEOUT,
+            }),
+        }
+    }
+
+    async fn execute(&self, sql: &str, what: &str) -> Result<()> {
+        self.timed(what, self.client.query(sql).execute()).await
+    }
+
+    async fn fetch_one<T>(&self, sql: &str, what: &str) -> Result<T>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowRead,
+    {
+        self.timed(what, self.client.query(sql).fetch_one::<T>()).await
+    }
+
+    /// Creates the database and events table if missing (and, for the Kafka-engine route,
+    /// the Kafka table and view). Running it again changes nothing.
+    pub async fn ensure_schema(&self, brokers: &str, topic: &str) -> Result<SchemaReport> {
+        let s = &self.settings;
+        self.execute(&schema::create_database(&s.database), "creating the database").await?;
+        let existed = self.layout().await?.is_some();
+        self.execute(&schema::create_events(&self.version, &s.database, &s.table), "creating the events table")
+            .await?;
+        let layout = self
+            .layout()
+            .await?
+            .ok_or_else(|| self.unexpected(format!("table {} is missing right after its creation", self.table())))?;
+        let kafka_engine = match s.ingest {
+            ClickHouseIngest::Sink => None,
+            ClickHouseIngest::KafkaEngine => {
+                let ddl = schema::create_kafka_engine(&self.version, &s.database, &s.table, brokers, topic, &s.group);
+                for sql in &ddl {
+                    self.execute(sql, "creating the Kafka-engine table and view").await?;
+                }
+                Some([
+                    schema::qualified(&s.database, &schema::kafka_queue_name(&s.table)),
+                    schema::qualified(&s.database, &schema::kafka_view_name(&s.table)),
+                ])
+            }
+        };
+        Ok(SchemaReport {
+            server_version: self.version.text.clone(),
+            table: self.table(),
+            layout,
+            created: !existed,
+            kafka_engine,
+        })
+    }
+
+    /// The layout of the existing events table; `None` when there is no such table.
+    pub async fn layout(&self) -> Result<Option<Layout>> {
+        let columns: Vec<(String, String)> = self
+            .timed(
+                "reading the table's columns",
+                self.client
+                    .query("SELECT name, type FROM system.columns WHERE database = ? AND table = ?")
+                    .bind(&self.settings.database)
+                    .bind(&self.settings.table)
+                    .fetch_all::<(String, String)>(),
+            )
+            .await?;
+        if columns.is_empty() {
+            return Ok(None);
+        }
+        let has = |name: &str| columns.iter().any(|(n, _)| n == name);
+        let missing: Vec<&str> = ["dedup_key", "event_time", "event_date", "version"]
+            .into_iter()
+            .filter(|c| !has(c))
+            .collect();
+        if !missing.is_empty() {
+            return Err(self.unexpected(format!(
+                "table {} is not an idempipe events table: columns {missing:?} are missing",
+                self.table()
+            )));
+        }
+        Ok(Some(if has("event_time_us") { Layout::Legacy } else { Layout::Current }))
+    }
+
+    /// Inserts `rows` in one request, in the table's layout. `token`, where the server
+    /// supports it, makes ClickHouse drop a retry of an insert it already applied.
+    pub async fn insert(&self, layout: Layout, rows: &[ProcessedRecord], token: Option<&str>) -> Result<()> {
+        let token = token.filter(|_| self.version.has_dedup_token());
+        match layout {
+            Layout::Current => self.write_rows::<CurrentRow<'_>>(rows, token, CurrentRow::from_record).await,
+            Layout::Legacy => self.write_rows::<LegacyRow<'_>>(rows, token, LegacyRow::from_record).await,
+        }
+    }
+
+    async fn write_rows<'r, R>(
+        &self,
+        rows: &'r [ProcessedRecord],
+        token: Option<&str>,
+        convert: fn(&'r ProcessedRecord) -> R::Value<'r>,
+    ) -> Result<()>
+    where
+        R: Row + RowWrite,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let what = format!("inserting {} rows into {}", rows.len(), self.table());
+        let write = async {
+            let mut insert = self
+                .client
+                .insert_unescaped::<R>(&self.table())
+                .await?
+                .with_timeouts(Some(REQUEST_TIMEOUT), Some(REQUEST_TIMEOUT));
+            if let Some(token) = token {
+                insert = insert.with_setting("insert_deduplication_token", token);
+            }
+            for record in rows {
+                insert.write(&convert(record)).await?;
+            }
+            insert.end().await
+        };
+        self.timed(&what, write).await
+    }
+
+    /// Raw and `FINAL` counts and the key checksum; `None` when the table is missing.
+    pub async fn counts(&self) -> Result<Option<ClickHouseCounts>> {
+        if self.layout().await?.is_none() {
+            return Ok(None);
+        }
+        let s = &self.settings;
+        let (rows, _): (u64, u64) =
+            self.fetch_one(&schema::key_summary(&s.database, &s.table, false), "counting rows").await?;
+        let (final_rows, key_checksum): (u64, u64) =
+            self.fetch_one(&schema::key_summary(&s.database, &s.table, true), "counting rows with FINAL").await?;
+        Ok(Some(ClickHouseCounts { rows, final_rows, key_checksum }))
+    }
+
+    /// Every distinct key in the table.
+    pub async fn keys(&self) -> Result<HashSet<String>> {
+        let sql = format!("SELECT DISTINCT dedup_key FROM {}", self.table());
+        let read = async {
+            let mut cursor = self.client.query(&sql).fetch::<String>()?;
+            let mut keys = HashSet::new();
+            while let Some(key) = cursor.next().await? {
+                keys.insert(key);
+            }
+            Ok(keys)
+        };
+        self.timed("reading every key", read).await
+    }
+
+    /// Drops the events table (tests and operators recovering from a bad table).
+    pub async fn drop_table(&self) -> Result<()> {
+        self.execute(&format!("DROP TABLE IF EXISTS {}", self.table()), "dropping the events table").await
+    }
+}
+
+/// Days since the epoch as ClickHouse's `Date` (UInt16, 1970 to 2149): clamped.
+fn date(micros: i64) -> u16 {
+    micros.div_euclid(86_400_000_000).clamp(0, i64::from(u16::MAX)) as u16
+}
+
+/// Seconds since the epoch as `DateTime` (UInt32, 1970 to 2106): clamped.
+fn seconds(micros: i64) -> u32 {
+    micros.div_euclid(1_000_000).clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// A row of the `Current` layout (`DateTime64(6)` is Int64 microseconds in RowBinary).
+#[derive(Row, Serialize)]
+struct CurrentRow<'a> {
+    dedup_key: &'a str,
+    user_id: &'a str,
+    event_type: &'a str,
+    event_time: i64,
+    event_date: u16,
+    payload: &'a str,
+    source_partition: i32,
+    source_offset: i64,
+    batch_id: i64,
+    ingested_at: i64,
+    version: u64,
+}
+
+impl<'a> CurrentRow<'a> {
+    fn from_record(r: &'a ProcessedRecord) -> Self {
+        Self {
+            dedup_key: &r.dedup_key,
+            user_id: &r.user_id,
+            event_type: &r.event_type,
+            event_time: r.event_time_us,
+            event_date: date(r.event_time_us),
+            payload: &r.payload,
+            source_partition: r.source_partition,
+            source_offset: r.source_offset,
+            batch_id: r.batch_id,
+            ingested_at: r.ingested_at_us,
+            version: r.ingested_at_us.max(0) as u64,
+        }
+    }
+}
+
+/// A row of the `Legacy` layout: whole seconds plus the exact microseconds.
+#[derive(Row, Serialize)]
+struct LegacyRow<'a> {
+    dedup_key: &'a str,
+    user_id: &'a str,
+    event_type: &'a str,
+    event_time: u32,
+    event_time_us: i64,
+    event_date: u16,
+    payload: &'a str,
+    source_partition: i32,
+    source_offset: i64,
+    batch_id: i64,
+    ingested_at: u32,
+    version: u64,
+}
+
+impl<'a> LegacyRow<'a> {
+    fn from_record(r: &'a ProcessedRecord) -> Self {
+        Self {
+            dedup_key: &r.dedup_key,
+            user_id: &r.user_id,
+            event_type: &r.event_type,
+            event_time: seconds(r.event_time_us),
+            event_time_us: r.event_time_us,
+            event_date: date(r.event_time_us),
+            payload: &r.payload,
+            source_partition: r.source_partition,
+            source_offset: r.source_offset,
+            batch_id: r.batch_id,
+            ingested_at: seconds(r.ingested_at_us),
+            version: r.ingested_at_us.max(0) as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_seconds_round_down_and_clamp() {
+        assert_eq!(date(0), 0);
+        assert_eq!(date(86_400_000_000 - 1), 0);
+        assert_eq!(date(1_767_323_045_123_456), 20_455);
+        assert_eq!(date(-1), 0);
+        assert_eq!(seconds(1_767_323_045_999_999), 1_767_323_045);
+        assert_eq!(seconds(-5), 0);
+    }
+}
