@@ -16,6 +16,7 @@ reader of the Delta table. Modes (JSON in on stdin where noted, one JSON object 
                    reports counts and the key checksum
 """
 import json
+import os
 import sys
 import tempfile
 import time
@@ -36,6 +37,8 @@ def scalar_row(s, sql):
 
 
 def delta(path):
+    # chdb only reads files under its user_files path, which is the working directory.
+    os.chdir("/")
     out = str(chdb.query(f"SELECT count(), {CHECKSUM} FROM deltaLakeLocal('{path}')", "CSV")).strip()
     rows, checksum = (int(x) for x in out.split(","))
     print(json.dumps({"rows": rows, "key_checksum": checksum}))

@@ -6,6 +6,9 @@
 #   2. the same file produced 10 more times and processed: nothing changes;
 #   3. 15 new events: 10,015.
 #
+# The ClickHouse sink runs inside the processor (--clickhouse-in-run); after each step
+# ClickHouse must hold exactly Delta's keys (FINAL count and key checksum).
+#
 # Each run uses topics, group and table of its own (named demo<time>), so it can be
 # run again on the same broker. Usage: scripts/demo.sh [--release]
 set -euo pipefail
@@ -34,19 +37,20 @@ v = json.load(open(path))
 checks = [
     ("delta_rows", rows), ("delta_distinct_keys", rows), ("dlq_records", dlq),
     ("processed_distinct_keys", processed),
-    ("clickhouse_rows", None), ("clickhouse_final_rows", None),
+    ("clickhouse_final_rows", rows), ("clickhouse_keys_match", True),
 ]
 print(f"\n== {step}")
 print(f"{'store count':<26}{'expected':>10}{'actual':>10}")
 bad = False
 for name, want in checks:
     got = v.get(name)
-    shown_want = "-" if want is None else want
-    shown_got = "-" if got is None else got
+    shown_want = "-" if want is None else str(want).lower()
+    shown_got = "-" if got is None else str(got).lower()
     mark = ""
     if want is not None and got != want:
         mark, bad = "  MISMATCH", True
     print(f"{name:<26}{shown_want:>10}{shown_got:>10}{mark}")
+print(f"{'clickhouse_rows (raw)':<26}{'':>10}{v.get('clickhouse_rows', '-')!s:>10}")
 print(f"{'processed_records (raw)':<26}{'':>10}{v.get('processed_records', '-')!s:>10}")
 print(f"{'raw_records':<26}{'':>10}{v.get('raw_records', '-')!s:>10}")
 sys.exit(1 if bad else 0)
@@ -57,17 +61,17 @@ echo "== run $run_id: topics $run_id.*, table $work/delta/events"
 idem setup
 idem generate --unique 10000 --duplicates 1000 --invalid 100 --seed 42 --out "$work/seed.jsonl"
 idem produce --input "$work/seed.jsonl"
-idem run --until-idle 3s
+idem run --until-idle 3s --clickhouse-in-run
 check "seed: 10,000 unique + 1,000 re-sends + 100 invalid" 10000 100 10000
 
 for i in $(seq 10); do idem produce --input "$work/seed.jsonl" >/dev/null; done
 echo "produced the same file 10 more times"
-idem run --until-idle 3s
+idem run --until-idle 3s --clickhouse-in-run
 check "after 10 replays of the same file" 10000 1100 10000
 
 idem generate --unique 15 --seed 4242 --days 1 --out "$work/new.jsonl"
 idem produce --input "$work/new.jsonl"
-idem run --until-idle 3s
+idem run --until-idle 3s --clickhouse-in-run
 check "after 15 new events" 10015 1100 10015
 
 if ((failed)); then echo "demo: MISMATCH (see above)" >&2; exit 1; fi

@@ -13,6 +13,7 @@ processed_topic = "$run_id.processed_events"
 dlq_topic = "$run_id.raw_events_dlq"
 group = "$run_id"
 delta_path = "$work/delta/events"
+clickhouse_table = "$run_id"
 trigger = "$2"
 
 # tansu completes a group join only after the rebalance timeout: keep it short.

@@ -101,6 +101,12 @@ impl Pipeline {
         Ok(Self { settings, source, output, table, log, runtime, shutdown })
     }
 
+    /// The highest offsets the processor's producer has had acknowledged, per topic and
+    /// partition (updated as batches are sent).
+    pub fn delivered(&self) -> crate::sink::producer::Delivered {
+        self.output.delivered()
+    }
+
     /// Runs batches until shutdown is requested, or, with `until_idle`, until every
     /// partition is caught up and nothing arrived for that long.
     pub fn run(mut self, until_idle: Option<Duration>) -> Result<RunSummary, PipelineError> {

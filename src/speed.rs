@@ -11,8 +11,8 @@
 //! each from the group's committed offset, or from the beginning when there is none.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -51,6 +51,27 @@ pub struct SinkSummary {
     pub retries: u64,
 }
 
+/// What the sink waits for when it runs beside the processor (inside `run`): the
+/// processor's end, and the last offset it had acknowledged on each partition of the
+/// processed topic. With `until_idle`, the sink stops only once it has loaded those.
+#[derive(Debug, Default)]
+pub struct Upstream {
+    finished: Mutex<Option<BTreeMap<i32, i64>>>,
+}
+
+impl Upstream {
+    /// The processor stopped, having sent up to `last_sent` (last offset per partition).
+    pub fn finish(&self, last_sent: BTreeMap<i32, i64>) {
+        if let Ok(mut f) = self.finished.lock() {
+            *f = Some(last_sent);
+        }
+    }
+
+    fn last_sent(&self) -> Option<BTreeMap<i32, i64>> {
+        self.finished.lock().ok().and_then(|f| f.clone())
+    }
+}
+
 /// The sink: a consumer of the processed topic and a ClickHouse connection.
 pub struct Sink {
     settings: Settings,
@@ -60,9 +81,10 @@ pub struct Sink {
     partitions: Vec<i32>,
     runtime: Handle,
     shutdown: Arc<AtomicBool>,
-    /// Set when whatever writes the processed topic has stopped (the processor, when the
-    /// sink runs inside `run`): until then `until_idle` does not end the run.
-    upstream_done: Option<Arc<AtomicBool>>,
+    /// The processor beside it, when the sink runs inside `run`.
+    upstream: Option<Arc<Upstream>>,
+    /// Per partition, the first offset not yet loaded.
+    next: BTreeMap<i32, i64>,
 }
 
 impl Sink {
@@ -97,9 +119,13 @@ impl Sink {
         let committed =
             consumer.committed_offsets(wanted, kafka::METADATA_TIMEOUT).map_err(kafka::client_error(&settings))?;
         let mut tpl = TopicPartitionList::new();
+        let mut next = BTreeMap::new();
         for p in &partitions {
             let offset = match committed.find_partition(&topic, *p).map(|e| e.offset()) {
-                Some(Offset::Offset(n)) if n >= 0 => Offset::Offset(n),
+                Some(Offset::Offset(n)) if n >= 0 => {
+                    next.insert(*p, n);
+                    Offset::Offset(n)
+                }
                 _ => Offset::Beginning,
             };
             tracing::info!(partition = p, ?offset, group = %settings.clickhouse.group, "sink starts");
@@ -113,23 +139,33 @@ impl Sink {
             dedup_token = clickhouse.version().has_dedup_token(),
             "ClickHouse sink ready"
         );
-        Ok(Self { settings, consumer, clickhouse, layout, partitions, runtime, shutdown, upstream_done: None })
+        Ok(Self { settings, consumer, clickhouse, layout, partitions, runtime, shutdown, upstream: None, next })
     }
 
-    /// Makes `until_idle` wait for `done`, and count the idle time from when it is set.
-    pub fn after(mut self, done: Arc<AtomicBool>) -> Self {
-        self.upstream_done = Some(done);
+    /// Makes `until_idle` wait for the processor beside it (see [`Upstream`]), and count
+    /// the idle time from its end.
+    pub fn after(mut self, upstream: Arc<Upstream>) -> Self {
+        self.upstream = Some(upstream);
         self
+    }
+
+    /// Whether every record the processor beside it sent is loaded (true when alone).
+    fn upstream_loaded(&self, last_sent: Option<&BTreeMap<i32, i64>>) -> bool {
+        match (&self.upstream, last_sent) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(_), Some(sent)) => sent.iter().all(|(p, last)| self.next.get(p).is_some_and(|n| n > last)),
+        }
     }
 
     /// Loads batches until shutdown, or with `until_idle`, until every partition is
     /// loaded and nothing arrived for that long.
-    pub fn run(self, until_idle: Option<Duration>) -> Result<SinkSummary, SinkError> {
+    pub fn run(mut self, until_idle: Option<Duration>) -> Result<SinkSummary, SinkError> {
         let mut summary = SinkSummary::default();
         let mut last_message = Instant::now();
         let mut at_end: BTreeSet<i32> = BTreeSet::new();
         let limits = (self.settings.clickhouse.trigger, self.settings.clickhouse.max_batch_rows.get());
-        let mut upstream_running = self.upstream_done.is_some();
+        let mut upstream_running = self.upstream.is_some();
         loop {
             let deadline = Instant::now() + limits.0;
             let mut rows: Vec<ProcessedRecord> = Vec::new();
@@ -186,6 +222,9 @@ impl Sink {
                     }
                 }
                 self.commit(&ranges);
+                for (p, (_, last)) in &ranges {
+                    self.next.insert(*p, last + 1);
+                }
                 summary.batches += 1;
                 summary.rows += rows.len() as u64;
                 tracing::debug!(rows = rows.len(), "ClickHouse batch loaded");
@@ -193,13 +232,15 @@ impl Sink {
             if self.shutdown.load(Ordering::Relaxed) {
                 return Ok(summary);
             }
-            if upstream_running && self.upstream_done.as_ref().is_some_and(|d| d.load(Ordering::Relaxed)) {
-                // The idle time counts from now: records sent just before are still to come.
+            let last_sent = self.upstream.as_ref().and_then(|u| u.last_sent());
+            if upstream_running && last_sent.is_some() {
+                // The idle time counts from now: records sent just before may still come.
                 upstream_running = false;
                 last_message = Instant::now();
             }
             if let Some(idle) = until_idle
                 && !upstream_running
+                && self.upstream_loaded(last_sent.as_ref())
                 && last_message.elapsed() >= idle
                 && self.partitions.iter().all(|p| at_end.contains(p))
             {

@@ -9,7 +9,7 @@ use tokio::runtime::Runtime;
 
 use crate::config::Settings;
 use crate::pipeline::{Pipeline, PipelineError, RunSummary};
-use crate::speed::{Sink, SinkError};
+use crate::speed::{Sink, SinkError, Upstream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -50,10 +50,10 @@ pub fn stop_on_signal(runtime: &Runtime, flag: Arc<AtomicBool>) {
 pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) -> Result<RunSummary, RunError> {
     let shutdown = Arc::new(AtomicBool::new(false));
     stop_on_signal(runtime, shutdown.clone());
-    let processor_done = Arc::new(AtomicBool::new(false));
+    let upstream = Arc::new(Upstream::default());
     let sink = settings.clickhouse.in_run.then(|| {
         let (settings, handle, shutdown) = (settings.clone(), runtime.handle().clone(), shutdown.clone());
-        let done = processor_done.clone();
+        let done = upstream.clone();
         std::thread::Builder::new().name("clickhouse-sink".into()).spawn(move || {
             let result =
                 Sink::start(settings, handle, shutdown.clone()).and_then(|s| s.after(done).run(until_idle));
@@ -72,8 +72,22 @@ pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) 
         }
         None => None,
     };
-    let processed = Pipeline::start(settings, runtime.handle().clone(), shutdown.clone()).and_then(|p| p.run(until_idle));
-    processor_done.store(true, Ordering::Relaxed);
+    let processed_topic = settings.topics.processed.clone();
+    let (processed, delivered) = match Pipeline::start(settings, runtime.handle().clone(), shutdown.clone()) {
+        Ok(pipeline) => {
+            let delivered = pipeline.delivered();
+            (pipeline.run(until_idle), Some(delivered))
+        }
+        Err(e) => (Err(e), None),
+    };
+    let last_sent = delivered
+        .and_then(|d| {
+            d.lock().ok().map(|m| {
+                m.iter().filter(|((t, _), _)| *t == processed_topic).map(|((_, p), o)| (*p, *o)).collect()
+            })
+        })
+        .unwrap_or_default();
+    upstream.finish(last_sent);
     if processed.is_err() || until_idle.is_none() {
         shutdown.store(true, Ordering::Relaxed);
     }

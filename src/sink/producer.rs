@@ -3,12 +3,15 @@
 //! Invariant: [`Output::send_all`] returns `Ok` only when the broker acknowledged every
 //! record, so a caller may then advance past them (commit to Delta).
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::Settings;
 use crate::kafka::{self, KafkaFailure, Role, client_config};
@@ -30,9 +33,13 @@ pub enum ProduceError {
     Kafka(#[from] KafkaFailure),
 }
 
+/// The highest acknowledged offset per (topic, partition).
+pub type Delivered = Arc<Mutex<BTreeMap<(String, i32), i64>>>;
+
 /// An idempotent producer: retries inside librdkafka never duplicate or reorder.
 pub struct Output {
     producer: FutureProducer,
+    delivered: Delivered,
 }
 
 impl Output {
@@ -50,12 +57,19 @@ impl Output {
         )
         .create()
         .map_err(kafka::client_error(settings))?;
-        Ok(Self { producer })
+        Ok(Self { producer, delivered: Delivered::default() })
+    }
+
+    /// The highest offset acknowledged so far on each (topic, partition): how far a
+    /// reader of these topics must get to have seen everything this producer sent.
+    pub fn delivered(&self) -> Delivered {
+        self.delivered.clone()
     }
 
     /// Sends every record and waits until each is acknowledged.
     pub async fn send_all(&self, records: impl IntoIterator<Item = OutRecord>) -> Result<u64, ProduceError> {
-        let mut pending: FuturesUnordered<DeliveryFuture> = FuturesUnordered::new();
+        let mut pending = FuturesUnordered::new();
+        let mut acked: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut total = 0;
         let mut failed = 0;
         let mut first: Option<(String, KafkaError)> = None;
@@ -78,15 +92,17 @@ impl Output {
                 }
                 match self.producer.send_result(r) {
                     Ok(delivery) => {
-                        pending.push(delivery);
+                        let topic = record.topic.clone();
+                        pending.push(delivery.map(move |result| (topic, result)));
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                         // Let deliveries drain before trying again.
                         match pending.next().await {
-                            Some(Ok(Err((e, _)))) => note(&record.topic, e, &mut failed),
-                            Some(Err(_)) => note(&record.topic, KafkaError::Canceled, &mut failed),
-                            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+                            Some((topic, Ok(Ok(d)))) => note_acked(&mut acked, topic, d.partition, d.offset),
+                            Some((topic, Ok(Err((e, _))))) => note(&topic, e, &mut failed),
+                            Some((topic, Err(_))) => note(&topic, KafkaError::Canceled, &mut failed),
+                            None => tokio::time::sleep(Duration::from_millis(5)).await,
                         }
                     }
                     Err((e, _)) => {
@@ -96,11 +112,17 @@ impl Output {
                 }
             }
         }
-        while let Some(result) = pending.next().await {
+        while let Some((topic, result)) = pending.next().await {
             match result {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => note("", e, &mut failed),
-                Err(_) => note("", KafkaError::Canceled, &mut failed),
+                Ok(Ok(d)) => note_acked(&mut acked, topic, d.partition, d.offset),
+                Ok(Err((e, _))) => note(&topic, e, &mut failed),
+                Err(_) => note(&topic, KafkaError::Canceled, &mut failed),
+            }
+        }
+        if let Ok(mut delivered) = self.delivered.lock() {
+            for (key, offset) in acked {
+                let entry = delivered.entry(key).or_insert(offset);
+                *entry = (*entry).max(offset);
             }
         }
         match first {
@@ -108,4 +130,9 @@ impl Output {
             Some((topic, first)) => Err(ProduceError::NotDelivered { topic, failed, total, first }),
         }
     }
+}
+
+fn note_acked(acked: &mut BTreeMap<(String, i32), i64>, topic: String, partition: i32, offset: i64) {
+    let entry = acked.entry((topic, partition)).or_insert(offset);
+    *entry = (*entry).max(offset);
 }
