@@ -2,11 +2,13 @@
 # Installs (if missing) and runs the services idempipe needs, on loopback only:
 #   Kafka protocol: tansu 0.6.0 on 127.0.0.1:9092
 #   ClickHouse (Debian's clickhouse-server) with HTTP on 127.0.0.1:8123
-# Usage: scripts/services.sh up|down|status|restart-kafka|clickhouse-up|clickhouse-down
+# Usage: scripts/services.sh up|down|status|restart-kafka|kafka-fresh|clickhouse-up|clickhouse-down
+#   kafka-fresh     (re)starts tansu on an empty store (deletes SERVICES_DIR/tansu.db*)
 # Environment:
 #   TANSU_STORAGE   tansu storage URL (default sqlite://tansu.db, under SERVICES_DIR; not memory://,
 #                   whose fetch cannot resume inside a stored batch: see README)
 #   SERVICES_DIR    where data, logs and pid files live (default: data/services in the checkout)
+#   KAFKA_PORT      tansu's port (default 9092)
 #   CLICKHOUSE_HTTP_PORT, CLICKHOUSE_TCP_PORT   ClickHouse ports (default 8123, 9000); with
 #                   its own SERVICES_DIR, `clickhouse-up` starts a private server (tests
 #                   that stop ClickHouse use one, so other tests keep theirs)
@@ -17,7 +19,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${SERVICES_DIR:-$root/data/services}
 tansu_bin=${TANSU_BIN:-$HOME/.cargo/bin/tansu}
 storage=${TANSU_STORAGE:-sqlite://tansu.db}
-kafka_port=9092
+kafka_port=${KAFKA_PORT:-9092}
 ch_http_port=${CLICKHOUSE_HTTP_PORT:-8123}
 ch_tcp_port=${CLICKHOUSE_TCP_PORT:-9000}
 mkdir -p "$dir"
@@ -141,8 +143,15 @@ case ${1:-} in
   up) start_tansu; start_clickhouse; status ;;
   down) stop tansu; stop clickhouse ;;
   restart-kafka) stop tansu; start_tansu ;;
+  kafka-fresh)
+    stop tansu
+    # A tansu of ours whose pid file is gone (another checkout) still holds the port.
+    pkill -f "tansu broker --listener-url tcp://127.0.0.1:$kafka_port" || true
+    for _ in $(seq 50); do kafka_up || break; sleep 0.2; done
+    rm -f "$dir"/tansu.db "$dir"/tansu.db-*
+    start_tansu ;;
   clickhouse-up) start_clickhouse ;;
   clickhouse-down) stop clickhouse ;;
   status) status; kafka_up && clickhouse_up ;;
-  *) echo "usage: $0 up|down|status|restart-kafka|clickhouse-up|clickhouse-down" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|restart-kafka|kafka-fresh|clickhouse-up|clickhouse-down" >&2; exit 2 ;;
 esac

@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
 # The test command: services up (installing them if missing), then every test.
+# Tests use the broker named by IDEMPIPE_TEST_BROKERS (default 127.0.0.1:9092).
 # Usage: scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/services.sh up
+# ClickHouse as usual; Kafka: a broker of the tests' own on :9192, on an empty store each
+# run. tansu's sqlite store slows down as it fills (a suite writes ~1 GB), and a fresh
+# one keeps the tests' timing the same from run to run; the broker on :9092 is untouched.
+SERVICES_DIR=${SERVICES_DIR:-data/services} scripts/services.sh clickhouse-up
+SERVICES_DIR=data/test-services KAFKA_PORT=9192 scripts/services.sh kafka-fresh
+export IDEMPIPE_TEST_BROKERS=127.0.0.1:9192
 
-# The independent Delta reader the tests use to check the table (the Python `deltalake`).
+# Independent readers the tests use: the Python `deltalake` (the Delta table) and `chdb`
+# (current ClickHouse in process: our DDL and queries, the Kafka-engine route).
 if ! python3 -c 'import deltalake' 2>/dev/null; then
   echo "test: installing the Python deltalake package (independent Delta reader)" >&2
   python3 -m pip install --quiet 'deltalake>=1.0' 'pyarrow>=15' >&2
+fi
+if ! python3 -c 'import chdb' 2>/dev/null; then
+  echo "test: installing the Python chdb package (current ClickHouse, in process)" >&2
+  python3 -m pip install --quiet 'chdb>=3' >&2
 fi
 
 cargo test --locked --no-fail-fast "$@"

@@ -245,7 +245,7 @@ struct Record {
 /// watermark of fetch responses).
 fn read_all(topic: &str) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", common::BROKERS)
+        .set("bootstrap.servers", common::brokers())
         .set("group.id", "test-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")

@@ -185,7 +185,7 @@ fn the_kafka_engine_route_loads_exactly_the_delta_keys() {
             "database_ddl": schema::create_database("idempipe"),
             "table_ddl": schema::create_events(&current, "idempipe", "events"),
             "kafka_engine": schema::create_kafka_engine(
-                &current, "idempipe", "events", common::BROKERS, &format!("{}_processed", p.name), &group),
+                &current, "idempipe", "events", &common::brokers(), &format!("{}_processed", p.name), &group),
             "expected_rows": 2_000,
             "timeout_s": 120,
         }),

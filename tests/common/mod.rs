@@ -9,15 +9,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const BROKERS: &str = "127.0.0.1:9092";
+/// The broker the tests use: `IDEMPIPE_TEST_BROKERS` (scripts/test.sh starts one of the
+/// tests' own on :9192), else the services' broker on :9092.
+pub fn brokers() -> String {
+    std::env::var("IDEMPIPE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
 
 /// Longest a `run --until-idle` may take in a test: far above the seconds it needs.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// Fails the test with a clear message when the services are not running.
 pub fn require_services() {
-    let up = std::net::TcpStream::connect_timeout(&BROKERS.parse().unwrap(), Duration::from_secs(2)).is_ok();
-    assert!(up, "no Kafka broker on {BROKERS}: run `scripts/services.sh up` (scripts/test.sh does)");
+    let brokers = brokers();
+    let up = std::net::TcpStream::connect_timeout(&brokers.parse().unwrap(), Duration::from_secs(2)).is_ok();
+    assert!(up, "no Kafka broker on {brokers}: run `scripts/services.sh up`, or the tests with scripts/test.sh");
 }
 
 /// One isolated pipeline: topics, group and table of its own.
@@ -57,7 +62,7 @@ impl Pipeline {
             &config,
             format!(
                 r#"
-brokers = "{BROKERS}"
+brokers = "{brokers}"
 raw_topic = "{name}_raw"
 processed_topic = "{name}_processed"
 dlq_topic = "{name}_dlq"
@@ -73,7 +78,8 @@ clickhouse_trigger = "300ms"
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
 "#,
-                root.join("delta/events").display()
+                root.join("delta/events").display(),
+                brokers = brokers(),
             ),
         )
         .unwrap();
@@ -126,10 +132,11 @@ clickhouse_trigger = "300ms"
     }
 
     /// Starts a command in the background; its stderr goes to `<name>.log` in the test's
-    /// directory (a pipe nobody reads would stall it once full).
-    pub fn spawn(&self, args: &[&str], name: &str) -> Child {
+    /// directory (a pipe nobody reads would stall it once full). It is killed when the
+    /// returned guard drops, so a failing test leaves no process behind.
+    pub fn spawn(&self, args: &[&str], name: &str) -> Background {
         let log = std::fs::File::create(self.path(&format!("{name}.log"))).unwrap();
-        self.command(args).stdout(Stdio::null()).stderr(log).spawn().unwrap()
+        Background(self.command(args).stdout(Stdio::null()).stderr(log).spawn().unwrap())
     }
 
     pub fn setup(&self) {
@@ -184,6 +191,31 @@ clickhouse_trigger = "300ms"
         std::fs::read_to_string(self.root.join("delta/events.batches.jsonl"))
             .map(|t| t.lines().map(|l| serde_json::from_str(l).expect("batch log line is JSON")).collect())
             .unwrap_or_default()
+    }
+}
+
+/// A child process that is killed (SIGKILL) when dropped.
+pub struct Background(pub Child);
+
+impl std::ops::Deref for Background {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Background {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
