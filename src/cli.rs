@@ -66,7 +66,14 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_GROUP")]
     pub clickhouse_group: Option<String>,
     /// Also run the ClickHouse sink inside `run` [default: false].
-    #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_IN_RUN", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(
+        long,
+        global = true,
+        env = "IDEMPIPE_CLICKHOUSE_IN_RUN",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
     pub clickhouse_in_run: Option<bool>,
     /// How long the sink collects before an insert, e.g. 1s [default: 1s].
     #[arg(long, global = true, env = "IDEMPIPE_CLICKHOUSE_TRIGGER", value_parser = humantime::parse_duration)]

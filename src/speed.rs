@@ -20,10 +20,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
-use crate::config::Settings;
+use crate::config::{ClickHouseIngest, Settings};
 use crate::kafka::{self, KafkaFailure, QuietEof, Role};
 use crate::sink::clickhouse::{ClickHouse, ClickHouseError, Layout};
+use crate::sink::dlq;
 use crate::sink::processed::ProcessedRecord;
+use crate::sink::producer::{OutRecord, Output, ProduceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -35,6 +37,13 @@ pub enum SinkError {
     NoTable { table: String },
     #[error("consumer failed: {0}")]
     Consumer(KafkaError),
+    #[error("sending unreadable records to the dead-letter topic failed: {0}")]
+    DeadLetters(#[from] ProduceError),
+    #[error(
+        "`clickhouse_ingest` is \"kafka-engine\": ClickHouse loads the topic itself, in the same consumer \
+         group; run the sink only with `clickhouse_ingest = \"sink\"`"
+    )]
+    KafkaEngineConfigured,
 }
 
 /// The longest wait between two attempts of a failing insert.
@@ -45,8 +54,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub struct SinkSummary {
     pub batches: u64,
     pub rows: u64,
-    /// Records that are not processed-event JSON (skipped, with an error logged).
+    /// Records that are not processed-event JSON: sent to the dead-letter topic (class
+    /// `unreadable_processed_record`), not loaded.
     pub unreadable: u64,
+    /// Offsets the broker skipped (retention deleted records before the sink read them:
+    /// `reconcile` restores what Delta holds).
+    pub offset_gaps: u64,
     /// Insert attempts that failed and were retried.
     pub retries: u64,
 }
@@ -76,7 +89,13 @@ impl Upstream {
 pub struct Sink {
     settings: Settings,
     consumer: BaseConsumer<QuietEof>,
+    /// For dead letters (records of the processed topic that are not ours).
+    output: Output,
     clickhouse: ClickHouse,
+    /// Made once per process and part of every insert token: a retry in this process
+    /// carries the same token, while the same offsets read again after a restart (or from
+    /// a recreated topic) never match an old insert.
+    token_nonce: String,
     layout: Layout,
     partitions: Vec<i32>,
     runtime: Handle,
@@ -92,6 +111,9 @@ impl Sink {
     /// the table, and assigns every partition at the group's committed offsets. Blocks;
     /// call it outside the runtime's workers.
     pub fn start(settings: Settings, runtime: Handle, shutdown: Arc<AtomicBool>) -> Result<Self, SinkError> {
+        if settings.clickhouse.ingest == ClickHouseIngest::KafkaEngine {
+            return Err(SinkError::KafkaEngineConfigured);
+        }
         let clickhouse = retrying(&shutdown, "connecting to ClickHouse", || {
             runtime.block_on(ClickHouse::connect(&settings.clickhouse))
         })?;
@@ -139,7 +161,25 @@ impl Sink {
             dedup_token = clickhouse.version().has_dedup_token(),
             "ClickHouse sink ready"
         );
-        Ok(Self { settings, consumer, clickhouse, layout, partitions, runtime, shutdown, upstream: None, next })
+        let output = Output::new(&settings)?;
+        let token_nonce = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros())
+        );
+        Ok(Self {
+            settings,
+            consumer,
+            output,
+            clickhouse,
+            token_nonce,
+            layout,
+            partitions,
+            runtime,
+            shutdown,
+            upstream: None,
+            next,
+        })
     }
 
     /// Makes `until_idle` wait for the processor beside it (see [`Upstream`]), and count
@@ -169,6 +209,7 @@ impl Sink {
         loop {
             let deadline = Instant::now() + limits.0;
             let mut rows: Vec<ProcessedRecord> = Vec::new();
+            let mut dead: Vec<OutRecord> = Vec::new();
             // Per partition: (first, last) offset read in this batch.
             let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
             while !self.shutdown.load(Ordering::Relaxed) && rows.len() < limits.1 {
@@ -179,18 +220,33 @@ impl Sink {
                 match self.consumer.poll(left.min(Duration::from_millis(100))) {
                     Some(Ok(m)) => {
                         last_message = Instant::now();
-                        at_end.remove(&m.partition());
-                        ranges.entry(m.partition()).and_modify(|r| r.1 = m.offset()).or_insert((m.offset(), m.offset()));
+                        let (p, offset) = (m.partition(), m.offset());
+                        at_end.remove(&p);
+                        if let Some(expected) = self.next.get(&p)
+                            && offset > *expected
+                            && !ranges.contains_key(&p)
+                        {
+                            summary.offset_gaps += (offset - expected) as u64;
+                            tracing::warn!(
+                                partition = p,
+                                expected,
+                                got = offset,
+                                "offset gap on the processed topic (retention?): run `idempipe reconcile` \
+                                 to restore from Delta what ClickHouse lacks"
+                            );
+                        }
+                        ranges.entry(p).and_modify(|r| r.1 = offset).or_insert((offset, offset));
                         match ProcessedRecord::from_json(m.payload().unwrap_or_default()) {
                             Ok(record) => rows.push(record),
                             Err(e) => {
                                 summary.unreadable += 1;
                                 tracing::error!(
-                                    partition = m.partition(),
-                                    offset = m.offset(),
+                                    partition = p,
+                                    offset,
                                     error = %e,
-                                    "not a processed-event record: skipped"
+                                    "not a processed-event record: sent to the dead-letter topic"
                                 );
+                                dead.push(self.dead_letter(&m, &e.to_string()));
                             }
                         }
                     }
@@ -202,11 +258,15 @@ impl Sink {
                 }
             }
             if !ranges.is_empty() {
-                let token = dedup_token(&self.settings.topics.processed, &ranges);
+                if !dead.is_empty() {
+                    self.runtime.block_on(self.output.send_all(dead))?;
+                }
+                let token = format!("{}/{}", self.token_nonce, dedup_token(&self.settings.topics.processed, &ranges));
                 let mut attempt = 0_u32;
                 loop {
                     match self.runtime.block_on(self.clickhouse.insert(self.layout, &rows, Some(&token))) {
                         Ok(()) => break,
+                        Err(e) if !e.is_transient() => return Err(e.into()),
                         Err(e) => {
                             if self.shutdown.load(Ordering::Relaxed) {
                                 // Nothing committed: the batch is read again on restart.
@@ -248,6 +308,21 @@ impl Sink {
                 return Ok(summary);
             }
         }
+    }
+
+    /// A dead letter for a record of the processed topic that is not ours.
+    fn dead_letter(&self, m: &rdkafka::message::BorrowedMessage<'_>, reason: &str) -> OutRecord {
+        let dead = crate::batch::DeadLetter {
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            rejection: crate::event::Rejection::new(
+                crate::event::RejectClass::UnreadableProcessedRecord,
+                format!("not a processed-event record: {reason}"),
+            ),
+            partition: m.partition(),
+            offset: m.offset(),
+        };
+        dlq::record(&self.settings.topics.dlq, &self.settings.topics.processed, &dead)
     }
 
     /// Commits the offsets after each range. A failed commit is logged, not fatal: the
@@ -294,7 +369,7 @@ fn retrying<T>(
     loop {
         match f() {
             Ok(v) => return Ok(v),
-            Err(e) if shutdown.load(Ordering::Relaxed) => return Err(e.into()),
+            Err(e) if shutdown.load(Ordering::Relaxed) || !e.is_transient() => return Err(e.into()),
             Err(e) => {
                 attempt += 1;
                 let wait = backoff(attempt);

@@ -211,14 +211,7 @@ fn a_processor_killed_mid_run_loses_nothing_and_doubles_nothing() {
 /// The embedded current ClickHouse (chdb) reads our Delta table on its own: same row
 /// count, same key checksum as `verify` computed.
 fn check_delta_with_chdb(p: &Pipeline, v: &serde_json::Value) {
-    let out = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/check_clickhouse.py"))
-        .arg("delta")
-        .arg(p.delta_path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "chdb check failed: {}", String::from_utf8_lossy(&out.stderr));
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = common::chdb(&["delta", p.delta_path().to_str().unwrap()], None);
     assert_eq!(seen["rows"], v["delta_rows"], "{seen} vs {v}");
     assert_eq!(seen["key_checksum"], v["delta_key_checksum"], "{seen} vs {v}");
 }

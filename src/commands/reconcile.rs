@@ -4,8 +4,6 @@
 
 use std::collections::HashSet;
 
-use md5::{Digest, Md5};
-
 use crate::config::Settings;
 use crate::sink::clickhouse::{ClickHouse, ClickHouseError};
 use crate::sink::delta::{DeltaError, EventTable};
@@ -45,14 +43,9 @@ pub async fn reconcile(settings: &Settings) -> Result<ReconcileSummary, Reconcil
     rows.sort_by(|a, b| a.dedup_key.cmp(&b.dedup_key));
     let mut inserted = 0;
     for chunk in rows.chunks(settings.clickhouse.max_batch_rows.get()) {
-        // The token names the chunk's content, so re-running an interrupted reconcile
-        // never makes ClickHouse drop a chunk it has not stored.
-        let mut digest = Md5::new();
-        for row in chunk {
-            digest.update(row.dedup_key.as_bytes());
-        }
-        let token = format!("reconcile/{:x}", digest.finalize());
-        clickhouse.insert(layout, chunk, Some(&token)).await?;
+        // No deduplication token: each run computes what is missing now, and a token
+        // could make the server drop rows that were deleted since an earlier run.
+        clickhouse.insert(layout, chunk, None).await?;
         inserted += chunk.len() as u64;
         tracing::info!(inserted, of = rows.len(), "reconcile: inserted missing rows");
     }

@@ -19,6 +19,8 @@ pub enum RunError {
     Sink(#[from] SinkError),
     #[error("the ClickHouse sink thread panicked")]
     SinkPanicked,
+    #[error("cannot start the ClickHouse sink thread: {0}")]
+    SinkThread(std::io::Error),
 }
 
 /// Sets `flag` on SIGINT or SIGTERM.
@@ -66,10 +68,7 @@ pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) 
     });
     let sink = match sink {
         Some(Ok(handle)) => Some(handle),
-        Some(Err(e)) => {
-            tracing::error!(error = %e, "cannot start the ClickHouse sink thread");
-            return Err(RunError::SinkPanicked);
-        }
+        Some(Err(e)) => return Err(RunError::SinkThread(e)),
         None => None,
     };
     let processed_topic = settings.topics.processed.clone();

@@ -33,10 +33,13 @@ pub enum RejectClass {
     InvalidTimestamp,
     /// The timestamp is well formed but outside the years 0001 to 9999.
     TimestampOutOfRange,
+    /// Not a raw event: a record of the processed topic that the ClickHouse sink cannot
+    /// read (something other than idempipe wrote to that topic).
+    UnreadableProcessedRecord,
 }
 
 impl RejectClass {
-    /// Every class, for tests and documentation.
+    /// Every class the event contract produces (not `UnreadableProcessedRecord`).
     pub const ALL: [RejectClass; 12] = [
         Self::NullValue,
         Self::TooLarge,
@@ -67,6 +70,7 @@ impl RejectClass {
             Self::EmptyField => "empty_field",
             Self::InvalidTimestamp => "invalid_timestamp",
             Self::TimestampOutOfRange => "timestamp_out_of_range",
+            Self::UnreadableProcessedRecord => "unreadable_processed_record",
         }
     }
 }

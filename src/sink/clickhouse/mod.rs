@@ -35,6 +35,35 @@ pub enum ClickHouseError {
     Unexpected { url: String, what: String },
 }
 
+impl ClickHouseError {
+    /// Whether waiting and trying again can help: the server is unreachable, slow, or
+    /// answered with an error that is not about credentials or the schema. Those are
+    /// fatal: retrying them would hang a pipeline that can only be fixed by an operator.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClickHouseError::Timeout { .. } => true,
+            ClickHouseError::Unexpected { .. } => false,
+            ClickHouseError::Request { source, .. } => match source.as_ref() {
+                clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => true,
+                clickhouse::error::Error::BadResponse(text) => error_code(text).is_none_or(|c| !FATAL_CODES.contains(&c)),
+                _ => false,
+            },
+        }
+    }
+}
+
+/// Server error codes that no retry fixes: unknown table (60) or database (81), unknown
+/// user (192), wrong or required password (193, 194), authentication failed (516).
+const FATAL_CODES: [u32; 6] = [60, 81, 192, 193, 194, 516];
+
+/// The server's error code in an error text: `Code: 60, e.displayText() = …` (18.16) or
+/// `Code: 60. DB::Exception: …` (current).
+fn error_code(text: &str) -> Option<u32> {
+    let rest = &text[text.find("Code: ")? + "Code: ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 pub type Result<T, E = ClickHouseError> = std::result::Result<T, E>;
 
 /// How long a query or insert may take before it counts as failed.
@@ -184,18 +213,29 @@ impl ClickHouse {
         if columns.is_empty() {
             return Ok(None);
         }
-        let has = |name: &str| columns.iter().any(|(n, _)| n == name);
-        let missing: Vec<&str> = ["dedup_key", "event_time", "event_date", "version"]
-            .into_iter()
-            .filter(|c| !has(c))
-            .collect();
-        if !missing.is_empty() {
-            return Err(self.unexpected(format!(
-                "table {} is not an idempipe events table: columns {missing:?} are missing",
-                self.table()
-            )));
+        let layout =
+            if columns.iter().any(|(n, _)| n == "event_time_us") { Layout::Legacy } else { Layout::Current };
+        // Inserts are RowBinary without validation: a column of another type would
+        // misalign every row after it, so the types are checked here, once.
+        let normal = |t: &str| t.replace(' ', "");
+        for (name, want) in schema::columns(layout) {
+            match columns.iter().find(|(n, _)| n == name) {
+                Some((_, got)) if normal(got) == normal(want) => {}
+                Some((_, got)) => {
+                    return Err(self.unexpected(format!(
+                        "table {} is not an idempipe events table: column {name} is {got}, expected {want}",
+                        self.table()
+                    )));
+                }
+                None => {
+                    return Err(self.unexpected(format!(
+                        "table {} is not an idempipe events table: column {name} is missing",
+                        self.table()
+                    )));
+                }
+            }
         }
-        Ok(Some(if has("event_time_us") { Layout::Legacy } else { Layout::Current }))
+        Ok(Some(layout))
     }
 
     /// Inserts `rows` in one request, in the table's layout. `token`, where the server
@@ -354,6 +394,19 @@ impl<'a> LegacyRow<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_errors_a_retry_can_fix_are_transient() {
+        let request = |source| ClickHouseError::Request { url: "u".into(), what: "w".into(), source: Box::new(source) };
+        let bad = |text: &str| request(clickhouse::error::Error::BadResponse(text.into()));
+        assert!(request(clickhouse::error::Error::Network("refused".into())).is_transient());
+        assert!(bad("Code: 241, e.displayText() = DB::Exception: Memory limit exceeded").is_transient());
+        assert!(!bad("Code: 516, e.displayText() = DB::Exception: default: Authentication failed").is_transient());
+        assert!(!bad("Code: 60, e.displayText() = DB::Exception: Table idempipe.x doesn't exist.").is_transient());
+        assert!(!bad("Code: 81. DB::Exception: Database nope does not exist. (UNKNOWN_DATABASE)").is_transient());
+        assert!(bad("Code: 6000. DB::Exception: a code we do not know").is_transient());
+        assert!(!ClickHouseError::Unexpected { url: "u".into(), what: "w".into() }.is_transient());
+    }
 
     #[test]
     fn dates_and_seconds_round_down_and_clamp() {

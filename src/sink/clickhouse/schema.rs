@@ -67,22 +67,40 @@ pub fn create_database(database: &str) -> String {
     format!("CREATE DATABASE IF NOT EXISTS `{database}`")
 }
 
+/// The columns of each layout, in insert order, with their ClickHouse types: the one
+/// list the DDL, the table check and the row structs follow.
+pub fn columns(layout: Layout) -> Vec<(&'static str, &'static str)> {
+    let time = match layout {
+        Layout::Current => "DateTime64(6, 'UTC')",
+        Layout::Legacy => "DateTime('UTC')",
+    };
+    let mut columns = vec![("dedup_key", "String"), ("user_id", "String"), ("event_type", "String"), ("event_time", time)];
+    if layout == Layout::Legacy {
+        columns.push(("event_time_us", "Int64"));
+    }
+    columns.extend([
+        ("event_date", "Date"),
+        ("payload", "String"),
+        ("source_partition", "Int32"),
+        ("source_offset", "Int64"),
+        ("batch_id", "Int64"),
+        ("ingested_at", time),
+        ("version", "UInt64"),
+    ]);
+    columns
+}
+
 /// The events table.
 pub fn create_events(server: &ServerVersion, database: &str, table: &str) -> String {
-    let (time_columns, ingested) = match server.layout() {
-        Layout::Current => ("event_time DateTime64(6, 'UTC'),\n", "DateTime64(6, 'UTC')"),
-        Layout::Legacy => ("event_time DateTime('UTC'),\n    event_time_us Int64,\n", "DateTime('UTC')"),
-    };
+    let columns: Vec<String> =
+        columns(server.layout()).iter().map(|(name, kind)| format!("    {name} {kind}")).collect();
     let settings =
         if server.has_dedup_token() { "\nSETTINGS non_replicated_deduplication_window = 1000" } else { "" };
     format!(
-        "CREATE TABLE IF NOT EXISTS {name} (\n    \
-         dedup_key String,\n    user_id String,\n    event_type String,\n    \
-         {time_columns}    event_date Date,\n    payload String,\n    \
-         source_partition Int32,\n    source_offset Int64,\n    batch_id Int64,\n    \
-         ingested_at {ingested},\n    version UInt64\n) \
-         ENGINE = ReplacingMergeTree(version)\nPARTITION BY toYYYYMM(event_time)\nORDER BY dedup_key{settings}",
-        name = qualified(database, table)
+        "CREATE TABLE IF NOT EXISTS {name} (\n{columns}\n) ENGINE = ReplacingMergeTree(version)\n\
+         PARTITION BY toYYYYMM(event_time)\nORDER BY dedup_key{settings}",
+        name = qualified(database, table),
+        columns = columns.join(",\n"),
     )
 }
 
@@ -122,9 +140,10 @@ pub fn create_kafka_engine(
             "fromUnixTimestamp64Micro(event_time_us, 'UTC') AS event_time".to_owned(),
             "fromUnixTimestamp64Micro(ingested_at_us, 'UTC') AS ingested_at",
         ),
+        // 20.1 to 20.4: exact through Decimal128 arithmetic (a Float64 would round).
         (Layout::Current, false) => (
-            "toDateTime64(event_time_us / 1000000, 6, 'UTC') AS event_time".to_owned(),
-            "toDateTime64(ingested_at_us / 1000000, 6, 'UTC') AS ingested_at",
+            "toDateTime64(toDecimal128(event_time_us, 6) / 1000000, 6, 'UTC') AS event_time".to_owned(),
+            "toDateTime64(toDecimal128(ingested_at_us, 6) / 1000000, 6, 'UTC') AS ingested_at",
         ),
         (Layout::Legacy, _) => (
             "toDateTime(intDiv(event_time_us, 1000000), 'UTC') AS event_time, event_time_us".to_owned(),
