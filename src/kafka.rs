@@ -130,6 +130,13 @@ pub async fn create_topics(settings: &Settings, topics: &[(&str, i32)]) -> Resul
     Ok(out)
 }
 
+/// Fails with [`KafkaFailure::Unreachable`] unless the broker answers a metadata request.
+pub fn check_reachable(settings: &Settings) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(settings, Role::Admin, &[]).create().map_err(client_error(settings))?;
+    partition_count(settings, admin.inner(), None).map(|_| ())
+}
+
 /// The number of partitions of `topic`, or (with `None`) just a check that the broker answers.
 pub fn partition_count<C: rdkafka::ClientContext>(
     settings: &Settings,

@@ -249,6 +249,11 @@ impl Pipeline {
             match self.attempt(&mut batch, batch_id, &mut sent, &mut record) {
                 Ok(()) => break,
                 Err(e) if attempt < MAX_ATTEMPTS => {
+                    if matches!(e, PipelineError::Produce(_))
+                        && let Err(reset) = self.output.reset(&self.settings)
+                    {
+                        tracing::warn!(error = %reset, "cannot replace the producer after a failed send");
+                    }
                     // Capped well below max.poll.interval.ms, so retries do not cost the
                     // group membership as well.
                     let backoff = Duration::from_millis((200 * 2_u64.pow(attempt)).min(3_000));
@@ -261,6 +266,7 @@ impl Pipeline {
             }
         }
         record.attempts = attempt;
+        tracing::debug!(batch_id, "batch phase: group offsets");
         self.source.commit_offsets(&last_offsets);
         record.ended_at = now().to_string();
         if let Err(e) = self.log.append(&record) {
@@ -330,6 +336,8 @@ impl Pipeline {
             .filter(|r| !sent.events.contains(&r.key))
             .map(|r| processed::record(&settings.topics.processed, r, batch_id, ingested_at))
             .collect::<Vec<_>>();
+        // The phase lines let the torture tests aim their kills (tests/torture.rs).
+        tracing::debug!(batch_id, "batch phase: produce");
         rt.block_on(self.output.send_all(dead_letters.into_iter().chain(events)))?;
         sent.dead_letters.extend(batch.dead_letters.iter().map(|d| (d.partition, d.offset)));
         sent.events.extend(new_rows.iter().map(|r| r.key));
@@ -345,6 +353,7 @@ impl Pipeline {
         let rows = delta::to_record_batch(&new_rows, batch_id, ingested_at)?;
         let metadata = serde_json::json!({ "idempipe.batch_id": batch_id, "idempipe.group": settings.group });
         sent.merge_attempted = true;
+        tracing::debug!(batch_id, "batch phase: delta commit");
         let outcome = rt.block_on(self.table.merge_insert(rows, &txns, metadata))?;
         record.phases.commit_ms += ms(t.elapsed());
         record.inserted = Some(outcome.inserted);

@@ -2,15 +2,10 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Pipeline, count, wait_until};
-use rdkafka::Message;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
-use rdkafka::{Offset, TopicPartitionList};
+use common::{Pipeline, count, read_all, wait_until};
 
 fn assert_delta(p: &Pipeline, rows: u64) -> serde_json::Value {
     let v = p.verify();
@@ -226,61 +221,3 @@ fn setup_twice_changes_nothing() {
     assert!(second.contains("version 0"), "{second}");
 }
 
-struct Record {
-    partition: i32,
-    offset: i64,
-    value: Option<Vec<u8>>,
-    headers: BTreeMap<String, String>,
-}
-
-/// Reads a whole topic with a plain consumer, independently of the code under test:
-/// from the beginning until every partition reports its end (EOF, from the high
-/// watermark of fetch responses).
-fn read_all(topic: &str) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", common::brokers())
-        .set("group.id", "test-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-    let partitions = metadata.topics()[0].partitions().len() as i32;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut open: HashSet<i32> = (0..partitions).collect();
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !open.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "reading {topic} timed out");
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|x| {
-                                (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(Record {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                });
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                open.remove(&p);
-            }
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-            None => {}
-        }
-    }
-    out
-}

@@ -28,7 +28,16 @@ pub struct SetupReport {
 }
 
 pub async fn setup(settings: &Settings, with_clickhouse: bool) -> Result<SetupReport, SetupError> {
-    // The table first: a bad path fails before anything is created on the broker.
+    // Every store is checked before anything is written, so a bad path, a broker that
+    // does not answer or a failing ClickHouse leaves no partial setup behind.
+    if settings.delta_path.exists() && !settings.delta_path.is_dir() {
+        return Err(DeltaError::NotADirectory { path: settings.delta_path.clone() }.into());
+    }
+    kafka::check_reachable(settings)?;
+    let clickhouse = match with_clickhouse {
+        true => Some(ClickHouse::connect(&settings.clickhouse).await?),
+        false => None,
+    };
     let table = EventTable::create_if_missing(&settings.delta_path).await?;
     let topics = kafka::create_topics(
         settings,
@@ -39,11 +48,9 @@ pub async fn setup(settings: &Settings, with_clickhouse: bool) -> Result<SetupRe
         ],
     )
     .await?;
-    let clickhouse = if with_clickhouse {
-        let clickhouse = ClickHouse::connect(&settings.clickhouse).await?;
-        Some(clickhouse.ensure_schema(&settings.clickhouse.kafka_brokers, &settings.topics.processed).await?)
-    } else {
-        None
+    let clickhouse = match clickhouse {
+        Some(c) => Some(c.ensure_schema(&settings.clickhouse.kafka_brokers, &settings.topics.processed).await?),
+        None => None,
     };
     Ok(SetupReport {
         topics,

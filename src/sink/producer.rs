@@ -44,7 +44,19 @@ pub struct Output {
 
 impl Output {
     pub fn new(settings: &Settings) -> Result<Self, KafkaFailure> {
-        let producer = client_config(
+        Ok(Self { producer: Self::producer(settings)?, delivered: Delivered::default() })
+    }
+
+    /// Replaces the producer with a new one (a new idempotent producer id). After a
+    /// broker restart the old one can be stuck on errors the broker will not clear (its
+    /// producer state is gone); what was not acknowledged is sent again by the caller.
+    pub fn reset(&mut self, settings: &Settings) -> Result<(), KafkaFailure> {
+        self.producer = Self::producer(settings)?;
+        Ok(())
+    }
+
+    fn producer(settings: &Settings) -> Result<FutureProducer, KafkaFailure> {
+        client_config(
             settings,
             Role::Producer,
             &[
@@ -56,8 +68,7 @@ impl Output {
             ],
         )
         .create()
-        .map_err(kafka::client_error(settings))?;
-        Ok(Self { producer, delivered: Delivered::default() })
+        .map_err(kafka::client_error(settings))
     }
 
     /// The highest offset acknowledged so far on each (topic, partition): how far a

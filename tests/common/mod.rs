@@ -7,6 +7,14 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use std::collections::{BTreeMap, HashSet};
+
+use rdkafka::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Headers;
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 /// The broker the tests use: `IDEMPIPE_TEST_BROKERS` (scripts/test.sh starts one of the
@@ -44,6 +52,11 @@ impl Pipeline {
 
     /// A pipeline whose config file also has `extra` (top-level TOML lines).
     pub fn with_options(test: &str, extra: &str) -> Self {
+        Self::with_brokers(test, &brokers(), extra)
+    }
+
+    /// A pipeline on the broker at `brokers` (a test's private broker, say).
+    pub fn with_brokers(test: &str, brokers: &str, extra: &str) -> Self {
         require_services();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
@@ -79,7 +92,6 @@ clickhouse_trigger = "300ms"
 "heartbeat.interval.ms" = "1000"
 "#,
                 root.join("delta/events").display(),
-                brokers = brokers(),
             ),
         )
         .unwrap();
@@ -334,4 +346,64 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
 
 pub fn count(v: &Value, field: &str) -> u64 {
     v[field].as_u64().unwrap_or_else(|| panic!("{field} is not a count in {v}"))
+}
+
+/// A record read back by [`read_all`].
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub value: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads a whole topic with a plain consumer, independently of the code under test:
+/// from the beginning until every partition reports its end (EOF, from the high
+/// watermark of fetch responses).
+pub fn read_all(topic: &str) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut open: HashSet<i32> = (0..partitions).collect();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !open.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "reading {topic} timed out");
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| {
+                                (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
 }
