@@ -145,8 +145,11 @@ fn crash_loop_loses_nothing_and_doubles_nothing() {
     eprintln!("torture crash loop: {distinct} distinct keys, {invalid} dead letters: exact");
 }
 
+/// A raw record: key and value, either possibly absent.
+type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Sends raw records (any bytes, any size, null keys and values) to `topic`.
-fn send_raw(topic: &str, records: &[(Option<Vec<u8>>, Option<Vec<u8>>)]) {
+fn send_raw(topic: &str, records: &[RawRecord]) {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", common::brokers())
         .set("message.max.bytes", "10000000")
@@ -213,7 +216,7 @@ fn bad_input_lands_in_the_dead_letter_topic_and_the_rest_flows() {
     ];
     let raw_topic = format!("{}_raw", p.name);
     // Bad records, a valid record with a null key, then the valid file.
-    let mut records: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> =
+    let mut records: Vec<RawRecord> =
         bad.iter().map(|(v, _)| (Some(b"k".to_vec()), v.clone())).collect();
     records.push((None, Some(ok("null-key").into_bytes())));
     send_raw(&raw_topic, &records);
