@@ -95,6 +95,17 @@ impl Pipeline {
     /// (it blocks), with `runtime` a handle to a multi-thread runtime.
     pub fn start(settings: Settings, runtime: Handle, shutdown: Arc<AtomicBool>) -> Result<Self, PipelineError> {
         let table = runtime.block_on(EventTable::open(&settings.delta_path))?;
+        Self::start_with_table(settings, table, runtime, shutdown)
+    }
+
+    /// [`Pipeline::start`] with a table the caller opened (through a store of its own,
+    /// say: see [`EventTable::open_with_store`]).
+    pub fn start_with_table(
+        settings: Settings,
+        table: EventTable,
+        runtime: Handle,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Self, PipelineError> {
         let output = Output::new(&settings)?;
         let source = Source::subscribe(&settings, runtime.clone())?;
         let log = BatchLog::new(settings.batch_log_path());

@@ -393,3 +393,128 @@ fn a_broker_restart_mid_run_loses_nothing() {
     p.run_until_idle(&["--clickhouse-in-run"]);
     check_stores(&p, count(&expected, "distinct_keys"), count(&expected, "invalid"));
 }
+
+/// An object store that lets delta-rs write a commit file and then reports an error, once
+/// (after letting `let_through` commits pass): the reply of a commit that happened is lost.
+mod lost_reply {
+    use std::fmt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use deltalake::logstore::object_store::path::Path;
+    use deltalake::logstore::object_store::{
+        CopyOptions, Error, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+        PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+    };
+    use futures::stream::BoxStream;
+
+    #[derive(Debug)]
+    pub(crate) struct LostReply {
+        pub(crate) inner: Arc<dyn ObjectStore>,
+        /// Commits to let through before the one whose reply is lost.
+        pub(crate) let_through: AtomicU32,
+        /// How many replies were lost (0 or 1).
+        pub(crate) fired: AtomicU32,
+    }
+
+    /// `…/_delta_log/<20 digits>.json`: a commit file.
+    fn is_commit(location: &Path) -> bool {
+        let name = location.as_ref().rsplit('/').next().unwrap_or_default();
+        location.as_ref().contains("_delta_log/")
+            && name.len() == 25
+            && name.ends_with(".json")
+            && name[..20].bytes().all(|b| b.is_ascii_digit())
+    }
+
+    impl fmt::Display for LostReply {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "LostReply({})", self.inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for LostReply {
+        async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+            let result = self.inner.put_opts(location, payload, opts).await?;
+            if is_commit(location) && self.fired.load(Ordering::SeqCst) == 0 {
+                if self.let_through.load(Ordering::SeqCst) == 0 {
+                    self.fired.store(1, Ordering::SeqCst);
+                    return Err(Error::Generic {
+                        store: "LostReply",
+                        source: format!("injected: {location} was written, then the reply was lost").into(),
+                    });
+                }
+                self.let_through.fetch_sub(1, Ordering::SeqCst);
+            }
+            Ok(result)
+        }
+
+        async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+}
+
+/// A Delta commit whose outcome is unknown: the commit file is written but the store
+/// reports an error. The processor must reload, find its own txn, and not write the
+/// batch again.
+#[test]
+fn a_commit_that_landed_but_reported_an_error_is_not_written_twice() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    use deltalake::logstore::object_store::local::LocalFileSystem;
+    use idempipe::config::{FileConfig, Settings};
+    use idempipe::pipeline::Pipeline as Processor;
+    use idempipe::sink::delta::EventTable;
+
+    let seed = seed("lost commit reply");
+    let mut rng = Rng(seed);
+    let p = Pipeline::new("lostreply");
+    p.setup();
+    let (file, expected) = generate(&p, 5_000, 500, 25, seed);
+    p.produce(&file);
+
+    let let_through = rng.below(3) as u32;
+    let store = Arc::new(lost_reply::LostReply {
+        inner: Arc::new(LocalFileSystem::new()),
+        let_through: AtomicU32::new(let_through),
+        fired: AtomicU32::new(0),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut settings = Settings::resolve(FileConfig::load(&p.config).unwrap(), &Default::default()).unwrap();
+    settings.batch.max_events = std::num::NonZeroUsize::new(1_000).unwrap();
+    let table = runtime.block_on(EventTable::open_with_store(&settings.delta_path, store.clone())).unwrap();
+    let processor =
+        Processor::start_with_table(settings, table, runtime.handle().clone(), Arc::new(AtomicBool::new(false)))
+            .unwrap();
+    let summary = processor.run(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(store.fired.load(Ordering::SeqCst), 1, "the injected fault fired (after {let_through} commits)");
+    eprintln!("torture lost commit reply: fault after {let_through} commits; {summary:?}");
+
+    // The batch whose reply was lost is logged as found in the table, not re-inserted.
+    let recovered: Vec<Value> = p.batch_log().into_iter().filter(|b| b["inserted"].is_null()).collect();
+    assert_eq!(recovered.len(), 1, "one batch found its own commit after the error: {:?}", p.batch_log());
+    p.ok(&["sink-clickhouse", "--until-idle", "2s"]);
+    check_stores(&p, count(&expected, "distinct_keys"), count(&expected, "invalid"));
+}

@@ -208,6 +208,26 @@ impl EventTable {
         Ok(this)
     }
 
+    /// Opens an existing table through `store`, the object store of the filesystem (or
+    /// bucket) root, instead of the one delta-rs would pick for the path: for stores with
+    /// custom wiring, instrumentation, or fault injection in tests.
+    pub async fn open_with_store(path: &Path, store: Arc<dyn deltalake::ObjectStore>) -> Result<Self> {
+        if !path.join("_delta_log").is_dir() {
+            return Err(DeltaError::Missing { path: path.to_owned() });
+        }
+        let err = |source| DeltaError::Table { path: path.to_owned(), source: Box::new(source) };
+        let url = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(err)?;
+        let table = deltalake::DeltaTableBuilder::from_url(url.clone())
+            .map_err(err)?
+            .with_storage_backend(store, url)
+            .load()
+            .await
+            .map_err(err)?;
+        let this = Self { path: path.to_owned(), table };
+        this.check_schema()?;
+        Ok(this)
+    }
+
     /// Refuses a table whose columns are not ours: writing to it would fail mid-batch.
     fn check_schema(&self) -> Result<()> {
         let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
