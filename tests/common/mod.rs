@@ -162,12 +162,17 @@ clickhouse_trigger = "300ms"
     /// Runs the processor until it is caught up and idle for two seconds; fails (with the
     /// processor's log) if that takes longer than `RUN_TIMEOUT`.
     pub fn run_until_idle(&self, extra: &[&str]) {
+        self.run_until_idle_within(extra, RUN_TIMEOUT);
+    }
+
+    /// [`Pipeline::run_until_idle`] with a time limit of the caller's (large runs).
+    pub fn run_until_idle_within(&self, extra: &[&str], limit: Duration) {
         let mut args = vec!["run", "--until-idle", "2s"];
         args.extend_from_slice(extra);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("run-{n}");
         let mut child = self.spawn(&args, &name);
-        let deadline = Instant::now() + RUN_TIMEOUT;
+        let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
                 break status;
@@ -175,7 +180,7 @@ clickhouse_trigger = "300ms"
             if Instant::now() > deadline {
                 child.kill().unwrap();
                 child.wait().unwrap();
-                panic!("`idempipe run` did not finish in {RUN_TIMEOUT:?}; its log:\n{}", self.tail(&name));
+                panic!("`idempipe run` did not finish in {limit:?}; its log:\n{}", self.tail(&name));
             }
             std::thread::sleep(Duration::from_millis(100));
         };
