@@ -170,7 +170,7 @@ clickhouse_trigger = "300ms"
         let mut args = vec!["run", "--until-idle", "2s"];
         args.extend_from_slice(extra);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("run-{n}");
+        let name = format!("until-idle-{n}");
         let mut child = self.spawn(&args, &name);
         let deadline = Instant::now() + limit;
         let status = loop {
