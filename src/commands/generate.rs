@@ -90,7 +90,7 @@ pub fn generate(spec: &Spec) -> (Vec<Vec<u8>>, Expected) {
         let ts_json = spell(time, style, &mut rng);
         let line = format!(
             r#"{{"user_id":{user_json},"event_type":"{event_type}","timestamp":{ts_json},"session_id":"s{:08x}","value":{}}}"#,
-            rng.next() as u32,
+            rng.next_u64() as u32,
             rng.below(100_000)
         );
         lines.push(line.into_bytes());
@@ -161,11 +161,12 @@ const INVALID_KINDS: [fn(u64) -> String; 12] = [
     |k| format!("\"just a string {k}\""),
 ];
 
-/// SplitMix64: tiny, fast and fixed forever, so a seed always means the same file.
-struct SplitMix64(u64);
+/// SplitMix64: tiny, fast and fixed forever, so a seed always means the same file (the
+/// torture tests use it for their seeded choices too).
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -174,8 +175,8 @@ impl SplitMix64 {
     }
 
     /// A number in `0..n` (0 when `n` is 0); the modulo bias is irrelevant here.
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
     }
 }
 

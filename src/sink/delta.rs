@@ -466,16 +466,7 @@ impl EventTable {
 
     /// Row count, distinct key count, version and live file count.
     pub async fn counts(&self) -> Result<TableCounts> {
-        let ctx = SessionContext::new();
-        let provider = self.table.table_provider().await.map_err(|e| self.error(e.into()))?;
-        ctx.register_table("t", provider).map_err(|e| self.error(e.into()))?;
-        let batches = ctx
-            .sql("SELECT count(*), count(DISTINCT dedup_key) FROM t")
-            .await
-            .map_err(|e| self.error(e.into()))?
-            .collect()
-            .await
-            .map_err(|e| self.error(e.into()))?;
+        let batches = self.query("SELECT count(*), count(DISTINCT dedup_key) FROM t").await?;
         let value = |i: usize| -> Result<u64> {
             batches
                 .first()
