@@ -52,6 +52,10 @@ pub struct BatchRecord {
     pub events_per_partition: BTreeMap<i32, u64>,
     pub phases: Phases,
     pub attempts: u32,
+    /// Attempts that lost a commit race to another writer (another instance) and were
+    /// redone; part of `attempts`.
+    #[serde(default)]
+    pub conflicts: u32,
     pub delta_version: u64,
     pub files_added: u64,
 }

@@ -266,19 +266,25 @@ impl Settings {
         if !self.clickhouse.url.starts_with("http://") {
             return invalid("clickhouse_url", &format!("{:?} is not an http:// URL", self.clickhouse.url));
         }
-        for (key, name) in [("clickhouse_database", &self.clickhouse.database), ("clickhouse_table", &self.clickhouse.table)]
+        for (key, name) in
+            [("clickhouse_database", &self.clickhouse.database), ("clickhouse_table", &self.clickhouse.table)]
         {
             let mut chars = name.chars();
             let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
             if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') || name.len() > 200 {
                 return invalid(
                     key,
-                    &format!("{name:?} is not a plain identifier (ASCII letters, digits and `_`, not starting with a digit)"),
+                    &format!(
+                        "{name:?} is not a plain identifier (ASCII letters, digits and `_`, not starting with a digit)"
+                    ),
                 );
             }
         }
         if self.clickhouse.group == self.group {
-            return invalid("clickhouse_group", "must differ from `group`: the sink and the processor are different consumers");
+            return invalid(
+                "clickhouse_group",
+                "must differ from `group`: the sink and the processor are different consumers",
+            );
         }
         if self.clickhouse.in_run && self.clickhouse.ingest == ClickHouseIngest::KafkaEngine {
             return invalid(

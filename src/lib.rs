@@ -21,6 +21,10 @@
 //! - [`pipeline`]: the batch loop; [`batch_log`]: per-batch records.
 //! - [`commands`]: one module per command.
 
+/// The log filter when `IDEMPIPE_LOG` is unset. delta-rs logs a lost commit race as an
+/// error and a warning on every MERGE; the pipeline logs each failed attempt itself.
+pub const DEFAULT_LOG_FILTER: &str = "info,deltalake=warn,deltalake_core=error,deltalake_core::kernel::transaction=off,datafusion=warn,buoyant_kernel=off";
+
 pub mod batch;
 pub mod batch_log;
 pub mod cli;

@@ -11,9 +11,10 @@ use idempipe::config::{FileConfig, Settings};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IDEMPIPE_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("info,deltalake=warn,datafusion=warn,buoyant_kernel=off")
-        }))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IDEMPIPE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(idempipe::DEFAULT_LOG_FILTER)),
+        )
         .with_writer(std::io::stderr)
         .init();
     match main_inner() {

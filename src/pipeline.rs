@@ -36,7 +36,7 @@ use crate::kafka::KafkaFailure;
 use crate::sink::delta::{self, DeltaError, EventTable};
 use crate::sink::producer::{Output, ProduceError};
 use crate::sink::{dlq, processed};
-use crate::source::Source;
+use crate::source::{OrphanWatch, Source};
 
 /// Why the processor stopped with an error. Nothing is lost in any case: whatever was
 /// not committed to Delta is read again on restart.
@@ -58,16 +58,17 @@ pub enum PipelineError {
     GaveUp { batch_id: i64, attempts: u32, last: Box<PipelineError> },
 }
 
-/// How long the processor accepts holding no partition before it rejoins the group
-/// (see [`Source::rejoin`]). Doubles after each rejoin, up to the maximum, so that a
-/// member that is legitimately idle (more members than partitions) rarely forces a
-/// rebalance on the others.
-const EMPTY_ASSIGNMENT_REJOIN: Duration = Duration::from_secs(30);
-const EMPTY_ASSIGNMENT_REJOIN_MAX: Duration = Duration::from_secs(600);
+/// How often, in group mode, the processor looks for partitions nobody reads
+/// ([`OrphanWatch`]).
+const ORPHAN_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// How many times one batch is tried before the processor stops (and, restarted, tries
 /// again from what Delta records).
 const MAX_ATTEMPTS: u32 = 8;
+
+/// How many lost commit races one batch accepts before they count as failures: each
+/// means another writer made progress, so only a pathological contention reaches it.
+const MAX_CONFLICTS: u32 = 100;
 
 /// What a run did, for the exit summary.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -127,9 +128,8 @@ impl Pipeline {
         let mut last_message = Instant::now();
         // Partitions whose end was reached (an EOF event) with nothing read since.
         let mut at_end: BTreeSet<i32> = BTreeSet::new();
-        // Since when the assignment has been empty (the start counts as empty).
-        let mut empty_since = Some(Instant::now());
-        let mut rejoin_after = EMPTY_ASSIGNMENT_REJOIN;
+        let mut watch = (self.source.mode == ConsumerMode::Group).then(|| OrphanWatch::new(OrphanWatch::PATIENCE));
+        let mut last_watch = Instant::now();
         loop {
             let started_at = now();
             let collect_started = Instant::now();
@@ -162,7 +162,6 @@ impl Pipeline {
                         }
                         batch = Batch::default();
                         at_end.clear();
-                        empty_since = if next.is_empty() { Some(Instant::now()) } else { None };
                     }
                 }
                 match polled {
@@ -197,13 +196,11 @@ impl Pipeline {
                 }
             }
             let collect_time = collect_started.elapsed();
-            if let Some(since) = empty_since
-                && self.source.mode == ConsumerMode::Group
-                && since.elapsed() >= rejoin_after
+            if let Some(watch) = watch.as_mut()
+                && last_watch.elapsed() >= ORPHAN_CHECK_EVERY
             {
-                self.source.rejoin().map_err(PipelineError::Consumer)?;
-                empty_since = Some(Instant::now());
-                rejoin_after = (rejoin_after * 2).min(EMPTY_ASSIGNMENT_REJOIN_MAX);
+                last_watch = Instant::now();
+                self.watch_orphans(watch, &next)?;
             }
             if !batch.is_empty() {
                 let record = self.process(batch, started_at, collect_time)?;
@@ -226,6 +223,36 @@ impl Pipeline {
                 return Ok(summary);
             }
         }
+    }
+
+    /// Group mode: rejoins the group if a partition this instance does not hold has
+    /// unread messages and has not moved in Delta for a long time.
+    fn watch_orphans(
+        &mut self,
+        watch: &mut OrphanWatch,
+        held: &BTreeMap<i32, Option<i64>>,
+    ) -> Result<(), PipelineError> {
+        let ends = self.source.ends(0..self.source.partitions);
+        let rt = self.runtime.clone();
+        let ids: Vec<(i32, String)> = ends.keys().map(|p| (*p, self.settings.txn_app_id(*p))).collect();
+        let stored = rt.block_on(async {
+            self.table.reload().await?;
+            self.table.txn_versions(ids.iter().map(|(p, id)| (*p, id.as_str()))).await
+        });
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(e) => {
+                // The next batch meets the same failure and handles it; this check waits.
+                tracing::debug!(error = %e, "cannot read the stored offsets for the orphan check");
+                return Ok(());
+            }
+        };
+        let held: BTreeSet<i32> = held.keys().copied().collect();
+        let orphans = watch.observe(Instant::now(), &held, &stored, &ends);
+        if !orphans.is_empty() {
+            self.source.rejoin(&orphans).map_err(PipelineError::Consumer)?;
+        }
+        Ok(())
     }
 
     /// Steps 2 to 7 for one collected batch.
@@ -254,12 +281,25 @@ impl Pipeline {
 
         let last_offsets: BTreeMap<i32, i64> = batch.ranges.iter().map(|(p, r)| (*p, r.last)).collect();
         let mut sent = Sent::default();
-        let mut attempt = 0;
+        let (mut attempt, mut failures, mut conflicts) = (0_u32, 0_u32, 0_u32);
         loop {
             attempt += 1;
             match self.attempt(&mut batch, batch_id, &mut sent, &mut record) {
                 Ok(()) => break,
-                Err(e) if attempt < MAX_ATTEMPTS => {
+                Err(PipelineError::Delta(e)) if e.is_write_conflict() && conflicts < MAX_CONFLICTS => {
+                    // Another writer (an instance sharing the table) committed first:
+                    // it made progress, so this is no failure. Redo the attempt on the
+                    // new version after a short random pause, so that two instances do
+                    // not keep colliding in step.
+                    conflicts += 1;
+                    // A conflict is a definite answer: the commit did not happen.
+                    sent.merge_attempted = false;
+                    let pause = Duration::from_millis(50 + jitter() % 450);
+                    tracing::info!(batch_id, conflicts, ?pause, error = %e, "lost a commit race to another writer; redoing the batch on the new version");
+                    std::thread::sleep(pause);
+                }
+                Err(e) if failures + 1 < MAX_ATTEMPTS => {
+                    failures += 1;
                     if matches!(e, PipelineError::Produce(_))
                         && let Err(reset) = self.output.reset(&self.settings)
                     {
@@ -267,7 +307,7 @@ impl Pipeline {
                     }
                     // Capped well below max.poll.interval.ms, so retries do not cost the
                     // group membership as well.
-                    let backoff = Duration::from_millis((200 * 2_u64.pow(attempt)).min(3_000));
+                    let backoff = Duration::from_millis((200 * 2_u64.pow(failures)).min(3_000));
                     tracing::warn!(batch_id, attempt, error = %e, ?backoff, "batch attempt failed; reloading the table and retrying");
                     std::thread::sleep(backoff);
                 }
@@ -276,6 +316,7 @@ impl Pipeline {
                 }
             }
         }
+        record.conflicts = conflicts;
         record.attempts = attempt;
         tracing::debug!(batch_id, "batch phase: group offsets");
         self.source.commit_offsets(&last_offsets);
@@ -396,6 +437,12 @@ fn now() -> EventTime {
     let micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
     // The clock is between 1970 and 9999.
     EventTime::from_micros(micros).unwrap_or_else(|_| EventTime::from_micros(0).expect("0 is in range"))
+}
+
+/// A few bits of randomness for pauses (the clock's nanoseconds are enough to keep two
+/// processes out of step).
+fn jitter() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::from(d.subsec_nanos()) / 1_000_000)
 }
 
 fn ms(d: Duration) -> f64 {

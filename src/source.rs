@@ -6,9 +6,9 @@
 //! no message before that point is delivered and none after it is skipped. The Kafka
 //! group offsets are written afterwards for lag tools only, and never read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
@@ -136,6 +136,8 @@ pub struct Source {
     pub assignment: Arc<Mutex<Assignment>>,
     pub topic: String,
     pub mode: ConsumerMode,
+    /// The raw topic's partition count at start.
+    pub partitions: i32,
 }
 
 impl Source {
@@ -189,7 +191,13 @@ impl Source {
                 s.next = starts;
             }
         }
-        Ok(Self { consumer, assignment: state, topic: settings.topics.raw.clone(), mode: settings.consumer_mode })
+        Ok(Self {
+            consumer,
+            assignment: state,
+            topic: settings.topics.raw.clone(),
+            mode: settings.consumer_mode,
+            partitions,
+        })
     }
 
     pub fn assignment(&self) -> MutexGuard<'_, Assignment> {
@@ -212,20 +220,138 @@ impl Source {
         }
     }
 
-    /// Leaves and joins the group again, forcing a rebalance.
-    ///
-    /// A guard against a broker that leaves this member with no partitions although the
-    /// topic has some and no other member holds them: tansu 0.6.0 does so when a member
-    /// joins after a crash while another client was fetching the crashed member's
-    /// partitions. A rejoin makes it assign them.
-    pub fn rejoin(&self) -> Result<(), KafkaError> {
-        tracing::warn!(topic = %self.topic, "no partitions assigned for a long time: rejoining the group");
+    /// Leaves and joins the group again, forcing a rebalance (see [`OrphanWatch`]).
+    pub fn rejoin(&self, orphans: &[i32]) -> Result<(), KafkaError> {
+        tracing::warn!(
+            topic = %self.topic,
+            ?orphans,
+            "partitions with unread messages have made no progress for a long time and this \
+             instance does not hold them: rejoining the group to force a new assignment"
+        );
         self.consumer.unsubscribe();
         self.consumer.subscribe(&[&self.topic])
+    }
+
+    /// The end (high watermark) of each partition; partitions the broker does not answer
+    /// for are left out.
+    pub fn ends(&self, partitions: impl IntoIterator<Item = i32>) -> BTreeMap<i32, i64> {
+        partitions
+            .into_iter()
+            .filter_map(|p| {
+                self.consumer
+                    .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
+                    .map(|(_, high)| (p, high))
+                    .map_err(|e| tracing::debug!(partition = p, error = %e, "cannot read the partition's end"))
+                    .ok()
+            })
+            .collect()
     }
 
     /// Polls for one message or event.
     pub fn poll(&self, timeout: Duration) -> Option<Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>> {
         self.consumer.poll(timeout)
+    }
+}
+
+/// Group mode's guard against partitions that nobody reads.
+///
+/// A consumer group is only as live as its coordinator: tansu 0.6.0 sometimes keeps a
+/// crashed member in the group for good, so the partitions assigned to it are read by
+/// nobody (and a member that joins after a crash may get nothing at all). Each instance
+/// therefore watches the partitions it does not hold: one with unread messages (its end
+/// is past the offset Delta records) whose Delta offset has not moved for `patience` is
+/// called an orphan, and the instance rejoins the group, which makes the coordinator
+/// assign every partition again among the members that answer. Patience doubles after
+/// each rejoin (up to [`OrphanWatch::MAX_PATIENCE`]) so that a slow owner costs a few
+/// rebalances, not a storm.
+#[derive(Debug)]
+pub struct OrphanWatch {
+    patience: Duration,
+    /// Per partition: the last offset Delta recorded, and since when.
+    seen: BTreeMap<i32, (Option<i64>, Instant)>,
+}
+
+impl OrphanWatch {
+    pub const PATIENCE: Duration = Duration::from_secs(60);
+    pub const MAX_PATIENCE: Duration = Duration::from_secs(600);
+
+    pub fn new(patience: Duration) -> Self {
+        Self { patience, seen: BTreeMap::new() }
+    }
+
+    /// Takes one observation: `held` are this instance's partitions, `stored` the last
+    /// offset Delta records per partition, `ends` each partition's end offset. Returns the
+    /// orphans; when there are some, the caller rejoins and the clock restarts.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        held: &BTreeSet<i32>,
+        stored: &BTreeMap<i32, i64>,
+        ends: &BTreeMap<i32, i64>,
+    ) -> Vec<i32> {
+        let mut orphans = Vec::new();
+        for (&p, &end) in ends {
+            let at = stored.get(&p).copied();
+            let entry = self.seen.entry(p).or_insert((at, now));
+            if entry.0 != at {
+                *entry = (at, now);
+            }
+            let unread = end > at.map_or(0, |o| o + 1);
+            if !held.contains(&p) && unread && now.duration_since(entry.1) >= self.patience {
+                orphans.push(p);
+            }
+        }
+        if !orphans.is_empty() {
+            for entry in self.seen.values_mut() {
+                entry.1 = now;
+            }
+            self.patience = (self.patience * 2).min(Self::MAX_PATIENCE);
+        }
+        orphans
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_partition_with_unread_messages_that_nobody_moves_is_an_orphan() {
+        let mut watch = OrphanWatch::new(MIN);
+        let t0 = Instant::now();
+        let held = BTreeSet::from([0, 1]);
+        let ends = BTreeMap::from([(0, 100), (1, 100), (2, 100), (3, 50)]);
+        // 2 is behind and stuck; 3 is caught up (offset 49 stored, end 50).
+        let stored = BTreeMap::from([(0, 10), (2, 40), (3, 49)]);
+        assert!(watch.observe(t0, &held, &stored, &ends).is_empty());
+        assert!(watch.observe(t0 + MIN / 2, &held, &stored, &ends).is_empty());
+        assert_eq!(watch.observe(t0 + MIN, &held, &stored, &ends), vec![2]);
+        // After a rejoin the clock restarts and patience doubles.
+        assert!(watch.observe(t0 + MIN * 2, &held, &stored, &ends).is_empty());
+        assert_eq!(watch.observe(t0 + MIN * 3, &held, &stored, &ends), vec![2]);
+    }
+
+    #[test]
+    fn progress_by_another_member_or_holding_it_is_no_orphan() {
+        let mut watch = OrphanWatch::new(MIN);
+        let t0 = Instant::now();
+        let ends = BTreeMap::from([(0, 1_000)]);
+        assert!(watch.observe(t0, &BTreeSet::new(), &BTreeMap::from([(0, 10)]), &ends).is_empty());
+        // Another member moves it, slowly: never an orphan.
+        assert!(watch.observe(t0 + MIN, &BTreeSet::new(), &BTreeMap::from([(0, 20)]), &ends).is_empty());
+        assert!(watch.observe(t0 + MIN * 2, &BTreeSet::new(), &BTreeMap::from([(0, 30)]), &ends).is_empty());
+        // Stuck, but this instance holds it (its own batches are failing): no rejoin.
+        assert!(watch.observe(t0 + MIN * 5, &BTreeSet::from([0]), &BTreeMap::from([(0, 30)]), &ends).is_empty());
+        // Nothing stored yet and messages waiting: an orphan once patience runs out.
+        let mut fresh = OrphanWatch::new(MIN);
+        assert!(fresh.observe(t0, &BTreeSet::new(), &BTreeMap::new(), &ends).is_empty());
+        assert_eq!(fresh.observe(t0 + MIN, &BTreeSet::new(), &BTreeMap::new(), &ends), vec![0]);
+        // An empty partition is never one.
+        let mut empty = OrphanWatch::new(MIN);
+        let none = BTreeMap::from([(0, 0)]);
+        assert!(empty.observe(t0, &BTreeSet::new(), &BTreeMap::new(), &none).is_empty());
+        assert!(empty.observe(t0 + MIN * 3, &BTreeSet::new(), &BTreeMap::new(), &none).is_empty());
     }
 }

@@ -220,4 +220,3 @@ fn setup_twice_changes_nothing() {
     assert!(!second.contains("created"), "{second}");
     assert!(second.contains("version 0"), "{second}");
 }
-

@@ -43,7 +43,11 @@ fn the_sink_survives_a_clickhouse_outage_without_a_restart() {
     });
     assert!(run.try_wait().unwrap().is_none(), "the processor and sink kept running: {}", p.tail("run"));
     let log = std::fs::read_to_string(p.path("run.log")).unwrap();
-    assert!(log.contains("ClickHouse insert failed; retrying"), "the outage was noticed and retried:\n{}", p.tail("run"));
+    assert!(
+        log.contains("ClickHouse insert failed; retrying"),
+        "the outage was noticed and retried:\n{}",
+        p.tail("run")
+    );
     run.kill().unwrap();
     run.wait().unwrap();
 
@@ -90,7 +94,10 @@ fn setup_twice_leaves_the_clickhouse_table_alone() {
     assert!(first.contains(&format!("clickhouse table {}: created", p.clickhouse_table())), "{first}");
     clickhouse_query(
         &p.clickhouse_url(),
-        &format!("INSERT INTO {} (dedup_key, version) VALUES ('00000000000000000000000000000001', 1)", p.clickhouse_table()),
+        &format!(
+            "INSERT INTO {} (dedup_key, version) VALUES ('00000000000000000000000000000001', 1)",
+            p.clickhouse_table()
+        ),
     )
     .unwrap();
     let second = p.ok(&["setup"]);
@@ -177,7 +184,10 @@ fn the_kafka_engine_route_loads_exactly_the_delta_keys() {
     assert!(out.contains("clickhouse kafka engine:"), "{out}");
     let tables = clickhouse_query(
         &p.clickhouse_url(),
-        &format!("SELECT name FROM system.tables WHERE database = 'idempipe' AND name LIKE '{}%' ORDER BY name", p.name),
+        &format!(
+            "SELECT name FROM system.tables WHERE database = 'idempipe' AND name LIKE '{}%' ORDER BY name",
+            p.name
+        ),
     )
     .unwrap();
     assert!(tables.contains(&format!("{}_kafka_queue", p.name)), "{tables}");

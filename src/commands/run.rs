@@ -57,8 +57,7 @@ pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) 
         let (settings, handle, shutdown) = (settings.clone(), runtime.handle().clone(), shutdown.clone());
         let done = upstream.clone();
         std::thread::Builder::new().name("clickhouse-sink".into()).spawn(move || {
-            let result =
-                Sink::start(settings, handle, shutdown.clone()).and_then(|s| s.after(done).run(until_idle));
+            let result = Sink::start(settings, handle, shutdown.clone()).and_then(|s| s.after(done).run(until_idle));
             if let Err(e) = &result {
                 tracing::error!(error = %e, "the ClickHouse sink stopped; stopping the processor");
                 shutdown.store(true, Ordering::Relaxed);
@@ -81,9 +80,9 @@ pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) 
     };
     let last_sent = delivered
         .and_then(|d| {
-            d.lock().ok().map(|m| {
-                m.iter().filter(|((t, _), _)| *t == processed_topic).map(|((_, p), o)| (*p, *o)).collect()
-            })
+            d.lock()
+                .ok()
+                .map(|m| m.iter().filter(|((t, _), _)| *t == processed_topic).map(|((_, p), o)| (*p, *o)).collect())
         })
         .unwrap_or_default();
     upstream.finish(last_sent);

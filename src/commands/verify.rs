@@ -7,8 +7,8 @@ use rdkafka::message::Headers;
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::kafka;
 use crate::event::DedupKey;
+use crate::kafka;
 use crate::sink::clickhouse::ClickHouse;
 use crate::sink::delta::EventTable;
 use crate::sink::dlq;
@@ -141,8 +141,8 @@ async fn compare_with_clickhouse(settings: &Settings, report: &mut Report, delta
     report.clickhouse_final_rows = Some(counts.final_rows);
     report.clickhouse_key_checksum = Some(counts.key_checksum);
     let Some(delta_keys) = delta_keys else { return };
-    let same = report.delta_distinct_keys == Some(counts.final_rows)
-        && report.delta_key_checksum == Some(counts.key_checksum);
+    let same =
+        report.delta_distinct_keys == Some(counts.final_rows) && report.delta_key_checksum == Some(counts.key_checksum);
     report.clickhouse_keys_match = Some(same);
     if same {
         report.clickhouse_missing_keys = Some(0);

@@ -40,6 +40,23 @@ pub enum DeltaError {
     Unexpected { path: PathBuf, what: String },
 }
 
+impl DeltaError {
+    /// Whether a commit lost a race: another writer committed first something this one
+    /// read (new files in its partitions, or a txn of the same id). Nothing was written;
+    /// the attempt must be redone on the new version.
+    pub fn is_write_conflict(&self) -> bool {
+        use deltalake::kernel::transaction::TransactionError;
+        matches!(
+            self,
+            DeltaError::Table { source, .. }
+                if matches!(
+                    **source,
+                    DeltaTableError::Transaction { source: TransactionError::CommitConflict(_) }
+                )
+        )
+    }
+}
+
 pub type Result<T, E = DeltaError> = std::result::Result<T, E>;
 
 /// The partition column: the UTC date of `event_time`.
@@ -436,8 +453,12 @@ impl EventTable {
                    source_partition, source_offset, batch_id, ingested_at FROM t";
         let mut out = Vec::new();
         for batch in self.query(sql).await? {
-            let (key, user, kind, payload) =
-                (self.strings(&batch, 0)?, self.strings(&batch, 1)?, self.strings(&batch, 2)?, self.strings(&batch, 4)?);
+            let (key, user, kind, payload) = (
+                self.strings(&batch, 0)?,
+                self.strings(&batch, 1)?,
+                self.strings(&batch, 2)?,
+                self.strings(&batch, 4)?,
+            );
             let int64 = |i: usize| -> Result<Int64Array> {
                 let c = deltalake::arrow::compute::cast(batch.column(i), &ArrowType::Int64)
                     .map_err(|e| self.error(e.into()))?;
@@ -496,4 +517,27 @@ fn date_list(days: impl Iterator<Item = i32>) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+
+    use super::*;
+
+    fn table_error(source: DeltaTableError) -> DeltaError {
+        DeltaError::Table { path: PathBuf::from("/t"), source: Box::new(source) }
+    }
+
+    #[test]
+    fn only_a_lost_commit_race_is_a_write_conflict() {
+        let lost = |c| table_error(DeltaTableError::Transaction { source: TransactionError::CommitConflict(c) });
+        assert!(lost(CommitConflictError::ConcurrentAppend).is_write_conflict());
+        assert!(lost(CommitConflictError::ConcurrentTransaction).is_write_conflict());
+        // Outcome unknown or plain failures: not conflicts (they must reload and check).
+        let version = table_error(DeltaTableError::Transaction { source: TransactionError::VersionAlreadyExists(3) });
+        assert!(!version.is_write_conflict());
+        assert!(!table_error(DeltaTableError::Generic("io".into())).is_write_conflict());
+        assert!(!DeltaError::Missing { path: PathBuf::from("/t") }.is_write_conflict());
+    }
 }

@@ -123,7 +123,7 @@ clickhouse_trigger = "300ms"
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_idempipe"));
         c.arg("--config").arg(&self.config).args(args);
-        c.env("IDEMPIPE_LOG", "info,deltalake=warn,datafusion=warn,buoyant_kernel=off,idempipe=debug");
+        c.env("IDEMPIPE_LOG", format!("{},idempipe=debug", idempipe::DEFAULT_LOG_FILTER));
         c
     }
 
@@ -254,8 +254,7 @@ pub fn clickhouse_query(url: &str, sql: &str) -> Result<String, String> {
     let host = url.trim_start_matches("http://").trim_end_matches('/');
     let mut stream = std::net::TcpStream::connect(host).map_err(|e| format!("connect {host}: {e}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let request =
-        format!("POST / HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{sql}", sql.len());
+    let request = format!("POST / HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{sql}", sql.len());
     stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut response = String::new();
     stream.read_to_string(&mut response).map_err(|e| e.to_string())?;

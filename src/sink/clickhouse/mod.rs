@@ -45,7 +45,9 @@ impl ClickHouseError {
             ClickHouseError::Unexpected { .. } => false,
             ClickHouseError::Request { source, .. } => match source.as_ref() {
                 clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => true,
-                clickhouse::error::Error::BadResponse(text) => error_code(text).is_none_or(|c| !FATAL_CODES.contains(&c)),
+                clickhouse::error::Error::BadResponse(text) => {
+                    error_code(text).is_none_or(|c| !FATAL_CODES.contains(&c))
+                }
                 _ => false,
             },
         }
@@ -133,11 +135,7 @@ impl ClickHouse {
         ClickHouseError::Unexpected { url: self.settings.url.clone(), what }
     }
 
-    async fn timed<T>(
-        &self,
-        what: &str,
-        fut: impl Future<Output = clickhouse::error::Result<T>>,
-    ) -> Result<T> {
+    async fn timed<T>(&self, what: &str, fut: impl Future<Output = clickhouse::error::Result<T>>) -> Result<T> {
         match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(source)) => Err(ClickHouseError::Request {
@@ -170,8 +168,7 @@ impl ClickHouse {
         let s = &self.settings;
         self.execute(&schema::create_database(&s.database), "creating the database").await?;
         let existed = self.layout().await?.is_some();
-        self.execute(&schema::create_events(&self.version, &s.database, &s.table), "creating the events table")
-            .await?;
+        self.execute(&schema::create_events(&self.version, &s.database, &s.table), "creating the events table").await?;
         let layout = self
             .layout()
             .await?
@@ -213,8 +210,7 @@ impl ClickHouse {
         if columns.is_empty() {
             return Ok(None);
         }
-        let layout =
-            if columns.iter().any(|(n, _)| n == "event_time_us") { Layout::Legacy } else { Layout::Current };
+        let layout = if columns.iter().any(|(n, _)| n == "event_time_us") { Layout::Legacy } else { Layout::Current };
         // Inserts are RowBinary without validation: a column of another type would
         // misalign every row after it, so the types are checked here, once.
         let normal = |t: &str| t.replace(' ', "");

@@ -74,7 +74,8 @@ pub fn columns(layout: Layout) -> Vec<(&'static str, &'static str)> {
         Layout::Current => "DateTime64(6, 'UTC')",
         Layout::Legacy => "DateTime('UTC')",
     };
-    let mut columns = vec![("dedup_key", "String"), ("user_id", "String"), ("event_type", "String"), ("event_time", time)];
+    let mut columns =
+        vec![("dedup_key", "String"), ("user_id", "String"), ("event_type", "String"), ("event_time", time)];
     if layout == Layout::Legacy {
         columns.push(("event_time_us", "Int64"));
     }
@@ -94,8 +95,7 @@ pub fn columns(layout: Layout) -> Vec<(&'static str, &'static str)> {
 pub fn create_events(server: &ServerVersion, database: &str, table: &str) -> String {
     let columns: Vec<String> =
         columns(server.layout()).iter().map(|(name, kind)| format!("    {name} {kind}")).collect();
-    let settings =
-        if server.has_dedup_token() { "\nSETTINGS non_replicated_deduplication_window = 1000" } else { "" };
+    let settings = if server.has_dedup_token() { "\nSETTINGS non_replicated_deduplication_window = 1000" } else { "" };
     format!(
         "CREATE TABLE IF NOT EXISTS {name} (\n{columns}\n) ENGINE = ReplacingMergeTree(version)\n\
          PARTITION BY toYYYYMM(event_time)\nORDER BY dedup_key{settings}",
@@ -128,12 +128,7 @@ pub fn create_kafka_engine(
     let columns = "dedup_key String, user_id String, event_type String, event_time String, \
                    event_time_us Int64, event_date String, payload String, source_partition Int32, \
                    source_offset Int64, batch_id Int64, ingested_at String, ingested_at_us Int64";
-    let engine = format!(
-        "Kafka('{}', '{}', '{}', 'JSONEachRow')",
-        quote(brokers),
-        quote(topic),
-        quote(group)
-    );
+    let engine = format!("Kafka('{}', '{}', '{}', 'JSONEachRow')", quote(brokers), quote(topic), quote(group));
     let queue_ddl = format!("CREATE TABLE IF NOT EXISTS {queue} ({columns}) ENGINE = {engine}");
     let (time_select, ingested_select) = match (server.layout(), server.has_from_unix_timestamp64()) {
         (Layout::Current, true) => (
