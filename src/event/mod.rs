@@ -327,6 +327,18 @@ mod tests {
         assert_eq!(neg, key_of(r#"{"user_id":"-7","event_type":"e","timestamp":0}"#));
     }
 
+    /// Found by the `parse` fuzz target: other fields are checked for JSON syntax and
+    /// depth only, so a number beyond f64 there (valid JSON; RFC 8259 sets no range) is
+    /// accepted and kept whole in the payload, which travels as a string everywhere.
+    #[test]
+    fn an_other_field_may_hold_a_number_beyond_f64() {
+        let msg = r#"{"user_id":"u1","event_type":"click","timestamp":"2024-01-01T00:00:00Z","v":4e0347,"w":-1e-999}"#;
+        let e = parse(Some(msg.as_bytes()), DEFAULT_MAX_MESSAGE_BYTES).unwrap();
+        assert_eq!(e.key.to_string(), U1_CLICK_2024);
+        assert_eq!(e.payload, msg);
+        assert!(serde_json::from_str::<serde_json::Value>(msg).is_err(), "serde_json values cannot hold it");
+    }
+
     #[test]
     fn other_fields_and_field_order_do_not_change_the_key() {
         assert_eq!(

@@ -1,0 +1,11 @@
+//! `EventTime::parse` on arbitrary text; the properties are in `properties.rs`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../../src/event/mod.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod event;
+mod properties;
+
+fuzz_target!(|text: &str| properties::check_timestamp(text));
