@@ -137,21 +137,54 @@ pub fn check_reachable(settings: &Settings) -> Result<()> {
     partition_count(settings, admin.inner(), None).map(|_| ())
 }
 
+/// How many metadata timeouts a broker that accepts TCP connections gets before it
+/// counts as down (a broken one that accepts nothing fails after the first).
+const SLOW_BROKER_TRIES: u32 = 6;
+
+/// Whether any bootstrap broker accepts a TCP connection within a second.
+fn accepts_connections(brokers: &str) -> bool {
+    use std::net::{TcpStream, ToSocketAddrs};
+    brokers.split(',').map(str::trim).filter(|b| !b.is_empty()).any(|broker| {
+        // `host:port`, with an optional `PROTOCOL://` prefix.
+        let address = broker.rsplit("://").next().unwrap_or(broker);
+        address.to_socket_addrs().is_ok_and(|mut addrs| {
+            addrs.any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
+        })
+    })
+}
+
 /// The number of partitions of `topic`, or (with `None`) just a check that the broker answers.
 pub fn partition_count<C: rdkafka::ClientContext>(
     settings: &Settings,
     client: &rdkafka::client::Client<C>,
     topic: Option<&str>,
 ) -> Result<usize> {
-    let metadata = client.fetch_metadata(topic, METADATA_TIMEOUT).map_err(|e| match e {
-        KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)
-        | KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure) => KafkaFailure::Unreachable {
-            brokers: settings.brokers.clone(),
-            timeout: METADATA_TIMEOUT,
-            what: "metadata".into(),
-        },
-        e => KafkaFailure::Client { brokers: settings.brokers.clone(), source: e },
-    })?;
+    // A broker that is down fails after one timeout; one that accepts connections but is
+    // slow to answer (overloaded) gets up to SLOW_BROKER_TRIES of them.
+    let mut tries = 0;
+    let metadata = loop {
+        tries += 1;
+        match client.fetch_metadata(topic, METADATA_TIMEOUT) {
+            Ok(metadata) => break metadata,
+            Err(
+                KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)
+                | KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure),
+            ) if tries < SLOW_BROKER_TRIES && accepts_connections(&settings.brokers) => {
+                tracing::warn!(brokers = %settings.brokers, waited = ?METADATA_TIMEOUT * tries, "the broker accepts connections but has not answered a metadata request yet; waiting");
+            }
+            Err(
+                KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)
+                | KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure),
+            ) => {
+                return Err(KafkaFailure::Unreachable {
+                    brokers: settings.brokers.clone(),
+                    timeout: METADATA_TIMEOUT * tries,
+                    what: "metadata".into(),
+                });
+            }
+            Err(e) => return Err(KafkaFailure::Client { brokers: settings.brokers.clone(), source: e }),
+        }
+    };
     let Some(topic) = topic else { return Ok(0) };
     let found = metadata.topics().iter().find(|t| t.name() == topic);
     match found {
@@ -210,4 +243,21 @@ pub fn read_topic(settings: &Settings, topic: &str, mut f: impl FnMut(&BorrowedM
         }
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_listening_broker_counts_as_slow_rather_than_down() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(accepts_connections(&format!("127.0.0.1:{port}")));
+        assert!(accepts_connections(&format!("127.0.0.1:1, PLAINTEXT://127.0.0.1:{port}")));
+        drop(listener);
+        assert!(!accepts_connections(&format!("127.0.0.1:{port}")));
+        assert!(!accepts_connections("no-such-host.invalid:9092"));
+        assert!(!accepts_connections(""));
+    }
 }

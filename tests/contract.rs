@@ -49,3 +49,33 @@ fn every_shared_contract_vector_holds() {
         eprintln!("no {}: checked the bundled copy only", shared.display());
     }
 }
+
+#[path = "../fuzz/fuzz_targets/properties.rs"]
+mod properties;
+
+/// Every input of a committed fuzz corpus, through the fuzz targets' properties.
+fn replay_corpus(target: &str, check: impl Fn(&[u8])) -> usize {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&data)));
+        assert!(outcome.is_ok(), "{} breaks a property (input {:?})", path.display(), String::from_utf8_lossy(&data));
+        n += 1;
+    }
+    n
+}
+
+/// The fuzz corpus (`fuzz/corpus/`, grown by `cargo fuzz run`) replayed on stable Rust,
+/// so that every input the fuzzer kept stays a regression test.
+#[test]
+fn the_fuzz_corpus_holds_the_contract_properties() {
+    let messages = replay_corpus("parse", properties::check_message);
+    let timestamps = replay_corpus("timestamp", |data| {
+        if let Ok(text) = std::str::from_utf8(data) {
+            properties::check_timestamp(text);
+        }
+    });
+    assert!(messages >= 100 && timestamps >= 50, "{messages} messages, {timestamps} timestamps");
+}

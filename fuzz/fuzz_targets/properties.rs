@@ -10,7 +10,7 @@ const MAX: usize = event::DEFAULT_MAX_MESSAGE_BYTES;
 /// `event::parse` on arbitrary bytes: total (the caller sees a panic otherwise),
 /// deterministic, and every accepted event consistent with the contract (key, canonical
 /// time, partition date, payload, re-encoding).
-pub fn check_message(data: &[u8]) {
+pub(crate) fn check_message(data: &[u8]) {
     let first = event::parse(Some(data), MAX);
     // Pure: the same bytes give the same answer (every instance, every restart).
     assert_eq!(first, event::parse(Some(data), MAX));
@@ -50,7 +50,7 @@ pub fn check_message(data: &[u8]) {
 
 /// `EventTime::parse` on arbitrary text: whatever it accepts has a canonical form that
 /// parses back to the same instant, is stable, and keeps microseconds.
-pub fn check_timestamp(text: &str) {
+pub(crate) fn check_timestamp(text: &str) {
     if let Ok(t) = EventTime::parse(text) {
         let canonical = t.to_string();
         assert_eq!(EventTime::parse(&canonical), Ok(t), "{text:?} -> {canonical}");
