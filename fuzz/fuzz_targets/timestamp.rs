@@ -6,6 +6,7 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../src/event/mod.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod event;
+#[allow(dead_code)]
 mod properties;
 
 fuzz_target!(|text: &str| properties::check_timestamp(text));
