@@ -145,11 +145,17 @@ const SLOW_BROKER_TRIES: u32 = 6;
 fn accepts_connections(brokers: &str) -> bool {
     use std::net::{TcpStream, ToSocketAddrs};
     brokers.split(',').map(str::trim).filter(|b| !b.is_empty()).any(|broker| {
-        // `host:port`, with an optional `PROTOCOL://` prefix.
+        // `host[:port]` (librdkafka's default port is 9092), with an optional
+        // `PROTOCOL://` prefix.
         let address = broker.rsplit("://").next().unwrap_or(broker);
-        address.to_socket_addrs().is_ok_and(|mut addrs| {
-            addrs.any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
-        })
+        let address = if address.rsplit(':').next().is_some_and(|p| p.parse::<u16>().is_ok()) {
+            address.to_owned()
+        } else {
+            format!("{address}:9092")
+        };
+        address
+            .to_socket_addrs()
+            .is_ok_and(|mut addrs| addrs.any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok()))
     })
 }
 

@@ -232,7 +232,8 @@ impl Pipeline {
         watch: &mut OrphanWatch,
         held: &BTreeMap<i32, Option<i64>>,
     ) -> Result<(), PipelineError> {
-        let ends = self.source.ends(0..self.source.partitions);
+        // Only the partitions others hold: ours are watched by our own batches.
+        let ends = self.source.ends((0..self.source.partitions).filter(|p| !held.contains_key(p)));
         let rt = self.runtime.clone();
         let ids: Vec<(i32, String)> = ends.keys().map(|p| (*p, self.settings.txn_app_id(*p))).collect();
         let stored = rt.block_on(async {
@@ -292,7 +293,10 @@ impl Pipeline {
                     // new version after a short random pause, so that two instances do
                     // not keep colliding in step.
                     conflicts += 1;
-                    // A conflict is a definite answer: the commit did not happen.
+                    // Another version took ours: on a store with a definite conditional
+                    // put (local files, S3 with conditional writes) this commit did not
+                    // land. (Were it our own write retried by the store, the next attempt
+                    // still drops the stored offsets; only the log's wording would differ.)
                     sent.merge_attempted = false;
                     let pause = Duration::from_millis(50 + jitter() % 450);
                     tracing::info!(batch_id, conflicts, ?pause, error = %e, "lost a commit race to another writer; redoing the batch on the new version");

@@ -233,13 +233,13 @@ impl Source {
     }
 
     /// The end (high watermark) of each partition; partitions the broker does not answer
-    /// for are left out.
+    /// for (within a second: the caller is the batch loop) are left out.
     pub fn ends(&self, partitions: impl IntoIterator<Item = i32>) -> BTreeMap<i32, i64> {
         partitions
             .into_iter()
             .filter_map(|p| {
                 self.consumer
-                    .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
+                    .fetch_watermarks(&self.topic, p, Duration::from_secs(1))
                     .map(|(_, high)| (p, high))
                     .map_err(|e| tracing::debug!(partition = p, error = %e, "cannot read the partition's end"))
                     .ok()
@@ -289,14 +289,22 @@ impl OrphanWatch {
         stored: &BTreeMap<i32, i64>,
         ends: &BTreeMap<i32, i64>,
     ) -> Vec<i32> {
+        // A partition not observed this time (held by this instance, or no answer) starts
+        // a fresh clock when it is observed again.
+        self.seen.retain(|p, _| ends.contains_key(p));
         let mut orphans = Vec::new();
         for (&p, &end) in ends {
             let at = stored.get(&p).copied();
+            // Unread: more than one offset past the last one stored. One is tolerated:
+            // a transactional producer's commit marker takes an offset that no consumer
+            // ever delivers, so a caught-up partition can end one past its last record.
+            let unread = end > at.map_or(0, |o| o + 2);
             let entry = self.seen.entry(p).or_insert((at, now));
-            if entry.0 != at {
+            // The clock runs only while the partition is behind and not moving: progress
+            // or being caught up restarts it (so a burst after a quiet hour is no orphan).
+            if entry.0 != at || !unread {
                 *entry = (at, now);
             }
-            let unread = end > at.map_or(0, |o| o + 1);
             if !held.contains(&p) && unread && now.duration_since(entry.1) >= self.patience {
                 orphans.push(p);
             }
@@ -322,15 +330,32 @@ mod tests {
         let mut watch = OrphanWatch::new(MIN);
         let t0 = Instant::now();
         let held = BTreeSet::from([0, 1]);
-        let ends = BTreeMap::from([(0, 100), (1, 100), (2, 100), (3, 50)]);
-        // 2 is behind and stuck; 3 is caught up (offset 49 stored, end 50).
-        let stored = BTreeMap::from([(0, 10), (2, 40), (3, 49)]);
+        let ends = BTreeMap::from([(0, 100), (1, 100), (2, 100), (3, 50), (4, 51)]);
+        // 2 is behind and stuck; 3 is caught up (offset 49 stored, end 50), and so is 4
+        // (its last offset, 50, is a transaction marker).
+        let stored = BTreeMap::from([(0, 10), (2, 40), (3, 49), (4, 49)]);
         assert!(watch.observe(t0, &held, &stored, &ends).is_empty());
         assert!(watch.observe(t0 + MIN / 2, &held, &stored, &ends).is_empty());
         assert_eq!(watch.observe(t0 + MIN, &held, &stored, &ends), vec![2]);
         // After a rejoin the clock restarts and patience doubles.
         assert!(watch.observe(t0 + MIN * 2, &held, &stored, &ends).is_empty());
         assert_eq!(watch.observe(t0 + MIN * 3, &held, &stored, &ends), vec![2]);
+    }
+
+    #[test]
+    fn new_messages_after_a_quiet_spell_are_no_orphan_yet() {
+        let mut watch = OrphanWatch::new(MIN);
+        let t0 = Instant::now();
+        let held = BTreeSet::new();
+        let stored = BTreeMap::from([(0, 99)]);
+        // Caught up for an hour, then a burst the owner has not committed yet.
+        assert!(watch.observe(t0, &held, &stored, &BTreeMap::from([(0, 100)])).is_empty());
+        assert!(watch.observe(t0 + MIN * 60, &held, &stored, &BTreeMap::from([(0, 100)])).is_empty());
+        let burst = BTreeMap::from([(0, 500)]);
+        assert!(watch.observe(t0 + MIN * 60 + MIN / 6, &held, &stored, &burst).is_empty());
+        assert!(watch.observe(t0 + MIN * 60 + MIN / 2, &held, &stored, &burst).is_empty());
+        // Still not moving a whole patience after the burst arrived: an orphan.
+        assert_eq!(watch.observe(t0 + MIN * 61 + MIN / 6, &held, &stored, &burst), vec![0]);
     }
 
     #[test]

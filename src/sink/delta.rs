@@ -42,16 +42,24 @@ pub enum DeltaError {
 
 impl DeltaError {
     /// Whether a commit lost a race: another writer committed first something this one
-    /// read (new files in its partitions, or a txn of the same id). Nothing was written;
-    /// the attempt must be redone on the new version.
+    /// read (new files in its partitions, files it read removed, or a txn of the same
+    /// id). The attempt must be redone on the new version. Other conflicts (a metadata or
+    /// protocol change, a corrupt state) are plain failures.
     pub fn is_write_conflict(&self) -> bool {
-        use deltalake::kernel::transaction::TransactionError;
+        use deltalake::kernel::transaction::{CommitConflictError as C, TransactionError};
         matches!(
             self,
             DeltaError::Table { source, .. }
                 if matches!(
                     **source,
-                    DeltaTableError::Transaction { source: TransactionError::CommitConflict(_) }
+                    DeltaTableError::Transaction {
+                        source: TransactionError::CommitConflict(
+                            C::ConcurrentAppend
+                                | C::ConcurrentDeleteRead
+                                | C::ConcurrentDeleteDelete
+                                | C::ConcurrentTransaction
+                        )
+                    }
                 )
         )
     }
@@ -537,6 +545,7 @@ mod tests {
         // Outcome unknown or plain failures: not conflicts (they must reload and check).
         let version = table_error(DeltaTableError::Transaction { source: TransactionError::VersionAlreadyExists(3) });
         assert!(!version.is_write_conflict());
+        assert!(!lost(CommitConflictError::MetadataChanged).is_write_conflict());
         assert!(!table_error(DeltaTableError::Generic("io".into())).is_write_conflict());
         assert!(!DeltaError::Missing { path: PathBuf::from("/t") }.is_write_conflict());
     }
