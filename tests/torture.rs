@@ -84,6 +84,26 @@ fn last_phase(log: &str) -> &'static str {
         .unwrap_or("before the first batch")
 }
 
+/// Waits until `name`'s log holds `nth` lines of `phase` (or `within` passes), then kills
+/// it with SIGKILL; returns the last phase it logged. Fails if it exits by itself first.
+fn kill_at_phase(
+    p: &Pipeline,
+    run: &mut Background,
+    name: &str,
+    phase: &str,
+    nth: usize,
+    within: Duration,
+) -> &'static str {
+    let deadline = Instant::now() + within;
+    while log_of(p, name).matches(phase).count() < nth && Instant::now() < deadline {
+        assert!(run.try_wait().unwrap().is_none(), "{name} exited by itself:\n{}", p.tail(name));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    run.kill().unwrap();
+    run.wait().unwrap();
+    last_phase(&log_of(p, name))
+}
+
 /// Crash loop: the processor (with the ClickHouse sink inside) is killed with SIGKILL
 /// again and again while events arrive, each kill aimed at a phase (during produce, during
 /// the Delta commit, between the commit and the group offsets), and restarted each time.
@@ -107,20 +127,7 @@ fn crash_loop_loses_nothing_and_doubles_nothing() {
             p.spawn(&["run", "--trigger", "200ms", "--max-batch-events", "1000", "--clickhouse-in-run"], &name);
         let target = PHASES[rng.below(3) as usize];
         let nth = 1 + rng.below(3) as usize;
-        let log_path = p.path(&format!("{name}.log"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            if log.matches(target).count() >= nth || Instant::now() > deadline {
-                break;
-            }
-            assert!(run.try_wait().unwrap().is_none(), "the processor exited by itself:\n{}", p.tail(&name));
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        run.kill().unwrap(); // SIGKILL
-        run.wait().unwrap();
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        *landed.entry(last_phase(&log)).or_default() += 1;
+        *landed.entry(kill_at_phase(&p, &mut run, &name, target, nth, Duration::from_secs(60))).or_default() += 1;
     }
     assert!(producer.wait().unwrap().success(), "{}", p.tail("produce"));
     eprintln!("torture crash loop: {kills} kills, landed after {landed:?}");
@@ -650,14 +657,8 @@ fn two_instances_in_one_group_store_each_key_once() {
         // At the phase, or wherever it is after 30 s (no batch in flight: it holds no
         // partition, or nothing is left to read).
         let seen = log_of(&p, name).matches(phase).count();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while log_of(&p, name).matches(phase).count() <= seen && Instant::now() < deadline {
-            assert!(run_.try_wait().unwrap().is_none(), "{name} exited by itself:\n{}", p.tail(name));
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        run_.kill().unwrap();
-        run_.wait().unwrap();
-        eprintln!("torture two instances: {name} killed after `{}`", last_phase(&log_of(&p, name)));
+        let landed = kill_at_phase(&p, run_, name, phase, seen + 1, Duration::from_secs(30));
+        eprintln!("torture two instances: {name} killed after `{landed}`");
         let name = format!("instance-{}{}", ["a", "b"][victim], round + 2);
         let mut back = p.spawn(&run, &name);
         wait_for_log(&p, &mut back, &name, assigned, 1, join);
