@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# First throughput figures (release build): N unique events plus 10% exact re-sends,
-# through Kafka (tansu) and Delta, in one run on fresh topics and a fresh table:
-#   1. drain: a bare librdkafka consumer reads the raw topic end to end (the ceiling);
-#   2. ingest: `run` over the whole topic into an empty table;
-#   3. replay: the same file produced again, `run` over it (all duplicates).
-# Prints one JSON line per phase and a table. Usage: scripts/bench.sh [N]   (default 1000000)
+# The throughput and latency benchmark (release build), in one run on fresh topics and
+# tables of its own (issue 5's targets):
+#   1. produce: N unique events plus 10% exact re-sends, generated and sent at full speed;
+#   2. drain: a bare librdkafka consumer reads that topic end to end (the ceiling);
+#   3. first ingest: `run` over the whole topic into an empty table;
+#   4. replay: the same file produced again, `run` over it (all duplicates);
+#   5. large table: a second table prefilled with 10 x N rows, then the same file
+#      ingested into it (the cost must not grow with the table);
+#   6. latency: a processor with a 200 ms trigger and a trickle of 1,000 probe events a
+#      second for 60 s; produce-to-visible-in-Delta percentiles.
+# Prints one table and writes it as JSON ($work/bench.json, or BENCH_JSON=FILE).
+# Usage: scripts/bench.sh [N]   (default 1000000). BENCH_KEY_CHECK=scan measures the
+# old scan-and-MERGE path instead of the key index; BENCH_SKIP="large latency" skips phases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000000}
 dups=$((n / 10))
+skip=" ${BENCH_SKIP:-} "
+key_check=${BENCH_KEY_CHECK:-index}
 
 # A broker of its own, on tansu's memory storage: its sqlite storage fetches a record
 # range with a running sum over the partition, far too slow to drain a million records.
@@ -25,62 +34,137 @@ if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
   echo $! >data/services/bench-tansu.pid
   until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.2; done
 fi
-export IDEMPIPE_BROKERS=127.0.0.1:$port
+export IDEMPIPE_BROKERS=127.0.0.1:$port IDEMPIPE_KEY_CHECK=$key_check
 cargo build --locked --release --bin idempipe 2>&1 | tail -1
-bin=target/release/idempipe
+bin=$PWD/target/release/idempipe
 source scripts/lib.sh
-new_pipeline bench 2s
-idem() { "$bin" --config "$work/idempipe.toml" "$@"; }
-# Peak RSS (KiB) and wall seconds of one command, from GNU time.
-timed() { /usr/bin/time -f '%M %e' -o "$work/time" "$bin" --config "$work/idempipe.toml" "$@"; read -r rss secs <"$work/time"; }
 
-idem setup >/dev/null
-idem generate --unique "$n" --duplicates "$dups" --seed 7 --out "$work/events.jsonl" >/dev/null
-messages=$((n + dups))
-timed produce --input "$work/events.jsonl" --json >"$work/produce.json"
-echo "produce: $(cat "$work/produce.json")"
-
-timed drain >"$work/drain.json"
-drain_rate=$(python3 -c "import json;print(json.load(open('$work/drain.json'))['messages_per_sec'])")
-echo "drain: $(cat "$work/drain.json") peak_rss_kib=$rss"
-
-# The run includes the group join (tansu waits for the rebalance timeout) and the idle
-# tail; the rate is taken over the batches themselves, from the batch log.
-rate_from_log() { # first batch line, last batch line
-  python3 - "$work/delta/events.batches.jsonl" "$1" "$2" <<'PY'
+# Peak RSS (KiB) and wall seconds of one command, from GNU time, into $rss and $secs.
+timed() { # config, args...
+  local config=$1; shift
+  /usr/bin/time -f '%M %e' -o "$work/time" "$bin" --config "$config" "$@"
+  read -r rss secs <"$work/time"
+}
+# Events in, seconds, events/s, batches, files added, over batch log lines [from, to):
+# the rate is taken over the batches (first start to last end), so the group join and
+# the idle tail of `run --until-idle` are left out.
+from_log() { # batch log, first line, last line
+  python3 - "$1" "$2" "$3" <<'PY'
 import json, sys
 from datetime import datetime
 lines = [json.loads(l) for l in open(sys.argv[1])][int(sys.argv[2]):int(sys.argv[3])]
 t = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 events = sum(l["events_in"] for l in lines)
 secs = t(lines[-1]["ended_at"]) - t(lines[0]["started_at"])
-print(f"{events} {secs:.3f} {events / secs:.0f} {len(lines)}")
+files = sum(l.get("files_added", 0) for l in lines)
+print(f"{events} {secs:.3f} {events / secs:.0f} {len(lines)} {files}")
 PY
 }
-timed run --until-idle 3s >/dev/null 2>"$work/ingest.log"
-ingest_rss=$rss
-read -r ingest_events ingest_secs ingest_rate ingest_batches < <(rate_from_log 0 100000)
-done_batches=$ingest_batches
+results=()
+record() { # phase events seconds rate rss_kib files [extra json]
+  results+=("{\"phase\":\"$1\",\"events\":$2,\"seconds\":$3,\"events_per_sec\":$4,\"peak_rss_kib\":${5:-null},\"delta_files\":${6:-null}${7:+,$7}}")
+}
 
-idem produce --input "$work/events.jsonl" >/dev/null
-timed run --until-idle 3s >/dev/null 2>"$work/replay.log"
-replay_rss=$rss
-read -r replay_events replay_secs replay_rate replay_batches < <(rate_from_log "$done_batches" 100000)
+new_pipeline bench 2s
+main=$work
+cfg=$main/idempipe.toml
+"$bin" --config "$cfg" setup --skip-clickhouse >/dev/null
+"$bin" --config "$cfg" generate --unique "$n" --duplicates "$dups" --seed 7 --out "$main/events.jsonl" >/dev/null
+messages=$((n + dups))
+timed "$cfg" produce --input "$main/events.jsonl" --json >"$main/produce.json"
+read -r p_secs p_rate < <(python3 -c "import json;d=json.load(open('$main/produce.json'));print(d['seconds'],d['messages_per_sec'])")
+record produce "$messages" "$p_secs" "$p_rate" "$rss"
+echo "produce: $(cat "$main/produce.json")" >&2
 
-idem verify --json >"$work/verify.json"
-files=$(python3 -c "import json;print(json.load(open('$work/verify.json'))['delta_files'])")
-rows=$(python3 -c "import json;print(json.load(open('$work/verify.json'))['delta_rows'])")
+timed "$cfg" drain >"$main/drain.json"
+read -r d_secs drain_rate < <(python3 -c "import json;d=json.load(open('$main/drain.json'));print(d['seconds'],d['messages_per_sec'])")
+record drain "$messages" "$d_secs" "$drain_rate" "$rss"
+echo "drain: $(cat "$main/drain.json")" >&2
 
-python3 - <<PY
-drain = $drain_rate
-rows = [
-    ("bare consumer drain (ceiling)", $messages, None, drain, None),
-    ("first ingest, empty table", $ingest_events, $ingest_secs, $ingest_rate, $ingest_rss),
-    ("replay, all duplicates", $replay_events, $replay_secs, $replay_rate, $replay_rss),
-]
-print(f"\n{$n} unique + {$dups} re-sends = {$messages} messages; delta_rows={$rows}, delta files={$files}")
-print(f"| phase | messages | seconds | events/s | ratio to drain | peak RSS MiB |")
-print(f"|---|---:|---:|---:|---:|---:|")
-for name, m, s, r, rss in rows:
-    print(f"| {name} | {m} | {'' if s is None else s} | {r:,.0f} | {r / drain:.2f} | {'' if rss is None else f'{rss / 1024:.0f}'} |")
+log=$main/delta/events.batches.jsonl
+timed "$cfg" run --until-idle 3s >/dev/null 2>"$main/ingest.log"
+read -r events secs rate batches files < <(from_log "$log" 0 100000000)
+record first_ingest "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches"
+done_batches=$batches
+echo "first ingest: $events events in $secs s ($rate/s), $batches batches" >&2
+
+"$bin" --config "$cfg" produce --input "$main/events.jsonl" >/dev/null
+timed "$cfg" run --until-idle 3s >/dev/null 2>"$main/replay.log"
+read -r events secs rate batches files < <(from_log "$log" "$done_batches" 100000000)
+record replay "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches"
+echo "replay: $events events in $secs s ($rate/s)" >&2
+"$bin" --config "$cfg" verify --json >"$main/verify.json" 2>/dev/null || true
+
+if [[ $skip != *" large "* ]]; then
+  new_pipeline benchlarge 2s
+  large=$work
+  cfg_l=$large/idempipe.toml
+  "$bin" --config "$cfg_l" setup --skip-clickhouse >/dev/null
+  prefill_rows=$((10 * n))
+  echo "large table: prefilling $prefill_rows rows" >&2
+  timed "$cfg_l" bench-prefill --rows "$prefill_rows" >"$large/prefill.json"
+  echo "prefill: $(cat "$large/prefill.json") peak_rss_kib=$rss" >&2
+  "$bin" --config "$cfg_l" produce --input "$main/events.jsonl" >/dev/null
+  timed "$cfg_l" run --until-idle 3s >/dev/null 2>"$large/ingest.log"
+  read -r events secs rate batches files < <(from_log "$large/delta/events.batches.jsonl" 0 100000000)
+  # The start-up line of `run` says how long the key index took and how big it is.
+  index_json=$(python3 - "$large/ingest.log" <<'PY'
+import re, sys
+text = re.sub(r"\x1b\[[0-9;]*m", "", open(sys.argv[1]).read())
+m = re.search(r"keys=(\d+) files=(\d+) version=\S+ heap_mib=(\d+) elapsed=([\d.]+)(ms|s|µs)", text)
+if m:
+    keys, heap = int(m[1]), int(m[3]) * 2**20
+    secs = float(m[4]) / (1000 if m[5] == "ms" else 1e6 if m[5] == "µs" else 1)
+    print(f'"index_keys":{keys},"index_build_seconds":{secs:.2f},"index_bytes_per_key":{heap / max(keys, 1):.1f}')
+else:
+    print('"index_keys":null')
+PY
+)
+  record large_table_ingest "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches,\"table_rows_before\":$prefill_rows,$index_json"
+  echo "large-table ingest: $events events in $secs s ($rate/s), peak RSS ${rss} KiB; $index_json" >&2
+fi
+
+if [[ $skip != *" latency "* ]]; then
+  new_pipeline benchlat 200ms
+  lat=$work
+  cfg_t=$lat/idempipe.toml
+  "$bin" --config "$cfg_t" setup --skip-clickhouse >/dev/null
+  "$bin" --config "$cfg_t" run >/dev/null 2>"$lat/run.log" &
+  run_pid=$!
+  sleep 3   # start-up: metadata and Delta's offsets
+  "$bin" --config "$cfg_t" bench-latency --rate "${BENCH_LATENCY_RATE:-1000}" --seconds "${BENCH_LATENCY_SECONDS:-60}" >"$lat/latency.json"
+  kill -TERM "$run_pid"; wait "$run_pid" || true
+  echo "latency: $(cat "$lat/latency.json")" >&2
+  results+=("$(python3 -c "import json;d=json.load(open('$lat/latency.json'));d['phase']='latency';print(json.dumps(d))")")
+fi
+
+json=${BENCH_JSON:-$main/bench.json}
+python3 - "$json" "$n" "$dups" "$key_check" "$(nproc)" "$(free -g | awk '/Mem:/{print $2}')" "${results[@]}" <<'PY'
+import json, sys
+out, n, dups, key_check, cores, mem = sys.argv[1:7]
+rows = [json.loads(r) for r in sys.argv[7:]]
+by = {r["phase"]: r for r in rows}
+drain = by["drain"]["events_per_sec"]
+for r in rows:
+    if r["phase"] != "latency":
+        r["ratio_to_drain"] = round(r["events_per_sec"] / drain, 3)
+doc = {"unique": int(n), "resends": int(dups), "key_check": key_check, "cores": int(cores), "memory_gib": int(mem), "phases": rows}
+json.dump(doc, open(out, "w"), indent=2)
+print(f"\n{n} unique + {dups} re-sends = {int(n) + int(dups)} messages per pass; key check: {key_check}; {cores} cores, {mem} GiB")
+print("| phase | events | seconds | events/s | ratio to drain | peak RSS MiB | Delta files written |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    if r["phase"] == "latency":
+        continue
+    rss = "" if r.get("peak_rss_kib") is None else f'{r["peak_rss_kib"] / 1024:.0f}'
+    files = "" if r.get("delta_files") is None else r["delta_files"]
+    print(f'| {r["phase"]} | {r["events"]:,} | {float(r["seconds"]):.2f} | {float(r["events_per_sec"]):,.0f} | {r["ratio_to_drain"]:.2f} | {rss} | {files} |')
+if "first_ingest" in by and "large_table_ingest" in by:
+    print(f'\nlarge table / empty table rate: {by["large_table_ingest"]["events_per_sec"] / by["first_ingest"]["events_per_sec"]:.2f}'
+          f' (index: {by["large_table_ingest"].get("index_keys")} keys, {by["large_table_ingest"].get("index_bytes_per_key")} B/key,'
+          f' built in {by["large_table_ingest"].get("index_build_seconds")} s)')
+if "latency" in by:
+    l = by["latency"]
+    print(f'latency at {l["rate"]:.0f} events/s, 200 ms trigger: p50 {l["p50_ms"]:.0f} ms, p90 {l["p90_ms"]:.0f} ms, p99 {l["p99_ms"]:.0f} ms, max {l["max_ms"]:.0f} ms ({l["events"]} events, {l["commits"]} commits)')
+print(f"\nJSON: {out}")
 PY

@@ -26,7 +26,10 @@ pub struct Phases {
     pub check_ms: f64,
     /// Sending to the processed and dead-letter topics and awaiting acks.
     pub produce_ms: f64,
-    /// The Delta MERGE and commit.
+    /// Writing the new rows' data files (key index), alongside `produce_ms`.
+    #[serde(default)]
+    pub write_ms: f64,
+    /// The Delta commit (with the key index), or the MERGE and its commit (scan).
     pub commit_ms: f64,
 }
 

@@ -103,6 +103,12 @@ pub struct CommonArgs {
     /// or `group` (share them with other instances) [default: assign].
     #[arg(long, global = true, env = "IDEMPIPE_CONSUMER_MODE", value_enum)]
     pub consumer_mode: Option<crate::config::ConsumerMode>,
+    /// How the processor finds events the table already holds: `index` (every key in
+    /// memory, built from Delta on start; about 27 bytes per key) or `scan` (read the
+    /// batch's date partitions each batch; no memory, cost grows with the table)
+    /// [default: index].
+    #[arg(long, global = true, env = "IDEMPIPE_KEY_CHECK", value_enum)]
+    pub key_check: Option<crate::config::KeyCheck>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +132,39 @@ pub enum Command {
     /// that benchmarks compare the processor with.
     #[command(hide = true)]
     Drain(DrainArgs),
+    /// Benchmarks: write generated rows straight into the Delta table.
+    #[command(hide = true)]
+    BenchPrefill(BenchPrefillArgs),
+    /// Benchmarks: trickle probe events and report produce-to-visible-in-Delta latency
+    /// (a processor must be running).
+    #[command(hide = true)]
+    BenchLatency(BenchLatencyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchPrefillArgs {
+    /// Rows to write.
+    #[arg(long)]
+    pub rows: u64,
+    /// Rows per commit.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub chunk: u64,
+    /// Generator seed of the first commit (each commit uses the next one).
+    #[arg(long, default_value_t = 1_000_003)]
+    pub seed: u64,
+    /// Days of event time the rows spread over (as `generate --days`).
+    #[arg(long, default_value_t = 3)]
+    pub days: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchLatencyArgs {
+    /// Probe events per second.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// How long to send.
+    #[arg(long, default_value_t = 60.0)]
+    pub seconds: f64,
 }
 
 #[derive(Debug, Args)]

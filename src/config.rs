@@ -55,6 +55,7 @@ pub struct FileConfig {
     pub max_batch_events: Option<usize>,
     pub max_batch_bytes: Option<usize>,
     pub consumer_mode: Option<ConsumerMode>,
+    pub key_check: Option<KeyCheck>,
     /// librdkafka settings passed through to every Kafka client, e.g.
     /// `"max.poll.interval.ms" = "10000"` or SASL and TLS settings.
     #[serde(default)]
@@ -94,6 +95,21 @@ pub enum ConsumerMode {
     /// Join the consumer group and share the partitions with other instances; every
     /// rebalance re-reads the start offsets from Delta.
     Group,
+}
+
+/// How the processor finds the events of a batch that the table already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyCheck {
+    /// An in-memory index of every key in the table, built from Delta on start and kept
+    /// in step with every commit (any writer's); new rows are appended by a commit that
+    /// conflicts with any file added to the same dates since the check. Cost per batch
+    /// does not grow with the table; memory does (about 27 bytes per key).
+    #[default]
+    Index,
+    /// A semi-join of the batch with its dates' partitions, then an insert-only MERGE:
+    /// no memory beyond the batch, but each batch reads those partitions whole.
+    Scan,
 }
 
 /// Micro-batch limits: a batch closes at whichever comes first.
@@ -155,6 +171,7 @@ pub struct Settings {
     pub max_message_bytes: usize,
     pub batch: BatchLimits,
     pub consumer_mode: ConsumerMode,
+    pub key_check: KeyCheck,
     /// librdkafka pass-through settings, applied to every client after ours.
     pub kafka: BTreeMap<String, String>,
 }
@@ -211,6 +228,7 @@ impl Settings {
                 max_bytes: non_zero("max_batch_bytes", pick(&args.max_batch_bytes, file.max_batch_bytes, 256 << 20))?,
             },
             consumer_mode: pick(&args.consumer_mode, file.consumer_mode, ConsumerMode::default()),
+            key_check: pick(&args.key_check, file.key_check, KeyCheck::default()),
             kafka: file.kafka,
         };
         settings.validate()?;

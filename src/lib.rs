@@ -7,8 +7,9 @@
 //! each against the contract ([`event`]): an invalid message goes to the dead-letter topic
 //! with its reason, a valid one gets its dedup key (MD5 of user, event type and canonical
 //! time). Each batch keeps the first copy of a key ([`dedup`]), and inserts into Delta
-//! only the keys the table lacks, in one insert-only MERGE whose commit also records each
-//! Kafka partition's last offset ([`sink::delta`]). Delta is the truth: a restarted or
+//! only the keys the table lacks (looked up in an in-memory index of the table's keys,
+//! [`sink::key_index`]), in one commit that conflicts with any concurrent insert into the
+//! same dates and also records each Kafka partition's last offset ([`sink::delta`]). Delta is the truth: a restarted or
 //! rebalanced consumer resumes after the offsets it records ([`source`]). New events also
 //! go to the processed topic before that commit, so everything in Delta is there too.
 //! [`pipeline`] holds the order of the steps and why.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use idempipe::cli::{Cli, Command};
-use idempipe::commands::{generate, produce, reconcile, run, setup, sink, verify};
+use idempipe::commands::{bench, generate, produce, reconcile, run, setup, sink, verify};
 use idempipe::config::{FileConfig, Settings};
 
 fn main() -> ExitCode {
@@ -129,6 +129,15 @@ fn main_inner() -> anyhow::Result<()> {
                     "messages_per_sec": messages as f64 / seconds.max(1e-9),
                 })
             );
+        }
+        Command::BenchPrefill(args) => {
+            let summary =
+                runtime.block_on(bench::prefill(&settings, args.rows, args.chunk.max(1), args.seed, args.days))?;
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        Command::BenchLatency(args) => {
+            let summary = bench::latency(&settings, &runtime, args.rate, args.seconds)?;
+            println!("{}", serde_json::to_string(&summary)?);
         }
         Command::Verify(args) => {
             let report = runtime.block_on(verify::verify(&settings));

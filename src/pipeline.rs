@@ -29,7 +29,7 @@ use tokio::runtime::Handle;
 
 use crate::batch::Batch;
 use crate::batch_log::{BatchLog, BatchRecord, Phases};
-use crate::config::{ConsumerMode, Settings};
+use crate::config::{ConsumerMode, KeyCheck, Settings};
 use crate::dedup;
 use crate::event::{DedupKey, EventTime};
 use crate::kafka::KafkaFailure;
@@ -103,10 +103,23 @@ impl Pipeline {
     /// say: see [`EventTable::open_with_store`]).
     pub fn start_with_table(
         settings: Settings,
-        table: EventTable,
+        mut table: EventTable,
         runtime: Handle,
         shutdown: Arc<AtomicBool>,
     ) -> Result<Self, PipelineError> {
+        if settings.key_check == KeyCheck::Index {
+            let stats = runtime.block_on(table.enable_key_index())?;
+            if let Some(index) = table.key_index() {
+                tracing::info!(
+                    keys = index.len(),
+                    files = stats.files_read,
+                    version = index.version(),
+                    heap_mib = index.heap_bytes() / (1 << 20),
+                    elapsed = ?stats.elapsed,
+                    "key index built from the table"
+                );
+            }
+        }
         let output = Output::new(&settings)?;
         let source = Source::subscribe(&settings, runtime.clone())?;
         let log = BatchLog::new(settings.batch_log_path());
@@ -378,7 +391,8 @@ impl Pipeline {
         record.stored_duplicates = (batch.rows.len() - new_rows.len()) as u64;
         record.phases.check_ms += ms(t.elapsed());
 
-        let t = Instant::now();
+        // Encoding the records counts as produce time.
+        let encode = Instant::now();
         let ingested_at = now();
         let settings = &self.settings;
         let dead_letters = batch
@@ -392,12 +406,29 @@ impl Pipeline {
             .filter(|r| !sent.events.contains(&r.key))
             .map(|r| processed::record(&settings.topics.processed, r, batch_id, ingested_at))
             .collect::<Vec<_>>();
+        record.phases.produce_ms += ms(encode.elapsed());
+        let rows = delta::to_record_batch(&new_rows, batch_id, ingested_at)?;
+        let records = dead_letters.into_iter().chain(events);
         // The phase lines let the torture tests aim their kills (tests/torture.rs).
         tracing::debug!(batch_id, "batch phase: produce");
-        rt.block_on(self.output.send_all(dead_letters.into_iter().chain(events)))?;
+        let (sent_result, to_write) = if self.table.key_index().is_some() {
+            // The data files do not depend on the acks: write them meanwhile (the commit
+            // that makes them part of the table still waits for every ack).
+            let (output, table) = (&self.output, &mut self.table);
+            let ((sent_result, send_time), (staged, write_time)) =
+                rt.block_on(async { tokio::join!(timed(output.send_all(records)), timed(table.stage(rows))) });
+            record.phases.produce_ms += ms(send_time);
+            record.phases.write_ms += ms(write_time);
+            (sent_result, staged.map(Write::Staged))
+        } else {
+            let (sent_result, send_time) = rt.block_on(timed(self.output.send_all(records)));
+            record.phases.produce_ms += ms(send_time);
+            (sent_result, Ok(Write::Merge(rows)))
+        };
+        sent_result?;
         sent.dead_letters.extend(batch.dead_letters.iter().map(|d| (d.partition, d.offset)));
         sent.events.extend(new_rows.iter().map(|r| r.key));
-        record.phases.produce_ms += ms(t.elapsed());
+        let to_write = to_write?;
 
         let t = Instant::now();
         let now_ms = ingested_at.micros() / 1_000;
@@ -406,11 +437,13 @@ impl Pipeline {
             .iter()
             .map(|(p, r)| Transaction::new_with_last_update(settings.txn_app_id(*p), r.last, Some(now_ms)))
             .collect();
-        let rows = delta::to_record_batch(&new_rows, batch_id, ingested_at)?;
         let metadata = serde_json::json!({ "idempipe.batch_id": batch_id, "idempipe.group": settings.group });
         sent.merge_attempted = true;
         tracing::debug!(batch_id, "batch phase: delta commit");
-        let outcome = rt.block_on(self.table.merge_insert(rows, &txns, metadata))?;
+        let outcome = match to_write {
+            Write::Staged(staged) => rt.block_on(self.table.commit_staged(staged, &txns, metadata))?,
+            Write::Merge(rows) => rt.block_on(self.table.merge_insert(rows, &txns, metadata))?,
+        };
         record.phases.commit_ms += ms(t.elapsed());
         record.inserted = Some(outcome.inserted);
         record.files_added = outcome.files_added;
@@ -427,6 +460,19 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// How a batch's new rows go into the table: already written as files (key index), or
+/// by a MERGE (scan).
+enum Write {
+    Staged(delta::Staged),
+    Merge(deltalake::arrow::array::RecordBatch),
+}
+
+/// Runs `f` and measures how long it took.
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    (f.await, started.elapsed())
 }
 
 /// What earlier attempts of a batch already sent, so a retry does not send it again.

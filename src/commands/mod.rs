@@ -1,6 +1,7 @@
 //! One module per command: each parses nothing and decides nothing about the data path;
 //! it calls the library and prints results to stdout (diagnostics go to stderr).
 
+pub mod bench;
 pub mod generate;
 pub mod produce;
 pub mod reconcile;

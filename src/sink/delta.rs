@@ -20,11 +20,13 @@ use deltalake::arrow::array::{
 use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::datafusion::prelude::{SessionContext, col};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
-use deltalake::kernel::{DataType, StructField, Transaction};
+use deltalake::kernel::{Action, Add, DataType, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::event::{DedupKey, EventTime};
+use crate::sink::key_index::{KeyIndex, SyncStats};
 use crate::sink::processed::ProcessedRecord;
 
 /// Errors of the Delta table, with the path they concern.
@@ -159,6 +161,16 @@ pub fn to_record_batch(
     RecordBatch::try_new(arrow_schema(), columns)
 }
 
+/// Rows written as data files by [`EventTable::stage`], not yet committed.
+#[derive(Debug)]
+pub struct Staged {
+    adds: Vec<Add>,
+    dates: BTreeSet<i32>,
+    rows: u64,
+    /// The table version the rows were checked at.
+    version: u64,
+}
+
 /// What a merge did.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MergeOutcome {
@@ -183,6 +195,10 @@ pub struct TableCounts {
 pub struct EventTable {
     path: PathBuf,
     table: DeltaTable,
+    /// With a key index, the already-stored check is a lookup and new rows are appended
+    /// by a commit that declares the partitions it checked; without, the check is a
+    /// semi-join and new rows go in by an insert-only MERGE.
+    index: Option<KeyIndex>,
 }
 
 impl EventTable {
@@ -209,7 +225,7 @@ impl EventTable {
             // Two `setup`s racing: the loser's version 0 conflicts; the winner's table is fine.
             Err(_) => deltalake::open_table(url).await.map_err(err)?,
         };
-        let this = Self { path: path.to_owned(), table };
+        let this = Self { path: path.to_owned(), table, index: None };
         this.check_schema()?;
         Ok(this)
     }
@@ -228,7 +244,7 @@ impl EventTable {
             DeltaTableError::NotATable(_) => DeltaError::Missing { path: path.to_owned() },
             e => err(e),
         })?;
-        let this = Self { path: path.to_owned(), table };
+        let this = Self { path: path.to_owned(), table, index: None };
         this.check_schema()?;
         Ok(this)
     }
@@ -248,7 +264,7 @@ impl EventTable {
             .load()
             .await
             .map_err(err)?;
-        let this = Self { path: path.to_owned(), table };
+        let this = Self { path: path.to_owned(), table, index: None };
         this.check_schema()?;
         Ok(this)
     }
@@ -304,9 +320,46 @@ impl EventTable {
         Ok(versions)
     }
 
-    /// Which of `keys` (with their dates) the table already holds. Reads only the
-    /// partitions of those dates.
-    pub async fn existing_keys(&self, keys: &[(DedupKey, i32)]) -> Result<HashSet<DedupKey>> {
+    /// Switches the already-stored check to an in-memory index of every key in the table
+    /// (see [`KeyIndex`]) and builds it from the loaded version.
+    pub async fn enable_key_index(&mut self) -> Result<SyncStats> {
+        let mut index = KeyIndex::new();
+        let stats = index.sync(&self.table).await.map_err(|e| self.error(e))?;
+        self.index = Some(index);
+        Ok(stats)
+    }
+
+    /// The key index, when enabled.
+    pub fn key_index(&self) -> Option<&KeyIndex> {
+        self.index.as_ref()
+    }
+
+    /// Which of `keys` (with their dates) the table already holds, at the loaded version.
+    /// With the key index, a lookup per key (after reading the files added since the
+    /// index's version); without, a semi-join that reads only the partitions of those
+    /// dates.
+    pub async fn existing_keys(&mut self, keys: &[(DedupKey, i32)]) -> Result<HashSet<DedupKey>> {
+        if let Some(index) = self.index.as_mut() {
+            let stats = index
+                .sync(&self.table)
+                .await
+                .map_err(|e| DeltaError::Table { path: self.path.clone(), source: Box::new(e) })?;
+            if stats.files_read > 0 || stats.rebuilt {
+                tracing::debug!(
+                    files_read = stats.files_read,
+                    keys_read = stats.keys_read,
+                    rebuilt = stats.rebuilt,
+                    elapsed = ?stats.elapsed,
+                    "key index: read files added by others"
+                );
+            }
+            return Ok(keys.iter().map(|(k, _)| *k).filter(|k| index.contains(k)).collect());
+        }
+        self.scan_existing_keys(keys).await
+    }
+
+    /// [`EventTable::existing_keys`] by a semi-join of the batch's dates' partitions.
+    async fn scan_existing_keys(&self, keys: &[(DedupKey, i32)]) -> Result<HashSet<DedupKey>> {
         if keys.is_empty() {
             return Ok(HashSet::new());
         }
@@ -358,12 +411,22 @@ impl EventTable {
     /// Inserts the rows of `batch` whose `dedup_key` the table does not hold, in one
     /// commit that also carries `txns`. When no row is new, commits the txns alone, so
     /// that the Kafka progress is recorded either way. `batch` must not repeat a key.
+    ///
+    /// With the key index, `batch` must be exactly the rows [`EventTable::existing_keys`]
+    /// found new at the loaded version: they are appended by a commit that declares it
+    /// read their dates' partitions at that version, so if another writer added a file
+    /// there since, the commit fails as a conflict instead of risking a duplicate.
+    /// Without it, an insert-only MERGE joins the batch with those partitions.
     pub async fn merge_insert(
         &mut self,
         batch: RecordBatch,
         txns: &[Transaction],
         metadata: serde_json::Value,
     ) -> Result<MergeOutcome> {
+        if self.index.is_some() {
+            let staged = self.stage(batch).await?;
+            return self.commit_staged(staged, txns, metadata).await;
+        }
         let dates: BTreeSet<i32> = batch
             .column_by_name(PARTITION_COLUMN)
             .and_then(|c| c.as_any().downcast_ref::<Date32Array>())
@@ -418,6 +481,79 @@ impl EventTable {
                 .map_err(|e| self.error(e))?;
             self.reload().await?;
         }
+        outcome.version = self.version();
+        Ok(outcome)
+    }
+
+    /// The key-index path, step one: writes `batch` (rows [`EventTable::existing_keys`]
+    /// found new at the loaded version) as data files, not yet part of the table.
+    /// Independent of the output topics, so the pipeline runs it while their acks come in.
+    pub async fn stage(&mut self, batch: RecordBatch) -> Result<Staged> {
+        let index_version = self.index.as_ref().and_then(KeyIndex::version);
+        if index_version != Some(self.version()) {
+            // The check must have been made on the version the commit will read from.
+            return Err(self.unexpected(&format!(
+                "the key index is at version {index_version:?}, the table at {}: check the batch first",
+                self.version()
+            )));
+        }
+        let dates: BTreeSet<i32> = batch
+            .column_by_name(PARTITION_COLUMN)
+            .and_then(|c| c.as_any().downcast_ref::<Date32Array>())
+            .map(|a| a.iter().flatten().collect())
+            .unwrap_or_default();
+        let mut staged = Staged { adds: Vec::new(), dates, rows: batch.num_rows() as u64, version: self.version() };
+        if batch.num_rows() > 0 {
+            let keys = key_column(&batch).ok_or_else(|| self.unexpected("the batch has no dedup_key column"))?;
+            let mut writer = RecordBatchWriter::for_table(&self.table).map_err(|e| self.error(e))?;
+            writer.write(batch).await.map_err(|e| self.error(e))?;
+            staged.adds = writer.flush().await.map_err(|e| self.error(e))?;
+            if let Some(index) = self.index.as_mut() {
+                index.expect_commit(staged.adds.iter().map(|a| a.path.clone()).collect(), keys);
+            }
+        }
+        Ok(staged)
+    }
+
+    /// The key-index path, step two: one commit with the staged files and `txns`, which
+    /// declares that it read the staged rows' `event_date` partitions at the checked
+    /// version, so a file another writer added there since makes it a conflict. With no
+    /// files, records the txns alone.
+    pub async fn commit_staged(
+        &mut self,
+        staged: Staged,
+        txns: &[Transaction],
+        metadata: serde_json::Value,
+    ) -> Result<MergeOutcome> {
+        if staged.version != self.version() {
+            return Err(self.unexpected(&format!(
+                "the batch was checked at version {} but the table is at {}: check it again",
+                staged.version,
+                self.version()
+            )));
+        }
+        let mut outcome =
+            MergeOutcome { inserted: staged.rows, files_added: staged.adds.len() as u64, version: self.version() };
+        if staged.adds.is_empty() && txns.is_empty() {
+            return Ok(outcome);
+        }
+        let mut properties = CommitProperties::default().with_application_transactions(txns.to_vec());
+        if let serde_json::Value::Object(map) = metadata {
+            properties = properties.with_metadata(map);
+        }
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: Some(vec![PARTITION_COLUMN.to_owned()]),
+            predicate: (!staged.dates.is_empty())
+                .then(|| format!("{PARTITION_COLUMN} IN ({})", date_list(staged.dates.iter().copied()))),
+        };
+        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+        CommitBuilder::from(properties)
+            .with_actions(staged.adds.into_iter().map(Action::Add).collect())
+            .build(Some(snapshot as &dyn TableReference), self.table.log_store(), operation)
+            .await
+            .map_err(|e| self.error(e))?;
+        self.reload().await?;
         outcome.version = self.version();
         Ok(outcome)
     }
@@ -514,6 +650,12 @@ impl EventTable {
     }
 }
 
+/// The keys of a batch built by [`to_record_batch`].
+fn key_column(batch: &RecordBatch) -> Option<Vec<DedupKey>> {
+    let keys = batch.column_by_name("dedup_key")?.as_any().downcast_ref::<StringArray>()?;
+    keys.iter().map(|k| k.and_then(DedupKey::from_hex)).collect()
+}
+
 /// `'YYYY-MM-DD', …` for a SQL IN list, distinct and sorted.
 fn date_list(days: impl Iterator<Item = i32>) -> String {
     let days: BTreeSet<i32> = days.collect();
@@ -548,5 +690,125 @@ mod tests {
         assert!(!lost(CommitConflictError::MetadataChanged).is_write_conflict());
         assert!(!table_error(DeltaTableError::Generic("io".into())).is_write_conflict());
         assert!(!DeltaError::Missing { path: PathBuf::from("/t") }.is_write_conflict());
+    }
+}
+
+#[cfg(test)]
+mod key_index_tests {
+    use super::*;
+
+    fn row(n: u32, day: i32, partition: i32) -> Row {
+        let time = EventTime::from_micros(i64::from(day) * 86_400_000_000 + i64::from(n)).unwrap();
+        let user_id = format!("u{n}");
+        Row {
+            key: DedupKey::compute(&user_id, "click", time),
+            user_id,
+            event_type: "click".into(),
+            time,
+            payload: "{}".into(),
+            source_partition: partition,
+            source_offset: i64::from(n),
+        }
+    }
+
+    fn rows(range: std::ops::Range<u32>, day: i32, partition: i32) -> Vec<Row> {
+        range.map(|n| row(n, day, partition)).collect()
+    }
+
+    fn probe(rows: &[Row]) -> Vec<(DedupKey, i32)> {
+        rows.iter().map(|r| (r.key, r.time.days_since_epoch())).collect()
+    }
+
+    fn keys(rows: &[Row]) -> HashSet<DedupKey> {
+        rows.iter().map(|r| r.key).collect()
+    }
+
+    /// Checks `rows` and inserts the new ones, as the pipeline does, with the txn of
+    /// Kafka partition `partition`.
+    async fn check_and_insert(table: &mut EventTable, rows: &[Row], partition: i32) -> Result<MergeOutcome> {
+        let existing = table.existing_keys(&probe(rows)).await?;
+        let new: Vec<&Row> = rows.iter().filter(|r| !existing.contains(&r.key)).collect();
+        let batch = to_record_batch(&new, 1, EventTime::from_micros(0).unwrap()).unwrap();
+        let txns = [Transaction::new(format!("g-raw-{partition}"), rows.len() as i64)];
+        table.merge_insert(batch, &txns, serde_json::json!({})).await
+    }
+
+    async fn indexed(path: &Path) -> EventTable {
+        let mut table = EventTable::open(path).await.unwrap();
+        table.enable_key_index().await.unwrap();
+        table
+    }
+
+    #[tokio::test]
+    async fn the_key_index_sees_every_writers_keys_and_agrees_with_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events");
+        EventTable::create_if_missing(&path).await.unwrap();
+        let (mut a, mut b) = (indexed(&path).await, indexed(&path).await);
+
+        let first = [rows(0..50, 100, 0), rows(50..80, 101, 0)].concat();
+        let outcome = check_and_insert(&mut a, &first, 0).await.unwrap();
+        assert_eq!(outcome.inserted, 80);
+        assert_eq!(outcome.files_added, 2, "one file per date");
+
+        // The other writer reads a's files; a takes its own keys without reading them.
+        b.reload().await.unwrap();
+        let everything = [first.clone(), rows(80..120, 101, 1)].concat();
+        let found = b.existing_keys(&probe(&everything)).await.unwrap();
+        assert_eq!(found, keys(&first));
+        assert_eq!(found, b.scan_existing_keys(&probe(&everything)).await.unwrap());
+        let outcome = check_and_insert(&mut b, &everything, 1).await.unwrap();
+        assert_eq!(outcome.inserted, 40, "only the keys a did not store");
+
+        a.reload().await.unwrap();
+        let found = a.existing_keys(&probe(&everything)).await.unwrap();
+        assert_eq!(found, keys(&everything));
+        assert_eq!(a.key_index().map(KeyIndex::len), Some(120));
+        let counts = a.counts().await.unwrap();
+        assert_eq!((counts.rows, counts.distinct_keys), (120, 120));
+    }
+
+    #[tokio::test]
+    async fn an_append_conflicts_with_a_file_added_to_its_dates_since_its_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events");
+        EventTable::create_if_missing(&path).await.unwrap();
+        let (mut a, mut b) = (indexed(&path).await, indexed(&path).await);
+
+        check_and_insert(&mut a, &rows(0..30, 100, 0), 0).await.unwrap();
+        // b checked at the old version, so keys 20..30 look new to it: its commit must
+        // fail rather than store them a second time.
+        let e = check_and_insert(&mut b, &rows(20..60, 100, 1), 1).await.unwrap_err();
+        assert!(e.is_write_conflict(), "expected a lost race, got {e}");
+        // A date a did not touch does not conflict.
+        check_and_insert(&mut b, &rows(1_000..1_010, 200, 1), 1).await.unwrap();
+        // Redone on the new version, the batch stores only what is new.
+        b.reload().await.unwrap();
+        let outcome = check_and_insert(&mut b, &rows(20..60, 100, 1), 1).await.unwrap();
+        assert_eq!(outcome.inserted, 30);
+        let counts = b.counts().await.unwrap();
+        assert_eq!((counts.rows, counts.distinct_keys), (70, 70));
+    }
+
+    #[tokio::test]
+    async fn a_compaction_makes_the_index_start_again_with_the_same_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events");
+        EventTable::create_if_missing(&path).await.unwrap();
+        let mut a = indexed(&path).await;
+        for i in 0..3 {
+            check_and_insert(&mut a, &rows(i * 10..i * 10 + 10, 100, 0), 0).await.unwrap();
+        }
+        let before = a.counts().await.unwrap();
+        assert_eq!(before.files, 3);
+        let (_, metrics) = a.table.clone().optimize().await.unwrap();
+        assert_eq!(metrics.num_files_removed, 3);
+
+        a.reload().await.unwrap();
+        let all = rows(0..40, 100, 0);
+        let found = a.existing_keys(&probe(&all)).await.unwrap();
+        assert_eq!(found, keys(&all[..30]));
+        let index = a.key_index().unwrap();
+        assert_eq!((index.rebuilds(), index.len()), (1, 30));
     }
 }

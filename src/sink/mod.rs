@@ -4,5 +4,6 @@
 pub mod clickhouse;
 pub mod delta;
 pub mod dlq;
+pub mod key_index;
 pub mod processed;
 pub mod producer;

@@ -1,0 +1,259 @@
+//! Benchmark helpers (hidden commands, used by `scripts/bench.sh`):
+//! - `bench-prefill`: fills the Delta table with generated rows directly, so that the
+//!   pipeline can be measured against a table that already holds millions of rows;
+//! - `bench-latency`: sends a steady trickle of probe events, each carrying its send time,
+//!   watches the Delta log for the commits that make them visible, and reports the
+//!   produce-to-visible latency distribution.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use deltalake::kernel::Transaction;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+
+use crate::commands::generate::{self, Spec};
+use crate::config::Settings;
+use crate::event::{self, EventTime};
+use crate::kafka::{self, KafkaFailure, Role, client_config};
+use crate::sink::delta::{self, DeltaError, EventTable, Row};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaFailure),
+    #[error("building the Arrow batch failed: {0}")]
+    Arrow(#[from] deltalake::arrow::error::ArrowError),
+    #[error("reading the Delta log at {path}: {source}")]
+    Log { path: PathBuf, source: std::io::Error },
+    #[error("{missing} of {sent} probe events did not become visible in Delta within {waited:?}")]
+    NotVisible { sent: u64, missing: u64, waited: Duration },
+    #[error("--rate must be a positive number of events per second, not {0}")]
+    BadRate(f64),
+}
+
+/// What `bench-prefill` wrote.
+#[derive(Debug, serde::Serialize)]
+pub struct PrefillSummary {
+    pub rows: u64,
+    pub commits: u64,
+    pub seconds: f64,
+    pub version: u64,
+}
+
+/// Writes `rows` generated events (seed `seed`, over `days` days) into the table in
+/// commits of `chunk` rows, each checked against the table like a pipeline batch (so a
+/// key that happens to exist already is not written twice).
+pub async fn prefill(
+    settings: &Settings,
+    rows: u64,
+    chunk: u64,
+    seed: u64,
+    days: u32,
+) -> Result<PrefillSummary, BenchError> {
+    let started = Instant::now();
+    let mut table = EventTable::open(&settings.delta_path).await?;
+    table.enable_key_index().await?;
+    let (mut written, mut commits) = (0_u64, 0_u64);
+    while written < rows {
+        let n = chunk.min(rows - written);
+        // Each chunk its own seed: the generator keeps keys distinct within one spec.
+        let spec = Spec { unique: n, duplicates: 0, invalid: 0, seed: seed.wrapping_add(commits), days };
+        let (lines, _) = generate::generate(&spec);
+        let parsed: Vec<Row> = lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, line)| {
+                let e = event::parse(Some(line), usize::MAX).ok()?;
+                Some(Row {
+                    key: e.key,
+                    user_id: e.user_id.into_owned(),
+                    event_type: e.event_type.into_owned(),
+                    time: e.time,
+                    payload: e.payload.to_owned(),
+                    source_partition: -1,
+                    source_offset: (written + i as u64) as i64,
+                })
+            })
+            .collect();
+        drop(lines);
+        let probe: Vec<_> = parsed.iter().map(|r| (r.key, r.time.days_since_epoch())).collect();
+        let existing = table.existing_keys(&probe).await?;
+        let mut seen = HashSet::new();
+        let new: Vec<&Row> = parsed.iter().filter(|r| !existing.contains(&r.key) && seen.insert(r.key)).collect();
+        let batch = delta::to_record_batch(&new, -1, now())?;
+        // A txn of the prefill's own, so the commit is never empty of progress.
+        let txns = [Transaction::new("idempipe-bench-prefill", commits as i64)];
+        table.merge_insert(batch, &txns, serde_json::json!({ "idempipe.bench": "prefill" })).await?;
+        written += n;
+        commits += 1;
+        tracing::info!(written, rows, "prefill");
+    }
+    Ok(PrefillSummary { rows: written, commits, seconds: started.elapsed().as_secs_f64(), version: table.version() })
+}
+
+/// Produce-to-visible latency of a trickle, in milliseconds.
+#[derive(Debug, serde::Serialize)]
+pub struct LatencySummary {
+    pub events: u64,
+    pub rate: f64,
+    pub commits: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Sends `rate` probe events a second for `seconds`, each with its send time in
+/// `sent_us`, while a thread watches the Delta log and notes when each version appears;
+/// then reads the probes back from Delta and maps each to the version that stored it
+/// (by batch id). A running processor (`idempipe run`) must be consuming the raw topic.
+pub fn latency(
+    settings: &Settings,
+    runtime: &tokio::runtime::Runtime,
+    rate: f64,
+    seconds: f64,
+) -> Result<LatencySummary, BenchError> {
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(BenchError::BadRate(rate));
+    }
+    let log_dir = settings.delta_path.join("_delta_log");
+    let start_version = runtime.block_on(EventTable::open(&settings.delta_path))?.version();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, log_dir) = (stop.clone(), log_dir.clone());
+        std::thread::spawn(move || watch_log(&log_dir, start_version + 1, &stop))
+    };
+
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        client_config(settings, Role::Producer, &[("enable.idempotence", "true"), ("linger.ms", "0")])
+            .create()
+            .map_err(kafka::client_error(settings))?;
+    let run_id = now_us();
+    let total = (rate * seconds).round() as u64;
+    let mut keys = HashSet::new();
+    let started = Instant::now();
+    for n in 0..total {
+        let due = started + Duration::from_secs_f64(n as f64 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let sent_us = now_us();
+        let time = EventTime::from_micros(sent_us).unwrap_or_else(|_| now());
+        let line = format!(
+            r#"{{"user_id":"latency-{run_id}-{n}","event_type":"latency_probe","timestamp":"{time}","sent_us":{sent_us}}}"#
+        );
+        if let Ok(e) = event::parse(Some(line.as_bytes()), usize::MAX) {
+            keys.insert(e.key.to_string());
+        }
+        let key = format!("latency-{n}");
+        let mut record = BaseRecord::to(&settings.topics.raw).payload(line.as_bytes()).key(key.as_bytes());
+        while let Err((e, r)) = producer.send(record) {
+            if !matches!(e, rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull))
+            {
+                return Err(kafka::client_error(settings)(e).into());
+            }
+            record = r;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    producer.flush(Duration::from_secs(60)).map_err(kafka::client_error(settings))?;
+
+    // Wait until every probe is in Delta.
+    let waited = Instant::now();
+    let rows = loop {
+        let rows = runtime.block_on(async {
+            let table = EventTable::open(&settings.delta_path).await?;
+            table.rows_with_keys(&keys).await
+        })?;
+        if rows.len() as u64 >= total {
+            break rows;
+        }
+        if waited.elapsed() > Duration::from_secs(120) {
+            stop.store(true, Ordering::Relaxed);
+            return Err(BenchError::NotVisible {
+                sent: total,
+                missing: total - rows.len() as u64,
+                waited: waited.elapsed(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    stop.store(true, Ordering::Relaxed);
+    let seen = watcher.join().unwrap_or_default();
+    let commits = seen.len() as u64;
+    let visible_at: HashMap<i64, i64> = seen.into_values().filter_map(|(batch, at)| Some((batch?, at))).collect();
+
+    let mut latencies: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| {
+            let payload: serde_json::Value = serde_json::from_str(&r.payload).ok()?;
+            let sent = payload.get("sent_us")?.as_i64()?;
+            let at = visible_at.get(&r.batch_id)?;
+            Some((at - sent) as f64 / 1_000.0)
+        })
+        .collect();
+    if (latencies.len() as u64) < total {
+        tracing::warn!(
+            measured = latencies.len(),
+            total,
+            "some probes could not be matched to the commit that stored them"
+        );
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies.get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or(f64::NAN)
+    };
+    Ok(LatencySummary {
+        events: latencies.len() as u64,
+        rate,
+        commits,
+        p50_ms: pct(0.50),
+        p90_ms: pct(0.90),
+        p99_ms: pct(0.99),
+        max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+/// Polls the log directory every millisecond for commit `next`, `next + 1`, …; notes when
+/// each appeared and the batch id its commit info carries.
+fn watch_log(log_dir: &Path, mut next: u64, stop: &AtomicBool) -> BTreeMap<u64, (Option<i64>, i64)> {
+    let mut seen = BTreeMap::new();
+    // A last look after the stop, so that no commit is missed.
+    let mut last_round = false;
+    loop {
+        let file = log_dir.join(format!("{next:020}.json"));
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let at = now_us();
+                seen.insert(next, (batch_id_of(&text), at));
+                next += 1;
+                continue;
+            }
+            Err(_) if last_round => return seen,
+            Err(_) => {}
+        }
+        last_round = stop.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The `idempipe.batch_id` in a commit's `commitInfo` line.
+fn batch_id_of(commit: &str) -> Option<i64> {
+    commit.lines().find_map(|line| {
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        value.get("commitInfo")?.get("idempipe.batch_id")?.as_i64()
+    })
+}
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+fn now() -> EventTime {
+    EventTime::from_micros(now_us()).unwrap_or_else(|_| EventTime::from_micros(0).expect("0 is in range"))
+}

@@ -1,0 +1,194 @@
+//! The key index: every `dedup_key` the Delta table holds, in memory, so that the
+//! already-stored check costs one hash lookup per event instead of a scan of the table
+//! (whose cost grows with the table).
+//!
+//! Invariants:
+//! - after [`KeyIndex::sync`] against a snapshot at version V, the index holds exactly
+//!   the keys of the data files live at V: it has read the key column of every one of
+//!   them, and if a file it read is no longer live (a compaction rewrote it, or rows were
+//!   deleted) it starts again from nothing, so it never answers "stored" for a key that
+//!   is not;
+//! - it lives only in memory and is built from Delta on start, so it cannot go stale
+//!   across restarts, and it never replaces Delta's own guarantee: the commit that
+//!   inserts the rows found new declares that it read the batch's `event_date`
+//!   partitions, so a file another writer added there after V makes the commit a
+//!   conflict, and the batch is checked again on the new version.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use deltalake::arrow::array::{Array, StringArray};
+use deltalake::arrow::datatypes::DataType as ArrowType;
+use deltalake::parquet::arrow::ProjectionMask;
+// Deprecated in parquet 59 in favour of a hand-written `AsyncFileReader`; it still reads
+// only the footer and the projected column's pages, which is what this needs.
+#[allow(deprecated)]
+use deltalake::parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use deltalake::{DeltaTable, DeltaTableError, ObjectStore};
+use futures::StreamExt;
+
+use crate::event::DedupKey;
+
+/// The keys of the table at one version, and the files they were read from.
+#[derive(Default)]
+pub struct KeyIndex {
+    keys: HashSet<DedupKey>,
+    /// Paths (relative to the table root, as the snapshot lists them) of the data files
+    /// whose keys are in `keys`.
+    files: HashSet<String>,
+    version: Option<u64>,
+    /// Files this process wrote and is about to commit, with their keys: when they show
+    /// up live, their keys are taken from here instead of being read back.
+    pending: Option<Pending>,
+    rebuilds: u64,
+}
+
+struct Pending {
+    paths: Vec<String>,
+    keys: Vec<DedupKey>,
+}
+
+/// What one [`KeyIndex::sync`] did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncStats {
+    /// Data files whose key column was read.
+    pub files_read: u64,
+    /// Keys read from them.
+    pub keys_read: u64,
+    /// Keys taken from this process's own commit without reading.
+    pub keys_own: u64,
+    /// Whether the index started again from nothing (a file it had read is gone).
+    pub rebuilt: bool,
+    pub elapsed: Duration,
+}
+
+impl KeyIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the table (at the synced version) holds `key`.
+    pub fn contains(&self, key: &DedupKey) -> bool {
+        self.keys.contains(key)
+    }
+
+    /// Keys in the index.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The table version the index reflects, once synced.
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+
+    /// How many times a vanished file made the index start again.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds
+    }
+
+    /// Approximate heap bytes: the hash table (16-byte key and one control byte per
+    /// bucket) plus the file list.
+    pub fn heap_bytes(&self) -> usize {
+        let keys = self.keys.capacity() * (size_of::<DedupKey>() + 1);
+        let files: usize = self.files.iter().map(|p| p.capacity() + size_of::<String>() + 1).sum();
+        keys + files
+    }
+
+    /// Records that this process is about to commit `paths` holding `keys`: if they turn
+    /// up live at the next sync, their keys are added without reading the files back. If
+    /// the commit never lands, they never turn up and this is forgotten.
+    pub fn expect_commit(&mut self, paths: Vec<String>, keys: Vec<DedupKey>) {
+        self.pending = Some(Pending { paths, keys });
+    }
+
+    /// Brings the index to the version `table` has loaded: reads the key column of every
+    /// live data file it has not read, and starts again if a file it read is gone.
+    pub async fn sync(&mut self, table: &DeltaTable) -> Result<SyncStats, DeltaTableError> {
+        let started = Instant::now();
+        let snapshot = table.snapshot()?;
+        let version = snapshot.version();
+        let pending = self.pending.take();
+        let mut stats = SyncStats::default();
+        if self.version == Some(version) {
+            return Ok(stats);
+        }
+        let live: Vec<(String, deltalake::Path)> =
+            snapshot.log_data().iter().map(|f| (f.path().into_owned(), f.object_store_path())).collect();
+        let live_paths: HashSet<&str> = live.iter().map(|(p, _)| p.as_str()).collect();
+        if self.files.iter().any(|p| !live_paths.contains(p.as_str())) {
+            // A file whose keys we hold is gone: rows may have been deleted. Only a full
+            // re-read is sure to drop exactly those.
+            tracing::info!(version, "key index: a data file it read is no longer live; rebuilding from the table");
+            self.keys.clear();
+            self.files.clear();
+            self.rebuilds += 1;
+            stats.rebuilt = true;
+        }
+        let mut own: HashSet<&str> = HashSet::new();
+        if let Some(pending) = &pending
+            && !stats.rebuilt
+            && pending.paths.iter().all(|p| live_paths.contains(p.as_str()) && !self.files.contains(p))
+        {
+            self.keys.extend(pending.keys.iter().copied());
+            stats.keys_own = pending.keys.len() as u64;
+            own.extend(pending.paths.iter().map(String::as_str));
+        }
+        let store = table.object_store();
+        for (path, location) in &live {
+            if self.files.contains(path) {
+                continue;
+            }
+            if !own.contains(path.as_str()) {
+                stats.keys_read += read_keys(store.clone(), location.clone(), &mut self.keys).await?;
+                stats.files_read += 1;
+            }
+            self.files.insert(path.clone());
+        }
+        self.version = Some(version);
+        stats.elapsed = started.elapsed();
+        Ok(stats)
+    }
+}
+
+/// An index of given keys, tied to no table version (benchmarks and tests): a commit
+/// refuses to rely on it until [`KeyIndex::sync`] has read a table.
+impl FromIterator<DedupKey> for KeyIndex {
+    fn from_iter<I: IntoIterator<Item = DedupKey>>(keys: I) -> Self {
+        Self { keys: keys.into_iter().collect(), ..Self::default() }
+    }
+}
+
+/// Adds the `dedup_key` column of one data file to `keys`; returns the rows read.
+#[allow(deprecated)]
+async fn read_keys(
+    store: std::sync::Arc<dyn ObjectStore>,
+    location: deltalake::Path,
+    keys: &mut HashSet<DedupKey>,
+) -> Result<u64, DeltaTableError> {
+    let builder = ParquetRecordBatchStreamBuilder::new(ParquetObjectReader::new(store, location.clone())).await?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), ["dedup_key"]);
+    let mut stream = builder.with_projection(mask).with_batch_size(64 * 1024).build()?;
+    let mut rows = 0_u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let Some(column) = batch.columns().first() else {
+            return Err(DeltaTableError::Generic(format!("data file {location} has no dedup_key column")));
+        };
+        let column = deltalake::arrow::compute::cast(column, &ArrowType::Utf8)?;
+        let strings = column
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| DeltaTableError::Generic(format!("dedup_key in {location} is not a string column")))?;
+        keys.reserve(strings.len());
+        // A value that is not a key's hex form can never equal one computed by the
+        // contract, so leaving it out keeps the check exact.
+        keys.extend(strings.iter().flatten().filter_map(DedupKey::from_hex));
+        rows += strings.len() as u64;
+    }
+    Ok(rows)
+}
