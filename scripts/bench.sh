@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The throughput and latency benchmark (release build), in one run on fresh topics and
 # tables of its own (issue 5's targets):
+#   0. latency: a processor with a 200 ms trigger and a trickle of 1,000 probe events a
+#      second for 60 s; produce-to-visible-in-Delta percentiles (first, on the empty broker);
 #   1. produce: N unique events plus 10% exact re-sends, generated and sent at full speed;
 #   2. drain: a bare librdkafka consumer reads that topic end to end (the ceiling);
 #   3. first ingest: `run` over the whole topic into an empty table;
 #   4. replay: the same file produced again, `run` over it (all duplicates);
 #   5. large table: a second table prefilled with 10 x N rows, then the same file
-#      ingested into it (the cost must not grow with the table);
-#   6. latency: a processor with a 200 ms trigger and a trickle of 1,000 probe events a
-#      second for 60 s; produce-to-visible-in-Delta percentiles.
+#      ingested into it (the cost must not grow with the table).
 # Prints one table and writes it as JSON ($work/bench.json, or BENCH_JSON=FILE).
 # Usage: scripts/bench.sh [N]   (default 1000000). BENCH_KEY_CHECK=scan measures the
 # old scan-and-MERGE path instead of the key index; BENCH_SKIP="large latency" skips phases.
@@ -19,21 +19,30 @@ dups=$((n / 10))
 skip=" ${BENCH_SKIP:-} "
 key_check=${BENCH_KEY_CHECK:-index}
 
-# A broker of its own, on tansu's memory storage: its sqlite storage fetches a record
-# range with a running sum over the partition, far too slow to drain a million records.
-# (The memory storage cannot resume inside a stored batch, see the README; a benchmark
-# reads each topic front to back, so it never does.)
+# A fresh broker of its own, on tansu's memory storage: its sqlite storage fetches a
+# record range with a running sum over the partition, far too slow to drain a million
+# records. (The memory storage cannot resume inside a stored batch, see the README; a
+# benchmark reads each topic front to back, so it never does.) Fresh each run, because
+# tansu's memory storage slows down as it fills: with the ~14 M records of a previous
+# run in it, deliveries stall for seconds at a time.
 port=${BENCH_KAFKA_PORT:-19092}
 tansu_bin=${TANSU_BIN:-$HOME/.cargo/bin/tansu}
 mkdir -p data/services
-if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-  [[ -x $tansu_bin ]] || scripts/services.sh up >/dev/null   # installs tansu if missing
-  setsid nohup "$tansu_bin" broker --listener-url "tcp://127.0.0.1:$port" \
-    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/ \
-    >data/services/bench-tansu.log 2>&1 </dev/null &
-  echo $! >data/services/bench-tansu.pid
-  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.2; done
+if [[ -f data/services/bench-tansu.pid ]]; then
+  kill "$(cat data/services/bench-tansu.pid)" 2>/dev/null || true
+  while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.2; done
 fi
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  echo "bench: port $port is taken by something else; set BENCH_KAFKA_PORT" >&2
+  exit 1
+fi
+[[ -x $tansu_bin ]] || scripts/services.sh up >/dev/null   # installs tansu if missing
+setsid nohup "$tansu_bin" broker --listener-url "tcp://127.0.0.1:$port" \
+  --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/ \
+  >data/services/bench-tansu.log 2>&1 </dev/null &
+echo $! >data/services/bench-tansu.pid
+trap 'kill "$(cat data/services/bench-tansu.pid)" 2>/dev/null || true' EXIT
+until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.2; done
 export IDEMPIPE_BROKERS=127.0.0.1:$port IDEMPIPE_KEY_CHECK=$key_check
 cargo build --locked --release --bin idempipe 2>&1 | tail -1
 bin=$PWD/target/release/idempipe
@@ -64,6 +73,22 @@ results=()
 record() { # phase events seconds rate rss_kib files [extra json]
   results+=("{\"phase\":\"$1\",\"events\":$2,\"seconds\":$3,\"events_per_sec\":$4,\"peak_rss_kib\":${5:-null},\"delta_files\":${6:-null}${7:+,$7}}")
 }
+
+# Latency first, on the empty broker.
+if [[ $skip != *" latency "* ]]; then
+  new_pipeline benchlat 200ms
+  lat=$work
+  cfg_t=$lat/idempipe.toml
+  "$bin" --config "$cfg_t" setup --skip-clickhouse >/dev/null
+  "$bin" --config "$cfg_t" run >/dev/null 2>"$lat/run.log" &
+  run_pid=$!
+  sleep 3   # start-up: metadata and Delta's offsets
+  "$bin" --config "$cfg_t" bench-latency --rate "${BENCH_LATENCY_RATE:-1000}" --seconds "${BENCH_LATENCY_SECONDS:-60}" >"$lat/latency.json"
+  kill -TERM "$run_pid"; wait "$run_pid" || true
+  echo "latency: $(cat "$lat/latency.json")" >&2
+  latency_json=$(python3 -c "import json;d=json.load(open('$lat/latency.json'));d['phase']='latency';print(json.dumps(d))")
+fi
+
 
 new_pipeline bench 2s
 main=$work
@@ -124,20 +149,7 @@ PY
   echo "large-table ingest: $events events in $secs s ($rate/s), peak RSS ${rss} KiB; $index_json" >&2
 fi
 
-if [[ $skip != *" latency "* ]]; then
-  new_pipeline benchlat 200ms
-  lat=$work
-  cfg_t=$lat/idempipe.toml
-  "$bin" --config "$cfg_t" setup --skip-clickhouse >/dev/null
-  "$bin" --config "$cfg_t" run >/dev/null 2>"$lat/run.log" &
-  run_pid=$!
-  sleep 3   # start-up: metadata and Delta's offsets
-  "$bin" --config "$cfg_t" bench-latency --rate "${BENCH_LATENCY_RATE:-1000}" --seconds "${BENCH_LATENCY_SECONDS:-60}" >"$lat/latency.json"
-  kill -TERM "$run_pid"; wait "$run_pid" || true
-  echo "latency: $(cat "$lat/latency.json")" >&2
-  results+=("$(python3 -c "import json;d=json.load(open('$lat/latency.json'));d['phase']='latency';print(json.dumps(d))")")
-fi
-
+[[ -n ${latency_json:-} ]] && results+=("$latency_json")
 json=${BENCH_JSON:-$main/bench.json}
 python3 - "$json" "$n" "$dups" "$key_check" "$(nproc)" "$(free -g | awk '/Mem:/{print $2}')" "${results[@]}" <<'PY'
 import json, sys
