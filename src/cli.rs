@@ -104,7 +104,7 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "IDEMPIPE_CONSUMER_MODE", value_enum)]
     pub consumer_mode: Option<crate::config::ConsumerMode>,
     /// How the processor finds events the table already holds: `index` (every key in
-    /// memory, built from Delta on start; about 27 bytes per key) or `scan` (read the
+    /// memory, built from Delta on start; 20 to 40 bytes per key) or `scan` (read the
     /// batch's date partitions each batch; no memory, cost grows with the table)
     /// [default: index].
     #[arg(long, global = true, env = "IDEMPIPE_KEY_CHECK", value_enum)]

@@ -92,9 +92,11 @@ impl KeyIndex {
     }
 
     /// Approximate heap bytes: the hash table (16-byte key and one control byte per
-    /// bucket) plus the file list.
+    /// bucket; the buckets are a power of two, of which 7/8 are usable) plus the file list.
     pub fn heap_bytes(&self) -> usize {
-        let keys = self.keys.capacity() * (size_of::<DedupKey>() + 1);
+        let capacity = self.keys.capacity();
+        let buckets = if capacity < 8 { capacity + 1 } else { (capacity * 8 / 7).next_power_of_two() };
+        let keys = buckets * (size_of::<DedupKey>() + 1);
         let files: usize = self.files.iter().map(|p| p.capacity() + size_of::<String>() + 1).sum();
         keys + files
     }
@@ -191,4 +193,27 @@ async fn read_keys(
         rows += strings.len() as u64;
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_size_counts_every_bucket_of_the_table() {
+        for n in [1_000_u32, 100_000] {
+            let index: KeyIndex = (0..n)
+                .map(|i| {
+                    let mut key = [0_u8; 16];
+                    key[..4].copy_from_slice(&i.to_le_bytes());
+                    DedupKey(key)
+                })
+                .collect();
+            assert_eq!(index.len(), n as usize);
+            // 17 bytes a bucket; between 7/8 and 7/16 of the buckets are full.
+            let per_key = index.heap_bytes() as f64 / f64::from(n);
+            assert!((17.0 * 8.0 / 7.0..=17.0 * 16.0 / 7.0 + 0.5).contains(&per_key), "{per_key} bytes per key");
+            assert!(index.version().is_none(), "an index of given keys is tied to no table version");
+        }
+    }
 }
