@@ -634,7 +634,7 @@ fn two_instances_in_one_group_store_each_key_once() {
     let distinct = count(&expected, "distinct_keys");
     let invalid = count(&expected, "invalid");
     let records = spread_copies(&file, &mut rng);
-    let run = ["run", "--trigger", "500ms", "--max-batch-events", "2000"];
+    let run = ["run", "--trigger", "200ms", "--max-batch-events", "1000"];
     let join = Duration::from_secs(120);
     let assigned = "partitions assigned";
 
@@ -642,6 +642,26 @@ fn two_instances_in_one_group_store_each_key_once() {
     wait_for_log(&p, &mut a, "instance-a", assigned, 1, join);
     let producer = send_paced(format!("{}_raw", p.name), records, produce_for);
     wait_for_log(&p, &mut a, "instance-a", "batch committed", 2, join);
+    // Delta is read every 3 s from here until both instances are stopped: each key once
+    // at every version seen, through the joins, kills and rejoins (the instances may
+    // keep up with the producer, so checks after it alone could see only the end state).
+    let stop_checks = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = {
+        let (stop, path) = (stop_checks.clone(), p.delta_path());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let mut checks = 0_u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(3));
+                let c = runtime
+                    .block_on(async { idempipe::sink::delta::EventTable::open(&path).await?.counts().await })
+                    .unwrap();
+                assert_eq!(c.rows, c.distinct_keys, "a key stored twice, at Delta version {}", c.version);
+                checks += 1;
+            }
+            checks
+        })
+    };
 
     // B joins: a rebalance splits the partitions between A and B.
     let mut b = p.spawn(&run, "instance-b");
@@ -685,10 +705,15 @@ fn two_instances_in_one_group_store_each_key_once() {
         checks += 1;
         c.distinct_keys >= distinct
     });
-    eprintln!("torture two instances: Delta held each key once at all {checks} checks while the instances ran");
     for (name, run_) in instances {
         terminate(&p, run_, &name);
     }
+    stop_checks.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = checker.join().expect("the table held a key twice while the instances ran");
+    eprintln!(
+        "torture two instances: Delta held each key once at all {} checks while the instances ran",
+        checks + during
+    );
 
     // What the instances met: rebalances, conflicts with the other writer.
     let logs: String = names.iter().map(|n| log_of(&p, n)).collect();
