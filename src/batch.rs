@@ -55,15 +55,7 @@ impl Batch {
     ) {
         let started = std::time::Instant::now();
         match event::parse(value, max_message_bytes) {
-            Ok(e) => self.rows.push(Row {
-                key: e.key,
-                user_id: e.user_id.into_owned(),
-                event_type: e.event_type.into_owned(),
-                time: e.time,
-                payload: e.payload.to_owned(),
-                source_partition: partition,
-                source_offset: offset,
-            }),
+            Ok(e) => self.rows.push(Row::from_event(e, partition, offset)),
             Err(rejection) => self.dead_letters.push(DeadLetter {
                 key: key.map(<[u8]>::to_vec),
                 value: value.map(<[u8]>::to_vec),

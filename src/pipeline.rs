@@ -144,7 +144,7 @@ impl Pipeline {
         let mut watch = (self.source.mode == ConsumerMode::Group).then(|| OrphanWatch::new(OrphanWatch::PATIENCE));
         let mut last_watch = Instant::now();
         loop {
-            let started_at = now();
+            let started_at = EventTime::now();
             let collect_started = Instant::now();
             let deadline = collect_started + self.settings.batch.trigger;
             let mut batch = Batch::default();
@@ -337,7 +337,7 @@ impl Pipeline {
         record.attempts = attempt;
         tracing::debug!(batch_id, "batch phase: group offsets");
         self.source.commit_offsets(&last_offsets);
-        record.ended_at = now().to_string();
+        record.ended_at = EventTime::now().to_string();
         if let Err(e) = self.log.append(&record) {
             tracing::warn!(error = %e, path = %self.log.path().display(), "cannot write the batch log");
         }
@@ -393,7 +393,7 @@ impl Pipeline {
 
         // Encoding the records counts as produce time.
         let encode = Instant::now();
-        let ingested_at = now();
+        let ingested_at = EventTime::now();
         let settings = &self.settings;
         let dead_letters = batch
             .dead_letters
@@ -481,12 +481,6 @@ struct Sent {
     dead_letters: HashSet<(i32, i64)>,
     events: BTreeSet<DedupKey>,
     merge_attempted: bool,
-}
-
-fn now() -> EventTime {
-    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
-    // The clock is between 1970 and 9999.
-    EventTime::from_micros(micros).unwrap_or_else(|_| EventTime::from_micros(0).expect("0 is in range"))
 }
 
 /// A few bits of randomness for pauses (the clock's nanoseconds are enough to keep two

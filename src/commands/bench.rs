@@ -6,16 +6,17 @@
 //!   produce-to-visible latency distribution.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use deltalake::kernel::Transaction;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use crate::commands::generate::{self, Spec};
 use crate::config::Settings;
+use crate::dedup;
 use crate::event::{self, EventTime};
 use crate::kafka::{self, KafkaFailure, Role, client_config};
 use crate::sink::delta::{self, DeltaError, EventTable, Row};
@@ -28,8 +29,6 @@ pub enum BenchError {
     Kafka(#[from] KafkaFailure),
     #[error("building the Arrow batch failed: {0}")]
     Arrow(#[from] deltalake::arrow::error::ArrowError),
-    #[error("reading the Delta log at {path}: {source}")]
-    Log { path: PathBuf, source: std::io::Error },
     #[error("{missing} of {sent} probe events did not become visible in Delta within {waited:?}")]
     NotVisible { sent: u64, missing: u64, waited: Duration },
     #[error("--rate must be a positive number of events per second, not {0}")]
@@ -69,23 +68,15 @@ pub async fn prefill(
             .enumerate()
             .filter_map(|(i, line)| {
                 let e = event::parse(Some(line), usize::MAX).ok()?;
-                Some(Row {
-                    key: e.key,
-                    user_id: e.user_id.into_owned(),
-                    event_type: e.event_type.into_owned(),
-                    time: e.time,
-                    payload: e.payload.to_owned(),
-                    source_partition: -1,
-                    source_offset: (written + i as u64) as i64,
-                })
+                Some(Row::from_event(e, -1, (written + i as u64) as i64))
             })
             .collect();
         drop(lines);
+        let (parsed, _) = dedup::first_of_each_key(parsed, |r| r.key);
         let probe: Vec<_> = parsed.iter().map(|r| (r.key, r.time.days_since_epoch())).collect();
         let existing = table.existing_keys(&probe).await?;
-        let mut seen = HashSet::new();
-        let new: Vec<&Row> = parsed.iter().filter(|r| !existing.contains(&r.key) && seen.insert(r.key)).collect();
-        let batch = delta::to_record_batch(&new, -1, now())?;
+        let new: Vec<&Row> = parsed.iter().filter(|r| !existing.contains(&r.key)).collect();
+        let batch = delta::to_record_batch(&new, -1, EventTime::now())?;
         // A txn of the prefill's own, so the commit is never empty of progress.
         let txns = [Transaction::new("idempipe-bench-prefill", commits as i64)];
         table.merge_insert(batch, &txns, serde_json::json!({ "idempipe.bench": "prefill" })).await?;
@@ -142,8 +133,8 @@ pub fn latency(
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let sent_us = now_us();
-        let time = EventTime::from_micros(sent_us).unwrap_or_else(|_| now());
+        let time = EventTime::now();
+        let sent_us = time.micros();
         let line = format!(
             r#"{{"user_id":"latency-{run_id}-{n}","event_type":"latency_probe","timestamp":"{time}","sent_us":{sent_us}}}"#
         );
@@ -251,9 +242,5 @@ fn batch_id_of(commit: &str) -> Option<i64> {
 }
 
 fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
-}
-
-fn now() -> EventTime {
-    EventTime::from_micros(now_us()).unwrap_or_else(|_| EventTime::from_micros(0).expect("0 is in range"))
+    EventTime::now().micros()
 }

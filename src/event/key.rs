@@ -157,6 +157,13 @@ impl fmt::Display for EventTime {
 }
 
 impl EventTime {
+    /// The current time (the clock is between 1970 and 9999).
+    pub fn now() -> Self {
+        let micros =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+        Self::from_micros(micros).unwrap_or(Self(0))
+    }
+
     /// The canonical form as bytes, `YYYY-MM-DDTHH:MM:SS.ffffffZ`, formatted by hand: the
     /// key of every event hashes it, and `fmt` machinery costs a fifth of the parse.
     pub fn canonical(self) -> [u8; CANONICAL_LEN] {

@@ -130,6 +130,21 @@ pub struct Row {
     pub source_offset: i64,
 }
 
+impl Row {
+    /// The row of a validated event read at `partition` and `offset`.
+    pub fn from_event(event: crate::event::Event<'_>, partition: i32, offset: i64) -> Self {
+        Self {
+            key: event.key,
+            user_id: event.user_id.into_owned(),
+            event_type: event.event_type.into_owned(),
+            time: event.time,
+            payload: event.payload.to_owned(),
+            source_partition: partition,
+            source_offset: offset,
+        }
+    }
+}
+
 /// Builds the Arrow batch of `rows`, stamped with the batch id and ingest time.
 pub fn to_record_batch(
     rows: &[&Row],
@@ -427,18 +442,8 @@ impl EventTable {
             let staged = self.stage(batch).await?;
             return self.commit_staged(staged, txns, metadata).await;
         }
-        let dates: BTreeSet<i32> = batch
-            .column_by_name(PARTITION_COLUMN)
-            .and_then(|c| c.as_any().downcast_ref::<Date32Array>())
-            .map(|a| a.iter().flatten().collect())
-            .unwrap_or_default();
-        let properties = || {
-            let mut p = CommitProperties::default().with_application_transactions(txns.to_vec());
-            if let serde_json::Value::Object(map) = &metadata {
-                p = p.with_metadata(map.clone());
-            }
-            p
-        };
+        let dates = batch_dates(&batch);
+        let properties = || commit_properties(txns, &metadata);
         let mut outcome = MergeOutcome::default();
         if batch.num_rows() > 0 {
             let ctx = SessionContext::new();
@@ -497,12 +502,12 @@ impl EventTable {
                 self.version()
             )));
         }
-        let dates: BTreeSet<i32> = batch
-            .column_by_name(PARTITION_COLUMN)
-            .and_then(|c| c.as_any().downcast_ref::<Date32Array>())
-            .map(|a| a.iter().flatten().collect())
-            .unwrap_or_default();
-        let mut staged = Staged { adds: Vec::new(), dates, rows: batch.num_rows() as u64, version: self.version() };
+        let mut staged = Staged {
+            adds: Vec::new(),
+            dates: batch_dates(&batch),
+            rows: batch.num_rows() as u64,
+            version: self.version(),
+        };
         if batch.num_rows() > 0 {
             let keys = key_column(&batch).ok_or_else(|| self.unexpected("the batch has no dedup_key column"))?;
             let mut writer = RecordBatchWriter::for_table(&self.table).map_err(|e| self.error(e))?;
@@ -537,10 +542,7 @@ impl EventTable {
         if staged.adds.is_empty() && txns.is_empty() {
             return Ok(outcome);
         }
-        let mut properties = CommitProperties::default().with_application_transactions(txns.to_vec());
-        if let serde_json::Value::Object(map) = metadata {
-            properties = properties.with_metadata(map);
-        }
+        let properties = commit_properties(txns, &metadata);
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: Some(vec![PARTITION_COLUMN.to_owned()]),
@@ -650,6 +652,25 @@ impl EventTable {
     }
 }
 
+/// The distinct `event_date` values of a batch built by [`to_record_batch`].
+fn batch_dates(batch: &RecordBatch) -> BTreeSet<i32> {
+    batch
+        .column_by_name(PARTITION_COLUMN)
+        .and_then(|c| c.as_any().downcast_ref::<Date32Array>())
+        .map(|a| a.iter().flatten().collect())
+        .unwrap_or_default()
+}
+
+/// The properties of a batch's commit: its txns, and `metadata` (an object) in the
+/// commit info.
+fn commit_properties(txns: &[Transaction], metadata: &serde_json::Value) -> CommitProperties {
+    let properties = CommitProperties::default().with_application_transactions(txns.to_vec());
+    match metadata {
+        serde_json::Value::Object(map) => properties.with_metadata(map.clone()),
+        _ => properties,
+    }
+}
+
 /// The keys of a batch built by [`to_record_batch`].
 fn key_column(batch: &RecordBatch) -> Option<Vec<DedupKey>> {
     let keys = batch.column_by_name("dedup_key")?.as_any().downcast_ref::<StringArray>()?;
@@ -733,6 +754,14 @@ mod key_index_tests {
         table.merge_insert(batch, &txns, serde_json::json!({})).await
     }
 
+    /// An empty events table in a temporary directory (kept while the guard lives).
+    async fn new_table() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events");
+        EventTable::create_if_missing(&path).await.unwrap();
+        (dir, path)
+    }
+
     async fn indexed(path: &Path) -> EventTable {
         let mut table = EventTable::open(path).await.unwrap();
         table.enable_key_index().await.unwrap();
@@ -741,9 +770,7 @@ mod key_index_tests {
 
     #[tokio::test]
     async fn the_key_index_sees_every_writers_keys_and_agrees_with_a_scan() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events");
-        EventTable::create_if_missing(&path).await.unwrap();
+        let (_dir, path) = new_table().await;
         let (mut a, mut b) = (indexed(&path).await, indexed(&path).await);
 
         let first = [rows(0..50, 100, 0), rows(50..80, 101, 0)].concat();
@@ -770,9 +797,7 @@ mod key_index_tests {
 
     #[tokio::test]
     async fn an_append_conflicts_with_a_file_added_to_its_dates_since_its_check() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events");
-        EventTable::create_if_missing(&path).await.unwrap();
+        let (_dir, path) = new_table().await;
         let (mut a, mut b) = (indexed(&path).await, indexed(&path).await);
 
         check_and_insert(&mut a, &rows(0..30, 100, 0), 0).await.unwrap();
@@ -792,9 +817,7 @@ mod key_index_tests {
 
     #[tokio::test]
     async fn a_compaction_makes_the_index_start_again_with_the_same_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events");
-        EventTable::create_if_missing(&path).await.unwrap();
+        let (_dir, path) = new_table().await;
         let mut a = indexed(&path).await;
         for i in 0..3 {
             check_and_insert(&mut a, &rows(i * 10..i * 10 + 10, 100, 0), 0).await.unwrap();
