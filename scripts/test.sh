@@ -23,4 +23,10 @@ if ! python3 -c 'import chdb' 2>/dev/null; then
   python3 -m pip install --quiet 'chdb>=3' >&2
 fi
 
+# Headless Chromium renders the `analyze --html` page in tests/operations.rs.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "test: installing chromium (renders the analyze page in a test)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >&2
+fi
+
 cargo test --locked --no-fail-fast "$@"

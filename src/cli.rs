@@ -109,6 +109,44 @@ pub struct CommonArgs {
     /// [default: index].
     #[arg(long, global = true, env = "IDEMPIPE_KEY_CHECK", value_enum)]
     pub key_check: Option<crate::config::KeyCheck>,
+    /// Log lines as `text` (for a terminal) or `json` (one object per line) [default: text].
+    #[arg(long, global = true, env = "IDEMPIPE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<crate::config::LogFormat>,
+    /// Where `run` and `sink-clickhouse` serve /metrics, /healthz and /readyz, or `off`
+    /// [default: 127.0.0.1:9898].
+    #[arg(long, global = true, env = "IDEMPIPE_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+    /// A Delta checkpoint every N table versions [default: 100].
+    #[arg(long, global = true, env = "IDEMPIPE_CHECKPOINT_EVERY", value_name = "N")]
+    pub checkpoint_every: Option<u64>,
+    /// How long Delta log entries are kept behind a checkpoint, e.g. 30days [default: 30days].
+    #[arg(long, global = true, env = "IDEMPIPE_LOG_RETENTION", value_parser = humantime::parse_duration)]
+    pub log_retention: Option<Duration>,
+    /// How often `run` compacts small data files, e.g. 1h, or `off` [default: 1h].
+    #[arg(long, global = true, env = "IDEMPIPE_COMPACT_EVERY", value_name = "DURATION")]
+    pub compact_every: Option<String>,
+    /// How often `run` vacuums removed files, e.g. 1day, or `off` [default: 1d].
+    #[arg(long, global = true, env = "IDEMPIPE_VACUUM_EVERY", value_name = "DURATION")]
+    pub vacuum_every: Option<String>,
+    /// How long removed data files stay in storage before a vacuum deletes them
+    /// [default: 7days].
+    #[arg(long, global = true, env = "IDEMPIPE_VACUUM_RETENTION", value_parser = humantime::parse_duration)]
+    pub vacuum_retention: Option<Duration>,
+    /// A librdkafka setting for every Kafka client, e.g. `--kafka security.protocol=SSL`
+    /// (repeatable; also the `[kafka]` table of the file).
+    #[arg(long = "kafka", global = true, value_name = "KEY=VALUE", value_parser = key_value)]
+    pub kafka: Vec<(String, String)>,
+    /// The options above whose value came from the environment rather than a flag
+    /// (filled by `main` from clap's matches; for `config show`).
+    #[arg(skip)]
+    pub from_env: std::collections::BTreeSet<String>,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +166,19 @@ pub enum Command {
     SinkClickhouse(SinkArgs),
     /// Insert into ClickHouse every Delta row whose key ClickHouse lacks.
     Reconcile(ReconcileArgs),
+    /// Report per-batch throughput, duplicates, phases and skew from the batch log.
+    Analyze(AnalyzeArgs),
+    /// Show how far the processor and the ClickHouse sink are: lag per partition, the
+    /// last batch, the Delta version.
+    Status(StatusArgs),
+    /// Compact the Delta table's small files (safe while `run` writes); optionally
+    /// `OPTIMIZE TABLE … FINAL` in ClickHouse.
+    Compact(CompactArgs),
+    /// Delete data files the Delta table no longer uses, once older than the retention.
+    Vacuum(VacuumArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Read a topic end to end with a bare consumer and report the rate: the ceiling
     /// that benchmarks compare the processor with.
     #[command(hide = true)]
@@ -139,6 +190,65 @@ pub enum Command {
     /// (a processor must be running).
     #[command(hide = true)]
     BenchLatency(BenchLatencyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print every setting's effective value and where it came from (default, file,
+    /// env, flag), secrets redacted.
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    /// Print the report as JSON (every batch and the summary).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write a self-contained HTML page with charts to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Read this batch log instead of the one beside the Delta table.
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Also run `OPTIMIZE TABLE … FINAL` on the ClickHouse table (merges away the
+    /// duplicate rows a ReplacingMergeTree holds until its background merges).
+    #[arg(long)]
+    pub clickhouse: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VacuumArgs {
+    /// Delete files removed longer ago than this [default: vacuum_retention].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub retention: Option<Duration>,
+    /// List what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also delete files the log never mentions (left by failed writes), if older than
+    /// the retention.
+    #[arg(long)]
+    pub full: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,8 @@
 //! with an error that names its key and where it came from, before any service is touched.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
+use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: Box<toml::de::Error> },
     #[error("invalid value for `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("invalid librdkafka setting `kafka.{key}`: {reason}")]
+    InvalidKafka { key: String, reason: String },
 }
 
 /// The TOML file's keys: the same names as the long flags, in snake case. Unknown keys
@@ -56,6 +59,15 @@ pub struct FileConfig {
     pub max_batch_bytes: Option<usize>,
     pub consumer_mode: Option<ConsumerMode>,
     pub key_check: Option<KeyCheck>,
+    pub log_format: Option<LogFormat>,
+    pub metrics_addr: Option<String>,
+    pub checkpoint_every: Option<u64>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub log_retention: Option<Duration>,
+    pub compact_every: Option<String>,
+    pub vacuum_every: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub vacuum_retention: Option<Duration>,
     /// librdkafka settings passed through to every Kafka client, e.g.
     /// `"max.poll.interval.ms" = "10000"` or SASL and TLS settings.
     #[serde(default)]
@@ -112,6 +124,56 @@ pub enum KeyCheck {
     Scan,
 }
 
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Delta table upkeep done by `run` between batches (never during one, so it cannot
+/// race the processor's own commits).
+#[derive(Debug, Clone, Copy)]
+pub struct Maintenance {
+    /// A checkpoint every this many table versions, after which log entries older than
+    /// `log_retention` are deleted.
+    pub checkpoint_every: NonZeroU64,
+    /// How long commit log entries are kept (time travel reaches back this far).
+    pub log_retention: Duration,
+    /// How often small data files are bin-packed into larger ones; `None`: never.
+    pub compact_every: Option<Duration>,
+    /// How often files removed from the table longer than `vacuum_retention` ago are
+    /// deleted from storage; `None`: never.
+    pub vacuum_every: Option<Duration>,
+    /// How long a removed file stays in storage (readers at older versions need it).
+    pub vacuum_retention: Duration,
+}
+
+/// Where a setting's effective value came from, lowest precedence first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Default,
+    File,
+    Env,
+    Flag,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Origin::Default => "default",
+            Origin::File => "file",
+            Origin::Env => "env",
+            Origin::Flag => "flag",
+        })
+    }
+}
+
 /// Micro-batch limits: a batch closes at whichever comes first.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
@@ -124,7 +186,7 @@ pub struct BatchLimits {
 }
 
 /// How events get from the processed topic into ClickHouse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClickHouseIngest {
     /// idempipe's own sink (`sink-clickhouse`, or inside `run`): commits its Kafka
@@ -172,8 +234,15 @@ pub struct Settings {
     pub batch: BatchLimits,
     pub consumer_mode: ConsumerMode,
     pub key_check: KeyCheck,
+    pub log_format: LogFormat,
+    /// Where `run` and `sink-clickhouse` serve `/metrics`, `/healthz` and `/readyz`;
+    /// `None`: nowhere.
+    pub metrics_addr: Option<SocketAddr>,
+    pub maintenance: Maintenance,
     /// librdkafka pass-through settings, applied to every client after ours.
     pub kafka: BTreeMap<String, String>,
+    /// Where each key's value came from (`kafka.<option>` for pass-through settings).
+    pub origins: BTreeMap<String, Origin>,
 }
 
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
@@ -182,57 +251,188 @@ pub const DEFAULT_CLICKHOUSE_URL: &str = "http://127.0.0.1:8123";
 pub const DEFAULT_TRIGGER: Duration = Duration::from_secs(15);
 /// The shortest trigger interval: below it the per-commit cost of Delta dominates.
 pub const MIN_TRIGGER: Duration = Duration::from_millis(100);
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9898";
+const HOUR: Duration = Duration::from_secs(3600);
 
 impl Settings {
     /// Layers defaults, the file (if any), and the environment and flags (which clap has
     /// already merged, flags winning), then validates the result.
     pub fn resolve(file: FileConfig, args: &CommonArgs) -> Result<Self, ConfigError> {
-        fn pick<T>(flag: &Option<T>, file: Option<T>, default: T) -> T
-        where
-            T: Clone,
-        {
-            flag.clone().or(file).unwrap_or(default)
+        let mut o = Origins { args, map: BTreeMap::new() };
+        let group = o.pick("group", &args.group, file.group, "idempipe".into());
+        let brokers = o.pick("brokers", &args.brokers, file.brokers, DEFAULT_BROKERS.into());
+        let clickhouse_group =
+            o.pick("clickhouse_group", &args.clickhouse_group, file.clickhouse_group, format!("{group}-clickhouse"));
+        let clickhouse_kafka_brokers = o.pick(
+            "clickhouse_kafka_brokers",
+            &args.clickhouse_kafka_brokers,
+            file.clickhouse_kafka_brokers,
+            brokers.clone(),
+        );
+        let metrics_addr = o.pick("metrics_addr", &args.metrics_addr, file.metrics_addr, DEFAULT_METRICS_ADDR.into());
+        let compact_every = o.pick("compact_every", &args.compact_every, file.compact_every, "1h".into());
+        let vacuum_every = o.pick("vacuum_every", &args.vacuum_every, file.vacuum_every, "1d".into());
+        let mut kafka = file.kafka;
+        for key in kafka.keys() {
+            o.map.insert(format!("kafka.{key}"), Origin::File);
         }
-        let group = pick(&args.group, file.group, "idempipe".into());
-        let brokers = pick(&args.brokers, file.brokers, DEFAULT_BROKERS.into());
+        for (key, value) in &args.kafka {
+            kafka.insert(key.clone(), value.clone());
+            o.map.insert(format!("kafka.{key}"), Origin::Flag);
+        }
         let settings = Settings {
-            brokers: brokers.clone(),
+            brokers,
             topics: Topics {
-                raw: pick(&args.raw_topic, file.raw_topic, "raw_events".into()),
-                processed: pick(&args.processed_topic, file.processed_topic, "processed_events".into()),
-                dlq: pick(&args.dlq_topic, file.dlq_topic, "raw_events_dlq".into()),
+                raw: o.pick("raw_topic", &args.raw_topic, file.raw_topic, "raw_events".into()),
+                processed: o.pick(
+                    "processed_topic",
+                    &args.processed_topic,
+                    file.processed_topic,
+                    "processed_events".into(),
+                ),
+                dlq: o.pick("dlq_topic", &args.dlq_topic, file.dlq_topic, "raw_events_dlq".into()),
             },
-            group: group.clone(),
-            delta_path: pick(&args.delta_path, file.delta_path, DEFAULT_DELTA_PATH.into()),
+            group,
+            delta_path: o.pick("delta_path", &args.delta_path, file.delta_path, DEFAULT_DELTA_PATH.into()),
             clickhouse: ClickHouseSettings {
-                url: pick(&args.clickhouse_url, file.clickhouse_url, DEFAULT_CLICKHOUSE_URL.into()),
-                database: pick(&args.clickhouse_database, file.clickhouse_database, "idempipe".into()),
-                table: pick(&args.clickhouse_table, file.clickhouse_table, "events".into()),
-                user: args.clickhouse_user.clone().or(file.clickhouse_user),
-                password: args.clickhouse_password.clone().or(file.clickhouse_password),
-                ingest: pick(&args.clickhouse_ingest, file.clickhouse_ingest, ClickHouseIngest::default()),
-                group: pick(&args.clickhouse_group, file.clickhouse_group, format!("{group}-clickhouse")),
-                in_run: args.clickhouse_in_run.or(file.clickhouse_in_run).unwrap_or(false),
-                trigger: pick(&args.clickhouse_trigger, file.clickhouse_trigger, Duration::from_secs(1)),
+                url: o.pick("clickhouse_url", &args.clickhouse_url, file.clickhouse_url, DEFAULT_CLICKHOUSE_URL.into()),
+                database: o.pick(
+                    "clickhouse_database",
+                    &args.clickhouse_database,
+                    file.clickhouse_database,
+                    "idempipe".into(),
+                ),
+                table: o.pick("clickhouse_table", &args.clickhouse_table, file.clickhouse_table, "events".into()),
+                user: o.pick_opt("clickhouse_user", &args.clickhouse_user, file.clickhouse_user),
+                password: o.pick_opt("clickhouse_password", &args.clickhouse_password, file.clickhouse_password),
+                ingest: o.pick(
+                    "clickhouse_ingest",
+                    &args.clickhouse_ingest,
+                    file.clickhouse_ingest,
+                    ClickHouseIngest::default(),
+                ),
+                group: clickhouse_group,
+                in_run: o.pick("clickhouse_in_run", &args.clickhouse_in_run, file.clickhouse_in_run, false),
+                trigger: o.pick(
+                    "clickhouse_trigger",
+                    &args.clickhouse_trigger,
+                    file.clickhouse_trigger,
+                    Duration::from_secs(1),
+                ),
                 max_batch_rows: non_zero(
                     "clickhouse_max_batch_rows",
-                    pick(&args.clickhouse_max_batch_rows, file.clickhouse_max_batch_rows, 100_000),
+                    o.pick(
+                        "clickhouse_max_batch_rows",
+                        &args.clickhouse_max_batch_rows,
+                        file.clickhouse_max_batch_rows,
+                        100_000,
+                    ),
                 )?,
-                kafka_brokers: pick(&args.clickhouse_kafka_brokers, file.clickhouse_kafka_brokers, brokers),
+                kafka_brokers: clickhouse_kafka_brokers,
             },
-            partitions: pick(&args.partitions, file.partitions, 4),
-            max_message_bytes: pick(&args.max_message_bytes, file.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES),
+            partitions: o.pick("partitions", &args.partitions, file.partitions, 4),
+            max_message_bytes: o.pick(
+                "max_message_bytes",
+                &args.max_message_bytes,
+                file.max_message_bytes,
+                DEFAULT_MAX_MESSAGE_BYTES,
+            ),
             batch: BatchLimits {
-                trigger: pick(&args.trigger, file.trigger, DEFAULT_TRIGGER),
-                max_events: non_zero("max_batch_events", pick(&args.max_batch_events, file.max_batch_events, 200_000))?,
-                max_bytes: non_zero("max_batch_bytes", pick(&args.max_batch_bytes, file.max_batch_bytes, 256 << 20))?,
+                trigger: o.pick("trigger", &args.trigger, file.trigger, DEFAULT_TRIGGER),
+                max_events: non_zero(
+                    "max_batch_events",
+                    o.pick("max_batch_events", &args.max_batch_events, file.max_batch_events, 200_000),
+                )?,
+                max_bytes: non_zero(
+                    "max_batch_bytes",
+                    o.pick("max_batch_bytes", &args.max_batch_bytes, file.max_batch_bytes, 256 << 20),
+                )?,
             },
-            consumer_mode: pick(&args.consumer_mode, file.consumer_mode, ConsumerMode::default()),
-            key_check: pick(&args.key_check, file.key_check, KeyCheck::default()),
-            kafka: file.kafka,
+            consumer_mode: o.pick("consumer_mode", &args.consumer_mode, file.consumer_mode, ConsumerMode::default()),
+            key_check: o.pick("key_check", &args.key_check, file.key_check, KeyCheck::default()),
+            log_format: o.pick("log_format", &args.log_format, file.log_format, LogFormat::default()),
+            metrics_addr: optional("metrics_addr", &metrics_addr, |s| {
+                s.parse::<SocketAddr>()
+                    .map_err(|e| format!("{s:?} is not an address such as 127.0.0.1:9898 (or \"off\"): {e}"))
+            })?,
+            maintenance: Maintenance {
+                checkpoint_every: NonZeroU64::new(o.pick(
+                    "checkpoint_every",
+                    &args.checkpoint_every,
+                    file.checkpoint_every,
+                    100,
+                ))
+                .ok_or(ConfigError::Invalid { key: "checkpoint_every", reason: "must be at least 1".into() })?,
+                log_retention: o.pick("log_retention", &args.log_retention, file.log_retention, 30 * 24 * HOUR),
+                compact_every: optional("compact_every", &compact_every, parse_interval)?,
+                vacuum_every: optional("vacuum_every", &vacuum_every, parse_interval)?,
+                vacuum_retention: o.pick(
+                    "vacuum_retention",
+                    &args.vacuum_retention,
+                    file.vacuum_retention,
+                    7 * 24 * HOUR,
+                ),
+            },
+            kafka,
+            origins: o.map,
         };
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Every setting as `(key, value, origin)`, in key order, secrets redacted: what
+    /// `config show` prints.
+    pub fn entries(&self) -> Vec<(String, String, Origin)> {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let every =
+            |d: Option<Duration>| d.map_or_else(|| "off".to_owned(), |d| humantime::format_duration(d).to_string());
+        let c = &self.clickhouse;
+        let m = &self.maintenance;
+        let mut out: Vec<(String, String)> = vec![
+            ("brokers".into(), self.brokers.clone()),
+            ("raw_topic".into(), self.topics.raw.clone()),
+            ("processed_topic".into(), self.topics.processed.clone()),
+            ("dlq_topic".into(), self.topics.dlq.clone()),
+            ("group".into(), self.group.clone()),
+            ("delta_path".into(), self.delta_path.display().to_string()),
+            ("clickhouse_url".into(), c.url.clone()),
+            ("clickhouse_database".into(), c.database.clone()),
+            ("clickhouse_table".into(), c.table.clone()),
+            ("clickhouse_user".into(), c.user.clone().unwrap_or_else(|| "(server default)".into())),
+            ("clickhouse_password".into(), if c.password.is_some() { REDACTED.into() } else { "(none)".into() }),
+            ("clickhouse_ingest".into(), value_name(c.ingest)),
+            ("clickhouse_group".into(), c.group.clone()),
+            ("clickhouse_in_run".into(), c.in_run.to_string()),
+            ("clickhouse_trigger".into(), d(c.trigger)),
+            ("clickhouse_max_batch_rows".into(), c.max_batch_rows.to_string()),
+            ("clickhouse_kafka_brokers".into(), c.kafka_brokers.clone()),
+            ("partitions".into(), self.partitions.to_string()),
+            ("max_message_bytes".into(), self.max_message_bytes.to_string()),
+            ("trigger".into(), d(self.batch.trigger)),
+            ("max_batch_events".into(), self.batch.max_events.to_string()),
+            ("max_batch_bytes".into(), self.batch.max_bytes.to_string()),
+            ("consumer_mode".into(), value_name(self.consumer_mode)),
+            ("key_check".into(), value_name(self.key_check)),
+            ("log_format".into(), value_name(self.log_format)),
+            ("metrics_addr".into(), self.metrics_addr.map_or_else(|| "off".into(), |a| a.to_string())),
+            ("checkpoint_every".into(), m.checkpoint_every.to_string()),
+            ("log_retention".into(), d(m.log_retention)),
+            ("compact_every".into(), every(m.compact_every)),
+            ("vacuum_every".into(), every(m.vacuum_every)),
+            ("vacuum_retention".into(), d(m.vacuum_retention)),
+        ];
+        out.extend(
+            self.kafka
+                .iter()
+                .map(|(k, v)| (format!("kafka.{k}"), if is_secret(k) { REDACTED.into() } else { v.clone() })),
+        );
+        out.sort();
+        out.into_iter()
+            .map(|(k, v)| {
+                let origin = self.origins.get(&k).copied().unwrap_or(Origin::Default);
+                (k, v, origin)
+            })
+            .collect()
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -322,6 +522,36 @@ impl Settings {
         if self.max_message_bytes == 0 {
             return invalid("max_message_bytes", "must be at least 1");
         }
+        // librdkafka checks each name and value as it is set, without connecting.
+        let mut kafka = rdkafka::ClientConfig::new();
+        for (k, v) in &self.kafka {
+            kafka.set(k, v);
+        }
+        if let Err(e) = kafka.create_native_config() {
+            let key = match &e {
+                rdkafka::error::KafkaError::ClientConfig(_, _, key, _) => key.clone(),
+                _ => String::new(),
+            };
+            return Err(ConfigError::InvalidKafka { key, reason: e.to_string() });
+        }
+        let m = &self.maintenance;
+        if m.log_retention < Duration::from_secs(60) {
+            return invalid(
+                "log_retention",
+                "must be at least 1m (a reader loading the table needs the entries after the last checkpoint)",
+            );
+        }
+        if m.vacuum_retention < Duration::from_secs(60) {
+            return invalid(
+                "vacuum_retention",
+                "must be at least 1m (readers at older versions and files being written need it)",
+            );
+        }
+        for (key, every) in [("compact_every", m.compact_every), ("vacuum_every", m.vacuum_every)] {
+            if every.is_some_and(|e| e < Duration::from_secs(1)) {
+                return invalid(key, "must be at least 1s, or \"off\"");
+            }
+        }
         if self.batch.trigger < MIN_TRIGGER {
             return invalid(
                 "trigger",
@@ -348,6 +578,59 @@ impl Settings {
 
 fn non_zero(key: &'static str, value: usize) -> Result<NonZeroUsize, ConfigError> {
     NonZeroUsize::new(value).ok_or(ConfigError::Invalid { key, reason: "must be at least 1".into() })
+}
+
+/// Records where each picked value came from.
+struct Origins<'a> {
+    args: &'a CommonArgs,
+    map: BTreeMap<String, Origin>,
+}
+
+impl Origins<'_> {
+    /// The flag's (or environment's: clap merged them) value, else the file's, else the
+    /// default.
+    fn pick<T: Clone>(&mut self, key: &'static str, flag: &Option<T>, file: Option<T>, default: T) -> T {
+        self.pick_opt(key, flag, file).unwrap_or(default)
+    }
+
+    fn pick_opt<T: Clone>(&mut self, key: &'static str, flag: &Option<T>, file: Option<T>) -> Option<T> {
+        let (value, origin) = match (flag, file) {
+            (Some(v), _) if self.args.from_env.contains(key) => (Some(v.clone()), Origin::Env),
+            (Some(v), _) => (Some(v.clone()), Origin::Flag),
+            (None, Some(v)) => (Some(v), Origin::File),
+            (None, None) => (None, Origin::Default),
+        };
+        self.map.insert(key.to_owned(), origin);
+        value
+    }
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// Whether a librdkafka setting holds a secret (passwords, keys, tokens).
+fn is_secret(key: &str) -> bool {
+    ["password", "secret", "jaas", "token", "key.pem", "credential"].iter().any(|s| key.contains(s))
+}
+
+/// A clap value enum's name as it is written in flags and the file.
+fn value_name(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value().map_or_else(String::new, |p| p.get_name().to_owned())
+}
+
+/// `"off"` (or `"none"`, `"0"`) is `None`, anything else goes through `parse`.
+fn optional<T>(
+    key: &'static str,
+    text: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, ConfigError> {
+    match text.trim() {
+        "off" | "none" | "0" => Ok(None),
+        t => parse(t).map(Some).map_err(|reason| ConfigError::Invalid { key, reason }),
+    }
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration such as \"1h\" (or \"off\"): {e}"))
 }
 
 /// Durations in the file are strings such as `"15s"` or `"200ms"`.

@@ -199,6 +199,53 @@ pub fn partition_count<C: rdkafka::ClientContext>(
     }
 }
 
+/// One partition's offsets as the broker reports them, and a group's committed offset.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PartitionOffsets {
+    pub partition: i32,
+    /// The first offset still held (earlier ones were deleted by retention).
+    pub low: i64,
+    /// The offset the next record will get.
+    pub high: i64,
+    /// The group's committed offset (the next it will read), if any.
+    pub committed: Option<i64>,
+}
+
+/// The low and high watermarks of every partition of `topic` and, with `group`, that
+/// group's committed offsets. Reads only: joins no group and commits nothing.
+pub fn partition_offsets(settings: &Settings, topic: &str, group: Option<&str>) -> Result<Vec<PartitionOffsets>> {
+    let reader = format!("idempipe-status-{}", std::process::id());
+    let consumer: BaseConsumer<QuietEof> = client_config(
+        settings,
+        Role::Consumer,
+        &[("group.id", group.unwrap_or(&reader)), ("enable.auto.commit", "false")],
+    )
+    .create_with_context(QuietEof)
+    .map_err(client_error(settings))?;
+    let partitions = partition_count(settings, consumer.client(), Some(topic))? as i32;
+    let committed = match group {
+        Some(_) => {
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition(topic, p);
+            }
+            Some(consumer.committed_offsets(tpl, METADATA_TIMEOUT).map_err(client_error(settings))?)
+        }
+        None => None,
+    };
+    (0..partitions)
+        .map(|p| {
+            let (low, high) = consumer.fetch_watermarks(topic, p, METADATA_TIMEOUT).map_err(client_error(settings))?;
+            let committed =
+                committed.as_ref().and_then(|c| c.find_partition(topic, p)).and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            Ok(PartitionOffsets { partition: p, low, high, committed })
+        })
+        .collect()
+}
+
 /// Reads every record of `topic` from the beginning up to its current end, calling `f`
 /// on each. Uses manual assignment and commits nothing, so it leaves no trace.
 ///

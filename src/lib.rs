@@ -26,6 +26,7 @@
 /// error and a warning on every MERGE; the pipeline logs each failed attempt itself.
 pub const DEFAULT_LOG_FILTER: &str = "info,deltalake=warn,deltalake_core=error,deltalake_core::kernel::transaction=off,datafusion=warn,buoyant_kernel=off";
 
+pub mod analyze;
 pub mod batch;
 pub mod batch_log;
 pub mod cli;
@@ -34,6 +35,8 @@ pub mod config;
 pub mod dedup;
 pub mod event;
 pub mod kafka;
+pub mod maintenance;
+pub mod metrics;
 pub mod pipeline;
 pub mod sink;
 pub mod source;

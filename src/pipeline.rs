@@ -33,6 +33,8 @@ use crate::config::{ConsumerMode, KeyCheck, Settings};
 use crate::dedup;
 use crate::event::{DedupKey, EventTime};
 use crate::kafka::KafkaFailure;
+use crate::maintenance::Schedule;
+use crate::metrics;
 use crate::sink::delta::{self, DeltaError, EventTable};
 use crate::sink::producer::{Output, ProduceError};
 use crate::sink::{dlq, processed};
@@ -89,7 +91,12 @@ pub struct Pipeline {
     log: BatchLog,
     runtime: Handle,
     shutdown: Arc<AtomicBool>,
+    /// Checkpoints, compaction and vacuum, between batches.
+    upkeep: Schedule,
 }
+
+/// How often the consumer lag metric is refreshed (one watermark request per partition).
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 impl Pipeline {
     /// Opens the table and joins the group. Must run outside the runtime's workers
@@ -123,7 +130,9 @@ impl Pipeline {
         let output = Output::new(&settings)?;
         let source = Source::subscribe(&settings, runtime.clone())?;
         let log = BatchLog::new(settings.batch_log_path());
-        Ok(Self { settings, source, output, table, log, runtime, shutdown })
+        let upkeep = Schedule::new(settings.maintenance, table.version());
+        metrics::table_state(table.version(), table.live_files(), table.key_index().map(|i| i.len()));
+        Ok(Self { settings, source, output, table, log, runtime, shutdown, upkeep })
     }
 
     /// The highest offsets the processor's producer has had acknowledged, per topic and
@@ -143,6 +152,7 @@ impl Pipeline {
         let mut at_end: BTreeSet<i32> = BTreeSet::new();
         let mut watch = (self.source.mode == ConsumerMode::Group).then(|| OrphanWatch::new(OrphanWatch::PATIENCE));
         let mut last_watch = Instant::now();
+        let mut last_lag: Option<Instant> = None;
         loop {
             let started_at = EventTime::now();
             let collect_started = Instant::now();
@@ -222,6 +232,21 @@ impl Pipeline {
                 summary.invalid += record.invalid;
                 summary.duplicates += record.in_batch_duplicates + record.stored_duplicates;
                 summary.inserted += record.inserted.unwrap_or(0);
+            }
+            let done = self.runtime.clone().block_on(self.upkeep.run_due(&mut self.table));
+            if done != Default::default() {
+                metrics::table_state(
+                    self.table.version(),
+                    self.table.live_files(),
+                    self.table.key_index().map(|i| i.len()),
+                );
+            }
+            if last_lag.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
+                last_lag = Some(Instant::now());
+                let ends = self.source.ends(next.keys().copied());
+                let lag: BTreeMap<i32, i64> =
+                    next.iter().filter_map(|(p, n)| Some((*p, (ends.get(p)? - (*n)?).max(0)))).collect();
+                metrics::consumer_lag(&lag);
             }
             if self.shutdown.load(Ordering::Relaxed) {
                 tracing::info!("shutdown requested: stopping after the last committed batch");
@@ -335,6 +360,12 @@ impl Pipeline {
         }
         record.conflicts = conflicts;
         record.attempts = attempt;
+        metrics::batch_committed(
+            &record,
+            Duration::from_micros((EventTime::now().micros() - batch_id).max(0) as u64),
+            failures,
+        );
+        metrics::table_state(self.table.version(), self.table.live_files(), self.table.key_index().map(|i| i.len()));
         tracing::debug!(batch_id, "batch phase: group offsets");
         self.source.commit_offsets(&last_offsets);
         record.ended_at = EventTime::now().to_string();
@@ -408,6 +439,7 @@ impl Pipeline {
             .collect::<Vec<_>>();
         record.phases.produce_ms += ms(encode.elapsed());
         let rows = delta::to_record_batch(&new_rows, batch_id, ingested_at)?;
+        let (dead_letter_count, event_count) = (dead_letters.len(), events.len());
         let records = dead_letters.into_iter().chain(events);
         // The phase lines let the torture tests aim their kills (tests/torture.rs).
         tracing::debug!(batch_id, "batch phase: produce");
@@ -426,6 +458,8 @@ impl Pipeline {
             (sent_result, Ok(Write::Merge(rows)))
         };
         sent_result?;
+        metrics::produced("dlq", dead_letter_count);
+        metrics::produced("processed", event_count);
         sent.dead_letters.extend(batch.dead_letters.iter().map(|d| (d.partition, d.offset)));
         sent.events.extend(new_rows.iter().map(|r| r.key));
         let to_write = to_write?;

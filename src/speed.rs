@@ -206,6 +206,7 @@ impl Sink {
         let mut at_end: BTreeSet<i32> = BTreeSet::new();
         let limits = (self.settings.clickhouse.trigger, self.settings.clickhouse.max_batch_rows.get());
         let mut upstream_running = self.upstream.is_some();
+        let mut last_lag: Option<Instant> = None;
         loop {
             let deadline = Instant::now() + limits.0;
             let mut rows: Vec<ProcessedRecord> = Vec::new();
@@ -285,9 +286,14 @@ impl Sink {
                 for (p, (_, last)) in &ranges {
                     self.next.insert(*p, last + 1);
                 }
+                crate::metrics::clickhouse_loaded(rows.len(), u64::from(attempt));
                 summary.batches += 1;
                 summary.rows += rows.len() as u64;
                 tracing::debug!(rows = rows.len(), "ClickHouse batch loaded");
+            }
+            if last_lag.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(5)) {
+                last_lag = Some(Instant::now());
+                self.report_lag();
             }
             if self.shutdown.load(Ordering::Relaxed) {
                 return Ok(summary);
@@ -323,6 +329,20 @@ impl Sink {
             offset: m.offset(),
         };
         dlq::record(&self.settings.topics.dlq, &self.settings.topics.processed, &dead)
+    }
+
+    /// Sets the sink lag metric: each partition's end minus the first offset not loaded.
+    fn report_lag(&self) {
+        let topic = &self.settings.topics.processed;
+        let lag: BTreeMap<i32, i64> = self
+            .partitions
+            .iter()
+            .filter_map(|p| {
+                let (_, high) = self.consumer.fetch_watermarks(topic, *p, Duration::from_secs(1)).ok()?;
+                Some((*p, (high - self.next.get(p).copied().unwrap_or(0)).max(0)))
+            })
+            .collect();
+        crate::metrics::clickhouse_sink_lag(&lag);
     }
 
     /// Commits the offsets after each range. A failed commit is logged, not fatal: the

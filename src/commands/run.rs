@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 
 use crate::config::Settings;
+use crate::metrics::Health;
 use crate::pipeline::{Pipeline, PipelineError, RunSummary};
 use crate::speed::{Sink, SinkError, Upstream};
 
@@ -21,6 +22,18 @@ pub enum RunError {
     SinkPanicked,
     #[error("cannot start the ClickHouse sink thread: {0}")]
     SinkThread(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+}
+
+/// Serves the metrics endpoint when `metrics_addr` is set; the returned health says
+/// whether the process is ready.
+pub fn serve_metrics(settings: &Settings, runtime: &Runtime) -> Result<Arc<Health>, crate::metrics::MetricsError> {
+    let health = Arc::new(Health::default());
+    if let Some(addr) = settings.metrics_addr {
+        crate::metrics::serve(addr, runtime.handle(), health.clone())?;
+    }
+    Ok(health)
 }
 
 /// Sets `flag` on SIGINT or SIGTERM.
@@ -50,6 +63,7 @@ pub fn stop_on_signal(runtime: &Runtime, flag: Arc<AtomicBool>) {
 /// Runs the processor on the calling thread (it blocks), using `runtime` for the async
 /// parts. SIGINT and SIGTERM stop it after the batch in progress.
 pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) -> Result<RunSummary, RunError> {
+    let health = serve_metrics(&settings, runtime)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     stop_on_signal(runtime, shutdown.clone());
     let upstream = Arc::new(Upstream::default());
@@ -74,7 +88,10 @@ pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) 
     let (processed, delivered) = match Pipeline::start(settings, runtime.handle().clone(), shutdown.clone()) {
         Ok(pipeline) => {
             let delivered = pipeline.delivered();
-            (pipeline.run(until_idle), Some(delivered))
+            health.set_ready(true);
+            let result = pipeline.run(until_idle);
+            health.set_ready(false);
+            (result, Some(delivered))
         }
         Err(e) => (Err(e), None),
     };

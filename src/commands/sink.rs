@@ -7,12 +7,29 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 
-use crate::commands::run::stop_on_signal;
+use crate::commands::run::{serve_metrics, stop_on_signal};
 use crate::config::Settings;
 use crate::speed::{Sink, SinkError, SinkSummary};
 
-pub fn sink(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) -> Result<SinkSummary, SinkError> {
+#[derive(Debug, thiserror::Error)]
+pub enum SinkCommandError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+}
+
+pub fn sink(
+    settings: Settings,
+    runtime: &Runtime,
+    until_idle: Option<Duration>,
+) -> Result<SinkSummary, SinkCommandError> {
+    let health = serve_metrics(&settings, runtime)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     stop_on_signal(runtime, shutdown.clone());
-    Sink::start(settings, runtime.handle().clone(), shutdown)?.run(until_idle)
+    let sink = Sink::start(settings, runtime.handle().clone(), shutdown)?;
+    health.set_ready(true);
+    let summary = sink.run(until_idle);
+    health.set_ready(false);
+    Ok(summary?)
 }

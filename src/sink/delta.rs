@@ -20,7 +20,7 @@ use deltalake::arrow::array::{
 use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::datafusion::prelude::{SessionContext, col};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
-use deltalake::kernel::{Action, Add, DataType, StructField, Transaction};
+use deltalake::kernel::{Action, Add, DataType, Remove, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
@@ -194,6 +194,24 @@ pub struct MergeOutcome {
     /// Data files it added.
     pub files_added: u64,
     /// The table version after the commit.
+    pub version: u64,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CompactOutcome {
+    pub files_removed: u64,
+    pub files_added: u64,
+    pub partitions: u64,
+    /// The table version after it.
+    pub version: u64,
+}
+
+/// What a vacuum deleted (or, dry, would delete).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VacuumOutcome {
+    pub dry_run: bool,
+    pub files: Vec<String>,
     pub version: u64,
 }
 
@@ -557,6 +575,12 @@ impl EventTable {
             .map_err(|e| self.error(e))?;
         self.reload().await?;
         outcome.version = self.version();
+        if let Some(index) = self.index.as_mut()
+            && let Err(e) = index.sync(&self.table).await
+        {
+            // The commit landed; the next check syncs again.
+            tracing::warn!(error = %e, "cannot bring the key index to the new version yet");
+        }
         Ok(outcome)
     }
 
@@ -631,6 +655,135 @@ impl EventTable {
         Ok(out)
     }
 
+    /// Data files in the loaded snapshot.
+    pub fn live_files(&self) -> usize {
+        self.table.snapshot().map_or(0, |s| s.log_data().num_files())
+    }
+
+    /// Bin-packs each date's small data files into files of up to [`COMPACT_TARGET_BYTES`].
+    ///
+    /// Not delta-rs's `optimize`: two of those running at once both commit, each removing
+    /// the same files and adding its own copy of their rows (delta-rs 1.1's conflict
+    /// checker ignores removes with `dataChange = false` when it looks for a file removed
+    /// twice), which doubles the rows. This commit carries a txn action of the app id
+    /// [`COMPACTION_APP_ID`], so any other compaction that committed since this one read
+    /// the table makes it a conflict (`ConcurrentTransaction`) instead.
+    ///
+    /// The rows do not change (removes and adds say `dataChange = false`), so a writer
+    /// racing it keeps its exactly-once bookkeeping: its append conflicts if the
+    /// compaction added a file to one of its dates, and is then redone (see
+    /// `is_write_conflict`); the key index keeps its keys (see [`KeyIndex::sync`]).
+    pub async fn compact(&mut self) -> Result<CompactOutcome> {
+        self.reload().await?;
+        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+        // Per date, the files below the target, smallest first, greedily packed.
+        let mut by_date: BTreeMap<String, Vec<(i64, deltalake::Path, Remove)>> = BTreeMap::new();
+        for file in snapshot.log_data().iter() {
+            if file.size() as u64 >= COMPACT_TARGET_BYTES {
+                continue;
+            }
+            let date = file.partition_values_map().get(PARTITION_COLUMN).cloned().flatten().unwrap_or_default();
+            by_date.entry(date).or_default().push((file.size(), file.object_store_path(), file.remove_action(false)));
+        }
+        let mut bins: Vec<(i32, Vec<(deltalake::Path, Remove)>)> = Vec::new();
+        for (date, mut files) in by_date {
+            let day = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d")
+                .map_err(|e| self.unexpected(&format!("partition {PARTITION_COLUMN}={date:?} is not a date: {e}")))?;
+            let day = (day - chrono::NaiveDate::default()).num_days() as i32;
+            files.sort_by_key(|f| f.0);
+            let mut bin: Vec<(deltalake::Path, Remove)> = Vec::new();
+            let mut bytes = 0_u64;
+            for (size, location, remove) in files {
+                if bytes + size as u64 > COMPACT_TARGET_BYTES && bin.len() > 1 {
+                    bins.push((day, std::mem::take(&mut bin)));
+                    bytes = 0;
+                }
+                bytes += size as u64;
+                bin.push((location, remove));
+            }
+            if bin.len() > 1 {
+                bins.push((day, bin));
+            }
+        }
+        let mut outcome = CompactOutcome { version: self.version(), ..CompactOutcome::default() };
+        if bins.is_empty() {
+            return Ok(outcome);
+        }
+        let store = self.table.object_store();
+        let mut actions = Vec::new();
+        let mut writer = RecordBatchWriter::for_table(&self.table).map_err(|e| self.error(e))?;
+        for (day, files) in bins {
+            outcome.partitions += 1;
+            for (location, remove) in files {
+                for batch in read_data_file(store.clone(), location).await.map_err(|e| self.error(e))? {
+                    let batch = with_date(batch, day).map_err(|e| self.error(e.into()))?;
+                    writer.write(batch).await.map_err(|e| self.error(e))?;
+                }
+                actions.push(Action::Remove(remove));
+                outcome.files_removed += 1;
+            }
+            // One date at a time: no more than one bin's rows in memory.
+            for mut add in writer.flush().await.map_err(|e| self.error(e))? {
+                add.data_change = false;
+                actions.push(Action::Add(add));
+                outcome.files_added += 1;
+            }
+        }
+        let now = EventTime::now().micros();
+        let claim = Transaction::new_with_last_update(COMPACTION_APP_ID, now, Some(now / 1_000));
+        let operation =
+            DeltaOperation::Optimize { predicate: None, target_size: COMPACT_TARGET_BYTES.min(i64::MAX as u64) as i64 };
+        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+        CommitBuilder::from(upkeep_free().with_application_transactions(vec![claim]))
+            .with_actions(actions)
+            .build(Some(snapshot as &dyn TableReference), self.table.log_store(), operation)
+            .await
+            .map_err(|e| self.error(e))?;
+        self.reload().await?;
+        outcome.version = self.version();
+        Ok(outcome)
+    }
+
+    /// Deletes data files removed from the table more than `retention` ago (and with
+    /// `full`, files the log never mentions that are older than that: failed writes).
+    /// Files in the current snapshot are never touched, so a running writer is safe as
+    /// long as no reader lags behind by more than `retention`.
+    pub async fn vacuum(&mut self, retention: std::time::Duration, dry_run: bool, full: bool) -> Result<VacuumOutcome> {
+        use deltalake::operations::vacuum::VacuumMode;
+        let period = chrono::Duration::from_std(retention)
+            .map_err(|_| self.unexpected(&format!("retention {retention:?} is out of range")))?;
+        let (table, metrics) = self
+            .table
+            .clone()
+            .vacuum()
+            .with_retention_period(period)
+            // The configuration checked the period (at least a minute); the table's own
+            // default (7 days) is only the default of `vacuum_retention`.
+            .with_enforce_retention_duration(false)
+            .with_dry_run(dry_run)
+            .with_mode(if full { VacuumMode::Full } else { VacuumMode::Lite })
+            .with_commit_properties(upkeep_free())
+            .await
+            .map_err(|e| self.error(e))?;
+        self.table = table;
+        Ok(VacuumOutcome { dry_run, files: metrics.files_deleted, version: self.version() })
+    }
+
+    /// Writes a checkpoint of the loaded version: readers then load it instead of
+    /// replaying every commit since the previous one.
+    pub async fn checkpoint(&self) -> Result<()> {
+        deltalake::checkpoints::create_checkpoint(&self.table, None).await.map_err(|e| self.error(e))
+    }
+
+    /// Deletes commit log entries older than `retention` that lie behind a checkpoint;
+    /// returns how many.
+    pub async fn cleanup_log(&self, retention: std::time::Duration) -> Result<usize> {
+        let cutoff = EventTime::now().micros() / 1_000 - retention.as_millis().min(i64::MAX as u128) as i64;
+        deltalake::checkpoints::cleanup_expired_logs_for(self.version(), self.table.log_store().as_ref(), cutoff, None)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
     /// Row count, distinct key count, version and live file count.
     pub async fn counts(&self) -> Result<TableCounts> {
         let batches = self.query("SELECT count(*), count(DISTINCT dedup_key) FROM t").await?;
@@ -652,6 +805,52 @@ impl EventTable {
     }
 }
 
+/// Data files grow to about this size (on disk) through compaction; a compaction holds
+/// one date's worth of up to this much in memory, as Arrow.
+pub const COMPACT_TARGET_BYTES: u64 = 64 << 20;
+
+/// The txn app id every compaction's commit carries, so that two compactions never
+/// both commit (see [`EventTable::compact`]).
+pub const COMPACTION_APP_ID: &str = "idempipe-compaction";
+
+/// Every row of one data file (without the partition column, which lives in the path).
+#[allow(deprecated)]
+async fn read_data_file(
+    store: Arc<dyn deltalake::ObjectStore>,
+    location: deltalake::Path,
+) -> std::result::Result<Vec<RecordBatch>, DeltaTableError> {
+    use deltalake::parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+    use futures::TryStreamExt;
+    let stream = ParquetRecordBatchStreamBuilder::new(ParquetObjectReader::new(store, location))
+        .await?
+        .with_batch_size(64 * 1024)
+        .build()?;
+    Ok(stream.try_collect().await?)
+}
+
+/// A data file's batch with the partition column put back, in the table's column order.
+fn with_date(batch: RecordBatch, day: i32) -> std::result::Result<RecordBatch, deltalake::arrow::error::ArrowError> {
+    let schema = arrow_schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| -> std::result::Result<ArrayRef, deltalake::arrow::error::ArrowError> {
+            if field.name() == PARTITION_COLUMN {
+                return Ok(Arc::new(Date32Array::from(vec![day; batch.num_rows()])));
+            }
+            let column = batch.column_by_name(field.name()).ok_or_else(|| {
+                deltalake::arrow::error::ArrowError::SchemaError(format!("data file lacks column {}", field.name()))
+            })?;
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                deltalake::arrow::compute::cast(column, field.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema, columns)
+}
+
 /// The distinct `event_date` values of a batch built by [`to_record_batch`].
 fn batch_dates(batch: &RecordBatch) -> BTreeSet<i32> {
     batch
@@ -664,11 +863,18 @@ fn batch_dates(batch: &RecordBatch) -> BTreeSet<i32> {
 /// The properties of a batch's commit: its txns, and `metadata` (an object) in the
 /// commit info.
 fn commit_properties(txns: &[Transaction], metadata: &serde_json::Value) -> CommitProperties {
-    let properties = CommitProperties::default().with_application_transactions(txns.to_vec());
+    let properties = upkeep_free().with_application_transactions(txns.to_vec());
     match metadata {
         serde_json::Value::Object(map) => properties.with_metadata(map.clone()),
         _ => properties,
     }
+}
+
+/// Commit properties without delta-rs's post-commit upkeep: checkpoints and log cleanup
+/// are the maintenance's, on its own schedule (`checkpoint_every`, `log_retention`);
+/// left on, delta-rs would also list the whole log after every commit.
+fn upkeep_free() -> CommitProperties {
+    CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false))
 }
 
 /// The keys of a batch built by [`to_record_batch`].

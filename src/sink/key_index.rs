@@ -5,9 +5,10 @@
 //! Invariants:
 //! - after [`KeyIndex::sync`] against a snapshot at version V, the index holds exactly
 //!   the keys of the data files live at V: it has read the key column of every one of
-//!   them, and if a file it read is no longer live (a compaction rewrote it, or rows were
-//!   deleted) it starts again from nothing, so it never answers "stored" for a key that
-//!   is not;
+//!   them; a file it read that is no longer live either was rewritten by a compaction
+//!   (its remove says `dataChange = false`: the rows live on in the compaction's files,
+//!   which it reads) or makes it start again from nothing, so it never answers "stored"
+//!   for a key that is not;
 //! - it lives only in memory and is built from Delta on start, so it cannot go stale
 //!   across restarts, and it never replaces Delta's own guarantee: the commit that
 //!   inserts the rows found new declares that it read the batch's `event_date`
@@ -59,6 +60,8 @@ pub struct SyncStats {
     pub keys_own: u64,
     /// Whether the index started again from nothing (a file it had read is gone).
     pub rebuilt: bool,
+    /// Files it had read that a compaction replaced (their keys stay).
+    pub compacted: u64,
     pub elapsed: Duration,
 }
 
@@ -122,7 +125,16 @@ impl KeyIndex {
         let live: Vec<(String, deltalake::Path)> =
             snapshot.log_data().iter().map(|f| (f.path().into_owned(), f.object_store_path())).collect();
         let live_paths: HashSet<&str> = live.iter().map(|(p, _)| p.as_str()).collect();
-        if self.files.iter().any(|p| !live_paths.contains(p.as_str())) {
+        let gone: Vec<String> = self.files.iter().filter(|p| !live_paths.contains(p.as_str())).cloned().collect();
+        if !gone.is_empty() && rewritten_only(table, &gone).await? {
+            // A compaction: its removes say the rows did not change, so the keys stay;
+            // the files it wrote are read below like any new file (their keys are
+            // already here: reading them again changes nothing).
+            for path in &gone {
+                self.files.remove(path);
+            }
+            stats.compacted = gone.len() as u64;
+        } else if !gone.is_empty() {
             // A file whose keys we hold is gone: rows may have been deleted. Only a full
             // re-read is sure to drop exactly those.
             tracing::info!(version, "key index: a data file it read is no longer live; rebuilding from the table");
@@ -163,6 +175,27 @@ impl FromIterator<DedupKey> for KeyIndex {
     fn from_iter<I: IntoIterator<Item = DedupKey>>(keys: I) -> Self {
         Self { keys: keys.into_iter().collect(), ..Self::default() }
     }
+}
+
+/// Whether every one of `gone` was removed with `dataChange = false`: rewritten into
+/// other files with the same rows (a compaction), not deleted.
+async fn rewritten_only(table: &DeltaTable, gone: &[String]) -> Result<bool, DeltaTableError> {
+    let mut unexplained: HashSet<&str> = gone.iter().map(String::as_str).collect();
+    let log_store = table.log_store();
+    let snapshot = table.snapshot()?;
+    let mut tombstones = snapshot.all_tombstones(log_store.as_ref());
+    while let Some(tombstone) = tombstones.next().await {
+        let tombstone = tombstone?;
+        let path = tombstone.path();
+        if unexplained.contains(path.as_ref()) {
+            if tombstone.data_change() {
+                return Ok(false);
+            }
+            unexplained.remove(path.as_ref());
+        }
+    }
+    // A file with no tombstone at all is gone some other way: do not trust the keys.
+    Ok(unexplained.is_empty())
 }
 
 /// Adds the `dedup_key` column of one data file to `keys`; returns the rows read.

@@ -2,6 +2,8 @@
 //! and Delta table, so tests run in parallel on one broker.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -84,6 +86,7 @@ delta_path = "{}"
 clickhouse_table = "{name}"
 trigger = "500ms"
 clickhouse_trigger = "300ms"
+metrics_addr = "127.0.0.1:0"
 {extra}
 
 [kafka]

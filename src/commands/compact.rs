@@ -1,0 +1,40 @@
+//! `compact`: bin-packs the Delta table's small files; with `--clickhouse`, also merges
+//! the ClickHouse table's parts. Safe while `run` writes (see [`EventTable::compact`]).
+
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::sink::clickhouse::{ClickHouse, ClickHouseError};
+use crate::sink::delta::{CompactOutcome, DeltaError, EventTable};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+    #[error(transparent)]
+    ClickHouse(#[from] ClickHouseError),
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompactReport {
+    pub delta: CompactOutcome,
+    pub live_files_before: usize,
+    pub live_files_after: usize,
+    /// Whether `OPTIMIZE TABLE … FINAL` ran.
+    pub clickhouse_optimized: bool,
+}
+
+pub async fn compact(settings: &Settings, clickhouse: bool) -> Result<CompactReport, CompactError> {
+    let mut table = EventTable::open(&settings.delta_path).await?;
+    let live_files_before = table.live_files();
+    let delta = table.compact().await?;
+    if clickhouse {
+        ClickHouse::connect(&settings.clickhouse).await?.optimize_final().await?;
+    }
+    Ok(CompactReport {
+        delta,
+        live_files_before,
+        live_files_after: table.live_files(),
+        clickhouse_optimized: clickhouse,
+    })
+}

@@ -1,0 +1,238 @@
+//! Metric names and their recording in one place, and the HTTP endpoint that serves
+//! them with `/healthz` and `/readyz`.
+//!
+//! Everything is recorded once per batch (or per maintenance run, or per lag probe),
+//! never per event, through the functions here; the names are the constants below, so
+//! dashboards and alerts have one list to read. Exposition is the `metrics` crate's
+//! Prometheus recorder; the server is a few lines of tokio because the exporter's own
+//! listener has no room for the health routes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::batch_log::BatchRecord;
+
+pub const EVENTS_IN: &str = "idempipe_events_in_total";
+pub const EVENTS_INVALID: &str = "idempipe_events_invalid_total";
+pub const DUPLICATES: &str = "idempipe_duplicates_total";
+pub const EVENTS_INSERTED: &str = "idempipe_events_inserted_total";
+pub const RECORDS_PRODUCED: &str = "idempipe_records_produced_total";
+pub const BATCHES: &str = "idempipe_batches_total";
+pub const BATCH_CONFLICTS: &str = "idempipe_batch_conflicts_total";
+pub const BATCH_FAILED_ATTEMPTS: &str = "idempipe_batch_failed_attempts_total";
+pub const BATCH_DURATION: &str = "idempipe_batch_duration_seconds";
+pub const LAST_BATCH: &str = "idempipe_last_batch_timestamp_seconds";
+pub const CONSUMER_LAG: &str = "idempipe_consumer_lag";
+pub const DELTA_VERSION: &str = "idempipe_delta_version";
+pub const DELTA_LIVE_FILES: &str = "idempipe_delta_live_files";
+pub const KEY_INDEX_KEYS: &str = "idempipe_key_index_keys";
+pub const MAINTENANCE: &str = "idempipe_maintenance_total";
+pub const MAINTENANCE_FAILURES: &str = "idempipe_maintenance_failures_total";
+pub const CLICKHOUSE_ROWS: &str = "idempipe_clickhouse_rows_inserted_total";
+pub const CLICKHOUSE_RETRIES: &str = "idempipe_clickhouse_insert_retries_total";
+pub const CLICKHOUSE_SINK_LAG: &str = "idempipe_clickhouse_sink_lag";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot install the metrics recorder: {0}")]
+    Install(String),
+    #[error("cannot listen on {addr} (`metrics_addr`): {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// The process's recorder: installed on first use (a process has one global recorder).
+pub fn handle() -> Result<PrometheusHandle, MetricsError> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let buckets = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(BATCH_DURATION.into()), &buckets)
+        .map_err(|e| MetricsError::Install(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| MetricsError::Install(e.to_string()))?;
+    describe();
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    describe_counter!(EVENTS_IN, "Messages read from the raw topic and processed in a committed batch.");
+    describe_counter!(EVENTS_INVALID, "Messages refused by the contract and sent to the dead-letter topic.");
+    describe_counter!(
+        DUPLICATES,
+        "Valid events not inserted: kind=in_batch (an earlier copy in the same batch) or kind=stored (the table holds the key)."
+    );
+    describe_counter!(EVENTS_INSERTED, "Rows inserted into the Delta table.");
+    describe_counter!(RECORDS_PRODUCED, "Records acknowledged by Kafka, by topic (processed, dlq).");
+    describe_counter!(BATCHES, "Batches committed to Delta.");
+    describe_counter!(BATCH_CONFLICTS, "Batch attempts redone after another writer committed first.");
+    describe_counter!(BATCH_FAILED_ATTEMPTS, "Batch attempts that failed and were retried.");
+    describe_histogram!(BATCH_DURATION, "Seconds from the start of a batch's collection to its Delta commit.");
+    describe_gauge!(LAST_BATCH, "Unix time of the last committed batch.");
+    describe_gauge!(CONSUMER_LAG, "Messages on the raw topic not yet processed, per partition.");
+    describe_gauge!(DELTA_VERSION, "The Delta table version after the last commit.");
+    describe_gauge!(DELTA_LIVE_FILES, "Data files in the current Delta snapshot.");
+    describe_gauge!(KEY_INDEX_KEYS, "Keys in the in-memory key index.");
+    describe_counter!(MAINTENANCE, "Delta maintenance runs by kind (checkpoint, log_cleanup, compact, vacuum).");
+    describe_counter!(MAINTENANCE_FAILURES, "Delta maintenance runs that failed, by kind.");
+    describe_counter!(CLICKHOUSE_ROWS, "Rows the ClickHouse sink inserted.");
+    describe_counter!(CLICKHOUSE_RETRIES, "ClickHouse inserts retried.");
+    describe_gauge!(
+        CLICKHOUSE_SINK_LAG,
+        "Records on the processed topic not yet loaded into ClickHouse, per partition."
+    );
+}
+
+/// One committed batch.
+pub fn batch_committed(record: &BatchRecord, duration: Duration, failed_attempts: u32) {
+    counter!(EVENTS_IN).increment(record.events_in);
+    counter!(EVENTS_INVALID).increment(record.invalid);
+    counter!(DUPLICATES, "kind" => "in_batch").increment(record.in_batch_duplicates);
+    counter!(DUPLICATES, "kind" => "stored").increment(record.stored_duplicates);
+    counter!(EVENTS_INSERTED).increment(record.inserted.unwrap_or(0));
+    counter!(BATCHES).increment(1);
+    counter!(BATCH_CONFLICTS).increment(u64::from(record.conflicts));
+    counter!(BATCH_FAILED_ATTEMPTS).increment(u64::from(failed_attempts));
+    histogram!(BATCH_DURATION).record(duration.as_secs_f64());
+    gauge!(LAST_BATCH).set(crate::event::EventTime::now().micros() as f64 / 1e6);
+    gauge!(DELTA_VERSION).set(record.delta_version as f64);
+}
+
+/// Records acknowledged on one of the pipeline's output topics (`processed` or `dlq`).
+pub fn produced(topic: &'static str, records: usize) {
+    counter!(RECORDS_PRODUCED, "topic" => topic).increment(records as u64);
+}
+
+/// The table's state after a commit or maintenance.
+pub fn table_state(version: u64, live_files: usize, index_keys: Option<usize>) {
+    gauge!(DELTA_VERSION).set(version as f64);
+    gauge!(DELTA_LIVE_FILES).set(live_files as f64);
+    if let Some(keys) = index_keys {
+        gauge!(KEY_INDEX_KEYS).set(keys as f64);
+    }
+}
+
+/// Lag per partition: its end minus the next offset to process.
+pub fn consumer_lag(lag: &BTreeMap<i32, i64>) {
+    for (p, lag) in lag {
+        gauge!(CONSUMER_LAG, "partition" => p.to_string()).set(*lag as f64);
+    }
+}
+
+pub fn clickhouse_sink_lag(lag: &BTreeMap<i32, i64>) {
+    for (p, lag) in lag {
+        gauge!(CLICKHOUSE_SINK_LAG, "partition" => p.to_string()).set(*lag as f64);
+    }
+}
+
+pub fn clickhouse_loaded(rows: usize, retries: u64) {
+    counter!(CLICKHOUSE_ROWS).increment(rows as u64);
+    counter!(CLICKHOUSE_RETRIES).increment(retries);
+}
+
+/// One maintenance run of `kind` (checkpoint, log_cleanup, compact, vacuum).
+pub fn maintenance(kind: &'static str, ok: bool) {
+    if ok {
+        counter!(MAINTENANCE, "kind" => kind).increment(1);
+    } else {
+        counter!(MAINTENANCE_FAILURES, "kind" => kind).increment(1);
+    }
+}
+
+/// Liveness and readiness as the endpoint reports them: live while the process serves;
+/// ready once the table is open and partitions are assigned, until shutdown begins.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Binds `addr` now (so a bad or taken address fails at start-up) and serves
+/// `/metrics`, `/healthz` and `/readyz` on `runtime` until the process ends. Returns the
+/// bound address (`:0` picks a free port).
+pub fn serve(
+    addr: SocketAddr,
+    runtime: &tokio::runtime::Handle,
+    health: Arc<Health>,
+) -> Result<SocketAddr, MetricsError> {
+    let handle = handle()?;
+    let bind = |source| MetricsError::Bind { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(bind)?;
+    listener.set_nonblocking(true).map_err(bind)?;
+    let bound = listener.local_addr().map_err(bind)?;
+    let listener = {
+        let _entered = runtime.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(bind)?
+    };
+    let upkeep = handle.clone();
+    runtime.spawn(async move {
+        // Histograms keep their samples until this drains them.
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    runtime.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (handle, health) = (handle.clone(), health.clone());
+            tokio::spawn(answer(stream, handle, health));
+        }
+    });
+    tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    Ok(bound)
+}
+
+/// Answers one HTTP/1.1 request and closes the connection.
+async fn answer(mut stream: tokio::net::TcpStream, handle: PrometheusHandle, health: Arc<Health>) {
+    let mut buf = vec![0_u8; 8192];
+    let mut len = 0;
+    // Read up to the end of the request head (a scraper sends no body).
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf[len..])).await {
+            Ok(Ok(n)) if n > 0 => len += n,
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let mut words = head.split_whitespace();
+    let method = words.next().unwrap_or("");
+    let path = words.next().unwrap_or("/").split('?').next().unwrap_or("/");
+    let (status, content_type, body) = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", handle.render()),
+        ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
+        ("GET" | "HEAD", "/readyz") if health.is_ready() => ("200 OK", "text/plain", "ready\n".to_owned()),
+        ("GET" | "HEAD", "/readyz") => ("503 Service Unavailable", "text/plain", "not ready\n".to_owned()),
+        ("GET" | "HEAD", _) => {
+            ("404 Not Found", "text/plain", "not found: try /metrics, /healthz, /readyz\n".to_owned())
+        }
+        _ => ("405 Method Not Allowed", "text/plain", "only GET\n".to_owned()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    if method != "HEAD" {
+        let _ = stream.write_all(body.as_bytes()).await;
+    }
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,361 @@
+//! Operating the pipeline: the metrics endpoint, status, analyze (with its page rendered
+//! in a real browser), JSON logs, maintenance while the processor writes, and the
+//! configuration report. Against the real broker, ClickHouse and the built binary.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Pipeline, browser, count, wait_until};
+
+/// A free loopback port (bound and released: good enough on a test machine).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET path` over plain HTTP/1.1: (status code, body); `None` if nothing listens.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// One sample of the Prometheus text format: name, labels, value.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parses the Prometheus text exposition format (0.0.4) strictly enough for a test:
+/// every non-comment line must be `name{labels} value`, every `# TYPE` a known type.
+fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix('#') {
+            let words: Vec<&str> = comment.split_whitespace().collect();
+            if words.first() == Some(&"TYPE") {
+                assert!(
+                    matches!(words.get(2), Some(&("counter" | "gauge" | "histogram" | "summary" | "untyped"))),
+                    "bad TYPE line: {line}"
+                );
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let inner = rest.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels: {line}"));
+                let labels = inner
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(|pair| {
+                        let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("bad label: {line}"));
+                        let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).expect("quoted label value");
+                        (k.to_owned(), v.to_owned())
+                    })
+                    .collect();
+                (name, labels)
+            }
+            None => (series, BTreeMap::new()),
+        };
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad metric name: {line}");
+        samples.push(Sample { name: name.to_owned(), labels, value });
+    }
+    samples
+}
+
+/// The value of the sample `name` whose labels include `labels`; panics if absent.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?} in {samples:#?}"))
+        .value
+}
+
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The seed scenario with the processor (and the ClickHouse sink) running as a service:
+/// its metrics agree with `verify`, `status` shows it caught up, its JSON log has one
+/// line per batch, and `analyze` reports the batches and draws charts a browser renders.
+#[test]
+fn a_running_pipeline_is_observable_and_its_figures_agree_with_verify() {
+    let p = Pipeline::new("observe");
+    p.setup();
+    let file = p.path("seed.jsonl");
+    let out = p.ok(&[
+        "generate",
+        "--unique",
+        "6000",
+        "--duplicates",
+        "900",
+        "--invalid",
+        "60",
+        "--seed",
+        "21",
+        "--out",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
+    let expected: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _run = p.spawn(&["run", "--clickhouse-in-run", "--metrics-addr", &addr, "--log-format", "json"], "run");
+    wait_until(Duration::from_secs(60), "/healthz to answer", || http_get(port, "/healthz").is_some());
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
+    wait_until(Duration::from_secs(60), "/readyz to say ready", || http_get(port, "/readyz").unwrap().0 == 200);
+    assert_eq!(http_get(port, "/nope").unwrap().0, 404);
+
+    // Sent twice, the second time once the first is stored: its events are then all
+    // duplicates, stored ones or (repeats within the file) in-batch ones.
+    let lines = count(&expected, "lines");
+    let scrape = || parse_prometheus(&http_get(port, "/metrics").unwrap().1);
+    p.produce(&file);
+    wait_until(Duration::from_secs(120), "the first copy processed", || {
+        scrape().iter().any(|x| x.name == "idempipe_events_in_total" && x.value == lines as f64)
+    });
+    p.produce(&file);
+    wait_until(Duration::from_secs(120), "both copies processed", || {
+        let s = scrape();
+        s.iter().any(|x| x.name == "idempipe_events_in_total" && x.value == (2 * lines) as f64)
+    });
+    let v = p.verify();
+    wait_until(Duration::from_secs(60), "ClickHouse loaded", || p.verify()["clickhouse_keys_match"] == true);
+    let s = scrape();
+    let distinct = count(&expected, "distinct_keys");
+    assert_eq!(count(&v, "delta_rows"), distinct, "{v}");
+    assert_eq!(value(&s, "idempipe_events_in_total", &[]), count(&v, "raw_records") as f64);
+    assert_eq!(value(&s, "idempipe_events_invalid_total", &[]), count(&v, "dlq_records") as f64);
+    assert_eq!(count(&v, "dlq_records"), 2 * count(&expected, "invalid"), "{v}");
+    assert_eq!(value(&s, "idempipe_events_inserted_total", &[]), count(&v, "delta_rows") as f64);
+    assert_eq!(
+        value(&s, "idempipe_records_produced_total", &[("topic", "processed")]),
+        count(&v, "processed_records") as f64
+    );
+    assert_eq!(value(&s, "idempipe_records_produced_total", &[("topic", "dlq")]), count(&v, "dlq_messages") as f64);
+    let in_batch = value(&s, "idempipe_duplicates_total", &[("kind", "in_batch")]);
+    let stored = value(&s, "idempipe_duplicates_total", &[("kind", "stored")]);
+    let valid = 2 * count(&expected, "valid_lines");
+    assert_eq!(in_batch + stored, (valid - distinct) as f64, "every valid event is inserted or a duplicate");
+    assert!(stored >= (valid / 2 - distinct) as f64, "{in_batch} in batch, {stored} stored");
+    assert!(in_batch > 0.0, "{in_batch} in batch, {stored} stored");
+    assert_eq!(value(&s, "idempipe_delta_version", &[]), count(&v, "delta_version") as f64);
+    assert_eq!(value(&s, "idempipe_delta_live_files", &[]), count(&v, "delta_files") as f64);
+    assert_eq!(value(&s, "idempipe_key_index_keys", &[]), distinct as f64);
+    let batches = value(&s, "idempipe_batches_total", &[]);
+    assert_eq!(value(&s, "idempipe_batch_duration_seconds_count", &[]), batches);
+    assert_eq!(batches as usize, p.batch_log_lines());
+    wait_until(Duration::from_secs(30), "the lag gauges to reach zero", || {
+        let s = scrape();
+        (0..4).all(|p| {
+            s.iter().any(|x| {
+                x.name == "idempipe_consumer_lag" && x.labels.get("partition") == Some(&p.to_string()) && x.value == 0.0
+            })
+        }) && (0..4).all(|p| {
+            s.iter().any(|x| {
+                x.name == "idempipe_clickhouse_sink_lag"
+                    && x.labels.get("partition") == Some(&p.to_string())
+                    && x.value == 0.0
+            })
+        })
+    });
+    assert_eq!(value(&s, "idempipe_clickhouse_rows_inserted_total", &[]), count(&v, "processed_records") as f64);
+
+    // status: from the stores alone.
+    let status: serde_json::Value = serde_json::from_str(&p.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["processor_lag"], 0, "{status}");
+    assert_eq!(status["clickhouse_sink_lag"], 0, "{status}");
+    assert_eq!(status["delta_version"], v["delta_version"], "{status}");
+    let stored_offsets: i64 =
+        status["processor"].as_array().unwrap().iter().map(|p| p["stored"].as_i64().unwrap() + 1).sum();
+    assert_eq!(stored_offsets as u64, 2 * lines, "Delta records every offset: {status}");
+    let ends: i64 = status["processor"].as_array().unwrap().iter().map(|p| p["end"].as_i64().unwrap()).sum();
+    assert_eq!(ends as u64, 2 * lines, "{status}");
+    let table = p.ok(&["status"]);
+    assert!(table.contains("processor on") && table.contains("lag 0"), "{table}");
+
+    // One JSON log line per batch, with its counts.
+    let log = std::fs::read_to_string(p.path("run.log")).unwrap();
+    let batch_lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|l| l["message"] == "batch committed")
+        .collect();
+    assert_eq!(batch_lines.len(), p.batch_log_lines(), "one line per batch");
+    let logged_in: u64 = batch_lines.iter().map(|l| count(l, "events_in")).sum();
+    assert_eq!(logged_in, 2 * lines);
+
+    // analyze: the table, the JSON and the page.
+    let text = p.ok(&["analyze"]);
+    assert!(text.contains("batch duration ms") && text.contains("skewness") && text.contains("idle gaps"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).count(), p.batch_log_lines(), "{text}");
+    let report: serde_json::Value = serde_json::from_str(&p.ok(&["analyze", "--json"])).unwrap();
+    assert_eq!(report["batches"].as_array().unwrap().len(), p.batch_log_lines());
+    let summary = &report["summary"];
+    let total = |field: &str| -> u64 {
+        report["batches"].as_array().unwrap().iter().map(|b| b[field].as_u64().unwrap_or(0)).sum()
+    };
+    assert_eq!(total("events_in"), 2 * lines, "{summary}");
+    assert_eq!(total("inserted"), distinct, "{summary}");
+    let html = artifacts().join("analyze-report.html");
+    let _ = std::fs::remove_file(&html);
+    p.ok(&["analyze", "--html", html.to_str().unwrap()]);
+    let page = std::fs::read_to_string(&html).unwrap();
+    for id in ["throughput", "duplicates", "partitions", "batch-size", "phases"] {
+        assert!(page.contains(&format!("id=\"{id}\"")), "chart {id} missing");
+    }
+    match browser::chromium() {
+        None => panic!("chromium is not installed (scripts/test.sh installs it)"),
+        Some(_) => {
+            let png = artifacts().join("analyze-report.png");
+            let rendered = browser::render(&html, &png).unwrap();
+            assert_eq!((rendered.png_width, rendered.png_height), (1280, 2400));
+            assert_eq!(rendered.render_check.len(), 5, "{:?}", rendered.render_check);
+            for (id, polylines, width) in &rendered.render_check {
+                assert!(*polylines > 0 && *width > 100.0, "chart {id} did not lay out: {polylines} lines, {width} px");
+            }
+        }
+    }
+}
+
+/// Compaction, checkpoints and vacuum while the processor writes, from inside `run`
+/// (on a schedule) and from outside (the `compact` command): exactly once holds, the
+/// live files shrink and checkpoints appear.
+#[test]
+fn maintenance_while_the_processor_writes_keeps_exactly_once() {
+    let p = Pipeline::new("maintain");
+    p.setup();
+    let file = p.path("events.jsonl");
+    let out = p.ok(&[
+        "generate",
+        "--unique",
+        "4000",
+        "--duplicates",
+        "400",
+        "--invalid",
+        "20",
+        "--seed",
+        "31",
+        "--out",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
+    let expected: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let _run = p.spawn(
+        &["run", "--trigger", "200ms", "--compact-every", "3s", "--checkpoint-every", "5", "--vacuum-every", "4s"],
+        "run",
+    );
+    // A trickle, so that many small commits land while compactions run.
+    let mut producer = p.spawn(&["produce", "--input", file.to_str().unwrap(), "--rate", "600"], "produce");
+    let mut outside = 0;
+    while producer.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_secs(2));
+        let out = p.output(&["compact", "--json"]);
+        if out.status.success() {
+            outside += 1;
+        } else {
+            // Losing a race to the processor's own compaction is allowed; anything else is not.
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("onflict") || err.contains("ransaction"), "compact failed: {err}");
+        }
+    }
+    assert!(producer.wait().unwrap().success());
+    let distinct = count(&expected, "distinct_keys");
+    wait_until(Duration::from_secs(120), "every event stored", || count(&p.verify(), "delta_rows") >= distinct);
+    std::thread::sleep(Duration::from_secs(4));
+    let v = p.verify();
+    assert_eq!(count(&v, "delta_rows"), distinct, "{v}");
+    assert_eq!(count(&v, "delta_distinct_keys"), distinct, "{v}");
+    assert_eq!(count(&v, "dlq_records"), count(&expected, "invalid"), "{v}");
+    assert!(outside > 0, "the compact command never ran");
+    let log = std::fs::read_to_string(p.path("run.log")).unwrap();
+    assert!(log.contains("compacted the Delta table"), "run never compacted:\n{}", p.tail("run"));
+    assert!(
+        !log.contains("rebuilding from the table"),
+        "a compaction made the key index start again:\n{}",
+        p.tail("run")
+    );
+    let checkpoints = std::fs::read_dir(p.delta_path().join("_delta_log"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".checkpoint."))
+        .count();
+    assert!(checkpoints > 0, "no checkpoint written");
+    let batches = p.batch_log_lines();
+    let files = count(&v, "delta_files");
+    assert!((files as usize) < batches, "{files} live files after {batches} batches: compaction did not keep up");
+    // A dry-run vacuum lists what a real one would delete, and deletes nothing.
+    let dry: serde_json::Value =
+        serde_json::from_str(&p.ok(&["vacuum", "--retention", "1m", "--dry-run", "--json"])).unwrap();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(count(&p.verify(), "delta_rows"), distinct);
+}
+
+/// `config show` says where each value came from and never prints a secret; a bad
+/// value, including a librdkafka one, fails naming its key.
+#[test]
+fn config_show_reports_origins_and_redacts_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "group = \"from-file\"\ntrigger = \"2s\"\n[kafka]\n\"sasl.password\" = \"hunter2\"\n\"client.id\" = \"ops\"\n",
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_idempipe");
+    let out = std::process::Command::new(bin)
+        .args(["--config", config.to_str().unwrap(), "--trigger", "3s", "config", "show", "--json"])
+        .env("IDEMPIPE_CLICKHOUSE_PASSWORD", "s3cret")
+        .env("IDEMPIPE_RAW_TOPIC", "from_env")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("hunter2") && !text.contains("s3cret"), "a secret leaked: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let is = |key: &str, value: &str, origin: &str| {
+        assert_eq!(v[key]["value"], value, "{key}: {}", v[key]);
+        assert_eq!(v[key]["origin"], origin, "{key}: {}", v[key]);
+    };
+    is("group", "from-file", "file");
+    is("trigger", "3s", "flag");
+    is("raw_topic", "from_env", "env");
+    is("brokers", "127.0.0.1:9092", "default");
+    is("clickhouse_password", "<redacted>", "env");
+    is("kafka.sasl.password", "<redacted>", "file");
+    is("kafka.client.id", "ops", "file");
+    is("clickhouse_group", "from-file-clickhouse", "default");
+
+    for (args, key) in [
+        (vec!["--kafka", "no.such.setting=1"], "kafka.no.such.setting"),
+        (vec!["--kafka", "linger.ms=soon"], "kafka.linger.ms"),
+        (vec!["--metrics-addr", "localhost"], "metrics_addr"),
+        (vec!["--compact-every", "often"], "compact_every"),
+        (vec!["--checkpoint-every", "0"], "checkpoint_every"),
+        (vec!["--vacuum-retention", "1s"], "vacuum_retention"),
+    ] {
+        let out = std::process::Command::new(bin)
+            .args(["--config", config.to_str().unwrap()])
+            .args(&args)
+            .args(["config", "show"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(&format!("`{key}`")), "{args:?}: {err}");
+    }
+}
