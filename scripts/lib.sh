@@ -15,6 +15,8 @@ group = "$run_id"
 delta_path = "$work/delta/events"
 clickhouse_table = "$run_id"
 trigger = "$2"
+# Any free port: several runs can share the machine (the log names the port).
+metrics_addr = "127.0.0.1:0"
 
 # tansu completes a group join only after the rebalance timeout: keep it short.
 [kafka]

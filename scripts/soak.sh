@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The soak test: a steady trickle through the whole pipeline for a long time, with the
+# processor's automatic maintenance on, sampling every minute what must stay bounded:
+# live Delta files, the commit log (files and bytes), data files on disk, the
+# processor's memory. At the end every store must hold exactly the generated counts.
+#
+# Usage: scripts/soak.sh [MINUTES (30)] [EVENTS_PER_SEC (200)]
+# Writes data/soak<time>/samples.csv and prints a summary. Uses the broker and ClickHouse
+# of scripts/services.sh (started if needed), on topics and a table of its own.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+minutes=${1:-30}
+rate=${2:-200}
+
+scripts/services.sh up >&2
+cargo build --locked --release --bin idempipe >&2
+source scripts/lib.sh
+new_pipeline soak 1s
+# The binary is copied: a rebuild during the soak does not touch the running one.
+cp target/release/idempipe "$work/idempipe"
+bin=$work/idempipe
+idem() { "$bin" --config "$work/idempipe.toml" "$@"; }
+# Maintenance far more often than the defaults, so 30 minutes see many rounds of it.
+maint=(--compact-every 2m --checkpoint-every 20 --log-retention 5m --vacuum-every 5m --vacuum-retention 5m)
+
+lines=$(python3 -c "print(int($minutes * 60 * $rate))")
+invalid=$((lines / 100))
+duplicates=$((lines / 10))
+unique=$((lines - invalid - duplicates))
+idem generate --unique "$unique" --duplicates "$duplicates" --invalid "$invalid" --seed 7 --days 2 \
+  --out "$work/events.jsonl" --json >"$work/expected.json"
+idem setup >&2
+
+idem run --clickhouse-in-run "${maint[@]}" 2>"$work/run.log" &
+run_pid=$!
+trap 'kill $run_pid 2>/dev/null || true; kill $produce_pid 2>/dev/null || true' EXIT
+sleep 5
+idem produce --input "$work/events.jsonl" --rate "$rate" >"$work/produce.out" 2>"$work/produce.log" &
+produce_pid=$!
+
+table=$work/delta/events
+sample() { # minute
+  local live log_files log_bytes data_files data_bytes rss
+  live=$(idem status --json 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["delta_live_files"], s["processor_lag"], s["delta_version"])' || echo "- - -")
+  log_files=$(find "$table/_delta_log" -type f | wc -l)
+  log_bytes=$(du -sb "$table/_delta_log" | cut -f1)
+  data_files=$(find "$table" -path "$table/_delta_log" -prune -o -type f -name '*.parquet' -print | wc -l)
+  data_bytes=$(du -sb --exclude=_delta_log "$table" | cut -f1)
+  rss=$(awk '/VmRSS/ {print $2}' "/proc/$run_pid/status" 2>/dev/null || echo -)
+  read -r live_files lag version <<<"$live"
+  echo "$1,$version,$live_files,$lag,$log_files,$log_bytes,$data_files,$data_bytes,$rss" | tee -a "$work/samples.csv"
+}
+echo "minute,delta_version,live_files,processor_lag,log_files,log_bytes,data_files_on_disk,data_bytes_on_disk,run_rss_kib" | tee "$work/samples.csv"
+minute=0
+while kill -0 $produce_pid 2>/dev/null; do
+  sleep 60
+  minute=$((minute + 1))
+  sample $minute
+done
+wait $produce_pid
+# Caught up: nothing left to process, then one more sample.
+for _ in $(seq 1 120); do
+  lag=$(idem status --json 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["processor_lag"] + s["clickhouse_sink_lag"])' || echo 1)
+  [[ $lag == 0 ]] && break
+  sleep 1
+done
+sample end
+kill -TERM $run_pid
+wait $run_pid || true
+trap - EXIT
+
+idem verify --json >"$work/verify.json"
+python3 - "$work" <<'PY'
+import csv, json, sys
+work = sys.argv[1]
+e, v = json.load(open(f"{work}/expected.json")), json.load(open(f"{work}/verify.json"))
+rows = list(csv.DictReader(open(f"{work}/samples.csv")))
+def col(name):
+    return [int(r[name]) for r in rows if r[name] not in ("", "-")]
+checks = [
+    ("delta_rows", e["distinct_keys"]), ("delta_distinct_keys", e["distinct_keys"]),
+    ("dlq_records", e["invalid"]), ("processed_distinct_keys", e["distinct_keys"]),
+    ("clickhouse_final_rows", e["distinct_keys"]), ("clickhouse_keys_match", True),
+]
+bad = [(k, want, v.get(k)) for k, want in checks if v.get(k) != want]
+print(f"\nsoak {work}: {e['lines']} lines ({e['distinct_keys']} distinct keys, {e['invalid']} invalid)")
+for name in ["live_files", "log_files", "log_bytes", "data_files_on_disk", "data_bytes_on_disk", "run_rss_kib"]:
+    c = col(name)
+    if c:
+        half = c[len(c) // 2:]
+        print(f"{name:<20} max {max(c):>12}  last {c[-1]:>12}  max of second half {max(half):>12}")
+print(f"delta versions       {col('delta_version')[-1] if col('delta_version') else '-'}")
+for k, want, got in bad:
+    print(f"MISMATCH {k}: expected {want}, got {got}")
+print("exactly once: " + ("no" if bad else "yes"))
+sys.exit(1 if bad else 0)
+PY
