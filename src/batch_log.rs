@@ -3,7 +3,8 @@
 //!
 //! Invariant: a line is written only after the batch's Delta commit, so the log never
 //! claims a batch that Delta does not hold. (A crash between the commit and the line
-//! loses the line, not data.)
+//! loses the line, not data.) The log is bounded: past [`MAX_LOG_BYTES`] the file moves
+//! to `<name>.1` (replacing the one before) and a new one starts; readers read both.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -63,6 +64,10 @@ pub struct BatchRecord {
     pub files_added: u64,
 }
 
+/// The size at which the log file is rotated: about 90,000 batches (a day at a 1 s
+/// trigger), so `analyze` reads at most twice this.
+pub const MAX_LOG_BYTES: u64 = 64 << 20;
+
 /// Appends records to the log file.
 pub struct BatchLog {
     path: PathBuf,
@@ -84,18 +89,33 @@ impl BatchLog {
         }
         let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.len() + line.len() as u64 > MAX_LOG_BYTES) {
+            std::fs::rename(&self.path, self.previous())?;
+        }
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
         file.write_all(&line)
     }
 
-    /// Reads every record; a torn last line (crash mid-write) is skipped.
+    /// The rotated-out file.
+    fn previous(&self) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".1");
+        PathBuf::from(name)
+    }
+
+    /// Reads every record, the rotated-out file's first; a torn line (crash
+    /// mid-write) is skipped.
     pub fn read(&self) -> std::io::Result<Vec<BatchRecord>> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        let mut records = Vec::new();
+        for path in [self.previous(), self.path.clone()] {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            records.extend(text.lines().filter_map(|l| serde_json::from_str::<BatchRecord>(l).ok()));
+        }
+        Ok(records)
     }
 }
 
@@ -114,5 +134,20 @@ mod tests {
         let read = log.read().unwrap();
         assert_eq!(read.iter().map(|r| r.batch_id).collect::<Vec<_>>(), vec![7, 8]);
         assert_eq!(read[0].inserted, Some(9));
+    }
+
+    #[test]
+    fn a_full_log_rotates_and_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = BatchLog::new(dir.path().join("events.batches.jsonl"));
+        log.append(&BatchRecord { batch_id: 1, ..Default::default() }).unwrap();
+        // Grow the file to just under the limit, as a day of batches would.
+        let file = std::fs::OpenOptions::new().append(true).open(log.path()).unwrap();
+        file.set_len(MAX_LOG_BYTES - 10).unwrap();
+        log.append(&BatchRecord { batch_id: 2, ..Default::default() }).unwrap();
+        assert!(log.previous().exists());
+        assert!(std::fs::metadata(log.path()).unwrap().len() < 1_000, "a new file was started");
+        let ids: Vec<i64> = log.read().unwrap().iter().map(|r| r.batch_id).collect();
+        assert_eq!(ids, vec![1, 2]);
     }
 }

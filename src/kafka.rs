@@ -48,6 +48,45 @@ impl rdkafka::ClientContext for QuietEof {
 
 impl rdkafka::consumer::ConsumerContext for QuietEof {}
 
+/// How often consumers report statistics: the lag gauges come from them, computed by
+/// librdkafka from the high watermarks of its fetch responses (no extra requests).
+pub const STATS_INTERVAL_MS: &str = "5000";
+
+/// Per partition of `topic`, the lag librdkafka computed: high watermark minus the
+/// group's committed offset; partitions it does not know yet are left out.
+pub(crate) fn lag_from_stats(stats: &rdkafka::Statistics, topic: &str) -> std::collections::BTreeMap<i32, i64> {
+    stats
+        .topics
+        .get(topic)
+        .map(|t| {
+            t.partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| (p.partition, p.consumer_lag))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The context of a consumer whose lag is a metric: it logs errors as [`QuietEof`] does
+/// and hands each statistics report's lag on `topic` to `report`.
+pub struct LagReporting {
+    pub topic: String,
+    pub report: fn(&std::collections::BTreeMap<i32, i64>),
+}
+
+impl rdkafka::ClientContext for LagReporting {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        (self.report)(&lag_from_stats(&statistics, &self.topic));
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LagReporting {}
+
 /// The `error` callback shared by idempipe's client contexts.
 pub(crate) fn log_client_error(error: KafkaError, reason: &str) {
     match error {

@@ -192,7 +192,15 @@ pub fn serve(
     });
     runtime.spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(error = %e, "metrics endpoint cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
             let (handle, health) = (handle.clone(), health.clone());
             tokio::spawn(answer(stream, handle, health));
         }

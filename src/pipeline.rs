@@ -95,9 +95,6 @@ pub struct Pipeline {
     upkeep: Schedule,
 }
 
-/// How often the consumer lag metric is refreshed (one watermark request per partition).
-const LAG_EVERY: Duration = Duration::from_secs(5);
-
 impl Pipeline {
     /// Opens the table and joins the group. Must run outside the runtime's workers
     /// (it blocks), with `runtime` a handle to a multi-thread runtime.
@@ -152,7 +149,6 @@ impl Pipeline {
         let mut at_end: BTreeSet<i32> = BTreeSet::new();
         let mut watch = (self.source.mode == ConsumerMode::Group).then(|| OrphanWatch::new(OrphanWatch::PATIENCE));
         let mut last_watch = Instant::now();
-        let mut last_lag: Option<Instant> = None;
         loop {
             let started_at = EventTime::now();
             let collect_started = Instant::now();
@@ -240,13 +236,6 @@ impl Pipeline {
                     self.table.live_files(),
                     self.table.key_index().map(|i| i.len()),
                 );
-            }
-            if last_lag.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
-                last_lag = Some(Instant::now());
-                let ends = self.source.ends(next.keys().copied());
-                let lag: BTreeMap<i32, i64> =
-                    next.iter().filter_map(|(p, n)| Some((*p, (ends.get(p)? - (*n)?).max(0)))).collect();
-                metrics::consumer_lag(&lag);
             }
             if self.shutdown.load(Ordering::Relaxed) {
                 tracing::info!("shutdown requested: stopping after the last committed batch");

@@ -48,6 +48,10 @@ impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
         kafka::log_client_error(error, reason);
     }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::metrics::consumer_lag(&kafka::lag_from_stats(&statistics, &self.settings.topics.raw));
+    }
 }
 
 impl SourceContext {
@@ -163,6 +167,7 @@ impl Source {
                 ("fetch.queue.backoff.ms", "20"),
                 ("max.partition.fetch.bytes", "10485760"),
                 ("queued.max.messages.kbytes", "262144"),
+                ("statistics.interval.ms", kafka::STATS_INTERVAL_MS),
             ],
         )
         .create_with_context(context)

@@ -21,7 +21,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
 use crate::config::{ClickHouseIngest, Settings};
-use crate::kafka::{self, KafkaFailure, QuietEof, Role};
+use crate::kafka::{self, KafkaFailure, LagReporting, Role};
 use crate::sink::clickhouse::{ClickHouse, ClickHouseError, Layout};
 use crate::sink::dlq;
 use crate::sink::processed::ProcessedRecord;
@@ -88,7 +88,7 @@ impl Upstream {
 /// The sink: a consumer of the processed topic and a ClickHouse connection.
 pub struct Sink {
     settings: Settings,
-    consumer: BaseConsumer<QuietEof>,
+    consumer: BaseConsumer<LagReporting>,
     /// For dead letters (records of the processed topic that are not ours).
     output: Output,
     clickhouse: ClickHouse,
@@ -120,7 +120,7 @@ impl Sink {
         let layout = retrying(&shutdown, "reading the ClickHouse table", || runtime.block_on(clickhouse.layout()))?
             .ok_or_else(|| SinkError::NoTable { table: clickhouse.table() })?;
         let topic = settings.topics.processed.clone();
-        let consumer: BaseConsumer<QuietEof> = kafka::client_config(
+        let consumer: BaseConsumer<LagReporting> = kafka::client_config(
             &settings,
             Role::Consumer,
             &[
@@ -128,9 +128,10 @@ impl Sink {
                 ("enable.auto.commit", "false"),
                 ("enable.partition.eof", "true"),
                 ("auto.offset.reset", "earliest"),
+                ("statistics.interval.ms", kafka::STATS_INTERVAL_MS),
             ],
         )
-        .create_with_context(QuietEof)
+        .create_with_context(LagReporting { topic: topic.clone(), report: crate::metrics::clickhouse_sink_lag })
         .map_err(kafka::client_error(&settings))?;
         let count = kafka::partition_count(&settings, consumer.client(), Some(&topic))? as i32;
         let partitions: Vec<i32> = (0..count).collect();
@@ -206,7 +207,6 @@ impl Sink {
         let mut at_end: BTreeSet<i32> = BTreeSet::new();
         let limits = (self.settings.clickhouse.trigger, self.settings.clickhouse.max_batch_rows.get());
         let mut upstream_running = self.upstream.is_some();
-        let mut last_lag: Option<Instant> = None;
         loop {
             let deadline = Instant::now() + limits.0;
             let mut rows: Vec<ProcessedRecord> = Vec::new();
@@ -291,10 +291,6 @@ impl Sink {
                 summary.rows += rows.len() as u64;
                 tracing::debug!(rows = rows.len(), "ClickHouse batch loaded");
             }
-            if last_lag.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(5)) {
-                last_lag = Some(Instant::now());
-                self.report_lag();
-            }
             if self.shutdown.load(Ordering::Relaxed) {
                 return Ok(summary);
             }
@@ -329,20 +325,6 @@ impl Sink {
             offset: m.offset(),
         };
         dlq::record(&self.settings.topics.dlq, &self.settings.topics.processed, &dead)
-    }
-
-    /// Sets the sink lag metric: each partition's end minus the first offset not loaded.
-    fn report_lag(&self) {
-        let topic = &self.settings.topics.processed;
-        let lag: BTreeMap<i32, i64> = self
-            .partitions
-            .iter()
-            .filter_map(|p| {
-                let (_, high) = self.consumer.fetch_watermarks(topic, *p, Duration::from_secs(1)).ok()?;
-                Some((*p, (high - self.next.get(p).copied().unwrap_or(0)).max(0)))
-            })
-            .collect();
-        crate::metrics::clickhouse_sink_lag(&lag);
     }
 
     /// Commits the offsets after each range. A failed commit is logged, not fatal: the

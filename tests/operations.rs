@@ -204,7 +204,11 @@ fn a_running_pipeline_is_observable_and_its_figures_agree_with_verify() {
     // analyze: the table, the JSON and the page.
     let text = p.ok(&["analyze"]);
     assert!(text.contains("batch duration ms") && text.contains("skewness") && text.contains("idle gaps"), "{text}");
-    assert_eq!(text.lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).count(), p.batch_log_lines(), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).count(),
+        p.batch_log_lines(),
+        "{text}"
+    );
     let report: serde_json::Value = serde_json::from_str(&p.ok(&["analyze", "--json"])).unwrap();
     assert_eq!(report["batches"].as_array().unwrap().len(), p.batch_log_lines());
     let summary = &report["summary"];

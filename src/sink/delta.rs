@@ -673,8 +673,9 @@ impl EventTable {
     /// racing it keeps its exactly-once bookkeeping: its append conflicts if the
     /// compaction added a file to one of its dates, and is then redone (see
     /// `is_write_conflict`); the key index keeps its keys (see [`KeyIndex::sync`]).
+    ///
+    /// Compacts the loaded version (callers reload first if they want the latest).
     pub async fn compact(&mut self) -> Result<CompactOutcome> {
-        self.reload().await?;
         let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
         // Per date, the files below the target, smallest first, greedily packed.
         let mut by_date: BTreeMap<String, Vec<(i64, deltalake::Path, Remove)>> = BTreeMap::new();
@@ -1022,22 +1023,49 @@ mod key_index_tests {
     }
 
     #[tokio::test]
-    async fn a_compaction_makes_the_index_start_again_with_the_same_keys() {
+    async fn a_compaction_keeps_the_rows_and_the_index_its_keys() {
+        let (_dir, path) = new_table().await;
+        let mut a = indexed(&path).await;
+        let mut b = indexed(&path).await;
+        for i in 0..3 {
+            check_and_insert(&mut a, &rows(i * 10..i * 10 + 10, 100, 0), 0).await.unwrap();
+        }
+        check_and_insert(&mut a, &rows(30..35, 101, 0), 0).await.unwrap();
+        let before = a.counts().await.unwrap();
+        assert_eq!((before.files, before.rows), (4, 35));
+        let outcome = a.compact().await.unwrap();
+        assert_eq!((outcome.files_removed, outcome.files_added, outcome.partitions), (3, 1, 1), "{outcome:?}");
+        let after = a.counts().await.unwrap();
+        assert_eq!((after.files, after.rows, after.distinct_keys), (2, 35, 35));
+
+        // Another writer's index, built before the compaction, keeps its keys too.
+        b.reload().await.unwrap();
+        let all = rows(0..40, 100, 0);
+        for t in [&mut a, &mut b] {
+            let found = t.existing_keys(&probe(&all)).await.unwrap();
+            assert_eq!(found, keys(&all[..30]));
+            let index = t.key_index().unwrap();
+            assert_eq!((index.rebuilds(), index.len()), (0, 35));
+        }
+        // And a later batch still sees exactly what is stored.
+        let outcome = check_and_insert(&mut b, &all, 0).await.unwrap();
+        assert_eq!(outcome.inserted, 10);
+        assert_eq!(b.counts().await.unwrap().rows, 45);
+    }
+
+    #[tokio::test]
+    async fn a_second_compaction_of_the_same_version_conflicts_instead_of_doubling_the_rows() {
         let (_dir, path) = new_table().await;
         let mut a = indexed(&path).await;
         for i in 0..3 {
             check_and_insert(&mut a, &rows(i * 10..i * 10 + 10, 100, 0), 0).await.unwrap();
         }
-        let before = a.counts().await.unwrap();
-        assert_eq!(before.files, 3);
-        let (_, metrics) = a.table.clone().optimize().await.unwrap();
-        assert_eq!(metrics.num_files_removed, 3);
-
-        a.reload().await.unwrap();
-        let all = rows(0..40, 100, 0);
-        let found = a.existing_keys(&probe(&all)).await.unwrap();
-        assert_eq!(found, keys(&all[..30]));
-        let index = a.key_index().unwrap();
-        assert_eq!((index.rebuilds(), index.len()), (1, 30));
+        // Both read the same version; `a` commits first.
+        let mut b = EventTable::open(&path).await.unwrap();
+        a.compact().await.unwrap();
+        let err = b.compact().await.unwrap_err();
+        assert!(err.to_string().contains("ransaction"), "{err}");
+        let counts = EventTable::open(&path).await.unwrap().counts().await.unwrap();
+        assert_eq!((counts.rows, counts.distinct_keys, counts.files), (30, 30, 1));
     }
 }
