@@ -5,14 +5,20 @@
 # processor's memory. At the end every store must hold exactly the generated counts.
 #
 # Usage: scripts/soak.sh [MINUTES (30)] [EVENTS_PER_SEC (200)]
-# Writes data/soak<time>/samples.csv and prints a summary. Uses the broker and ClickHouse
-# of scripts/services.sh (started if needed), on topics and a table of its own.
+# Writes data/soak<time>/samples.csv and prints a summary. Uses the ClickHouse of
+# scripts/services.sh (started if needed) and a fresh broker of its own (tansu on sqlite,
+# port SOAK_KAFKA_PORT, default 19192), so what earlier runs left in the main broker's
+# store does not slow it down; the broker is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-30}
 rate=${2:-200}
 
 scripts/services.sh up >&2
+port=${SOAK_KAFKA_PORT:-19192}
+SERVICES_DIR=data/soak-services KAFKA_PORT=$port scripts/services.sh kafka-fresh >&2
+stop_broker() { pkill -f "tansu broker --listener-url tcp://127.0.0.1:$port" || true; }
+export IDEMPIPE_BROKERS=127.0.0.1:$port
 cargo build --locked --release --bin idempipe >&2
 source scripts/lib.sh
 new_pipeline soak 1s
@@ -31,9 +37,12 @@ idem generate --unique "$unique" --duplicates "$duplicates" --invalid "$invalid"
   --out "$work/events.jsonl" --json >"$work/expected.json"
 idem setup >&2
 
-idem run --clickhouse-in-run "${maint[@]}" 2>"$work/run.log" &
+# Started without the shell function, so that $! is the processor itself (its memory
+# is sampled).
+"$bin" --config "$work/idempipe.toml" run --clickhouse-in-run "${maint[@]}" 2>"$work/run.log" &
 run_pid=$!
-trap 'kill $run_pid 2>/dev/null || true; kill $produce_pid 2>/dev/null || true' EXIT
+produce_pid=
+trap 'kill $run_pid 2>/dev/null || true; [[ -n $produce_pid ]] && kill $produce_pid 2>/dev/null; stop_broker' EXIT
 sleep 5
 idem produce --input "$work/events.jsonl" --rate "$rate" >"$work/produce.out" 2>"$work/produce.log" &
 produce_pid=$!
@@ -67,9 +76,9 @@ done
 sample end
 kill -TERM $run_pid
 wait $run_pid || true
-trap - EXIT
 
 idem verify --json >"$work/verify.json"
+idem analyze --html "$work/batches.html" >"$work/analyze.txt"
 python3 - "$work" <<'PY'
 import csv, json, sys
 work = sys.argv[1]

@@ -24,6 +24,8 @@ pub struct Schedule {
     checkpointed: u64,
     last_compact: Instant,
     last_vacuum: Instant,
+    /// Whether the table's tombstone retention has been checked this run.
+    tombstones_set: bool,
 }
 
 /// What one [`Schedule::run_due`] did, for the log and tests.
@@ -40,12 +42,27 @@ impl Schedule {
     /// due one interval from now.
     pub fn new(settings: Maintenance, version: u64) -> Self {
         let now = Instant::now();
-        Self { settings, checkpointed: version, last_compact: now, last_vacuum: now }
+        Self { settings, checkpointed: version, last_compact: now, last_vacuum: now, tombstones_set: false }
     }
 
     /// Runs whatever is due on `table` (loaded at its latest version by the caller).
     pub async fn run_due(&mut self, table: &mut EventTable) -> Done {
         let mut done = Done::default();
+        if let (false, Some(every)) = (self.tombstones_set, self.settings.vacuum_every) {
+            // A removed file's tombstone must outlive the vacuum that deletes the file
+            // (or the file is forgotten on disk), and no longer: checkpoints carry
+            // every live tombstone.
+            let retention = self.settings.vacuum_retention + 2 * every;
+            match table.set_tombstone_retention(retention).await {
+                Ok(changed) => {
+                    self.tombstones_set = true;
+                    if changed {
+                        tracing::info!(retention = %humantime::format_duration(retention), "set the table's tombstone retention");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot set the table's tombstone retention; trying again later"),
+            }
+        }
         if self.settings.compact_every.is_some_and(|every| self.last_compact.elapsed() >= every) {
             self.last_compact = Instant::now();
             match table.compact().await {

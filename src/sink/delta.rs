@@ -770,6 +770,29 @@ impl EventTable {
         Ok(VacuumOutcome { dry_run, files: metrics.files_deleted, version: self.version() })
     }
 
+    /// Sets the table's `delta.deletedFileRetentionDuration` (how long a removed file's
+    /// tombstone is kept in checkpoints) to `retention`, unless it is that already;
+    /// returns whether it changed it. Without it, tombstones stay 7 days, and every
+    /// checkpoint carries each file every compaction removed in that time.
+    pub async fn set_tombstone_retention(&mut self, retention: std::time::Duration) -> Result<bool> {
+        const KEY: &str = "delta.deletedFileRetentionDuration";
+        let value = format!("interval {} seconds", retention.as_secs());
+        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+        if snapshot.metadata().configuration().get(KEY) == Some(&value) {
+            return Ok(false);
+        }
+        let table = self
+            .table
+            .clone()
+            .set_tbl_properties()
+            .with_properties(std::collections::HashMap::from([(KEY.to_owned(), value)]))
+            .with_commit_properties(upkeep_free())
+            .await
+            .map_err(|e| self.error(e))?;
+        self.table = table;
+        Ok(true)
+    }
+
     /// Writes a checkpoint of the loaded version: readers then load it instead of
     /// replaying every commit since the previous one.
     pub async fn checkpoint(&self) -> Result<()> {
@@ -1067,5 +1090,18 @@ mod key_index_tests {
         assert!(err.to_string().contains("ransaction"), "{err}");
         let counts = EventTable::open(&path).await.unwrap().counts().await.unwrap();
         assert_eq!((counts.rows, counts.distinct_keys, counts.files), (30, 30, 1));
+    }
+
+    #[tokio::test]
+    async fn the_tombstone_retention_is_set_once_and_read_back() {
+        let (_dir, path) = new_table().await;
+        let mut t = indexed(&path).await;
+        let retention = std::time::Duration::from_secs(900);
+        assert!(t.set_tombstone_retention(retention).await.unwrap());
+        assert!(!t.set_tombstone_retention(retention).await.unwrap(), "already set: no commit");
+        let reopened = EventTable::open(&path).await.unwrap();
+        let snapshot = reopened.table.snapshot().unwrap();
+        use deltalake::table::config::TablePropertiesExt as _;
+        assert_eq!(snapshot.table_config().deleted_file_retention_duration(), retention);
     }
 }
