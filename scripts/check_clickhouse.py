@@ -72,8 +72,11 @@ def ddl(spec):
         final_rows, checksum = scalar_row(s, spec["count_final"])
         kept = scalar_row(s, f"SELECT version, batch_id FROM {name} FINAL WHERE dedup_key = '{keys[0]}'")
         micros = scalar_row(s, f"SELECT toUnixTimestamp64Micro(event_time) FROM {name} FINAL LIMIT 1")[0]
+        s.query(spec["optimize_final"])
+        optimized = scalar_row(s, f"SELECT count() FROM {name}")[0]
         print(json.dumps({
             "raw_rows": raw,
+            "raw_rows_after_optimize_final": optimized,
             "final_rows": final_rows,
             "checksum_matches": checksum == py_checksum(keys),
             "final_keeps_highest_version": kept == [7, 200],

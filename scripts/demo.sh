@@ -74,6 +74,10 @@ idem produce --input "$work/new.jsonl"
 idem run --until-idle 3s --clickhouse-in-run
 check "after 15 new events" 10015 1100 10015
 
+echo
+echo "== the batches (idempipe analyze; charts in $work/batches.html)"
+idem analyze --html "$work/batches.html"
+
 if ((failed)); then echo "demo: MISMATCH (see above)" >&2; exit 1; fi
 echo
 echo "demo: every store matches"

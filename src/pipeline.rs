@@ -369,6 +369,9 @@ impl Pipeline {
             stored_duplicates = record.stored_duplicates,
             inserted = record.inserted,
             delta_version = record.delta_version,
+            attempts = record.attempts,
+            conflicts = record.conflicts,
+            duration_ms = (EventTime::now().micros() - batch_id) / 1_000,
             "batch committed"
         );
         Ok(record)

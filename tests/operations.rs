@@ -190,6 +190,16 @@ fn a_running_pipeline_is_observable_and_its_figures_agree_with_verify() {
     let table = p.ok(&["status"]);
     assert!(table.contains("processor on") && table.contains("lag 0"), "{table}");
 
+    // Compaction of both stores, on the server in use (OPTIMIZE … FINAL on 18.16 here;
+    // tests/speed_layer.rs checks the statement on a current server).
+    let compacted: serde_json::Value = serde_json::from_str(&p.ok(&["compact", "--clickhouse", "--json"])).unwrap();
+    assert_eq!(compacted["clickhouse_optimized"], true, "{compacted}");
+    assert!(count(&compacted, "live_files_after") <= count(&compacted, "live_files_before"), "{compacted}");
+    let after = p.verify();
+    assert_eq!(count(&after, "delta_rows"), distinct, "{after}");
+    assert_eq!(after["clickhouse_keys_match"], true, "{after}");
+    assert_eq!(count(&after, "clickhouse_rows"), count(&after, "clickhouse_final_rows"), "merged: {after}");
+
     // One JSON log line per batch, with its counts.
     let log = std::fs::read_to_string(p.path("run.log")).unwrap();
     let batch_lines: Vec<serde_json::Value> = log

@@ -161,11 +161,13 @@ fn current_clickhouse_accepts_our_ddl_and_queries() {
             "database_ddl": schema::create_database("idempipe"),
             "table_ddl": schema::create_events(&current, "idempipe", "events"),
             "count_final": schema::key_summary("idempipe", "events", true),
+            "optimize_final": schema::optimize_final("idempipe", "events"),
         }),
     );
     // Four inserts: two copies of one key, one other key, and a retry of the last insert
     // with its token, which the server drops.
     assert_eq!(seen["raw_rows"], 3, "{seen}");
+    assert_eq!(seen["raw_rows_after_optimize_final"], 2, "`compact --clickhouse` folds the copies: {seen}");
     assert_eq!(seen["final_rows"], 2, "{seen}");
     assert_eq!(seen["checksum_matches"], true, "{seen}");
     assert_eq!(seen["final_keeps_highest_version"], true, "{seen}");

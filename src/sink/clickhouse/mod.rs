@@ -305,7 +305,11 @@ impl ClickHouse {
     /// collapsed now rather than at a background merge (queries with `FINAL` are right
     /// either way; this makes them cheaper). Heavy on a large table.
     pub async fn optimize_final(&self) -> Result<()> {
-        self.execute(&format!("OPTIMIZE TABLE {} FINAL", self.table()), "optimizing the events table").await
+        self.execute(
+            &schema::optimize_final(&self.settings.database, &self.settings.table),
+            "optimizing the events table",
+        )
+        .await
     }
 
     /// Drops the events table (tests and operators recovering from a bad table).

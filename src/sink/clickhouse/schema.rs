@@ -63,6 +63,12 @@ pub fn qualified(database: &str, table: &str) -> String {
     format!("`{database}`.`{table}`")
 }
 
+/// Merges every part of the events table now, folding rows of one key (the same on
+/// every server version).
+pub fn optimize_final(database: &str, table: &str) -> String {
+    format!("OPTIMIZE TABLE {} FINAL", qualified(database, table))
+}
+
 pub fn create_database(database: &str) -> String {
     format!("CREATE DATABASE IF NOT EXISTS `{database}`")
 }
