@@ -253,6 +253,9 @@ pub const DEFAULT_TRIGGER: Duration = Duration::from_secs(15);
 pub const MIN_TRIGGER: Duration = Duration::from_millis(100);
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9898";
 const HOUR: Duration = Duration::from_secs(3600);
+/// The longest retention or interval: about ten years (longer ones overflow the date
+/// arithmetic of Delta's retention checks).
+pub const MAX_MAINTENANCE_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
 
 impl Settings {
     /// Layers defaults, the file (if any), and the environment and flags (which clap has
@@ -546,6 +549,16 @@ impl Settings {
                 "vacuum_retention",
                 "must be at least 1m (readers at older versions and files being written need it)",
             );
+        }
+        for (key, value) in [
+            ("log_retention", Some(m.log_retention)),
+            ("vacuum_retention", Some(m.vacuum_retention)),
+            ("compact_every", m.compact_every),
+            ("vacuum_every", m.vacuum_every),
+        ] {
+            if value.is_some_and(|v| v > MAX_MAINTENANCE_DURATION) {
+                return invalid(key, "must be at most 3650days");
+            }
         }
         for (key, every) in [("compact_every", m.compact_every), ("vacuum_every", m.vacuum_every)] {
             if every.is_some_and(|e| e < Duration::from_secs(1)) {

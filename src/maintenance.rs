@@ -79,6 +79,11 @@ impl Schedule {
                         );
                     }
                 }
+                Err(e) if e.is_lost_compaction_race() => {
+                    // Another process compacted the same files first: nothing to do.
+                    metrics::maintenance("compact_lost_race", true);
+                    tracing::info!("another compaction committed first; trying again at the next interval");
+                }
                 Err(e) => {
                     metrics::maintenance("compact", false);
                     tracing::warn!(error = %e, "compaction failed; trying again at the next interval");

@@ -91,8 +91,13 @@ fn describe() {
     );
 }
 
+/// One failed attempt at a batch (counted as it fails, so an outage shows while it lasts).
+pub fn batch_attempt_failed() {
+    counter!(BATCH_FAILED_ATTEMPTS).increment(1);
+}
+
 /// One committed batch.
-pub fn batch_committed(record: &BatchRecord, duration: Duration, failed_attempts: u32) {
+pub fn batch_committed(record: &BatchRecord, duration: Duration) {
     counter!(EVENTS_IN).increment(record.events_in);
     counter!(EVENTS_INVALID).increment(record.invalid);
     counter!(DUPLICATES, "kind" => "in_batch").increment(record.in_batch_duplicates);
@@ -100,7 +105,6 @@ pub fn batch_committed(record: &BatchRecord, duration: Duration, failed_attempts
     counter!(EVENTS_INSERTED).increment(record.inserted.unwrap_or(0));
     counter!(BATCHES).increment(1);
     counter!(BATCH_CONFLICTS).increment(u64::from(record.conflicts));
-    counter!(BATCH_FAILED_ATTEMPTS).increment(u64::from(failed_attempts));
     histogram!(BATCH_DURATION).record(duration.as_secs_f64());
     gauge!(LAST_BATCH).set(crate::event::EventTime::now().micros() as f64 / 1e6);
     gauge!(DELTA_VERSION).set(record.delta_version as f64);
@@ -133,9 +137,13 @@ pub fn clickhouse_sink_lag(lag: &BTreeMap<i32, i64>) {
     }
 }
 
-pub fn clickhouse_loaded(rows: usize, retries: u64) {
+pub fn clickhouse_loaded(rows: usize) {
     counter!(CLICKHOUSE_ROWS).increment(rows as u64);
-    counter!(CLICKHOUSE_RETRIES).increment(retries);
+}
+
+/// One failed ClickHouse insert that will be retried.
+pub fn clickhouse_insert_retried() {
+    counter!(CLICKHOUSE_RETRIES).increment(1);
 }
 
 /// One maintenance run of `kind` (checkpoint, log_cleanup, compact, vacuum).

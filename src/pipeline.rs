@@ -331,6 +331,7 @@ impl Pipeline {
                 }
                 Err(e) if failures + 1 < MAX_ATTEMPTS => {
                     failures += 1;
+                    metrics::batch_attempt_failed();
                     if matches!(e, PipelineError::Produce(_))
                         && let Err(reset) = self.output.reset(&self.settings)
                     {
@@ -349,11 +350,7 @@ impl Pipeline {
         }
         record.conflicts = conflicts;
         record.attempts = attempt;
-        metrics::batch_committed(
-            &record,
-            Duration::from_micros((EventTime::now().micros() - batch_id).max(0) as u64),
-            failures,
-        );
+        metrics::batch_committed(&record, Duration::from_micros((EventTime::now().micros() - batch_id).max(0) as u64));
         metrics::table_state(self.table.version(), self.table.live_files(), self.table.key_index().map(|i| i.len()));
         tracing::debug!(batch_id, "batch phase: group offsets");
         self.source.commit_offsets(&last_offsets);

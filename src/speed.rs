@@ -276,6 +276,7 @@ impl Sink {
                             }
                             attempt += 1;
                             summary.retries += 1;
+                            crate::metrics::clickhouse_insert_retried();
                             let backoff = backoff(attempt);
                             tracing::warn!(attempt, error = %e, ?backoff, rows = rows.len(), "ClickHouse insert failed; retrying");
                             sleep_unless_shutdown(&self.shutdown, backoff);
@@ -286,7 +287,7 @@ impl Sink {
                 for (p, (_, last)) in &ranges {
                     self.next.insert(*p, last + 1);
                 }
-                crate::metrics::clickhouse_loaded(rows.len(), u64::from(attempt));
+                crate::metrics::clickhouse_loaded(rows.len());
                 summary.batches += 1;
                 summary.rows += rows.len() as u64;
                 tracing::debug!(rows = rows.len(), "ClickHouse batch loaded");

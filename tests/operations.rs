@@ -317,6 +317,8 @@ fn maintenance_while_the_processor_writes_keeps_exactly_once() {
     let dry: serde_json::Value =
         serde_json::from_str(&p.ok(&["vacuum", "--retention", "1m", "--dry-run", "--json"])).unwrap();
     assert_eq!(dry["dry_run"], true);
+    let err = String::from_utf8_lossy(&p.output(&["vacuum", "--full", "--retention", "10m"]).stderr).into_owned();
+    assert!(err.contains("`--retention`"), "{err}");
     assert_eq!(count(&p.verify(), "delta_rows"), distinct);
 }
 

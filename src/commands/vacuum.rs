@@ -3,15 +3,39 @@
 
 use std::time::Duration;
 
-use crate::config::Settings;
+use crate::config::{MAX_MAINTENANCE_DURATION, Settings};
 use crate::sink::delta::{DeltaError, EventTable, VacuumOutcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VacuumError {
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+    #[error("invalid value for `--retention`: {0}")]
+    Retention(String),
+}
+
+/// The shortest retention of `--full`, which also deletes files the log never mentions:
+/// a batch's files wait for its Kafka acks before their commit (librdkafka's
+/// `message.timeout.ms` is 5 minutes), and a compaction writes for minutes before its.
+pub const MIN_FULL_RETENTION: Duration = Duration::from_secs(3600);
 
 pub async fn vacuum(
     settings: &Settings,
     retention: Option<Duration>,
     dry_run: bool,
     full: bool,
-) -> Result<VacuumOutcome, DeltaError> {
+) -> Result<VacuumOutcome, VacuumError> {
+    let retention = retention.unwrap_or(settings.maintenance.vacuum_retention);
+    if retention < Duration::from_secs(60) || retention > MAX_MAINTENANCE_DURATION {
+        return Err(VacuumError::Retention("must be between 1m and 3650days".into()));
+    }
+    if full && retention < MIN_FULL_RETENTION {
+        return Err(VacuumError::Retention(
+            "must be at least 1h with --full, which deletes files not yet committed by a running processor if they \
+             are older than the retention"
+                .into(),
+        ));
+    }
     let mut table = EventTable::open(&settings.delta_path).await?;
-    table.vacuum(retention.unwrap_or(settings.maintenance.vacuum_retention), dry_run, full).await
+    Ok(table.vacuum(retention, dry_run, full).await?)
 }

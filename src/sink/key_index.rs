@@ -5,10 +5,11 @@
 //! Invariants:
 //! - after [`KeyIndex::sync`] against a snapshot at version V, the index holds exactly
 //!   the keys of the data files live at V: it has read the key column of every one of
-//!   them; a file it read that is no longer live either was rewritten by a compaction
-//!   (its remove says `dataChange = false`: the rows live on in the compaction's files,
-//!   which it reads) or makes it start again from nothing, so it never answers "stored"
-//!   for a key that is not;
+//!   them; when files it read are no longer live, it keeps their keys only if they were
+//!   all rewritten by a compaction (removes saying `dataChange = false`: the rows live on
+//!   in the compaction's files, which it reads) and no rows were deleted since it last
+//!   started from nothing (no new remove saying `dataChange = true`); otherwise it starts
+//!   again from nothing, so it never answers "stored" for a key that is not;
 //! - it lives only in memory and is built from Delta on start, so it cannot go stale
 //!   across restarts, and it never replaces Delta's own guarantee: the commit that
 //!   inserts the rows found new declares that it read the batch's `event_date`
@@ -42,6 +43,11 @@ pub struct KeyIndex {
     /// up live, their keys are taken from here instead of being read back.
     pending: Option<Pending>,
     rebuilds: u64,
+    /// Files removed as a change of data (deleted rows, not a compaction) that the keys
+    /// already account for: those live in the table's tombstones when the index last
+    /// started again from nothing. Any other such tombstone means rows were deleted
+    /// since, and the index must start again.
+    deletes_seen: HashSet<String>,
 }
 
 struct Pending {
@@ -126,20 +132,23 @@ impl KeyIndex {
             snapshot.log_data().iter().map(|f| (f.path().into_owned(), f.object_store_path())).collect();
         let live_paths: HashSet<&str> = live.iter().map(|(p, _)| p.as_str()).collect();
         let gone: Vec<String> = self.files.iter().filter(|p| !live_paths.contains(p.as_str())).cloned().collect();
-        if !gone.is_empty() && rewritten_only(table, &gone).await? {
-            // A compaction: its removes say the rows did not change, so the keys stay;
-            // the files it wrote are read below like any new file (their keys are
-            // already here: reading them again changes nothing).
+        let removals = if gone.is_empty() { None } else { Some(removals(table, &gone).await?) };
+        if let Some(removals) = removals.as_ref().filter(|r| r.rewritten_only(&self.deletes_seen)) {
+            // A compaction: its removes say the rows did not change, and no rows were
+            // deleted since the index last read the table, so the keys stay; the files
+            // it wrote are read below like any new file (their keys are already here:
+            // reading them again changes nothing).
             for path in &gone {
                 self.files.remove(path);
             }
-            stats.compacted = gone.len() as u64;
-        } else if !gone.is_empty() {
+            stats.compacted = removals.gone_rewritten as u64;
+        } else if let Some(removals) = removals {
             // A file whose keys we hold is gone: rows may have been deleted. Only a full
             // re-read is sure to drop exactly those.
             tracing::info!(version, "key index: a data file it read is no longer live; rebuilding from the table");
             self.keys.clear();
             self.files.clear();
+            self.deletes_seen = removals.deletes;
             self.rebuilds += 1;
             stats.rebuilt = true;
         }
@@ -177,25 +186,43 @@ impl FromIterator<DedupKey> for KeyIndex {
     }
 }
 
-/// Whether every one of `gone` was removed with `dataChange = false`: rewritten into
-/// other files with the same rows (a compaction), not deleted.
-async fn rewritten_only(table: &DeltaTable, gone: &[String]) -> Result<bool, DeltaTableError> {
+/// What the table's tombstones say about files the index read that are no longer live.
+struct Removals {
+    /// How many of them were removed with `dataChange = false` (rewritten elsewhere).
+    gone_rewritten: usize,
+    /// How many have no tombstone at all, or one saying the data changed.
+    gone_otherwise: usize,
+    /// Every file removed as a change of data (rows deleted).
+    deletes: HashSet<String>,
+}
+
+impl Removals {
+    /// Whether the gone files were only rewritten (a compaction) and no rows were
+    /// deleted since the index last started from nothing.
+    fn rewritten_only(&self, deletes_seen: &HashSet<String>) -> bool {
+        self.gone_otherwise == 0 && self.deletes.is_subset(deletes_seen)
+    }
+}
+
+/// Reads the table's tombstones for the files in `gone`.
+async fn removals(table: &DeltaTable, gone: &[String]) -> Result<Removals, DeltaTableError> {
     let mut unexplained: HashSet<&str> = gone.iter().map(String::as_str).collect();
+    let mut removals = Removals { gone_rewritten: 0, gone_otherwise: 0, deletes: HashSet::new() };
     let log_store = table.log_store();
     let snapshot = table.snapshot()?;
     let mut tombstones = snapshot.all_tombstones(log_store.as_ref());
     while let Some(tombstone) = tombstones.next().await {
         let tombstone = tombstone?;
         let path = tombstone.path();
-        if unexplained.contains(path.as_ref()) {
-            if tombstone.data_change() {
-                return Ok(false);
-            }
-            unexplained.remove(path.as_ref());
+        if tombstone.data_change() {
+            removals.deletes.insert(path.clone().into_owned());
+        } else if unexplained.remove(path.as_ref()) {
+            removals.gone_rewritten += 1;
         }
     }
-    // A file with no tombstone at all is gone some other way: do not trust the keys.
-    Ok(unexplained.is_empty())
+    // Deleted, or gone with no tombstone at all (expired): the keys cannot be trusted.
+    removals.gone_otherwise = unexplained.len();
+    Ok(removals)
 }
 
 /// Adds the `dedup_key` column of one data file to `keys`; returns the rows read.
