@@ -96,6 +96,29 @@ impl BatchLog {
         file.write_all(&line)
     }
 
+    /// The last record, reading only the end of the file.
+    pub fn last(&self) -> std::io::Result<Option<BatchRecord>> {
+        use std::io::{Read, Seek, SeekFrom};
+        for path in [self.path.clone(), self.previous()] {
+            let mut file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let len = file.metadata()?.len();
+            // A line is under 1 KiB unless a batch spans thousands of partitions.
+            file.seek(SeekFrom::Start(len.saturating_sub(1 << 20)))?;
+            let mut tail = Vec::new();
+            file.read_to_end(&mut tail)?;
+            let last =
+                String::from_utf8_lossy(&tail).lines().rev().find_map(|l| serde_json::from_str::<BatchRecord>(l).ok());
+            if last.is_some() {
+                return Ok(last);
+            }
+        }
+        Ok(None)
+    }
+
     /// The rotated-out file.
     fn previous(&self) -> PathBuf {
         let mut name = self.path.as_os_str().to_owned();
@@ -141,13 +164,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = BatchLog::new(dir.path().join("events.batches.jsonl"));
         log.append(&BatchRecord { batch_id: 1, ..Default::default() }).unwrap();
-        // Grow the file to just under the limit, as a day of batches would.
-        let file = std::fs::OpenOptions::new().append(true).open(log.path()).unwrap();
-        file.set_len(MAX_LOG_BYTES - 10).unwrap();
+        // Grow the file to just under the limit, as a day of batches would, ending with
+        // a line for batch 3.
+        let mut line = serde_json::to_vec(&BatchRecord { batch_id: 3, ..Default::default() }).unwrap();
+        line.insert(0, b'\n');
+        line.push(b'\n');
+        let mut file = std::fs::OpenOptions::new().append(true).open(log.path()).unwrap();
+        file.set_len(MAX_LOG_BYTES - 10 - line.len() as u64).unwrap();
+        file.write_all(&line).unwrap();
         log.append(&BatchRecord { batch_id: 2, ..Default::default() }).unwrap();
         assert!(log.previous().exists());
         assert!(std::fs::metadata(log.path()).unwrap().len() < 1_000, "a new file was started");
         let ids: Vec<i64> = log.read().unwrap().iter().map(|r| r.batch_id).collect();
-        assert_eq!(ids, vec![1, 2]);
+        assert_eq!(ids, vec![1, 3, 2]);
+        assert_eq!(log.last().unwrap().map(|r| r.batch_id), Some(2));
+        std::fs::remove_file(log.path()).unwrap();
+        assert_eq!(log.last().unwrap().map(|r| r.batch_id), Some(3), "from the rotated-out file");
     }
 }

@@ -88,7 +88,7 @@ pub async fn status(settings: &Settings) -> Result<Status, StatusError> {
                 }
             })
             .collect();
-    let last_batch = BatchLog::new(settings.batch_log_path()).read()?.pop();
+    let last_batch = BatchLog::new(settings.batch_log_path()).last()?;
     let last_batch_age_s = last_batch.as_ref().and_then(|b| {
         let ended = chrono::DateTime::parse_from_rfc3339(&b.ended_at).ok()?;
         Some((chrono::Utc::now() - ended.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1e3)

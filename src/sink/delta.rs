@@ -854,17 +854,12 @@ pub const COMPACT_TARGET_BYTES: u64 = 64 << 20;
 pub const COMPACTION_APP_ID: &str = "idempipe-compaction";
 
 /// Every row of one data file (without the partition column, which lives in the path).
-#[allow(deprecated)]
 async fn read_data_file(
     store: Arc<dyn deltalake::ObjectStore>,
     location: deltalake::Path,
 ) -> std::result::Result<Vec<RecordBatch>, DeltaTableError> {
-    use deltalake::parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
     use futures::TryStreamExt;
-    let stream = ParquetRecordBatchStreamBuilder::new(ParquetObjectReader::new(store, location))
-        .await?
-        .with_batch_size(64 * 1024)
-        .build()?;
+    let stream = crate::sink::key_index::data_file_stream(store, location, None).await?;
     Ok(stream.try_collect().await?)
 }
 

@@ -25,7 +25,9 @@ use deltalake::parquet::arrow::ProjectionMask;
 // Deprecated in parquet 59 in favour of a hand-written `AsyncFileReader`; it still reads
 // only the footer and the projected column's pages, which is what this needs.
 #[allow(deprecated)]
-use deltalake::parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use deltalake::parquet::arrow::async_reader::{
+    ParquetObjectReader, ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
+};
 use deltalake::{DeltaTable, DeltaTableError, ObjectStore};
 use futures::StreamExt;
 
@@ -225,6 +227,24 @@ async fn removals(table: &DeltaTable, gone: &[String]) -> Result<Removals, Delta
     Ok(removals)
 }
 
+/// A stream of one data file's rows, all columns or just `column`, in batches of 64 Ki.
+#[allow(deprecated)]
+pub(crate) async fn data_file_stream(
+    store: std::sync::Arc<dyn ObjectStore>,
+    location: deltalake::Path,
+    column: Option<&str>,
+) -> Result<ParquetRecordBatchStream<ParquetObjectReader>, DeltaTableError> {
+    let builder = ParquetRecordBatchStreamBuilder::new(ParquetObjectReader::new(store, location)).await?;
+    let builder = match column {
+        Some(column) => {
+            let mask = ProjectionMask::columns(builder.parquet_schema(), [column]);
+            builder.with_projection(mask)
+        }
+        None => builder,
+    };
+    Ok(builder.with_batch_size(64 * 1024).build()?)
+}
+
 /// Adds the `dedup_key` column of one data file to `keys`; returns the rows read.
 #[allow(deprecated)]
 async fn read_keys(
@@ -232,9 +252,7 @@ async fn read_keys(
     location: deltalake::Path,
     keys: &mut HashSet<DedupKey>,
 ) -> Result<u64, DeltaTableError> {
-    let builder = ParquetRecordBatchStreamBuilder::new(ParquetObjectReader::new(store, location.clone())).await?;
-    let mask = ProjectionMask::columns(builder.parquet_schema(), ["dedup_key"]);
-    let mut stream = builder.with_projection(mask).with_batch_size(64 * 1024).build()?;
+    let mut stream = data_file_stream(store, location.clone(), Some("dedup_key")).await?;
     let mut rows = 0_u64;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
