@@ -44,20 +44,23 @@ run_pid=$!
 produce_pid=
 trap 'kill $run_pid 2>/dev/null || true; [[ -n $produce_pid ]] && kill $produce_pid 2>/dev/null; stop_broker' EXIT
 sleep 5
-idem produce --input "$work/events.jsonl" --rate "$rate" >"$work/produce.out" 2>"$work/produce.log" &
+"$bin" --config "$work/idempipe.toml" produce --input "$work/events.jsonl" --rate "$rate" \
+  >"$work/produce.out" 2>"$work/produce.log" &
 produce_pid=$!
 
 table=$work/delta/events
+# Files come and go while they are counted (compaction, vacuum, log cleanup): a sample
+# never fails the run.
 sample() { # minute
   local live log_files log_bytes data_files data_bytes rss
-  live=$(idem status --json 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["delta_live_files"], s["processor_lag"], s["delta_version"])' || echo "- - -")
-  log_files=$(find "$table/_delta_log" -type f | wc -l)
-  log_bytes=$(du -sb "$table/_delta_log" | cut -f1)
-  data_files=$(find "$table" -path "$table/_delta_log" -prune -o -type f -name '*.parquet' -print | wc -l)
-  data_bytes=$(du -sb --exclude=_delta_log "$table" | cut -f1)
+  live=$(idem status --json 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["delta_live_files"], s["processor_lag"], s["delta_version"])' 2>/dev/null || echo "- - -")
+  log_files=$(find "$table/_delta_log" -type f 2>/dev/null | wc -l || true)
+  log_bytes=$( (du -sb "$table/_delta_log" 2>/dev/null || true) | cut -f1)
+  data_files=$(find "$table" -path "$table/_delta_log" -prune -o -type f -name '*.parquet' -print 2>/dev/null | wc -l || true)
+  data_bytes=$( (du -sb --exclude=_delta_log "$table" 2>/dev/null || true) | cut -f1)
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$run_pid/status" 2>/dev/null || echo -)
   read -r live_files lag version <<<"$live"
-  echo "$1,$version,$live_files,$lag,$log_files,$log_bytes,$data_files,$data_bytes,$rss" | tee -a "$work/samples.csv"
+  echo "$1,$version,$live_files,$lag,$log_files,${log_bytes:--},$data_files,${data_bytes:--},${rss:--}" | tee -a "$work/samples.csv"
 }
 echo "minute,delta_version,live_files,processor_lag,log_files,log_bytes,data_files_on_disk,data_bytes_on_disk,run_rss_kib" | tee "$work/samples.csv"
 minute=0
@@ -66,10 +69,10 @@ while kill -0 $produce_pid 2>/dev/null; do
   minute=$((minute + 1))
   sample $minute
 done
-wait $produce_pid
+wait $produce_pid || { echo "soak: produce failed: $(tail -1 "$work/produce.out" "$work/produce.log")" >&2; exit 1; }
 # Caught up: nothing left to process, then one more sample.
 for _ in $(seq 1 120); do
-  lag=$(idem status --json 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["processor_lag"] + s["clickhouse_sink_lag"])' || echo 1)
+  lag=$(idem status --json 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["processor_lag"] + s["clickhouse_sink_lag"])' 2>/dev/null || echo 1)
   [[ $lag == 0 ]] && break
   sleep 1
 done
