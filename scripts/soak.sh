@@ -42,7 +42,8 @@ idem setup >&2
 "$bin" --config "$work/idempipe.toml" run --clickhouse-in-run "${maint[@]}" 2>"$work/run.log" &
 run_pid=$!
 produce_pid=
-trap 'kill $run_pid 2>/dev/null || true; [[ -n $produce_pid ]] && kill $produce_pid 2>/dev/null; stop_broker' EXIT
+# Under `set -e` a failing command ends a trap early: every step here succeeds.
+trap 'kill $run_pid 2>/dev/null || true; kill ${produce_pid:-} 2>/dev/null || true; stop_broker' EXIT
 sleep 5
 "$bin" --config "$work/idempipe.toml" produce --input "$work/events.jsonl" --rate "$rate" \
   >"$work/produce.out" 2>"$work/produce.log" &
