@@ -209,8 +209,8 @@ pub fn analyze(records: &[BatchRecord]) -> Report {
     Report { batches, summary }
 }
 
-/// A record's parsed times, in microseconds since the epoch.
-fn micros(s: &str) -> Option<i64> {
+/// A batch log time (RFC 3339), in microseconds since the epoch.
+pub(crate) fn micros(s: &str) -> Option<i64> {
     DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_micros())
 }
 

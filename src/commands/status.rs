@@ -89,10 +89,10 @@ pub async fn status(settings: &Settings) -> Result<Status, StatusError> {
             })
             .collect();
     let last_batch = BatchLog::new(settings.batch_log_path()).last()?;
-    let last_batch_age_s = last_batch.as_ref().and_then(|b| {
-        let ended = chrono::DateTime::parse_from_rfc3339(&b.ended_at).ok()?;
-        Some((chrono::Utc::now() - ended.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1e3)
-    });
+    let last_batch_age_s = last_batch
+        .as_ref()
+        .and_then(|b| crate::analyze::micros(&b.ended_at))
+        .map(|ended| (crate::event::EventTime::now().micros() - ended) as f64 / 1e6);
     Ok(Status {
         delta_path: settings.delta_path.display().to_string(),
         delta_version: table.version(),
