@@ -116,7 +116,12 @@ fn a_running_pipeline_is_observable_and_its_figures_agree_with_verify() {
     let expected: serde_json::Value = serde_json::from_str(&out).unwrap();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let _run = p.spawn(&["run", "--clickhouse-in-run", "--metrics-addr", &addr, "--log-format", "json"], "run");
+    // Batches of at most 1,000 events: each copy of the file spans several batches back to
+    // back, so every chart has lines (not lone points) between the idle gaps.
+    let _run = p.spawn(
+        &["run", "--clickhouse-in-run", "--metrics-addr", &addr, "--log-format", "json", "--max-batch-events", "1000"],
+        "run",
+    );
     wait_until(Duration::from_secs(60), "/healthz to answer", || http_get(port, "/healthz").is_some());
     assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
     wait_until(Duration::from_secs(60), "/readyz to say ready", || http_get(port, "/readyz").unwrap().0 == 200);
