@@ -15,7 +15,7 @@ use idempipe::batch::Batch;
 use idempipe::commands::generate::{Spec, generate};
 use idempipe::dedup;
 use idempipe::event::{self, DedupKey};
-use idempipe::sink::key_index::KeyIndex;
+use idempipe::table::key_index::KeyIndex;
 
 const BATCH: u64 = 200_000;
 

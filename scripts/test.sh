@@ -12,16 +12,11 @@ SERVICES_DIR=${SERVICES_DIR:-data/services} scripts/services.sh clickhouse-up
 SERVICES_DIR=data/test-services KAFKA_PORT=9192 scripts/services.sh kafka-fresh
 export IDEMPIPE_TEST_BROKERS=127.0.0.1:9192
 
-# Independent readers the tests use: the Python `deltalake` (the Delta table) and `chdb`
-# (current ClickHouse in process: our DDL and queries, the Kafka-engine route).
-if ! python3 -c 'import deltalake' 2>/dev/null; then
-  echo "test: installing the Python deltalake package (independent Delta reader)" >&2
-  python3 -m pip install --quiet 'deltalake>=1.0' 'pyarrow>=15' >&2
-fi
-if ! python3 -c 'import chdb' 2>/dev/null; then
-  echo "test: installing the Python chdb package (current ClickHouse, in process)" >&2
-  python3 -m pip install --quiet 'chdb>=3' >&2
-fi
+# Independent readers the tests use, in the project's own virtual environment: the
+# Python `deltalake` (the Delta table) and `chdb` (current ClickHouse in process: our DDL
+# and queries, the Kafka-engine route).
+source scripts/pyenv.sh
+pyenv_ready 'deltalake=deltalake>=1.0' 'pyarrow=pyarrow>=15' 'chdb=chdb>=3'
 
 # Headless Chromium renders the `analyze --html` page in tests/operations.rs.
 if ! command -v chromium >/dev/null 2>&1; then

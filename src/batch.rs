@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::event::{self, Rejection};
-use crate::sink::delta::Row;
+use crate::table::Row;
 
 /// A refused message, kept whole for the dead-letter topic.
 #[derive(Debug, Clone)]

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::EventTime;
+
 /// Milliseconds spent in each phase of a batch.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Phases {
@@ -38,9 +40,13 @@ pub struct Phases {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BatchRecord {
     pub batch_id: i64,
-    /// RFC 3339, UTC.
-    pub started_at: String,
-    pub ended_at: String,
+    /// When the batch's collect wait began; `None` when a log line's time does not parse
+    /// (a hand-edited or foreign log: `analyze` keeps the record and estimates).
+    #[serde(with = "log_time")]
+    pub started_at: Option<EventTime>,
+    /// When the record was written, after the commit.
+    #[serde(with = "log_time")]
+    pub ended_at: Option<EventTime>,
     pub events_in: u64,
     pub invalid: u64,
     pub in_batch_duplicates: u64,
@@ -142,9 +148,41 @@ impl BatchLog {
     }
 }
 
+/// Times in the log are canonical RFC 3339 text (UTC, microseconds); one that does not
+/// parse reads as `None`, written back as an empty string.
+pub(crate) mod log_time {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::event::EventTime;
+
+    pub(crate) fn serialize<S: Serializer>(time: &Option<EventTime>, s: S) -> Result<S::Ok, S::Error> {
+        match time {
+            Some(t) => s.collect_str(t),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<EventTime>, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(EventTime::parse(&text).ok())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_round_trip_and_an_unreadable_one_is_kept_as_unknown() {
+        let t = EventTime::parse("2026-11-25T02:13:20.758213Z").unwrap();
+        let record = BatchRecord { batch_id: 1, started_at: Some(t), ..BatchRecord::default() };
+        let line = serde_json::to_string(&record).unwrap();
+        assert!(line.contains("\"started_at\":\"2026-11-25T02:13:20.758213Z\",\"ended_at\":\"\""), "{line}");
+        let back: BatchRecord = serde_json::from_str(&line).unwrap();
+        assert_eq!((back.started_at, back.ended_at), (Some(t), None));
+        let odd = line.replace("2026-11-25T02:13:20.758213Z", "yesterday");
+        assert_eq!(serde_json::from_str::<BatchRecord>(&odd).unwrap().started_at, None);
+    }
 
     #[test]
     fn records_round_trip_and_a_torn_line_is_skipped() {

@@ -3,7 +3,7 @@
 //! Invariant: the output holds each key of the input once, in first-arrival order, so
 //! the row kept (its source partition and offset) does not depend on hash order. The
 //! check against what the table already holds comes next
-//! ([`crate::sink::delta::EventTable::existing_keys`]).
+//! ([`crate::table::EventTable::existing_keys`]).
 
 use std::collections::HashSet;
 

@@ -8,8 +8,8 @@
 //! with its reason, a valid one gets its dedup key (MD5 of user, event type and canonical
 //! time). Each batch keeps the first copy of a key ([`dedup`]), and inserts into Delta
 //! only the keys the table lacks (looked up in an in-memory index of the table's keys,
-//! [`sink::key_index`]), in one commit that conflicts with any concurrent insert into the
-//! same dates and also records each Kafka partition's last offset ([`sink::delta`]). Delta is the truth: a restarted or
+//! [`table::key_index`]), in one commit that conflicts with any concurrent insert into the
+//! same dates and also records each Kafka partition's last offset ([`table`]). Delta is the truth: a restarted or
 //! rebalanced consumer resumes after the offsets it records ([`source`]). New events also
 //! go to the processed topic before that commit, so everything in Delta is there too.
 //! [`pipeline`] holds the order of the steps and why.
@@ -30,14 +30,15 @@ pub mod analyze;
 pub mod batch;
 pub mod batch_log;
 pub mod cli;
+pub mod clickhouse;
 pub mod commands;
 pub mod config;
 pub mod dedup;
 pub mod event;
 pub mod kafka;
-pub mod maintenance;
 pub mod metrics;
+pub mod output;
 pub mod pipeline;
-pub mod sink;
+pub mod retry;
 pub mod source;
-pub mod speed;
+pub mod table;

@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use deltalake::kernel::Transaction;
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use tokio::runtime::Handle;
 
 use crate::batch::Batch;
@@ -33,12 +33,13 @@ use crate::config::{ConsumerMode, KeyCheck, Settings};
 use crate::dedup;
 use crate::event::{DedupKey, EventTime};
 use crate::kafka::KafkaFailure;
-use crate::maintenance::Schedule;
 use crate::metrics;
-use crate::sink::delta::{self, DeltaError, EventTable};
-use crate::sink::producer::{Output, ProduceError};
-use crate::sink::{dlq, processed};
-use crate::source::{OrphanWatch, Source};
+use crate::output::{Output, ProduceError};
+use crate::output::{dlq, processed};
+use crate::retry::{self, Backoff};
+use crate::source::{self, Collector, OrphanWatch, Positions, Source};
+use crate::table::maintenance::Schedule;
+use crate::table::{self, AppIds, DeltaError, EventTable};
 
 /// Why the processor stopped with an error. Nothing is lost in any case: whatever was
 /// not committed to Delta is read again on restart.
@@ -67,6 +68,10 @@ const ORPHAN_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// How many times one batch is tried before the processor stops (and, restarted, tries
 /// again from what Delta records).
 const MAX_ATTEMPTS: u32 = 8;
+
+/// The wait between failed attempts at one batch: 400 ms doubling to at most 3 s, well
+/// below `max.poll.interval.ms`, so retries do not cost the group membership as well.
+const ATTEMPT_BACKOFF: Backoff = Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(3) };
 
 /// How many lost commit races one batch accepts before they count as failures: each
 /// means another writer made progress, so only a pathological contention reaches it.
@@ -134,7 +139,7 @@ impl Pipeline {
 
     /// The highest offsets the processor's producer has had acknowledged, per topic and
     /// partition (updated as batches are sent).
-    pub fn delivered(&self) -> crate::sink::producer::Delivered {
+    pub fn delivered(&self) -> crate::output::Delivered {
         self.output.delivered()
     }
 
@@ -142,84 +147,34 @@ impl Pipeline {
     /// partition is caught up and nothing arrived for that long.
     pub fn run(mut self, until_idle: Option<Duration>) -> Result<RunSummary, PipelineError> {
         let mut summary = RunSummary::default();
-        let mut next: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+        let mut positions = Positions::default();
+        // No assignment seen yet: the first poll adopts the current one.
         let mut generation = u64::MAX;
-        let mut last_message = Instant::now();
-        // Partitions whose end was reached (an EOF event) with nothing read since.
-        let mut at_end: BTreeSet<i32> = BTreeSet::new();
         let mut watch = (self.source.mode == ConsumerMode::Group).then(|| OrphanWatch::new(OrphanWatch::PATIENCE));
         let mut last_watch = Instant::now();
         loop {
             let started_at = EventTime::now();
             let collect_started = Instant::now();
-            let deadline = collect_started + self.settings.batch.trigger;
-            let mut batch = Batch::default();
-            while !self.shutdown.load(Ordering::Relaxed) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero()
-                    || batch.messages() >= self.settings.batch.max_events.get() as u64
-                    || batch.bytes >= self.settings.batch.max_bytes.get()
-                {
-                    break;
-                }
-                let polled = self.source.poll(left.min(Duration::from_millis(100)));
-                {
-                    let assignment = self.source.assignment();
-                    if let Some(failure) = &assignment.failure {
-                        return Err(PipelineError::Assignment(failure.clone()));
-                    }
-                    if assignment.generation != generation {
-                        // A rebalance: every partition restarts from Delta, so what was
-                        // collected is dropped (it will be read again).
-                        generation = assignment.generation;
-                        next = assignment.next.clone();
-                        if !batch.is_empty() {
-                            tracing::info!(
-                                dropped = batch.messages(),
-                                "rebalance: dropping the batch under collection"
-                            );
-                        }
-                        batch = Batch::default();
-                        at_end.clear();
-                    }
-                }
-                match polled {
-                    Some(Ok(m)) => {
-                        let p = m.partition();
-                        // Only partitions we hold, and never before the start Delta gave.
-                        match next.get(&p) {
-                            Some(Some(start)) if m.offset() < *start => continue,
-                            Some(Some(start)) if m.offset() > *start => {
-                                tracing::warn!(
-                                    partition = p,
-                                    expected = start,
-                                    got = m.offset(),
-                                    "offset gap: the broker skipped offsets (fine after compaction, \
-                                     retention or transaction markers; otherwise a broker fault)"
-                                );
-                                batch.offset_gaps += (m.offset() - start) as u64;
-                            }
-                            Some(_) => {}
-                            None => continue,
-                        }
-                        batch.add(p, m.offset(), m.key(), m.payload(), self.settings.max_message_bytes);
-                        next.insert(p, Some(m.offset() + 1));
-                        at_end.remove(&p);
-                        last_message = Instant::now();
-                    }
-                    Some(Err(KafkaError::PartitionEOF(p))) => {
-                        at_end.insert(p);
-                    }
-                    None => {}
-                    Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                }
-            }
+            let mut collecting = Collecting {
+                batch: Batch::default(),
+                settings: &self.settings,
+                source: &self.source,
+                generation: &mut generation,
+            };
+            source::collect(
+                &self.source.consumer,
+                &mut positions,
+                &mut collecting,
+                collect_started + self.settings.batch.trigger,
+                &self.shutdown,
+            )?;
+            let batch = collecting.batch;
             let collect_time = collect_started.elapsed();
             if let Some(watch) = watch.as_mut()
                 && last_watch.elapsed() >= ORPHAN_CHECK_EVERY
             {
                 last_watch = Instant::now();
-                self.watch_orphans(watch, &next)?;
+                self.watch_orphans(watch, &positions.next)?;
             }
             if !batch.is_empty() {
                 let record = self.process(batch, started_at, collect_time)?;
@@ -242,9 +197,7 @@ impl Pipeline {
                 return Ok(summary);
             }
             if let Some(idle) = until_idle
-                && last_message.elapsed() >= idle
-                && !next.is_empty()
-                && next.keys().all(|p| at_end.contains(p))
+                && positions.idle_for(idle)
             {
                 tracing::info!(idle = ?idle, "caught up and idle: stopping");
                 return Ok(summary);
@@ -262,10 +215,10 @@ impl Pipeline {
         // Only the partitions others hold: ours are watched by our own batches.
         let ends = self.source.ends((0..self.source.partitions).filter(|p| !held.contains_key(p)));
         let rt = self.runtime.clone();
-        let ids: Vec<(i32, String)> = ends.keys().map(|p| (*p, self.settings.txn_app_id(*p))).collect();
+        let ids = AppIds::of(&self.settings);
         let stored = rt.block_on(async {
             self.table.reload().await?;
-            self.table.txn_versions(ids.iter().map(|(p, id)| (*p, id.as_str()))).await
+            self.table.stored_offsets(&ids, ends.keys().copied()).await
         });
         let stored = match stored {
             Ok(stored) => stored,
@@ -293,7 +246,7 @@ impl Pipeline {
         let batch_id = started_at.micros();
         let mut record = BatchRecord {
             batch_id,
-            started_at: started_at.to_string(),
+            started_at: Some(started_at),
             events_in: batch.messages(),
             invalid: batch.dead_letters.len() as u64,
             offset_gaps: batch.offset_gaps,
@@ -327,7 +280,8 @@ impl Pipeline {
                     sent.merge_attempted = false;
                     let pause = Duration::from_millis(50 + jitter() % 450);
                     tracing::info!(batch_id, conflicts, ?pause, error = %e, "lost a commit race to another writer; redoing the batch on the new version");
-                    std::thread::sleep(pause);
+                    // Cut short on shutdown: the attempt that follows commits the batch.
+                    retry::sleep_unless_shutdown(&self.shutdown, pause);
                 }
                 Err(e) if failures + 1 < MAX_ATTEMPTS => {
                     failures += 1;
@@ -337,11 +291,11 @@ impl Pipeline {
                     {
                         tracing::warn!(error = %reset, "cannot replace the producer after a failed send");
                     }
-                    // Capped well below max.poll.interval.ms, so retries do not cost the
-                    // group membership as well.
-                    let backoff = Duration::from_millis((200 * 2_u64.pow(failures)).min(3_000));
+                    let backoff = ATTEMPT_BACKOFF.delay(failures);
                     tracing::warn!(batch_id, attempt, error = %e, ?backoff, "batch attempt failed; reloading the table and retrying");
-                    std::thread::sleep(backoff);
+                    // Cut short on shutdown: the batch in progress is still tried (the
+                    // processor stops after it commits, or gives up).
+                    ATTEMPT_BACKOFF.wait(failures, &self.shutdown);
                 }
                 Err(e) => {
                     return Err(PipelineError::GaveUp { batch_id, attempts: attempt, last: Box::new(e) });
@@ -354,7 +308,7 @@ impl Pipeline {
         metrics::table_state(self.table.version(), self.table.live_files(), self.table.key_index().map(|i| i.len()));
         tracing::debug!(batch_id, "batch phase: group offsets");
         self.source.commit_offsets(&last_offsets);
-        record.ended_at = EventTime::now().to_string();
+        record.ended_at = Some(EventTime::now());
         if let Err(e) = self.log.append(&record) {
             tracing::warn!(error = %e, path = %self.log.path().display(), "cannot write the batch log");
         }
@@ -385,8 +339,8 @@ impl Pipeline {
         let rt = self.runtime.clone();
         let t = Instant::now();
         rt.block_on(self.table.reload())?;
-        let app_ids: Vec<(i32, String)> = batch.ranges.keys().map(|p| (*p, self.settings.txn_app_id(*p))).collect();
-        let stored = rt.block_on(self.table.txn_versions(app_ids.iter().map(|(p, id)| (*p, id.as_str()))))?;
+        let ids = AppIds::of(&self.settings);
+        let stored = rt.block_on(self.table.stored_offsets(&ids, batch.ranges.keys().copied()))?;
         let dropped = batch.drop_stored(&stored);
         record.phases.reload_ms += ms(t.elapsed());
         if dropped > 0 {
@@ -405,9 +359,7 @@ impl Pipeline {
         }
 
         let t = Instant::now();
-        let probe: Vec<(DedupKey, i32)> = batch.rows.iter().map(|r| (r.key, r.time.days_since_epoch())).collect();
-        let existing = rt.block_on(self.table.existing_keys(&probe))?;
-        let new_rows: Vec<&delta::Row> = batch.rows.iter().filter(|r| !existing.contains(&r.key)).collect();
+        let new_rows = rt.block_on(self.table.new_rows(&batch.rows))?;
         record.stored_duplicates = (batch.rows.len() - new_rows.len()) as u64;
         record.phases.check_ms += ms(t.elapsed());
 
@@ -427,46 +379,32 @@ impl Pipeline {
             .map(|r| processed::record(&settings.topics.processed, r, batch_id, ingested_at))
             .collect::<Vec<_>>();
         record.phases.produce_ms += ms(encode.elapsed());
-        let rows = delta::to_record_batch(&new_rows, batch_id, ingested_at)?;
+        let rows = table::to_record_batch(&new_rows, batch_id, ingested_at)?;
         let (dead_letter_count, event_count) = (dead_letters.len(), events.len());
         let records = dead_letters.into_iter().chain(events);
         // The phase lines let the torture tests aim their kills (tests/torture.rs).
         tracing::debug!(batch_id, "batch phase: produce");
-        let (sent_result, to_write) = if self.table.key_index().is_some() {
-            // The data files do not depend on the acks: write them meanwhile (the commit
-            // that makes them part of the table still waits for every ack).
-            let (output, table) = (&self.output, &mut self.table);
-            let ((sent_result, send_time), (staged, write_time)) =
-                rt.block_on(async { tokio::join!(timed(output.send_all(records)), timed(table.stage(rows))) });
-            record.phases.produce_ms += ms(send_time);
-            record.phases.write_ms += ms(write_time);
-            (sent_result, staged.map(Write::Staged))
-        } else {
-            let (sent_result, send_time) = rt.block_on(timed(self.output.send_all(records)));
-            record.phases.produce_ms += ms(send_time);
-            (sent_result, Ok(Write::Merge(rows)))
-        };
+        // The data files do not depend on the acks: with the key index they are written
+        // meanwhile (the commit that makes them part of the table still waits for every ack).
+        let (output, table) = (&self.output, &mut self.table);
+        let ((sent_result, send_time), (pending, write_time)) =
+            rt.block_on(async { tokio::join!(timed(output.send_all(records)), timed(table.prepare(rows))) });
+        record.phases.produce_ms += ms(send_time);
+        record.phases.write_ms += ms(write_time);
         sent_result?;
         metrics::produced("dlq", dead_letter_count);
         metrics::produced("processed", event_count);
         sent.dead_letters.extend(batch.dead_letters.iter().map(|d| (d.partition, d.offset)));
         sent.events.extend(new_rows.iter().map(|r| r.key));
-        let to_write = to_write?;
+        let pending = pending?;
 
         let t = Instant::now();
-        let now_ms = ingested_at.micros() / 1_000;
-        let txns: Vec<Transaction> = batch
-            .ranges
-            .iter()
-            .map(|(p, r)| Transaction::new_with_last_update(settings.txn_app_id(*p), r.last, Some(now_ms)))
-            .collect();
+        let last: BTreeMap<i32, i64> = batch.ranges.iter().map(|(p, r)| (*p, r.last)).collect();
+        let txns = ids.txns(&last, ingested_at);
         let metadata = serde_json::json!({ "idempipe.batch_id": batch_id, "idempipe.group": settings.group });
         sent.merge_attempted = true;
         tracing::debug!(batch_id, "batch phase: delta commit");
-        let outcome = match to_write {
-            Write::Staged(staged) => rt.block_on(self.table.commit_staged(staged, &txns, metadata))?,
-            Write::Merge(rows) => rt.block_on(self.table.merge_insert(rows, &txns, metadata))?,
-        };
+        let outcome = rt.block_on(self.table.commit(pending, &txns, metadata))?;
         record.phases.commit_ms += ms(t.elapsed());
         record.inserted = Some(outcome.inserted);
         record.files_added = outcome.files_added;
@@ -485,17 +423,60 @@ impl Pipeline {
     }
 }
 
-/// How a batch's new rows go into the table: already written as files (key index), or
-/// by a MERGE (scan).
-enum Write {
-    Staged(delta::Staged),
-    Merge(deltalake::arrow::array::RecordBatch),
-}
-
 /// Runs `f` and measures how long it took.
 async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
     let started = Instant::now();
     (f.await, started.elapsed())
+}
+
+/// The batch under collection, and the assignment it is collected under.
+struct Collecting<'a> {
+    batch: Batch,
+    settings: &'a Settings,
+    source: &'a Source,
+    /// The assignment generation the batch belongs to.
+    generation: &'a mut u64,
+}
+
+impl Collector for Collecting<'_> {
+    type Error = PipelineError;
+
+    fn is_full(&self) -> bool {
+        let limits = &self.settings.batch;
+        self.batch.messages() >= limits.max_events.get() as u64 || self.batch.bytes >= limits.max_bytes.get()
+    }
+
+    fn after_poll(&mut self, positions: &mut Positions) -> Result<(), PipelineError> {
+        let assignment = self.source.assignment();
+        if let Some(failure) = &assignment.failure {
+            return Err(PipelineError::Assignment(failure.clone()));
+        }
+        if assignment.generation != *self.generation {
+            // A rebalance: every partition restarts from Delta, so what was collected is
+            // dropped (it will be read again).
+            *self.generation = assignment.generation;
+            positions.restart(assignment.next.clone());
+            if !self.batch.is_empty() {
+                tracing::info!(dropped = self.batch.messages(), "rebalance: dropping the batch under collection");
+            }
+            self.batch = Batch::default();
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, m: &BorrowedMessage<'_>, gap: u64) {
+        if gap > 0 {
+            tracing::warn!(
+                partition = m.partition(),
+                expected = m.offset() - gap as i64,
+                got = m.offset(),
+                "offset gap: the broker skipped offsets (fine after compaction, \
+                 retention or transaction markers; otherwise a broker fault)"
+            );
+            self.batch.offset_gaps += gap;
+        }
+        self.batch.add(m.partition(), m.offset(), m.key(), m.payload(), self.settings.max_message_bytes);
+    }
 }
 
 /// What earlier attempts of a batch already sent, so a retry does not send it again.

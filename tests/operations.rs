@@ -10,13 +10,9 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Pipeline, browser, count, wait_until};
+use common::{Pipeline, browser, count, free_port, wait_until};
 
 /// A free loopback port (bound and released: good enough on a test machine).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// `GET path` over plain HTTP/1.1: (status code, body); `None` if nothing listens.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;

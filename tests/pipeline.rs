@@ -114,7 +114,7 @@ fn a_file_of_spellings_ids_and_invalid_lines_lands_exactly() {
 
     // An independent reader (Python `deltalake`) sees the same table and schema.
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_delta.py");
-    let out = std::process::Command::new("python3").arg(script).arg(p.delta_path()).output().unwrap();
+    let out = std::process::Command::new(common::python()).arg(script).arg(p.delta_path()).output().unwrap();
     assert!(out.status.success(), "Python deltalake check failed: {}", String::from_utf8_lossy(&out.stderr));
     let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(count(&py, "rows"), 60, "{py}");

@@ -6,13 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Pipeline, PrivateClickHouse, clickhouse_query, count, wait_until};
-use idempipe::sink::clickhouse::{ServerVersion, schema};
-
-fn generate(p: &Pipeline, file: &str, unique: u64, seed: u64) -> std::path::PathBuf {
-    let path = p.path(file);
-    p.ok(&["generate", "--unique", &unique.to_string(), "--seed", &seed.to_string(), "--out", path.to_str().unwrap()]);
-    path
-}
+use idempipe::clickhouse::{ServerVersion, schema};
 
 #[test]
 fn the_sink_survives_a_clickhouse_outage_without_a_restart() {
@@ -20,7 +14,7 @@ fn the_sink_survives_a_clickhouse_outage_without_a_restart() {
     let clickhouse = PrivateClickHouse::start(dir.path().join("clickhouse"));
     let p = Pipeline::with_options("outage", &format!("clickhouse_url = \"{}\"", clickhouse.url()));
     p.setup();
-    let file = generate(&p, "events.jsonl", 6_000, 31);
+    let file = p.generate(6_000, 0, 0, 31).0;
 
     let mut run = p.spawn(&["run", "--clickhouse-in-run"], "run");
     // Events flow for about 60 s while ClickHouse goes away for 30 of them.
@@ -60,7 +54,7 @@ fn the_sink_survives_a_clickhouse_outage_without_a_restart() {
 fn a_dropped_table_is_rebuilt_by_setup_and_reconcile() {
     let p = Pipeline::new("reconcile");
     p.setup();
-    let file = generate(&p, "events.jsonl", 3_000, 41);
+    let file = p.generate(3_000, 0, 0, 41).0;
     p.produce(&file);
     p.run_until_idle(&["--clickhouse-in-run"]);
     let v = p.verify();
@@ -199,7 +193,7 @@ fn the_kafka_engine_route_loads_exactly_the_delta_keys() {
         clickhouse_query(&p.clickhouse_url(), &format!("DROP TABLE `idempipe`.`{}_{object}`", p.name)).unwrap();
     }
 
-    let file = generate(&p, "events.jsonl", 2_000, 51);
+    let file = p.generate(2_000, 0, 0, 51).0;
     p.produce(&file);
     p.produce(&file); // a replay: nothing new reaches the processed topic
     p.run_until_idle(&[]);

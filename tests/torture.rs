@@ -15,7 +15,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -37,26 +36,6 @@ fn seed(scenario: &str) -> u64 {
     );
     eprintln!("torture {scenario}: seed {seed} (replay with TORTURE_SEED={seed})");
     seed
-}
-
-/// Generates a file and returns it with the generator's expected counts.
-fn generate(p: &Pipeline, unique: u64, duplicates: u64, invalid: u64, seed: u64) -> (PathBuf, Value) {
-    let file = p.path("events.jsonl");
-    let out = p.ok(&[
-        "generate",
-        "--unique",
-        &unique.to_string(),
-        "--duplicates",
-        &duplicates.to_string(),
-        "--invalid",
-        &invalid.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--out",
-        file.to_str().unwrap(),
-        "--json",
-    ]);
-    (file, serde_json::from_str(&out).unwrap())
 }
 
 /// Every store holds exactly what the generator says.
@@ -115,7 +94,7 @@ fn crash_loop_loses_nothing_and_doubles_nothing() {
     let kills = env_u64("TORTURE_KILLS", 6);
     let p = Pipeline::new("crashloop");
     p.setup();
-    let (file, expected) = generate(&p, unique, unique / 10, unique / 200, seed);
+    let (file, expected) = p.generate(unique, unique / 10, unique / 200, seed);
     let distinct = count(&expected, "distinct_keys");
     let invalid = count(&expected, "invalid");
 
@@ -168,7 +147,7 @@ fn bad_input_lands_in_the_dead_letter_topic_and_the_rest_flows() {
     let seed = seed("bad input");
     let p = Pipeline::new("badinput");
     p.setup();
-    let (file, expected) = generate(&p, 2_000, 0, 0, seed);
+    let (file, expected) = p.generate(2_000, 0, 0, seed);
     let valid = count(&expected, "distinct_keys");
 
     let ok = |user: &str| format!(r#"{{"user_id":"{user}","event_type":"t","timestamp":"2024-05-01T00:00:00Z"}}"#);
@@ -325,7 +304,7 @@ fn sigterm_during_a_batch_exits_promptly_and_loses_nothing() {
     let seed = seed("sigterm");
     let p = Pipeline::new("sigterm");
     p.setup();
-    let (file, expected) = generate(&p, 10_000, 1_000, 50, seed);
+    let (file, expected) = p.generate(10_000, 1_000, 50, seed);
     p.produce(&file);
     let trigger = Duration::from_secs(2);
     let mut run: Background =
@@ -355,7 +334,7 @@ fn sigterm_during_a_batch_exits_promptly_and_loses_nothing() {
 fn a_broker_restart_mid_run_loses_nothing() {
     let seed = seed("broker restart");
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let services = |action: &str| {
         let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
             .arg(action)
@@ -376,7 +355,7 @@ fn a_broker_restart_mid_run_loses_nothing() {
     let brokers = format!("127.0.0.1:{port}");
     let p = Pipeline::with_brokers("brokerrestart", &brokers, "");
     p.setup();
-    let (file, expected) = generate(&p, 10_000, 1_000, 50, seed);
+    let (file, expected) = p.generate(10_000, 1_000, 50, seed);
     let mut run = p.spawn(&["run", "--trigger", "300ms", "--max-batch-events", "1000", "--clickhouse-in-run"], "run");
     p.produce(&file);
     common::wait_until(Duration::from_secs(60), "two committed batches", || p.batch_log_lines() >= 2);
@@ -407,10 +386,24 @@ mod lost_reply {
     };
     use futures::stream::BoxStream;
 
+    /// Which commits the fault is aimed at.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Target {
+        /// A batch's commit: one that records Kafka offsets (a `txn` action of the
+        /// processor's group).
+        BatchCommit,
+        /// A table-property commit (`metaData` and no `txn`): the tombstone retention
+        /// that `run` sets at start.
+        PropertyCommit,
+    }
+
     #[derive(Debug)]
     pub(crate) struct LostReply {
         pub(crate) inner: Arc<dyn ObjectStore>,
-        /// Commits to let through before the one whose reply is lost.
+        pub(crate) target: Target,
+        /// The processor's group: a batch commit's txn app ids start with it.
+        pub(crate) group: String,
+        /// Target commits to let through before the one whose reply is lost.
         pub(crate) let_through: AtomicU32,
         /// How many replies were lost (0 or 1).
         pub(crate) fired: AtomicU32,
@@ -425,6 +418,19 @@ mod lost_reply {
             && name[..20].bytes().all(|b| b.is_ascii_digit())
     }
 
+    impl LostReply {
+        /// Whether the commit file `payload` is one the fault is aimed at.
+        fn is_target(&self, payload: &PutPayload) -> bool {
+            let text: Vec<u8> = payload.iter().flat_map(|chunk| chunk.iter().copied()).collect();
+            let text = String::from_utf8_lossy(&text);
+            let batch = text.contains(&format!("\"appId\":\"{}-", self.group));
+            match self.target {
+                Target::BatchCommit => batch,
+                Target::PropertyCommit => !batch && text.contains("\"metaData\""),
+            }
+        }
+    }
+
     impl fmt::Display for LostReply {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             write!(f, "LostReply({})", self.inner)
@@ -434,8 +440,9 @@ mod lost_reply {
     #[async_trait::async_trait]
     impl ObjectStore for LostReply {
         async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+            let target = is_commit(location) && self.is_target(&payload);
             let result = self.inner.put_opts(location, payload, opts).await?;
-            if is_commit(location) && self.fired.load(Ordering::SeqCst) == 0 {
+            if target && self.fired.load(Ordering::SeqCst) == 0 {
                 if self.let_through.load(Ordering::SeqCst) == 0 {
                     self.fired.store(1, Ordering::SeqCst);
                     return Err(Error::Generic {
@@ -483,43 +490,63 @@ mod lost_reply {
 /// batch again.
 #[test]
 fn a_commit_that_landed_but_reported_an_error_is_not_written_twice() {
+    let seed = seed("lost commit reply");
+    let let_through = Rng(seed).below(3) as u32;
+    let (recovered, fired_after) =
+        run_with_a_lost_reply("lostreply", lost_reply::Target::BatchCommit, let_through, seed);
+    eprintln!("torture lost commit reply: fault after {fired_after} batch commits");
+    // The batch whose reply was lost is logged as found in the table, not re-inserted.
+    assert_eq!(recovered.len(), 1, "one batch found its own commit after the error: {recovered:?}");
+}
+
+/// The same fault on the table-property commit `run` makes at start (the tombstone
+/// retention): the processor goes on, and every batch is stored once.
+#[test]
+fn a_lost_reply_to_the_table_property_commit_stops_nothing() {
+    let seed = seed("lost property reply");
+    let (recovered, _) = run_with_a_lost_reply("lostprops", lost_reply::Target::PropertyCommit, 0, seed);
+    assert!(recovered.is_empty(), "no batch commit failed, so none was recovered: {recovered:?}");
+}
+
+/// Runs a processor whose store loses the reply of the first `target` commit after
+/// `let_through` others, then loads ClickHouse and checks every store. Returns the batch
+/// log's records of batches found already committed, and `let_through`.
+fn run_with_a_lost_reply(name: &str, target: lost_reply::Target, let_through: u32, seed: u64) -> (Vec<Value>, u32) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
     use deltalake::logstore::object_store::local::LocalFileSystem;
     use idempipe::config::{FileConfig, Settings};
     use idempipe::pipeline::Pipeline as Processor;
-    use idempipe::sink::delta::EventTable;
+    use idempipe::table::EventTable;
 
-    let seed = seed("lost commit reply");
-    let mut rng = Rng(seed);
-    let p = Pipeline::new("lostreply");
+    let p = Pipeline::new(name);
     p.setup();
-    let (file, expected) = generate(&p, 5_000, 500, 25, seed);
+    let (file, expected) = p.generate(5_000, 500, 25, seed);
     p.produce(&file);
 
-    let let_through = rng.below(3) as u32;
+    let mut settings = Settings::resolve(FileConfig::load(&p.config).unwrap(), &Default::default()).unwrap();
+    settings.batch.max_events = std::num::NonZeroUsize::new(1_000).unwrap();
     let store = Arc::new(lost_reply::LostReply {
         inner: Arc::new(LocalFileSystem::new()),
+        target,
+        group: settings.group.clone(),
         let_through: AtomicU32::new(let_through),
         fired: AtomicU32::new(0),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let mut settings = Settings::resolve(FileConfig::load(&p.config).unwrap(), &Default::default()).unwrap();
-    settings.batch.max_events = std::num::NonZeroUsize::new(1_000).unwrap();
     let table = runtime.block_on(EventTable::open_with_store(&settings.delta_path, store.clone())).unwrap();
     let processor =
         Processor::start_with_table(settings, table, runtime.handle().clone(), Arc::new(AtomicBool::new(false)))
             .unwrap();
     let summary = processor.run(Some(Duration::from_secs(2))).unwrap();
-    assert_eq!(store.fired.load(Ordering::SeqCst), 1, "the injected fault fired (after {let_through} commits)");
-    eprintln!("torture lost commit reply: fault after {let_through} commits; {summary:?}");
+    eprintln!("torture lost reply ({target:?}): {summary:?}");
+    assert_eq!(store.fired.load(Ordering::SeqCst), 1, "the injected fault fired ({target:?}, after {let_through})");
 
-    // The batch whose reply was lost is logged as found in the table, not re-inserted.
     let recovered: Vec<Value> = p.batch_log().into_iter().filter(|b| b["inserted"].is_null()).collect();
-    assert_eq!(recovered.len(), 1, "one batch found its own commit after the error: {:?}", p.batch_log());
     p.ok(&["sink-clickhouse", "--until-idle", "2s"]);
     check_stores(&p, count(&expected, "distinct_keys"), count(&expected, "invalid"));
+    (recovered, let_through)
 }
 
 /// The raw topic's partitions, as `setup` creates them.
@@ -630,7 +657,7 @@ fn two_instances_in_one_group_store_each_key_once() {
     let produce_for = Duration::from_secs(env_u64("TORTURE_GROUP_SECONDS", 40));
     let p = Pipeline::with_options("groups", r#"consumer_mode = "group""#);
     p.setup();
-    let (file, expected) = generate(&p, unique, unique / 2, unique / 200, seed);
+    let (file, expected) = p.generate(unique, unique / 2, unique / 200, seed);
     let distinct = count(&expected, "distinct_keys");
     let invalid = count(&expected, "invalid");
     let records = spread_copies(&file, &mut rng);
@@ -653,9 +680,8 @@ fn two_instances_in_one_group_store_each_key_once() {
             let mut checks = 0_u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(3));
-                let c = runtime
-                    .block_on(async { idempipe::sink::delta::EventTable::open(&path).await?.counts().await })
-                    .unwrap();
+                let c =
+                    runtime.block_on(async { idempipe::table::EventTable::open(&path).await?.counts().await }).unwrap();
                 assert_eq!(c.rows, c.distinct_keys, "a key stored twice, at Delta version {}", c.version);
                 checks += 1;
             }
@@ -699,7 +725,7 @@ fn two_instances_in_one_group_store_each_key_once() {
         }
         std::thread::sleep(Duration::from_secs(3));
         let c = runtime
-            .block_on(async { idempipe::sink::delta::EventTable::open(&p.delta_path()).await?.counts().await })
+            .block_on(async { idempipe::table::EventTable::open(&p.delta_path()).await?.counts().await })
             .unwrap();
         assert_eq!(c.rows, c.distinct_keys, "a key stored twice, at Delta version {}", c.version);
         checks += 1;

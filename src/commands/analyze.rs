@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::analyze::{self, AnalyzeError, Report};
+use crate::analyze::{AnalyzeError, Report};
 use crate::batch_log::BatchLog;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +21,7 @@ pub fn analyze(log: &Path, html: Option<&Path>) -> Result<Report, AnalyzeCommand
     let records = BatchLog::new(log.to_owned())
         .read()
         .map_err(|source| AnalyzeCommandError::Read { path: log.display().to_string(), source })?;
-    let report = analyze::analyze(&records);
+    let report = Report::from_records(&records);
     if let Some(path) = html {
         let page = report.to_html(&format!("idempipe batches: {}", log.display()))?;
         std::fs::write(path, page)

@@ -2,8 +2,11 @@
 //! - `bench-prefill`: fills the Delta table with generated rows directly, so that the
 //!   pipeline can be measured against a table that already holds millions of rows;
 //! - `bench-latency`: sends a steady trickle of probe events, each carrying its send time,
-//!   watches the Delta log for the commits that make them visible, and reports the
-//!   produce-to-visible latency distribution.
+//!   watches the table's versions for the commits that make them visible, and reports
+//!   the produce-to-visible latency distribution.
+//!
+//! Both go through the library's own paths: the table's check and insert, the raw
+//! topic's sender.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -12,14 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use deltalake::kernel::Transaction;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use crate::commands::generate::{self, Spec};
+use crate::commands::produce::{ProduceFileError, RawSender};
 use crate::config::Settings;
 use crate::dedup;
 use crate::event::{self, EventTime};
-use crate::kafka::{self, KafkaFailure, Role, client_config};
-use crate::sink::delta::{self, DeltaError, EventTable, Row};
+use crate::kafka::KafkaFailure;
+use crate::table::{self, DeltaError, EventTable, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -31,8 +34,10 @@ pub enum BenchError {
     Arrow(#[from] deltalake::arrow::error::ArrowError),
     #[error("{missing} of {sent} probe events did not become visible in Delta within {waited:?}")]
     NotVisible { sent: u64, missing: u64, waited: Duration },
-    #[error("--rate must be a positive number of events per second, not {0}")]
-    BadRate(f64),
+    #[error(transparent)]
+    Produce(#[from] ProduceFileError),
+    #[error("the Delta log watcher {0}")]
+    Watcher(String),
 }
 
 /// What `bench-prefill` wrote.
@@ -73,13 +78,11 @@ pub async fn prefill(
             .collect();
         drop(lines);
         let (parsed, _) = dedup::first_of_each_key(parsed, |r| r.key);
-        let probe: Vec<_> = parsed.iter().map(|r| (r.key, r.time.days_since_epoch())).collect();
-        let existing = table.existing_keys(&probe).await?;
-        let new: Vec<&Row> = parsed.iter().filter(|r| !existing.contains(&r.key)).collect();
-        let batch = delta::to_record_batch(&new, -1, EventTime::now())?;
+        let new = table.new_rows(&parsed).await?;
+        let batch = table::to_record_batch(&new, -1, EventTime::now())?;
         // A txn of the prefill's own, so the commit is never empty of progress.
         let txns = [Transaction::new("idempipe-bench-prefill", commits as i64)];
-        table.merge_insert(batch, &txns, serde_json::json!({ "idempipe.bench": "prefill" })).await?;
+        table.insert(batch, &txns, serde_json::json!({ "idempipe.bench": "prefill" })).await?;
         written += n;
         commits += 1;
         tracing::info!(written, rows, "prefill");
@@ -100,7 +103,7 @@ pub struct LatencySummary {
 }
 
 /// Sends `rate` probe events a second for `seconds`, each with its send time in
-/// `sent_us`, while a thread watches the Delta log and notes when each version appears;
+/// `sent_us`, while a thread watches the table and notes when each version appears;
 /// then reads the probes back from Delta and maps each to the version that stored it
 /// (by batch id). A running processor (`idempipe run`) must be consuming the raw topic.
 pub fn latency(
@@ -109,30 +112,19 @@ pub fn latency(
     rate: f64,
     seconds: f64,
 ) -> Result<LatencySummary, BenchError> {
-    if !(rate.is_finite() && rate > 0.0) {
-        return Err(BenchError::BadRate(rate));
-    }
-    let log_dir = settings.delta_path.join("_delta_log");
+    // Checks the rate and that the raw topic exists, before anything starts.
+    let mut sender = RawSender::new(settings, Some(rate))?;
     let start_version = runtime.block_on(EventTable::open(&settings.delta_path))?.version();
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
-        let (stop, log_dir) = (stop.clone(), log_dir.clone());
-        std::thread::spawn(move || watch_log(&log_dir, start_version + 1, &stop))
+        let (stop, path, handle) = (stop.clone(), settings.delta_path.clone(), runtime.handle().clone());
+        std::thread::spawn(move || handle.block_on(watch_versions(&path, start_version, &stop)))
     };
 
-    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
-        client_config(settings, Role::Producer, &[("enable.idempotence", "true"), ("linger.ms", "0")])
-            .create()
-            .map_err(kafka::client_error(settings))?;
     let run_id = now_us();
     let total = (rate * seconds).round() as u64;
     let mut keys = HashSet::new();
-    let started = Instant::now();
     for n in 0..total {
-        let due = started + Duration::from_secs_f64(n as f64 / rate);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
         let time = EventTime::now();
         let sent_us = time.micros();
         let line = format!(
@@ -141,18 +133,9 @@ pub fn latency(
         if let Ok(e) = event::parse(Some(line.as_bytes()), usize::MAX) {
             keys.insert(e.key.to_string());
         }
-        let key = format!("latency-{n}");
-        let mut record = BaseRecord::to(&settings.topics.raw).payload(line.as_bytes()).key(key.as_bytes());
-        while let Err((e, r)) = producer.send(record) {
-            if !matches!(e, rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull))
-            {
-                return Err(kafka::client_error(settings)(e).into());
-            }
-            record = r;
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        sender.send(line.as_bytes(), Some(format!("latency-{n}").as_bytes()))?;
     }
-    producer.flush(Duration::from_secs(60)).map_err(kafka::client_error(settings))?;
+    sender.finish()?;
 
     // Wait until every probe is in Delta.
     let waited = Instant::now();
@@ -175,9 +158,15 @@ pub fn latency(
         std::thread::sleep(Duration::from_millis(500));
     };
     stop.store(true, Ordering::Relaxed);
-    let seen = watcher.join().unwrap_or_default();
+    let seen = watcher.join().map_err(|_| BenchError::Watcher("panicked".into()))??;
+    let batch_ids = runtime.block_on(async {
+        let table = EventTable::open(&settings.delta_path).await?;
+        let newest = table.version();
+        table.batch_ids(newest.saturating_sub(start_version) as usize).await
+    })?;
     let commits = seen.len() as u64;
-    let visible_at: HashMap<i64, i64> = seen.into_values().filter_map(|(batch, at)| Some((batch?, at))).collect();
+    let visible_at: HashMap<i64, i64> =
+        seen.into_iter().filter_map(|(version, at)| Some((*batch_ids.get(&version)?, at))).collect();
 
     let mut latencies: Vec<f64> = rows
         .iter()
@@ -210,37 +199,40 @@ pub fn latency(
     })
 }
 
-/// Polls the log directory every millisecond for commit `next`, `next + 1`, …; notes when
-/// each appeared and the batch id its commit info carries.
-fn watch_log(log_dir: &Path, mut next: u64, stop: &AtomicBool) -> BTreeMap<u64, (Option<i64>, i64)> {
+/// Asks the log for its newest version every millisecond, from `after` on, and notes
+/// when each new version was first seen; ends (after a last look) once `stop` is set.
+async fn watch_versions(path: &Path, after: u64, stop: &AtomicBool) -> Result<BTreeMap<u64, i64>, BenchError> {
+    let table = EventTable::open(path).await?;
     let mut seen = BTreeMap::new();
-    // A last look after the stop, so that no commit is missed.
-    let mut last_round = false;
+    let mut last = after;
     loop {
-        let file = log_dir.join(format!("{next:020}.json"));
-        match std::fs::read_to_string(&file) {
-            Ok(text) => {
-                let at = now_us();
-                seen.insert(next, (batch_id_of(&text), at));
-                next += 1;
-                continue;
-            }
-            Err(_) if last_round => return seen,
-            Err(_) => {}
+        let last_round = stop.load(Ordering::Relaxed);
+        let latest = table.latest_version().await?;
+        let at = now_us();
+        for version in last + 1..=latest {
+            seen.insert(version, at);
         }
-        last_round = stop.load(Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(1));
+        last = last.max(latest);
+        if last_round {
+            return Ok(seen);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-}
-
-/// The `idempipe.batch_id` in a commit's `commitInfo` line.
-fn batch_id_of(commit: &str) -> Option<i64> {
-    commit.lines().find_map(|line| {
-        let value: serde_json::Value = serde_json::from_str(line).ok()?;
-        value.get("commitInfo")?.get("idempipe.batch_id")?.as_i64()
-    })
 }
 
 fn now_us() -> i64 {
     EventTime::now().micros()
 }
+
+/// The bench commands' reports print as one JSON line either way: `scripts/bench.sh`
+/// reads them.
+macro_rules! json_display {
+    ($($ty:ty),+) => {$(
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                writeln!(f, "{}", serde_json::to_string(self).map_err(|_| std::fmt::Error)?)
+            }
+        }
+    )+};
+}
+json_display!(PrefillSummary, LatencySummary);

@@ -3,9 +3,9 @@
 
 use serde::Serialize;
 
+use crate::clickhouse::{ClickHouse, ClickHouseError};
 use crate::config::Settings;
-use crate::sink::clickhouse::{ClickHouse, ClickHouseError};
-use crate::sink::delta::{CompactOutcome, DeltaError, EventTable};
+use crate::table::{CompactOutcome, DeltaError, EventTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompactError {
@@ -37,4 +37,23 @@ pub async fn compact(settings: &Settings, clickhouse: bool) -> Result<CompactRep
         live_files_after: table.live_files(),
         clickhouse_optimized: clickhouse,
     })
+}
+
+impl std::fmt::Display for CompactReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "delta: {} files compacted into {} in {} partitions; live files {} -> {}; version {}",
+            self.delta.files_removed,
+            self.delta.files_added,
+            self.delta.partitions,
+            self.live_files_before,
+            self.live_files_after,
+            self.delta.version
+        )?;
+        if self.clickhouse_optimized {
+            writeln!(f, "clickhouse: OPTIMIZE TABLE ... FINAL done")?;
+        }
+        Ok(())
+    }
 }

@@ -45,6 +45,43 @@ pub struct Expected {
     pub invalid: u64,
 }
 
+/// Why a file could not be generated.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("{0}")]
+    Spec(String),
+    #[error("writing {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+}
+
+/// What `generate` wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateReport {
+    pub path: String,
+    #[serde(flatten)]
+    pub expected: Expected,
+}
+
+impl std::fmt::Display for GenerateReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = &self.expected;
+        writeln!(f, "wrote {}", self.path)?;
+        writeln!(f, "lines          {}", e.lines)?;
+        writeln!(f, "valid lines    {}", e.valid_lines)?;
+        writeln!(f, "distinct keys  {}  (expected delta_rows)", e.distinct_keys)?;
+        writeln!(f, "duplicates     {}", e.duplicates)?;
+        writeln!(f, "invalid        {}  (expected dlq_records)", e.invalid)
+    }
+}
+
+/// Checks `spec`, writes its file to `out`, and reports the counts it holds.
+pub fn generate_file(spec: &Spec, out: &Path) -> Result<GenerateReport, GenerateError> {
+    spec.check().map_err(GenerateError::Spec)?;
+    let expected =
+        write_file(spec, out).map_err(|source| GenerateError::Write { path: out.display().to_string(), source })?;
+    Ok(GenerateReport { path: out.display().to_string(), expected })
+}
+
 /// Writes the file described by `spec` and returns the counts it holds.
 pub fn write_file(spec: &Spec, out: &Path) -> std::io::Result<Expected> {
     let (lines, expected) = generate(spec);

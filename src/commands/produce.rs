@@ -29,6 +29,8 @@ pub enum ProduceFileError {
 /// What was sent.
 #[derive(Debug, serde::Serialize)]
 pub struct ProduceSummary {
+    /// The topic the lines went to.
+    pub topic: String,
     pub messages: u64,
     pub bytes: u64,
     pub seconds: f64,
@@ -67,40 +69,116 @@ fn key_of(line: &[u8]) -> Option<String> {
     }
 }
 
-/// Sends every line of `input` to the raw topic.
-pub fn produce(settings: &Settings, input: &Path, rate: Option<f64>) -> Result<ProduceSummary, ProduceFileError> {
-    if let Some(r) = rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
-        return Err(ProduceFileError::BadRate(r));
+/// Sends lines to the raw topic, each keyed, as fast as the producer takes them or at a
+/// steady rate: the one send loop of `produce` and the latency benchmark.
+pub struct RawSender<'a> {
+    settings: &'a Settings,
+    producer: ThreadedProducer<Deliveries>,
+    rate: Option<f64>,
+    started: Instant,
+    sent: u64,
+    bytes: u64,
+}
+
+impl<'a> RawSender<'a> {
+    /// A producer for the raw topic (which must exist); with `rate`, [`RawSender::send`]
+    /// paces the lines to that many a second.
+    pub fn new(settings: &'a Settings, rate: Option<f64>) -> Result<Self, ProduceFileError> {
+        if let Some(r) = rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+            return Err(ProduceFileError::BadRate(r));
+        }
+        let producer: ThreadedProducer<Deliveries> = client_config(
+            settings,
+            Role::Producer,
+            &[
+                ("enable.idempotence", "true"),
+                ("linger.ms", if rate.is_some() { "0" } else { "20" }),
+                ("batch.num.messages", "10000"),
+                ("queue.buffering.max.messages", "1000000"),
+                ("queue.buffering.max.kbytes", "1048576"),
+                ("message.timeout.ms", "120000"),
+            ],
+        )
+        .create_with_context(Deliveries::default())
+        .map_err(kafka::client_error(settings))?;
+        kafka::partition_count(settings, producer.client(), Some(&settings.topics.raw))?;
+        Ok(Self { settings, producer, rate, started: Instant::now(), sent: 0, bytes: 0 })
     }
+
+    /// Queues `line` with `key`, once its time has come (with a rate), waiting while the
+    /// producer's queue is full.
+    pub fn send(&mut self, line: &[u8], key: Option<&[u8]>) -> Result<(), ProduceFileError> {
+        if let Some(rate) = self.rate {
+            let due = self.started + Duration::from_secs_f64(self.sent as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.settings.topics.raw).payload(line);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(kafka::client_error(self.settings)(e).into()),
+            }
+        }
+        self.sent += 1;
+        self.bytes += line.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes queued so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Waits for every delivery; fails if any line was not delivered.
+    pub fn finish(self) -> Result<ProduceSummary, ProduceFileError> {
+        let settings = self.settings;
+        self.producer.flush(Duration::from_secs(300)).map_err(kafka::client_error(settings))?;
+        let context = self.producer.context();
+        let failed = context.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let first = context.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+            return Err(ProduceFileError::NotDelivered {
+                topic: settings.topics.raw.clone(),
+                sent: self.sent,
+                failed,
+                first,
+            });
+        }
+        let seconds = self.started.elapsed().as_secs_f64();
+        Ok(ProduceSummary {
+            topic: settings.topics.raw.clone(),
+            messages: self.sent,
+            bytes: self.bytes,
+            seconds,
+            messages_per_sec: self.sent as f64 / seconds.max(1e-9),
+        })
+    }
+}
+
+/// Sends every line of `input` to the raw topic (a trailing `\r` dropped), keyed by its
+/// `user_id`.
+pub fn produce(settings: &Settings, input: &Path, rate: Option<f64>) -> Result<ProduceSummary, ProduceFileError> {
     let read_err = |source| ProduceFileError::Read { path: input.display().to_string(), source };
     let file = std::fs::File::open(input).map_err(read_err)?;
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let producer: ThreadedProducer<Deliveries> = client_config(
-        settings,
-        Role::Producer,
-        &[
-            ("enable.idempotence", "true"),
-            ("linger.ms", if rate.is_some() { "0" } else { "20" }),
-            ("batch.num.messages", "10000"),
-            ("queue.buffering.max.messages", "1000000"),
-            ("queue.buffering.max.kbytes", "1048576"),
-            ("message.timeout.ms", "120000"),
-        ],
-    )
-    .create_with_context(Deliveries::default())
-    .map_err(kafka::client_error(settings))?;
-    kafka::partition_count(settings, producer.client(), Some(&settings.topics.raw))?;
-
+    let mut sender = RawSender::new(settings, rate)?;
     let progress = indicatif::ProgressBar::new(total_bytes);
     progress.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {wide_bar} {msg} {per_sec} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let started = Instant::now();
-    let mut sent = 0_u64;
-    let mut bytes = 0_u64;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::new();
+    let mut lines = 0_u64;
     loop {
         line.clear();
         let n = reader.read_until(b'\n', &mut line).map_err(read_err)?;
@@ -113,41 +191,24 @@ pub fn produce(settings: &Settings, input: &Path, rate: Option<f64>) -> Result<P
         if line.last() == Some(&b'\r') {
             line.pop();
         }
-        if let Some(rate) = rate {
-            let due = started + Duration::from_secs_f64(sent as f64 / rate);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
         let key = key_of(&line);
-        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&settings.topics.raw).payload(&line[..]);
-        if let Some(k) = &key {
-            record = record.key(k.as_str());
-        }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err((e, _)) => return Err(kafka::client_error(settings)(e).into()),
-            }
-        }
-        sent += 1;
-        bytes += n as u64;
-        if sent.is_multiple_of(4096) {
-            progress.set_position(bytes);
+        sender.send(&line, key.as_deref().map(str::as_bytes))?;
+        lines += 1;
+        if lines.is_multiple_of(4096) {
+            progress.set_position(sender.bytes());
         }
     }
-    producer.flush(Duration::from_secs(300)).map_err(kafka::client_error(settings))?;
+    let summary = sender.finish();
     progress.finish_and_clear();
-    let context = producer.context();
-    let failed = context.failed.load(Ordering::Relaxed);
-    if failed > 0 {
-        let first = context.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
-        return Err(ProduceFileError::NotDelivered { topic: settings.topics.raw.clone(), sent, failed, first });
+    summary
+}
+
+impl std::fmt::Display for ProduceSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "sent {} messages ({} bytes) to {} in {:.2} s: {:.0} messages/s",
+            self.messages, self.bytes, self.topic, self.seconds, self.messages_per_sec
+        )
     }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(ProduceSummary { messages: sent, bytes, seconds, messages_per_sec: sent as f64 / seconds.max(1e-9) })
 }

@@ -4,9 +4,9 @@
 
 use std::collections::HashSet;
 
+use crate::clickhouse::{ClickHouse, ClickHouseError};
 use crate::config::Settings;
-use crate::sink::clickhouse::{ClickHouse, ClickHouseError};
-use crate::sink::delta::{DeltaError, EventTable};
+use crate::table::{DeltaError, EventTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -56,4 +56,14 @@ pub async fn reconcile(settings: &Settings) -> Result<ReconcileSummary, Reconcil
         inserted,
         extra,
     })
+}
+
+impl std::fmt::Display for ReconcileSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "delta keys {}, clickhouse keys {}: {} missing, {} inserted, {} in ClickHouse only",
+            self.delta_keys, self.clickhouse_keys, self.missing, self.inserted, self.extra
+        )
+    }
 }

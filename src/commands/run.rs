@@ -7,17 +7,17 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 
+use crate::clickhouse::sink::{ClickHouseSink, ClickHouseSinkError, Upstream};
 use crate::config::Settings;
 use crate::metrics::Health;
 use crate::pipeline::{Pipeline, PipelineError, RunSummary};
-use crate::speed::{Sink, SinkError, Upstream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error("ClickHouse sink: {0}")]
-    Sink(#[from] SinkError),
+    ClickHouseSink(#[from] ClickHouseSinkError),
     #[error("the ClickHouse sink thread panicked")]
     SinkPanicked,
     #[error("cannot start the ClickHouse sink thread: {0}")]
@@ -71,7 +71,8 @@ pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) 
         let (settings, handle, shutdown) = (settings.clone(), runtime.handle().clone(), shutdown.clone());
         let done = upstream.clone();
         std::thread::Builder::new().name("clickhouse-sink".into()).spawn(move || {
-            let result = Sink::start(settings, handle, shutdown.clone()).and_then(|s| s.after(done).run(until_idle));
+            let result =
+                ClickHouseSink::start(settings, handle, shutdown.clone()).and_then(|s| s.after(done).run(until_idle));
             if let Err(e) = &result {
                 tracing::error!(error = %e, "the ClickHouse sink stopped; stopping the processor");
                 shutdown.store(true, Ordering::Relaxed);
@@ -114,4 +115,14 @@ pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) 
         tracing::info!(rows = sunk.rows, batches = sunk.batches, "ClickHouse sink stopped");
     }
     Ok(summary)
+}
+
+impl std::fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "processed {} batches: {} events in, {} invalid, {} duplicates, {} inserted",
+            self.batches, self.events_in, self.invalid, self.duplicates, self.inserted
+        )
+    }
 }

@@ -1,10 +1,10 @@
 //! `setup`: creates the topics, the Delta table and the ClickHouse schema. Running it
 //! again changes nothing.
 
+use crate::clickhouse::{ClickHouse, ClickHouseError, SchemaReport};
 use crate::config::Settings;
 use crate::kafka::{self, KafkaFailure};
-use crate::sink::clickhouse::{ClickHouse, ClickHouseError, SchemaReport};
-use crate::sink::delta::{DeltaError, EventTable};
+use crate::table::{DeltaError, EventTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -58,4 +58,27 @@ pub async fn setup(settings: &Settings, with_clickhouse: bool) -> Result<SetupRe
         delta_version: table.version(),
         clickhouse,
     })
+}
+
+impl std::fmt::Display for SetupReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (topic, created) in &self.topics {
+            writeln!(f, "topic {topic}: {}", if *created { "created" } else { "exists" })?;
+        }
+        writeln!(f, "delta table {}: version {}", self.delta_path, self.delta_version)?;
+        if let Some(ch) = &self.clickhouse {
+            writeln!(
+                f,
+                "clickhouse table {}: {} ({:?} layout, server {})",
+                ch.table,
+                if ch.created { "created" } else { "exists" },
+                ch.layout,
+                ch.server_version
+            )?;
+            if let Some([queue, view]) = &ch.kafka_engine {
+                writeln!(f, "clickhouse kafka engine: {queue} -> {view} -> {}", ch.table)?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::batch_log::{BatchLog, BatchRecord};
 use crate::config::{ClickHouseIngest, Settings};
 use crate::kafka::{self, KafkaFailure};
-use crate::sink::delta::{DeltaError, EventTable};
+use crate::table::{AppIds, DeltaError, EventTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -65,8 +65,7 @@ pub struct Status {
 pub async fn status(settings: &Settings) -> Result<Status, StatusError> {
     let table = EventTable::open(&settings.delta_path).await?;
     let raw = kafka::partition_offsets(settings, &settings.topics.raw, None)?;
-    let ids: Vec<(i32, String)> = raw.iter().map(|p| (p.partition, settings.txn_app_id(p.partition))).collect();
-    let stored = table.txn_versions(ids.iter().map(|(p, id)| (*p, id.as_str()))).await?;
+    let stored = table.stored_offsets(&AppIds::of(settings), raw.iter().map(|p| p.partition)).await?;
     let processor: Vec<ProcessorPartition> = raw
         .iter()
         .map(|p| {
@@ -91,8 +90,8 @@ pub async fn status(settings: &Settings) -> Result<Status, StatusError> {
     let last_batch = BatchLog::new(settings.batch_log_path()).last()?;
     let last_batch_age_s = last_batch
         .as_ref()
-        .and_then(|b| crate::analyze::micros(&b.ended_at))
-        .map(|ended| (crate::event::EventTime::now().micros() - ended) as f64 / 1e6);
+        .and_then(|b| b.ended_at)
+        .map(|ended| (crate::event::EventTime::now().micros() - ended.micros()) as f64 / 1e6);
     Ok(Status {
         delta_path: settings.delta_path.display().to_string(),
         delta_version: table.version(),
@@ -108,6 +107,12 @@ pub async fn status(settings: &Settings) -> Result<Status, StatusError> {
         clickhouse_sink_lag: sink.iter().map(|p| p.lag).sum(),
         clickhouse_sink: sink,
     })
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_table())
+    }
 }
 
 impl Status {
@@ -126,7 +131,7 @@ impl Status {
                     out,
                     "last batch       {} ended {}{}: {} in, {} inserted, delta version {}",
                     b.batch_id,
-                    b.ended_at,
+                    b.ended_at.map_or_else(|| "?".to_owned(), |t| t.to_string()),
                     age.map_or_else(String::new, |a| format!(" ({a:.0} s ago)")),
                     b.events_in,
                     b.inserted.map_or_else(|| "?".to_owned(), |i| i.to_string()),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::config::{MAX_MAINTENANCE_DURATION, Settings};
-use crate::sink::delta::{DeltaError, EventTable, VacuumOutcome};
+use crate::table::{DeltaError, EventTable, VacuumOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VacuumError {
@@ -38,4 +38,14 @@ pub async fn vacuum(
     }
     let mut table = EventTable::open(&settings.delta_path).await?;
     Ok(table.vacuum(retention, dry_run, full).await?)
+}
+
+impl std::fmt::Display for VacuumOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = if self.dry_run { "would delete" } else { "deleted" };
+        for file in &self.files {
+            writeln!(f, "{verb} {file}")?;
+        }
+        writeln!(f, "{verb} {} files; table version {}", self.files.len(), self.version)
+    }
 }

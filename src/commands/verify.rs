@@ -6,12 +6,12 @@ use rdkafka::Message;
 use rdkafka::message::Headers;
 use serde::Serialize;
 
+use crate::clickhouse::ClickHouse;
 use crate::config::Settings;
 use crate::event::DedupKey;
 use crate::kafka;
-use crate::sink::clickhouse::ClickHouse;
-use crate::sink::delta::EventTable;
-use crate::sink::dlq;
+use crate::output::dlq;
+use crate::table::EventTable;
 
 /// Counts per store; `None` where the store is not set up or does not answer.
 #[derive(Debug, Default, Serialize)]
@@ -162,6 +162,12 @@ async fn compare_with_clickhouse(settings: &Settings, report: &mut Report, delta
 
 fn ok_or_warn<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> Option<T> {
     result.map_err(|e| tracing::warn!(error = %e, "no counts for the {what}")).ok()
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_table())
+    }
 }
 
 impl Report {

@@ -145,6 +145,28 @@ impl EventTime {
         // The range check in `from_micros` keeps this within ±3,000,000 days.
         self.0.div_euclid(MICROS_PER_SEC * SECS_PER_DAY) as i32
     }
+
+    /// The start (00:00:00 UTC) of the day `days` days after 1970-01-01.
+    pub fn from_days(days: i32) -> Result<Self, TimeError> {
+        Self::from_micros(i64::from(days) * SECS_PER_DAY * MICROS_PER_SEC)
+    }
+
+    /// Parses a date, `YYYY-MM-DD`, as its start (00:00:00 UTC): an `event_date`
+    /// partition value.
+    pub fn parse_date(text: &str) -> Result<Self, TimeError> {
+        if text.len() != 10 {
+            return Err(TimeError::Malformed(format!("date {text:?} is not shaped YYYY-MM-DD")));
+        }
+        Self::parse(&format!("{text}T00:00:00Z"))
+    }
+
+    /// The UTC date, `YYYY-MM-DD`: the text of the `event_date` partition value.
+    pub fn date(self) -> String {
+        // The canonical form starts with the date.
+        let mut text = self.to_string();
+        text.truncate(10);
+        text
+    }
 }
 
 impl fmt::Display for EventTime {
@@ -379,6 +401,17 @@ mod tests {
     fn event_date_is_the_utc_date() {
         let t = EventTime::parse("2024-01-01T23:30:00-01:00").unwrap();
         assert_eq!(t.days_since_epoch(), 19_724); // 2024-01-02
+    }
+
+    #[test]
+    fn dates_round_trip_through_days() {
+        let day = EventTime::parse_date("2024-01-02").unwrap();
+        assert_eq!(day.days_since_epoch(), 19_724);
+        assert_eq!(EventTime::from_days(19_724).unwrap(), day);
+        assert_eq!(day.date(), "2024-01-02");
+        assert_eq!(EventTime::from_days(-1).unwrap().date(), "1969-12-31");
+        assert!(EventTime::parse_date("2024-01-02T00").is_err());
+        assert!(EventTime::parse_date("2024-02-30").is_err());
     }
 
     #[test]

@@ -119,6 +119,27 @@ metrics_addr = "127.0.0.1:0"
         self.root.join("delta/events")
     }
 
+    /// Generates `events.jsonl` in the test's directory and returns it with the
+    /// generator's expected counts (`distinct_keys`, `invalid`, …).
+    pub fn generate(&self, unique: u64, duplicates: u64, invalid: u64, seed: u64) -> (PathBuf, Value) {
+        let file = self.path("events.jsonl");
+        let out = self.ok(&[
+            "generate",
+            "--unique",
+            &unique.to_string(),
+            "--duplicates",
+            &duplicates.to_string(),
+            "--invalid",
+            &invalid.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--out",
+            file.to_str().unwrap(),
+            "--json",
+        ]);
+        (file, serde_json::from_str(&out).unwrap())
+    }
+
     pub fn path(&self, file: &str) -> PathBuf {
         self.root.join(file)
     }
@@ -269,6 +290,11 @@ pub fn clickhouse_query(url: &str, sql: &str) -> Result<String, String> {
     }
 }
 
+/// A loopback port nobody listens on (now).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// A ClickHouse server of the test's own, on free ports, that the test may stop and
 /// start (started by `scripts/services.sh clickhouse-up` with its own directory).
 pub struct PrivateClickHouse {
@@ -279,8 +305,7 @@ pub struct PrivateClickHouse {
 
 impl PrivateClickHouse {
     pub fn start(dir: PathBuf) -> Self {
-        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let this = Self { dir, http_port: free(), tcp_port: free() };
+        let this = Self { dir, http_port: free_port(), tcp_port: free_port() };
         this.up();
         this
     }
@@ -315,11 +340,17 @@ impl Drop for PrivateClickHouse {
     }
 }
 
+/// The Python with the independent readers (`deltalake`, `chdb`): the project's virtual
+/// environment that scripts/test.sh makes (`IDEMPIPE_PYTHON`), else `python3`.
+pub fn python() -> String {
+    std::env::var("IDEMPIPE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
 /// Runs scripts/check_clickhouse.py (chdb: current ClickHouse in process) with `args` and
 /// `input` on stdin, and returns its JSON answer; fails the test with its output otherwise.
 pub fn chdb(args: &[&str], input: Option<&Value>) -> Value {
     use std::io::Write;
-    let mut child = Command::new("python3")
+    let mut child = Command::new(python())
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/check_clickhouse.py"))
         .args(args)
         .stdin(Stdio::piped())

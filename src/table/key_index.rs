@@ -21,17 +21,11 @@ use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::{Array, StringArray};
 use deltalake::arrow::datatypes::DataType as ArrowType;
-use deltalake::parquet::arrow::ProjectionMask;
-// Deprecated in parquet 59 in favour of a hand-written `AsyncFileReader`; it still reads
-// only the footer and the projected column's pages, which is what this needs.
-#[allow(deprecated)]
-use deltalake::parquet::arrow::async_reader::{
-    ParquetObjectReader, ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
-};
 use deltalake::{DeltaTable, DeltaTableError, ObjectStore};
 use futures::StreamExt;
 
 use crate::event::DedupKey;
+use crate::table::read::data_file_stream;
 
 /// The keys of the table at one version, and the files they were read from.
 #[derive(Default)]
@@ -227,24 +221,6 @@ async fn removals(table: &DeltaTable, gone: &[String]) -> Result<Removals, Delta
     Ok(removals)
 }
 
-/// A stream of one data file's rows, all columns or just `column`, in batches of 64 Ki.
-#[allow(deprecated)]
-pub(crate) async fn data_file_stream(
-    store: std::sync::Arc<dyn ObjectStore>,
-    location: deltalake::Path,
-    column: Option<&str>,
-) -> Result<ParquetRecordBatchStream<ParquetObjectReader>, DeltaTableError> {
-    let builder = ParquetRecordBatchStreamBuilder::new(ParquetObjectReader::new(store, location)).await?;
-    let builder = match column {
-        Some(column) => {
-            let mask = ProjectionMask::columns(builder.parquet_schema(), [column]);
-            builder.with_projection(mask)
-        }
-        None => builder,
-    };
-    Ok(builder.with_batch_size(64 * 1024).build()?)
-}
-
 /// Adds the `dedup_key` column of one data file to `keys`; returns the rows read.
 #[allow(deprecated)]
 async fn read_keys(
@@ -293,5 +269,111 @@ mod tests {
             assert!((17.0 * 8.0 / 7.0..=17.0 * 16.0 / 7.0 + 0.5).contains(&per_key), "{per_key} bytes per key");
             assert!(index.version().is_none(), "an index of given keys is tied to no table version");
         }
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+    use crate::table::testing::*;
+
+    #[tokio::test]
+    async fn the_key_index_sees_every_writers_keys_and_agrees_with_a_scan() {
+        let (_dir, path) = new_table().await;
+        let (mut a, mut b) = (indexed(&path).await, indexed(&path).await);
+
+        let first = [rows(0..50, 100, 0), rows(50..80, 101, 0)].concat();
+        let outcome = check_and_insert(&mut a, &first, 0).await.unwrap();
+        assert_eq!(outcome.inserted, 80);
+        assert_eq!(outcome.files_added, 2, "one file per date");
+
+        // The other writer reads a's files; a takes its own keys without reading them.
+        b.reload().await.unwrap();
+        let everything = [first.clone(), rows(80..120, 101, 1)].concat();
+        let found = b.existing_keys(&probe(&everything)).await.unwrap();
+        assert_eq!(found, keys(&first));
+        assert_eq!(found, b.scan_existing_keys(&probe(&everything)).await.unwrap());
+        let outcome = check_and_insert(&mut b, &everything, 1).await.unwrap();
+        assert_eq!(outcome.inserted, 40, "only the keys a did not store");
+
+        a.reload().await.unwrap();
+        let found = a.existing_keys(&probe(&everything)).await.unwrap();
+        assert_eq!(found, keys(&everything));
+        assert_eq!(a.key_index().map(KeyIndex::len), Some(120));
+        let counts = a.counts().await.unwrap();
+        assert_eq!((counts.rows, counts.distinct_keys), (120, 120));
+    }
+
+    #[tokio::test]
+    async fn an_append_conflicts_with_a_file_added_to_its_dates_since_its_check() {
+        let (_dir, path) = new_table().await;
+        let (mut a, mut b) = (indexed(&path).await, indexed(&path).await);
+
+        check_and_insert(&mut a, &rows(0..30, 100, 0), 0).await.unwrap();
+        // b checked at the old version, so keys 20..30 look new to it: its commit must
+        // fail rather than store them a second time.
+        let e = check_and_insert(&mut b, &rows(20..60, 100, 1), 1).await.unwrap_err();
+        assert!(e.is_write_conflict(), "expected a lost race, got {e}");
+        // A date a did not touch does not conflict.
+        check_and_insert(&mut b, &rows(1_000..1_010, 200, 1), 1).await.unwrap();
+        // Redone on the new version, the batch stores only what is new.
+        b.reload().await.unwrap();
+        let outcome = check_and_insert(&mut b, &rows(20..60, 100, 1), 1).await.unwrap();
+        assert_eq!(outcome.inserted, 30);
+        let counts = b.counts().await.unwrap();
+        assert_eq!((counts.rows, counts.distinct_keys), (70, 70));
+    }
+
+    #[tokio::test]
+    async fn a_compaction_keeps_the_rows_and_the_index_its_keys() {
+        let (_dir, path) = new_table().await;
+        let mut a = indexed(&path).await;
+        let mut b = indexed(&path).await;
+        for i in 0..3 {
+            check_and_insert(&mut a, &rows(i * 10..i * 10 + 10, 100, 0), 0).await.unwrap();
+        }
+        check_and_insert(&mut a, &rows(30..35, 101, 0), 0).await.unwrap();
+        let before = a.counts().await.unwrap();
+        assert_eq!((before.files, before.rows), (4, 35));
+        let outcome = a.compact().await.unwrap();
+        assert_eq!((outcome.files_removed, outcome.files_added, outcome.partitions), (3, 1, 1), "{outcome:?}");
+        let after = a.counts().await.unwrap();
+        assert_eq!((after.files, after.rows, after.distinct_keys), (2, 35, 35));
+
+        // Another writer's index, built before the compaction, keeps its keys too.
+        b.reload().await.unwrap();
+        let all = rows(0..40, 100, 0);
+        for t in [&mut a, &mut b] {
+            let found = t.existing_keys(&probe(&all)).await.unwrap();
+            assert_eq!(found, keys(&all[..30]));
+            let index = t.key_index().unwrap();
+            assert_eq!((index.rebuilds(), index.len()), (0, 35));
+        }
+        // And a later batch still sees exactly what is stored.
+        let outcome = check_and_insert(&mut b, &all, 0).await.unwrap();
+        assert_eq!(outcome.inserted, 10);
+        assert_eq!(b.counts().await.unwrap().rows, 45);
+    }
+
+    #[tokio::test]
+    async fn rows_deleted_after_a_compaction_make_the_index_start_again() {
+        let (_dir, path) = new_table().await;
+        let mut a = indexed(&path).await;
+        let mut b = indexed(&path).await;
+        for i in 0..3 {
+            check_and_insert(&mut a, &rows(i * 10..i * 10 + 10, 100, 0), 0).await.unwrap();
+        }
+        b.reload().await.unwrap();
+        let all = rows(0..30, 100, 0);
+        assert_eq!(b.existing_keys(&probe(&all)).await.unwrap().len(), 30);
+        // A compaction, then (before `b` looks again) another engine deletes five rows
+        // from the compacted file: `b`'s files were only rewritten, but rows are gone.
+        a.compact().await.unwrap();
+        let doomed: Vec<String> = all[..5].iter().map(|r| format!("'{}'", r.key)).collect();
+        a.table.clone().delete().with_predicate(format!("dedup_key IN ({})", doomed.join(","))).await.unwrap();
+        b.reload().await.unwrap();
+        let found = b.existing_keys(&probe(&all)).await.unwrap();
+        assert_eq!(found, keys(&all[5..]), "the deleted keys are not stored any more");
+        assert_eq!(b.key_index().unwrap().rebuilds(), 1);
     }
 }

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventTime;
-use crate::sink::delta::Row;
-use crate::sink::producer::OutRecord;
+use crate::output::OutRecord;
+use crate::table::Row;
 
 /// The JSON value of a processed record: the Delta row, one field per column.
 #[derive(Debug, Serialize)]

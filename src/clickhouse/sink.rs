@@ -1,4 +1,4 @@
-//! The speed-layer sink: the processed topic into ClickHouse.
+//! The ClickHouse sink: the processed topic into ClickHouse.
 //!
 //! For each batch: collect records until the trigger interval ends or the row limit is
 //! hit; insert them in one request; only after ClickHouse acknowledged it, commit the
@@ -10,25 +10,28 @@
 //! The sink holds every partition of the processed topic (static assignment) and starts
 //! each from the group's committed offset, or from the beginning when there is none.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
-use crate::config::{ClickHouseIngest, Settings};
+use crate::clickhouse::{ClickHouse, ClickHouseError, Layout};
+use crate::config::{ClickHouseIngest, Settings, Topics};
 use crate::kafka::{self, KafkaFailure, LagReporting, Role};
-use crate::sink::clickhouse::{ClickHouse, ClickHouseError, Layout};
-use crate::sink::dlq;
-use crate::sink::processed::ProcessedRecord;
-use crate::sink::producer::{OutRecord, Output, ProduceError};
+use crate::output::dlq;
+use crate::output::processed::ProcessedRecord;
+use crate::output::{OutRecord, Output, ProduceError};
+use crate::retry::Backoff;
+use crate::source::{self, Collector, Positions};
 
 #[derive(Debug, thiserror::Error)]
-pub enum SinkError {
+pub enum ClickHouseSinkError {
     #[error(transparent)]
     Kafka(#[from] KafkaFailure),
     #[error(transparent)]
@@ -49,9 +52,13 @@ pub enum SinkError {
 /// The longest wait between two attempts of a failing insert.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// The wait between attempts of a failing insert or connection: 500 ms doubling to
+/// [`MAX_BACKOFF`].
+const BACKOFF: Backoff = Backoff { base: Duration::from_millis(250), cap: MAX_BACKOFF };
+
 /// What a sink run did.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-pub struct SinkSummary {
+pub struct ClickHouseSinkSummary {
     pub batches: u64,
     pub rows: u64,
     /// Records that are not processed-event JSON: sent to the dead-letter topic (class
@@ -86,7 +93,7 @@ impl Upstream {
 }
 
 /// The sink: a consumer of the processed topic and a ClickHouse connection.
-pub struct Sink {
+pub struct ClickHouseSink {
     settings: Settings,
     consumer: BaseConsumer<LagReporting>,
     /// For dead letters (records of the processed topic that are not ours).
@@ -97,28 +104,28 @@ pub struct Sink {
     /// a recreated topic) never match an old insert.
     token_nonce: String,
     layout: Layout,
-    partitions: Vec<i32>,
     runtime: Handle,
     shutdown: Arc<AtomicBool>,
     /// The processor beside it, when the sink runs inside `run`.
     upstream: Option<Arc<Upstream>>,
-    /// Per partition, the first offset not yet loaded.
-    next: BTreeMap<i32, i64>,
+    /// Per partition, the next offset to read (`None`: from the beginning, nothing
+    /// committed); after each insert, the first offset not yet loaded.
+    positions: Positions,
 }
 
-impl Sink {
+impl ClickHouseSink {
     /// Connects to ClickHouse (waiting, with backoff, while it does not answer), checks
     /// the table, and assigns every partition at the group's committed offsets. Blocks;
     /// call it outside the runtime's workers.
-    pub fn start(settings: Settings, runtime: Handle, shutdown: Arc<AtomicBool>) -> Result<Self, SinkError> {
+    pub fn start(settings: Settings, runtime: Handle, shutdown: Arc<AtomicBool>) -> Result<Self, ClickHouseSinkError> {
         if settings.clickhouse.ingest == ClickHouseIngest::KafkaEngine {
-            return Err(SinkError::KafkaEngineConfigured);
+            return Err(ClickHouseSinkError::KafkaEngineConfigured);
         }
         let clickhouse = retrying(&shutdown, "connecting to ClickHouse", || {
             runtime.block_on(ClickHouse::connect(&settings.clickhouse))
         })?;
         let layout = retrying(&shutdown, "reading the ClickHouse table", || runtime.block_on(clickhouse.layout()))?
-            .ok_or_else(|| SinkError::NoTable { table: clickhouse.table() })?;
+            .ok_or_else(|| ClickHouseSinkError::NoTable { table: clickhouse.table() })?;
         let topic = settings.topics.processed.clone();
         let consumer: BaseConsumer<LagReporting> = kafka::client_config(
             &settings,
@@ -146,10 +153,13 @@ impl Sink {
         for p in &partitions {
             let offset = match committed.find_partition(&topic, *p).map(|e| e.offset()) {
                 Some(Offset::Offset(n)) if n >= 0 => {
-                    next.insert(*p, n);
+                    next.insert(*p, Some(n));
                     Offset::Offset(n)
                 }
-                _ => Offset::Beginning,
+                _ => {
+                    next.insert(*p, None);
+                    Offset::Beginning
+                }
             };
             tracing::info!(partition = p, ?offset, group = %settings.clickhouse.group, "sink starts");
             tpl.add_partition_offset(&topic, *p, offset).map_err(kafka::client_error(&settings))?;
@@ -175,11 +185,10 @@ impl Sink {
             clickhouse,
             token_nonce,
             layout,
-            partitions,
             runtime,
             shutdown,
             upstream: None,
-            next,
+            positions: Positions::new(next),
         })
     }
 
@@ -195,69 +204,29 @@ impl Sink {
         match (&self.upstream, last_sent) {
             (None, _) => true,
             (Some(_), None) => false,
-            (Some(_), Some(sent)) => sent.iter().all(|(p, last)| self.next.get(p).is_some_and(|n| n > last)),
+            (Some(_), Some(sent)) => {
+                sent.iter().all(|(p, last)| self.positions.next.get(p).is_some_and(|n| n.is_some_and(|n| n > *last)))
+            }
         }
     }
 
     /// Loads batches until shutdown, or with `until_idle`, until every partition is
     /// loaded and nothing arrived for that long.
-    pub fn run(mut self, until_idle: Option<Duration>) -> Result<SinkSummary, SinkError> {
-        let mut summary = SinkSummary::default();
-        let mut last_message = Instant::now();
-        let mut at_end: BTreeSet<i32> = BTreeSet::new();
-        let limits = (self.settings.clickhouse.trigger, self.settings.clickhouse.max_batch_rows.get());
+    pub fn run(mut self, until_idle: Option<Duration>) -> Result<ClickHouseSinkSummary, ClickHouseSinkError> {
+        let mut summary = ClickHouseSinkSummary::default();
         let mut upstream_running = self.upstream.is_some();
         loop {
-            let deadline = Instant::now() + limits.0;
-            let mut rows: Vec<ProcessedRecord> = Vec::new();
-            let mut dead: Vec<OutRecord> = Vec::new();
-            // Per partition: (first, last) offset read in this batch.
-            let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
-            while !self.shutdown.load(Ordering::Relaxed) && rows.len() < limits.1 {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                match self.consumer.poll(left.min(Duration::from_millis(100))) {
-                    Some(Ok(m)) => {
-                        last_message = Instant::now();
-                        let (p, offset) = (m.partition(), m.offset());
-                        at_end.remove(&p);
-                        if let Some(expected) = self.next.get(&p)
-                            && offset > *expected
-                            && !ranges.contains_key(&p)
-                        {
-                            summary.offset_gaps += (offset - expected) as u64;
-                            tracing::warn!(
-                                partition = p,
-                                expected,
-                                got = offset,
-                                "offset gap on the processed topic (retention?): run `idempipe reconcile` \
-                                 to restore from Delta what ClickHouse lacks"
-                            );
-                        }
-                        ranges.entry(p).and_modify(|r| r.1 = offset).or_insert((offset, offset));
-                        match ProcessedRecord::from_json(m.payload().unwrap_or_default()) {
-                            Ok(record) => rows.push(record),
-                            Err(e) => {
-                                summary.unreadable += 1;
-                                tracing::error!(
-                                    partition = p,
-                                    offset,
-                                    error = %e,
-                                    "not a processed-event record: sent to the dead-letter topic"
-                                );
-                                dead.push(self.dead_letter(&m, &e.to_string()));
-                            }
-                        }
-                    }
-                    Some(Err(KafkaError::PartitionEOF(p))) => {
-                        at_end.insert(p);
-                    }
-                    Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                    None => {}
-                }
-            }
+            let mut batch = SinkBatch {
+                rows: Vec::new(),
+                dead: Vec::new(),
+                ranges: BTreeMap::new(),
+                max_rows: self.settings.clickhouse.max_batch_rows.get(),
+                topics: &self.settings.topics,
+                summary: &mut summary,
+            };
+            let deadline = Instant::now() + self.settings.clickhouse.trigger;
+            let Ok(()) = source::collect(&self.consumer, &mut self.positions, &mut batch, deadline, &self.shutdown);
+            let SinkBatch { rows, dead, ranges, .. } = batch;
             if !ranges.is_empty() {
                 if !dead.is_empty() {
                     self.runtime.block_on(self.output.send_all(dead))?;
@@ -277,16 +246,13 @@ impl Sink {
                             attempt += 1;
                             summary.retries += 1;
                             crate::metrics::clickhouse_insert_retried();
-                            let backoff = backoff(attempt);
+                            let backoff = BACKOFF.delay(attempt);
                             tracing::warn!(attempt, error = %e, ?backoff, rows = rows.len(), "ClickHouse insert failed; retrying");
-                            sleep_unless_shutdown(&self.shutdown, backoff);
+                            BACKOFF.wait(attempt, &self.shutdown);
                         }
                     }
                 }
                 self.commit(&ranges);
-                for (p, (_, last)) in &ranges {
-                    self.next.insert(*p, last + 1);
-                }
                 crate::metrics::clickhouse_loaded(rows.len());
                 summary.batches += 1;
                 summary.rows += rows.len() as u64;
@@ -299,33 +265,17 @@ impl Sink {
             if upstream_running && last_sent.is_some() {
                 // The idle time counts from now: records sent just before may still come.
                 upstream_running = false;
-                last_message = Instant::now();
+                self.positions.last_message = Instant::now();
             }
             if let Some(idle) = until_idle
                 && !upstream_running
                 && self.upstream_loaded(last_sent.as_ref())
-                && last_message.elapsed() >= idle
-                && self.partitions.iter().all(|p| at_end.contains(p))
+                && self.positions.idle_for(idle)
             {
                 tracing::info!(?idle, "ClickHouse sink caught up and idle: stopping");
                 return Ok(summary);
             }
         }
-    }
-
-    /// A dead letter for a record of the processed topic that is not ours.
-    fn dead_letter(&self, m: &rdkafka::message::BorrowedMessage<'_>, reason: &str) -> OutRecord {
-        let dead = crate::batch::DeadLetter {
-            key: m.key().map(<[u8]>::to_vec),
-            value: m.payload().map(<[u8]>::to_vec),
-            rejection: crate::event::Rejection::new(
-                crate::event::RejectClass::UnreadableProcessedRecord,
-                format!("not a processed-event record: {reason}"),
-            ),
-            partition: m.partition(),
-            offset: m.offset(),
-        };
-        dlq::record(&self.settings.topics.dlq, &self.settings.topics.processed, &dead)
     }
 
     /// Commits the offsets after each range. A failed commit is logged, not fatal: the
@@ -344,6 +294,69 @@ impl Sink {
     }
 }
 
+/// One insert under collection.
+struct SinkBatch<'a> {
+    rows: Vec<ProcessedRecord>,
+    /// Records that are not processed-event JSON, for the dead-letter topic.
+    dead: Vec<OutRecord>,
+    /// Per partition: (first, last) offset read.
+    ranges: BTreeMap<i32, (i64, i64)>,
+    max_rows: usize,
+    topics: &'a Topics,
+    summary: &'a mut ClickHouseSinkSummary,
+}
+
+impl Collector for SinkBatch<'_> {
+    type Error = std::convert::Infallible;
+
+    fn is_full(&self) -> bool {
+        self.rows.len() >= self.max_rows
+    }
+
+    fn take(&mut self, m: &BorrowedMessage<'_>, gap: u64) {
+        let (p, offset) = (m.partition(), m.offset());
+        if gap > 0 {
+            self.summary.offset_gaps += gap;
+            tracing::warn!(
+                partition = p,
+                expected = offset - gap as i64,
+                got = offset,
+                "offset gap on the processed topic (retention?): run `idempipe reconcile` \
+                 to restore from Delta what ClickHouse lacks"
+            );
+        }
+        self.ranges.entry(p).and_modify(|r| r.1 = offset).or_insert((offset, offset));
+        match ProcessedRecord::from_json(m.payload().unwrap_or_default()) {
+            Ok(record) => self.rows.push(record),
+            Err(e) => {
+                self.summary.unreadable += 1;
+                tracing::error!(
+                    partition = p,
+                    offset,
+                    error = %e,
+                    "not a processed-event record: sent to the dead-letter topic"
+                );
+                self.dead.push(dead_letter(self.topics, m, &e.to_string()));
+            }
+        }
+    }
+}
+
+/// A dead letter for a record of the processed topic that is not ours.
+fn dead_letter(topics: &Topics, m: &BorrowedMessage<'_>, reason: &str) -> OutRecord {
+    let dead = crate::batch::DeadLetter {
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        rejection: crate::event::Rejection::new(
+            crate::event::RejectClass::UnreadableProcessedRecord,
+            format!("not a processed-event record: {reason}"),
+        ),
+        partition: m.partition(),
+        offset: m.offset(),
+    };
+    dlq::record(&topics.dlq, &topics.processed, &dead)
+}
+
 /// The insert's deduplication token: the topic and each partition's offset range, so an
 /// identical retry carries the same token and a different batch never does.
 pub fn dedup_token(topic: &str, ranges: &BTreeMap<i32, (i64, i64)>) -> String {
@@ -351,23 +364,12 @@ pub fn dedup_token(topic: &str, ranges: &BTreeMap<i32, (i64, i64)>) -> String {
     format!("{topic}/{}", parts.join(","))
 }
 
-fn backoff(attempt: u32) -> Duration {
-    (Duration::from_millis(250) * 2_u32.saturating_pow(attempt.min(10))).min(MAX_BACKOFF)
-}
-
-fn sleep_unless_shutdown(shutdown: &AtomicBool, total: Duration) {
-    let until = Instant::now() + total;
-    while !shutdown.load(Ordering::Relaxed) && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(100).min(until.saturating_duration_since(Instant::now())));
-    }
-}
-
 /// Runs `f` until it succeeds or shutdown is requested, backing off between attempts.
 fn retrying<T>(
     shutdown: &AtomicBool,
     what: &str,
     mut f: impl FnMut() -> Result<T, ClickHouseError>,
-) -> Result<T, SinkError> {
+) -> Result<T, ClickHouseSinkError> {
     let mut attempt = 0;
     loop {
         match f() {
@@ -375,9 +377,9 @@ fn retrying<T>(
             Err(e) if shutdown.load(Ordering::Relaxed) || !e.is_transient() => return Err(e.into()),
             Err(e) => {
                 attempt += 1;
-                let wait = backoff(attempt);
+                let wait = BACKOFF.delay(attempt);
                 tracing::warn!(attempt, error = %e, ?wait, "{what} failed; retrying");
-                sleep_unless_shutdown(shutdown, wait);
+                BACKOFF.wait(attempt, shutdown);
             }
         }
     }
@@ -397,8 +399,8 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(1), Duration::from_millis(500));
-        assert!(backoff(3) > backoff(2));
-        assert_eq!(backoff(50), MAX_BACKOFF);
+        assert_eq!(BACKOFF.delay(1), Duration::from_millis(500));
+        assert!(BACKOFF.delay(3) > BACKOFF.delay(2));
+        assert_eq!(BACKOFF.delay(50), MAX_BACKOFF);
     }
 }

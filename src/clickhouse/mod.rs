@@ -1,5 +1,6 @@
-//! ClickHouse, the speed layer: the schema, inserts, and what `verify` and `reconcile`
-//! read back.
+//! ClickHouse, the speed layer: the client (this module: inserts, and what `verify` and
+//! `reconcile` read back), the DDL ([`schema`]), and the ClickHouse sink ([`sink`]) that
+//! loads the processed topic into it.
 //!
 //! Invariants:
 //! - every query goes through plain `RowBinary` with the client's validation off:
@@ -13,6 +14,7 @@
 //!   the server supports it).
 
 pub mod schema;
+pub mod sink;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -20,9 +22,9 @@ use std::time::Duration;
 use clickhouse::{Row, RowWrite};
 use serde::Serialize;
 
+pub use crate::clickhouse::schema::{Layout, ServerVersion};
 use crate::config::{ClickHouseIngest, ClickHouseSettings};
-pub use crate::sink::clickhouse::schema::{Layout, ServerVersion};
-use crate::sink::processed::ProcessedRecord;
+use crate::output::processed::ProcessedRecord;
 
 /// Failures talking to ClickHouse, with the server and what was being done.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@
 use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::batch::DeadLetter;
-use crate::sink::producer::OutRecord;
+use crate::output::OutRecord;
 
 pub const HEADER_CLASS: &str = "error.class";
 pub const HEADER_MESSAGE: &str = "error.message";

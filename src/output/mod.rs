@@ -1,7 +1,12 @@
-//! The idempotent producer behind the processed and dead-letter topics.
+//! What the processor sends to Kafka: newly stored events to the processed topic
+//! ([`processed`]), refused messages to the dead-letter topic ([`dlq`]), both through one
+//! idempotent producer ([`Output`]).
 //!
 //! Invariant: [`Output::send_all`] returns `Ok` only when the broker acknowledged every
 //! record, so a caller may then advance past them (commit to Delta).
+
+pub mod dlq;
+pub mod processed;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,45 @@
+//! `sink-clickhouse`: the ClickHouse sink, until a signal or (with
+//! `--until-idle`) until caught up.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+
+use crate::clickhouse::sink::{ClickHouseSink, ClickHouseSinkError, ClickHouseSinkSummary};
+use crate::commands::run::{serve_metrics, stop_on_signal};
+use crate::config::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkClickHouseError {
+    #[error(transparent)]
+    ClickHouseSink(#[from] ClickHouseSinkError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+}
+
+pub fn sink_clickhouse(
+    settings: Settings,
+    runtime: &Runtime,
+    until_idle: Option<Duration>,
+) -> Result<ClickHouseSinkSummary, SinkClickHouseError> {
+    let health = serve_metrics(&settings, runtime)?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    stop_on_signal(runtime, shutdown.clone());
+    let sink = ClickHouseSink::start(settings, runtime.handle().clone(), shutdown)?;
+    health.set_ready(true);
+    let summary = sink.run(until_idle);
+    health.set_ready(false);
+    Ok(summary?)
+}
+
+impl std::fmt::Display for ClickHouseSinkSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "loaded {} rows into ClickHouse in {} batches ({} retries, {} unreadable records)",
+            self.rows, self.batches, self.retries, self.unreadable
+        )
+    }
+}

@@ -1,0 +1,396 @@
+//! The effective configuration: defaults, then the TOML file, then `IDEMPIPE_*`
+//! environment variables, then command-line flags, each overriding the one before.
+//!
+//! Each option is declared once, in [`options`]; [`Settings`] is the validated whole the
+//! library uses, grouped by concern (topics, ClickHouse, batch limits, maintenance).
+//!
+//! Invariant: a [`Settings`] value is valid. Every bad value fails in [`Settings::resolve`]
+//! with an error that names its key and where it came from, before any service is touched.
+
+pub mod options;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::CommonArgs;
+pub use crate::config::options::{FileOptions, MAX_MAINTENANCE_DURATION, OPTIONS, Options, REDACTED, is_secret};
+
+/// A configuration problem, found at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("invalid librdkafka setting `kafka.{key}`: {reason}")]
+    InvalidKafka { key: String, reason: String },
+}
+
+/// The config file: every option's key (see [`options`]) and the `[kafka]` table.
+pub type FileConfig = FileOptions;
+
+impl FileOptions {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
+    }
+}
+
+/// Kafka topics of one pipeline; several pipelines can share a broker with other names.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Where events arrive.
+    pub raw: String,
+    /// Where newly stored events go, for the speed layer.
+    pub processed: String,
+    /// Where refused messages go, with their reason.
+    pub dlq: String,
+}
+
+/// How the processor gets its partitions of the raw topic. Either way Delta says where
+/// each partition starts, and offsets are committed to the group for lag tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumerMode {
+    /// This instance reads every partition (static assignment, no group membership). The
+    /// default: one processor per table, and no dependence on the broker's group
+    /// coordinator (tansu 0.6.0's is unreliable, see the README).
+    #[default]
+    Assign,
+    /// Join the consumer group and share the partitions with other instances; every
+    /// rebalance re-reads the start offsets from Delta.
+    Group,
+}
+
+/// How the processor finds the events of a batch that the table already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyCheck {
+    /// An in-memory index of every key in the table, built from Delta on start and kept
+    /// in step with every commit (any writer's); new rows are appended by a commit that
+    /// conflicts with any file added to the same dates since the check. Cost per batch
+    /// does not grow with the table; memory does (20 to 40 bytes per key as the hash table fills and doubles; 28.5 at 10 M keys).
+    #[default]
+    Index,
+    /// A semi-join of the batch with its dates' partitions, then an insert-only MERGE:
+    /// no memory beyond the batch, but each batch reads those partitions whole.
+    Scan,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Delta table upkeep done by `run` between batches (never during one, so it cannot
+/// race the processor's own commits).
+#[derive(Debug, Clone, Copy)]
+pub struct Maintenance {
+    /// A checkpoint every this many table versions, after which log entries older than
+    /// `log_retention` are deleted.
+    pub checkpoint_every: NonZeroU64,
+    /// How long commit log entries are kept (time travel reaches back this far).
+    pub log_retention: Duration,
+    /// How often small data files are bin-packed into larger ones; `None`: never.
+    pub compact_every: Option<Duration>,
+    /// How often files removed from the table longer than `vacuum_retention` ago are
+    /// deleted from storage; `None`: never.
+    pub vacuum_every: Option<Duration>,
+    /// How long a removed file stays in storage (readers at older versions need it).
+    pub vacuum_retention: Duration,
+}
+
+/// Where a setting's effective value came from, lowest precedence first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Default,
+    File,
+    Env,
+    Flag,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Origin::Default => "default",
+            Origin::File => "file",
+            Origin::Env => "env",
+            Origin::Flag => "flag",
+        })
+    }
+}
+
+/// Micro-batch limits: a batch closes at whichever comes first.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// How long a batch collects before it is processed.
+    pub trigger: Duration,
+    /// The most messages in one batch.
+    pub max_events: NonZeroUsize,
+    /// The most message bytes in one batch.
+    pub max_bytes: NonZeroUsize,
+}
+
+/// How events get from the processed topic into ClickHouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClickHouseIngest {
+    /// idempipe's own sink (`sink-clickhouse`, or inside `run`): commits its Kafka
+    /// offsets only after ClickHouse acknowledged the insert.
+    #[default]
+    Sink,
+    /// ClickHouse's Kafka engine: a Kafka table and a materialized view into the events
+    /// table, created by `setup`; ClickHouse consumes the topic itself.
+    KafkaEngine,
+}
+
+/// Where ClickHouse is, which table holds the events, and how the sink loads it.
+#[derive(Debug, Clone)]
+pub struct ClickHouseSettings {
+    pub url: String,
+    pub database: String,
+    pub table: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub ingest: ClickHouseIngest,
+    /// Consumer group of the sink on the processed topic.
+    pub group: String,
+    /// Whether `run` also runs the sink, in a thread beside the processor.
+    pub in_run: bool,
+    /// How long the sink collects records before an insert.
+    pub trigger: Duration,
+    /// The most rows in one insert.
+    pub max_batch_rows: NonZeroUsize,
+    /// The Kafka brokers as ClickHouse's Kafka engine reaches them.
+    pub kafka_brokers: String,
+}
+
+/// The validated, effective configuration shared by every command.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub brokers: String,
+    pub topics: Topics,
+    /// Consumer group of the processor; also the prefix of the Delta txn app ids
+    /// ([`crate::table::AppIds`]).
+    pub group: String,
+    pub delta_path: PathBuf,
+    pub clickhouse: ClickHouseSettings,
+    /// Partitions of the raw and processed topics that `setup` creates.
+    pub partitions: i32,
+    pub max_message_bytes: usize,
+    pub batch: BatchLimits,
+    pub consumer_mode: ConsumerMode,
+    pub key_check: KeyCheck,
+    pub log_format: LogFormat,
+    /// Where `run` and `sink-clickhouse` serve `/metrics`, `/healthz` and `/readyz`;
+    /// `None`: nowhere.
+    pub metrics_addr: Option<SocketAddr>,
+    pub maintenance: Maintenance,
+    /// librdkafka pass-through settings, applied to every client after ours.
+    pub kafka: BTreeMap<String, String>,
+    /// Where each pass-through setting came from.
+    pub kafka_origins: BTreeMap<String, Origin>,
+    /// The options these settings were made from, with their origins: what `config
+    /// show` prints.
+    pub options: Options,
+}
+
+/// The shortest trigger interval: below it the per-commit cost of Delta dominates.
+pub const MIN_TRIGGER: Duration = Duration::from_millis(100);
+
+impl Settings {
+    /// Layers defaults, the file (if any), and the environment and flags (which clap has
+    /// already merged, flags winning), then validates the result.
+    pub fn resolve(mut file: FileConfig, args: &CommonArgs) -> Result<Self, ConfigError> {
+        let mut kafka = std::mem::take(&mut file.kafka);
+        let mut kafka_origins: BTreeMap<String, Origin> = kafka.keys().map(|k| (k.clone(), Origin::File)).collect();
+        for (key, value) in &args.kafka {
+            kafka.insert(key.clone(), value.clone());
+            kafka_origins.insert(key.clone(), Origin::Flag);
+        }
+        let o = Options::resolve(file, &args.options, &args.from_env)?;
+        let settings = Settings {
+            brokers: o.brokers.clone(),
+            topics: Topics { raw: o.raw_topic.clone(), processed: o.processed_topic.clone(), dlq: o.dlq_topic.clone() },
+            group: o.group.clone(),
+            delta_path: o.delta_path.clone(),
+            clickhouse: ClickHouseSettings {
+                url: o.clickhouse_url.clone(),
+                database: o.clickhouse_database.clone(),
+                table: o.clickhouse_table.clone(),
+                user: o.clickhouse_user.clone(),
+                password: o.clickhouse_password.clone(),
+                ingest: o.clickhouse_ingest,
+                group: o.clickhouse_group.clone(),
+                in_run: o.clickhouse_in_run,
+                trigger: o.clickhouse_trigger,
+                max_batch_rows: o.clickhouse_max_batch_rows,
+                kafka_brokers: o.clickhouse_kafka_brokers.clone(),
+            },
+            partitions: o.partitions,
+            max_message_bytes: o.max_message_bytes.get(),
+            batch: BatchLimits { trigger: o.trigger, max_events: o.max_batch_events, max_bytes: o.max_batch_bytes },
+            consumer_mode: o.consumer_mode,
+            key_check: o.key_check,
+            log_format: o.log_format,
+            metrics_addr: o.metrics_addr,
+            maintenance: Maintenance {
+                checkpoint_every: o.checkpoint_every,
+                log_retention: o.log_retention,
+                compact_every: o.compact_every,
+                vacuum_every: o.vacuum_every,
+                vacuum_retention: o.vacuum_retention,
+            },
+            kafka,
+            kafka_origins,
+            options: o,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Every setting as `(key, value, origin)`, in key order, secrets redacted: what
+    /// `config show` prints.
+    pub fn entries(&self) -> Vec<(String, String, Origin)> {
+        let mut out = self.options.entries();
+        out.extend(self.kafka.iter().map(|(k, v)| {
+            let value = if is_secret(k) { REDACTED.to_owned() } else { v.clone() };
+            let origin = self.kafka_origins.get(k).copied().unwrap_or(Origin::Default);
+            (format!("kafka.{k}"), value, origin)
+        }));
+        out.sort();
+        out
+    }
+
+    /// The checks that relate options to each other (each option's own check is in
+    /// its declaration), and librdkafka's check of the pass-through settings.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
+        if self.topics.raw == self.topics.processed
+            || self.topics.raw == self.topics.dlq
+            || self.topics.processed == self.topics.dlq
+        {
+            return invalid("raw_topic", "the raw, processed and dead-letter topics must be three different topics");
+        }
+        if self.clickhouse.group == self.group {
+            return invalid(
+                "clickhouse_group",
+                "must differ from `group`: the sink and the processor are different consumers",
+            );
+        }
+        if self.clickhouse.in_run && self.clickhouse.ingest == ClickHouseIngest::KafkaEngine {
+            return invalid(
+                "clickhouse_in_run",
+                "the built-in sink and `clickhouse_ingest = \"kafka-engine\"` would both load ClickHouse; pick one",
+            );
+        }
+        // librdkafka checks each name and value as it is set, without connecting.
+        let mut kafka = rdkafka::ClientConfig::new();
+        for (k, v) in &self.kafka {
+            kafka.set(k, v);
+        }
+        if let Err(e) = kafka.create_native_config() {
+            let key = match &e {
+                rdkafka::error::KafkaError::ClientConfig(_, _, key, _) => key.clone(),
+                _ => String::new(),
+            };
+            return Err(ConfigError::InvalidKafka { key, reason: e.to_string() });
+        }
+        Ok(())
+    }
+
+    /// The JSON-lines batch log, beside the table (not inside it, where `vacuum` would
+    /// delete it as an unknown file).
+    pub fn batch_log_path(&self) -> PathBuf {
+        let mut name = self.delta_path.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "events".into());
+        name.push(".batches.jsonl");
+        self.delta_path.with_file_name(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+    const DEFAULT_TRIGGER: Duration = Duration::from_secs(15);
+
+    fn resolve(file: &str, argv: &[&str]) -> Result<Settings, ConfigError> {
+        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+        let file = toml::from_str(file)
+            .map_err(|source| ConfigError::Parse { path: "test.toml".into(), source: Box::new(source) })?;
+        Settings::resolve(file, &cli.common)
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let s =
+            resolve("group = \"from-file\"\nraw_topic = \"file_raw\"", &["idempipe", "--group", "from-flag", "verify"])
+                .unwrap();
+        assert_eq!(s.group, "from-flag");
+        assert_eq!(s.topics.raw, "file_raw");
+        assert_eq!(s.topics.dlq, "raw_events_dlq");
+        assert_eq!(s.brokers, DEFAULT_BROKERS);
+        assert_eq!(s.batch.trigger, DEFAULT_TRIGGER);
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../idempipe.example.toml");
+        let file: FileConfig = toml::from_str(text).unwrap();
+        let cli = crate::cli::Cli::try_parse_from(["idempipe", "verify"]).unwrap();
+        Settings::resolve(file, &cli.common).unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = resolve("trigger = \"10ms\"", &["idempipe", "verify"]).unwrap_err();
+        assert!(err.to_string().contains("`trigger`"), "{err}");
+        let err = resolve("", &["idempipe", "--raw-topic", "a b", "verify"]).unwrap_err();
+        assert!(err.to_string().contains("`raw_topic`"), "{err}");
+        let err = resolve("max_batch_events = 0", &["idempipe", "verify"]).unwrap_err();
+        assert!(err.to_string().contains("`max_batch_events`"), "{err}");
+        let err = resolve("", &["idempipe", "--clickhouse-url", "localhost:8123", "verify"]).unwrap_err();
+        assert!(err.to_string().contains("`clickhouse_url`"), "{err}");
+        let err = resolve("clickhouse_table = \"events; DROP TABLE x\"", &["idempipe", "verify"]).unwrap_err();
+        assert!(err.to_string().contains("`clickhouse_table`"), "{err}");
+        let err = resolve("clickhouse_group = \"idempipe\"", &["idempipe", "verify"]).unwrap_err();
+        assert!(err.to_string().contains("`clickhouse_group`"), "{err}");
+        let err = resolve("clickhouse_max_batch_rows = 0", &["idempipe", "verify"]).unwrap_err();
+        assert!(err.to_string().contains("`clickhouse_max_batch_rows`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let err = toml::from_str::<FileConfig>("brokerz = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("brokerz"), "{err}");
+        let err = toml::from_str::<FileConfig>("trigger = \"soon\"").unwrap_err();
+        assert!(err.to_string().contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn the_batch_log_sits_beside_the_table() {
+        let s = resolve("delta_path = \"/data/delta/events\"", &["idempipe", "verify"]).unwrap();
+        assert_eq!(s.batch_log_path(), PathBuf::from("/data/delta/events.batches.jsonl"));
+        assert_eq!(crate::table::AppIds::of(&s).for_partition(3), "idempipe-raw_events-3");
+        assert_eq!(s.clickhouse.group, "idempipe-clickhouse");
+        assert_eq!(s.clickhouse.kafka_brokers, DEFAULT_BROKERS);
+    }
+}

@@ -1,0 +1,158 @@
+//! The one collect loop: poll a consumer into a batch until the trigger interval ends,
+//! the batch is full, or shutdown is requested. The processor (raw topic into a
+//! [`crate::batch::Batch`]) and the ClickHouse sink (processed topic into an insert) both
+//! collect through it.
+//!
+//! Invariants kept by [`Positions`]:
+//! - a message is taken only on a partition being read, and never before the offset
+//!   expected there (the start Delta or the group gave, or the previous message + 1), so
+//!   nothing before a partition's start is delivered twice;
+//! - a message after the offset expected is taken and its gap reported to the batch,
+//!   which logs and counts it (offsets the broker skipped: compaction, retention,
+//!   transaction markers, or a fault);
+//! - a partition is "at its end" from its end-of-partition event until its next message.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+
+/// How long one poll may block: the loop looks at the deadline and shutdown this often.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Where reading stands on each partition, kept across batches.
+#[derive(Debug)]
+pub struct Positions {
+    /// The partitions being read and the next offset expected on each (`None`: from
+    /// wherever the consumer starts, nothing expected yet).
+    pub next: BTreeMap<i32, Option<i64>>,
+    /// Partitions whose end was reached (an end-of-partition event) with nothing read
+    /// since.
+    pub at_end: BTreeSet<i32>,
+    /// When the last message was taken.
+    pub last_message: Instant,
+}
+
+impl Default for Positions {
+    fn default() -> Self {
+        Self { next: BTreeMap::new(), at_end: BTreeSet::new(), last_message: Instant::now() }
+    }
+}
+
+impl Positions {
+    /// Positions starting at `next`.
+    pub fn new(next: BTreeMap<i32, Option<i64>>) -> Self {
+        Self { next, ..Self::default() }
+    }
+
+    /// Reading starts over at `next` (a new assignment).
+    pub fn restart(&mut self, next: BTreeMap<i32, Option<i64>>) {
+        self.next = next;
+        self.at_end.clear();
+    }
+
+    /// Whether a message at `offset` of `partition` is to be taken, and if so how many
+    /// offsets it lies past the one expected; takes note of it.
+    fn accept(&mut self, partition: i32, offset: i64) -> Option<u64> {
+        let gap = match self.next.get(&partition) {
+            Some(Some(next)) if offset < *next => return None,
+            Some(Some(next)) => (offset - next) as u64,
+            Some(None) => 0,
+            None => return None,
+        };
+        self.next.insert(partition, Some(offset + 1));
+        self.at_end.remove(&partition);
+        self.last_message = Instant::now();
+        Some(gap)
+    }
+
+    /// Whether every partition read is at its end.
+    pub fn caught_up(&self) -> bool {
+        !self.next.is_empty() && self.next.keys().all(|p| self.at_end.contains(p))
+    }
+
+    /// Whether every partition is at its end and nothing arrived for `idle`.
+    pub fn idle_for(&self, idle: Duration) -> bool {
+        self.last_message.elapsed() >= idle && self.caught_up()
+    }
+}
+
+/// A batch under collection.
+pub trait Collector {
+    type Error;
+
+    /// Whether the batch is full: collection ends early.
+    fn is_full(&self) -> bool;
+
+    /// Runs after every poll, before its message is taken: where the batch may start over
+    /// (a rebalance moved the positions) or stop the collection with an error.
+    fn after_poll(&mut self, _positions: &mut Positions) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// Takes one message, `gap` offsets past the one expected on its partition.
+    fn take(&mut self, message: &BorrowedMessage<'_>, gap: u64);
+}
+
+/// Polls `consumer` into `batch` until `deadline`, until the batch is full, or until
+/// `shutdown` is set.
+pub fn collect<C: ConsumerContext, B: Collector>(
+    consumer: &BaseConsumer<C>,
+    positions: &mut Positions,
+    batch: &mut B,
+    deadline: Instant,
+    shutdown: &AtomicBool,
+) -> Result<(), B::Error> {
+    while !shutdown.load(Ordering::Relaxed) && !batch.is_full() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let polled = consumer.poll(left.min(POLL));
+        batch.after_poll(positions)?;
+        match polled {
+            Some(Ok(m)) => {
+                if let Some(gap) = positions.accept(m.partition(), m.offset()) {
+                    batch.take(&m, gap);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                positions.at_end.insert(p);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_before_the_start_or_of_other_partitions_are_not_taken() {
+        let mut at = Positions::new(BTreeMap::from([(0, Some(10)), (1, None)]));
+        assert_eq!(at.accept(0, 9), None, "before the start");
+        assert_eq!(at.accept(2, 0), None, "a partition not read");
+        assert_eq!(at.accept(0, 10), Some(0));
+        assert_eq!(at.accept(0, 14), Some(3), "offsets 11 to 13 skipped by the broker");
+        assert_eq!(at.accept(1, 500), Some(0), "nothing expected yet");
+        assert_eq!(at.next, BTreeMap::from([(0, Some(15)), (1, Some(501))]));
+    }
+
+    #[test]
+    fn caught_up_means_every_partition_at_its_end() {
+        let mut at = Positions::new(BTreeMap::from([(0, Some(0)), (1, Some(0))]));
+        assert!(!at.caught_up());
+        at.at_end.extend([0, 1]);
+        assert!(at.caught_up());
+        at.accept(1, 0);
+        assert!(!at.caught_up(), "a message since the end");
+        assert!(!Positions::default().caught_up(), "no partitions: nothing to be caught up on");
+    }
+}

@@ -1,0 +1,397 @@
+//! Table maintenance: checkpoints (and log cleanup behind them), compaction of small
+//! files, vacuum of removed ones, the tombstone retention; and [`Schedule`], which runs
+//! them between batches.
+//!
+//! `run` calls [`Schedule::run_due`] between batches, never during one, so maintenance
+//! cannot race the processor's own commits; racing another process (a second instance,
+//! an operator's `compact`) is safe because none of it changes rows: a compaction's
+//! files carry `dataChange = false`, a vacuum deletes only files no snapshot within the
+//! retention uses, and a checkpoint or log cleanup rewrites no data. A failure is logged
+//! and counted, never fatal: the batch loop's exactly-once bookkeeping does not depend on
+//! maintenance.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use deltalake::DeltaTableError;
+use deltalake::arrow::array::{ArrayRef, Date32Array, RecordBatch};
+use deltalake::kernel::transaction::{CommitBuilder, TableReference};
+use deltalake::kernel::{Action, Remove, Transaction};
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+
+use crate::config::Maintenance;
+use crate::event::EventTime;
+use crate::metrics;
+use crate::table::read::data_file_stream;
+use crate::table::schema::{PARTITION_COLUMN, arrow_schema};
+use crate::table::{EventTable, Result, upkeep_free};
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CompactOutcome {
+    pub files_removed: u64,
+    pub files_added: u64,
+    pub partitions: u64,
+    /// The table version after it.
+    pub version: u64,
+}
+
+/// What a vacuum deleted (or, dry, would delete).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VacuumOutcome {
+    pub dry_run: bool,
+    pub files: Vec<String>,
+    pub version: u64,
+}
+
+impl EventTable {
+    /// Bin-packs each date's small data files into files of up to [`COMPACT_TARGET_BYTES`].
+    ///
+    /// Not delta-rs's `optimize`: two of those running at once both commit, each removing
+    /// the same files and adding its own copy of their rows (delta-rs 1.1's conflict
+    /// checker ignores removes with `dataChange = false` when it looks for a file removed
+    /// twice), which doubles the rows. This commit carries a txn action of the app id
+    /// [`COMPACTION_APP_ID`], so any other compaction that committed since this one read
+    /// the table makes it a conflict (`ConcurrentTransaction`) instead.
+    ///
+    /// The rows do not change (removes and adds say `dataChange = false`), so a writer
+    /// racing it keeps its exactly-once bookkeeping: its append conflicts if the
+    /// compaction added a file to one of its dates, and is then redone (see
+    /// `is_write_conflict`); the key index keeps its keys (see [`KeyIndex::sync`]).
+    ///
+    /// Compacts the loaded version (callers reload first if they want the latest).
+    pub async fn compact(&mut self) -> Result<CompactOutcome> {
+        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+        // Per date, the files below the target, smallest first, greedily packed.
+        let mut by_date: BTreeMap<String, Vec<(i64, deltalake::Path, Remove)>> = BTreeMap::new();
+        for file in snapshot.log_data().iter() {
+            if file.size() as u64 >= COMPACT_TARGET_BYTES {
+                continue;
+            }
+            let date = file.partition_values_map().get(PARTITION_COLUMN).cloned().flatten().unwrap_or_default();
+            by_date.entry(date).or_default().push((file.size(), file.object_store_path(), file.remove_action(false)));
+        }
+        let mut bins: Vec<(i32, Vec<(deltalake::Path, Remove)>)> = Vec::new();
+        for (date, mut files) in by_date {
+            let day = EventTime::parse_date(&date)
+                .map_err(|e| self.unexpected(&format!("partition {PARTITION_COLUMN}={date:?} is not a date: {e:?}")))?
+                .days_since_epoch();
+            files.sort_by_key(|f| f.0);
+            let mut bin: Vec<(deltalake::Path, Remove)> = Vec::new();
+            let mut bytes = 0_u64;
+            for (size, location, remove) in files {
+                if bytes + size as u64 > COMPACT_TARGET_BYTES && bin.len() > 1 {
+                    bins.push((day, std::mem::take(&mut bin)));
+                    bytes = 0;
+                }
+                bytes += size as u64;
+                bin.push((location, remove));
+            }
+            if bin.len() > 1 {
+                bins.push((day, bin));
+            }
+        }
+        let mut outcome = CompactOutcome { version: self.version(), ..CompactOutcome::default() };
+        if bins.is_empty() {
+            return Ok(outcome);
+        }
+        let store = self.table.object_store();
+        let mut actions = Vec::new();
+        let mut writer = RecordBatchWriter::for_table(&self.table).map_err(|e| self.error(e))?;
+        for (day, files) in bins {
+            outcome.partitions += 1;
+            for (location, remove) in files {
+                for batch in read_data_file(store.clone(), location).await.map_err(|e| self.error(e))? {
+                    let batch = with_date(batch, day).map_err(|e| self.error(e.into()))?;
+                    writer.write(batch).await.map_err(|e| self.error(e))?;
+                }
+                actions.push(Action::Remove(remove));
+                outcome.files_removed += 1;
+            }
+            // One date at a time: no more than one bin's rows in memory.
+            for mut add in writer.flush().await.map_err(|e| self.error(e))? {
+                add.data_change = false;
+                actions.push(Action::Add(add));
+                outcome.files_added += 1;
+            }
+        }
+        let now = EventTime::now().micros();
+        let claim = Transaction::new_with_last_update(COMPACTION_APP_ID, now, Some(now / 1_000));
+        let operation =
+            DeltaOperation::Optimize { predicate: None, target_size: COMPACT_TARGET_BYTES.min(i64::MAX as u64) as i64 };
+        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+        CommitBuilder::from(upkeep_free().with_application_transactions(vec![claim]))
+            .with_actions(actions)
+            .build(Some(snapshot as &dyn TableReference), self.table.log_store(), operation)
+            .await
+            .map_err(|e| self.error(e))?;
+        self.reload().await?;
+        outcome.version = self.version();
+        Ok(outcome)
+    }
+
+    /// Deletes data files removed from the table more than `retention` ago (and with
+    /// `full`, files the log never mentions that are older than that: failed writes).
+    /// Files in the current snapshot are never touched, so a running writer is safe as
+    /// long as no reader lags behind by more than `retention`.
+    pub async fn vacuum(&mut self, retention: std::time::Duration, dry_run: bool, full: bool) -> Result<VacuumOutcome> {
+        use deltalake::operations::vacuum::VacuumMode;
+        let period = chrono::Duration::from_std(retention)
+            .map_err(|_| self.unexpected(&format!("retention {retention:?} is out of range")))?;
+        let (table, metrics) = self
+            .table
+            .clone()
+            .vacuum()
+            .with_retention_period(period)
+            // The configuration checked the period (at least a minute); the table's own
+            // default (7 days) is only the default of `vacuum_retention`.
+            .with_enforce_retention_duration(false)
+            .with_dry_run(dry_run)
+            .with_mode(if full { VacuumMode::Full } else { VacuumMode::Lite })
+            .with_commit_properties(upkeep_free())
+            .await
+            .map_err(|e| self.error(e))?;
+        self.table = table;
+        Ok(VacuumOutcome { dry_run, files: metrics.files_deleted, version: self.version() })
+    }
+
+    /// Sets the table's `delta.deletedFileRetentionDuration` (how long a removed file's
+    /// tombstone is kept in checkpoints) to `retention`, unless it is that already;
+    /// returns whether it changed it. Without it, tombstones stay 7 days, and every
+    /// checkpoint carries each file every compaction removed in that time.
+    pub async fn set_tombstone_retention(&mut self, retention: std::time::Duration) -> Result<bool> {
+        const KEY: &str = "delta.deletedFileRetentionDuration";
+        let value = format!("interval {} seconds", retention.as_secs());
+        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+        if snapshot.metadata().configuration().get(KEY) == Some(&value) {
+            return Ok(false);
+        }
+        let table = self
+            .table
+            .clone()
+            .set_tbl_properties()
+            .with_properties(std::collections::HashMap::from([(KEY.to_owned(), value)]))
+            .with_commit_properties(upkeep_free())
+            .await
+            .map_err(|e| self.error(e))?;
+        self.table = table;
+        Ok(true)
+    }
+
+    /// Writes a checkpoint of the loaded version: readers then load it instead of
+    /// replaying every commit since the previous one.
+    pub async fn checkpoint(&self) -> Result<()> {
+        deltalake::checkpoints::create_checkpoint(&self.table, None).await.map_err(|e| self.error(e))
+    }
+
+    /// Deletes commit log entries older than `retention` that lie behind a checkpoint;
+    /// returns how many.
+    pub async fn cleanup_log(&self, retention: std::time::Duration) -> Result<usize> {
+        let cutoff = EventTime::now().micros() / 1_000 - retention.as_millis().min(i64::MAX as u128) as i64;
+        deltalake::checkpoints::cleanup_expired_logs_for(self.version(), self.table.log_store().as_ref(), cutoff, None)
+            .await
+            .map_err(|e| self.error(e))
+    }
+}
+
+/// Data files grow to about this size (on disk) through compaction; a compaction holds
+/// one date's worth of up to this much in memory, as Arrow.
+pub const COMPACT_TARGET_BYTES: u64 = 64 << 20;
+
+/// The txn app id every compaction's commit carries, so that two compactions never
+/// both commit (see [`EventTable::compact`]).
+pub const COMPACTION_APP_ID: &str = "idempipe-compaction";
+
+/// Every row of one data file (without the partition column, which lives in the path).
+async fn read_data_file(
+    store: Arc<dyn deltalake::ObjectStore>,
+    location: deltalake::Path,
+) -> std::result::Result<Vec<RecordBatch>, DeltaTableError> {
+    use futures::TryStreamExt;
+    let stream = data_file_stream(store, location, None).await?;
+    Ok(stream.try_collect().await?)
+}
+
+/// A data file's batch with the partition column put back, in the table's column order.
+fn with_date(batch: RecordBatch, day: i32) -> std::result::Result<RecordBatch, deltalake::arrow::error::ArrowError> {
+    let schema = arrow_schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| -> std::result::Result<ArrayRef, deltalake::arrow::error::ArrowError> {
+            if field.name() == PARTITION_COLUMN {
+                return Ok(Arc::new(Date32Array::from(vec![day; batch.num_rows()])));
+            }
+            let column = batch.column_by_name(field.name()).ok_or_else(|| {
+                deltalake::arrow::error::ArrowError::SchemaError(format!("data file lacks column {}", field.name()))
+            })?;
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                deltalake::arrow::compute::cast(column, field.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema, columns)
+}
+
+/// When each kind of upkeep last ran.
+#[derive(Debug)]
+pub struct Schedule {
+    settings: Maintenance,
+    /// The version of the last checkpoint this process wrote (or the version it started
+    /// at): the next is due `checkpoint_every` versions later.
+    checkpointed: u64,
+    last_compact: Instant,
+    last_vacuum: Instant,
+    /// Whether the table's tombstone retention has been checked this run.
+    tombstones_set: bool,
+}
+
+/// What one [`Schedule::run_due`] did, for the log and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Done {
+    pub checkpoint: bool,
+    pub log_entries_deleted: usize,
+    pub compacted_files: u64,
+    pub vacuumed_files: usize,
+}
+
+impl Schedule {
+    /// A schedule for a table loaded at `version`; the first compaction and vacuum are
+    /// due one interval from now.
+    pub fn new(settings: Maintenance, version: u64) -> Self {
+        let now = Instant::now();
+        Self { settings, checkpointed: version, last_compact: now, last_vacuum: now, tombstones_set: false }
+    }
+
+    /// Runs whatever is due on `table` (loaded at its latest version by the caller).
+    pub async fn run_due(&mut self, table: &mut EventTable) -> Done {
+        let mut done = Done::default();
+        if let (false, Some(every)) = (self.tombstones_set, self.settings.vacuum_every) {
+            // A removed file's tombstone must outlive the vacuum that deletes the file
+            // (or the file is forgotten on disk), and no longer: checkpoints carry
+            // every live tombstone.
+            let retention = self.settings.vacuum_retention + 2 * every;
+            match table.set_tombstone_retention(retention).await {
+                Ok(changed) => {
+                    self.tombstones_set = true;
+                    if changed {
+                        tracing::info!(retention = %humantime::format_duration(retention), "set the table's tombstone retention");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot set the table's tombstone retention; trying again later"),
+            }
+        }
+        if self.settings.compact_every.is_some_and(|every| self.last_compact.elapsed() >= every) {
+            self.last_compact = Instant::now();
+            match table.compact().await {
+                Ok(outcome) => {
+                    metrics::maintenance("compact", true);
+                    done.compacted_files = outcome.files_removed;
+                    if outcome.files_removed > 0 {
+                        tracing::info!(
+                            files_removed = outcome.files_removed,
+                            files_added = outcome.files_added,
+                            partitions = outcome.partitions,
+                            version = outcome.version,
+                            "compacted the Delta table"
+                        );
+                    }
+                }
+                Err(e) if e.is_lost_compaction_race() => {
+                    // Another process compacted the same files first: nothing to do.
+                    metrics::maintenance("compact_lost_race", true);
+                    tracing::info!("another compaction committed first; trying again at the next interval");
+                }
+                Err(e) => {
+                    metrics::maintenance("compact", false);
+                    tracing::warn!(error = %e, "compaction failed; trying again at the next interval");
+                }
+            }
+        }
+        if self.settings.vacuum_every.is_some_and(|every| self.last_vacuum.elapsed() >= every) {
+            self.last_vacuum = Instant::now();
+            match table.vacuum(self.settings.vacuum_retention, false, false).await {
+                Ok(outcome) => {
+                    metrics::maintenance("vacuum", true);
+                    done.vacuumed_files = outcome.files.len();
+                    tracing::info!(
+                        files_deleted = outcome.files.len(),
+                        version = outcome.version,
+                        "vacuumed the Delta table"
+                    );
+                }
+                Err(e) => {
+                    metrics::maintenance("vacuum", false);
+                    tracing::warn!(error = %e, "vacuum failed; trying again at the next interval");
+                }
+            }
+        }
+        let version = table.version();
+        if version >= self.checkpointed + self.settings.checkpoint_every.get() {
+            self.checkpointed = version;
+            match table.checkpoint().await {
+                Ok(()) => {
+                    metrics::maintenance("checkpoint", true);
+                    done.checkpoint = true;
+                    match table.cleanup_log(self.settings.log_retention).await {
+                        Ok(deleted) => {
+                            metrics::maintenance("log_cleanup", true);
+                            done.log_entries_deleted = deleted;
+                        }
+                        Err(e) => {
+                            metrics::maintenance("log_cleanup", false);
+                            tracing::warn!(error = %e, "deleting expired log entries failed");
+                        }
+                    }
+                    tracing::debug!(version, log_entries_deleted = done.log_entries_deleted, "checkpoint written");
+                }
+                Err(e) => {
+                    metrics::maintenance("checkpoint", false);
+                    tracing::warn!(error = %e, version, "writing a checkpoint failed; trying again after the next batch");
+                    // Due again at once rather than `checkpoint_every` versions later.
+                    self.checkpointed = version.saturating_sub(self.settings.checkpoint_every.get());
+                }
+            }
+        }
+        done
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+    use crate::table::testing::*;
+
+    #[tokio::test]
+    async fn a_second_compaction_of_the_same_version_conflicts_instead_of_doubling_the_rows() {
+        let (_dir, path) = new_table().await;
+        let mut a = indexed(&path).await;
+        for i in 0..3 {
+            check_and_insert(&mut a, &rows(i * 10..i * 10 + 10, 100, 0), 0).await.unwrap();
+        }
+        // Both read the same version; `a` commits first.
+        let mut b = EventTable::open(&path).await.unwrap();
+        a.compact().await.unwrap();
+        let err = b.compact().await.unwrap_err();
+        assert!(err.is_lost_compaction_race(), "{err}");
+        let counts = EventTable::open(&path).await.unwrap().counts().await.unwrap();
+        assert_eq!((counts.rows, counts.distinct_keys, counts.files), (30, 30, 1));
+    }
+
+    #[tokio::test]
+    async fn the_tombstone_retention_is_set_once_and_read_back() {
+        let (_dir, path) = new_table().await;
+        let mut t = indexed(&path).await;
+        let retention = std::time::Duration::from_secs(900);
+        assert!(t.set_tombstone_retention(retention).await.unwrap());
+        assert!(!t.set_tombstone_retention(retention).await.unwrap(), "already set: no commit");
+        let reopened = EventTable::open(&path).await.unwrap();
+        let snapshot = reopened.table.snapshot().unwrap();
+        use deltalake::table::config::TablePropertiesExt as _;
+        assert_eq!(snapshot.table_config().deleted_file_retention_duration(), retention);
+    }
+}

@@ -1,0 +1,266 @@
+//! The Delta Lake table of events: the source of truth.
+//!
+//! Invariants kept by this module and its parts:
+//! - a row is inserted only after the already-stored check ([`write`]): an index lookup
+//!   with a commit that declares the batch's `event_date` partitions as read, or an
+//!   insert-only MERGE on `dedup_key` reading those partitions; either way a concurrent
+//!   writer inserting into the same dates makes a commit conflict, never a duplicate;
+//! - the commit that inserts a batch also records, per Kafka partition, the last offset
+//!   the batch covered ([`offsets`]); when nothing is new, a commit with only those
+//!   records the progress;
+//! - the outcome of a failed commit is never assumed: callers reload and read the stored
+//!   offsets back ([`EventTable::stored_offsets`]);
+//! - maintenance ([`maintenance`]) never changes rows: compaction rewrites them with
+//!   `dataChange = false`, vacuum deletes only files no recent snapshot uses.
+//!
+//! Parts: [`schema`] (columns, rows, Arrow encoding), [`write`] (check, stage, commit,
+//! MERGE), [`offsets`] (Kafka offsets as txn actions), [`read`] (reading back for
+//! `verify` and `reconcile`), [`maintenance`] (compaction, vacuum, checkpoints, log
+//! cleanup, and their schedule), [`key_index`] (the in-memory index of stored keys).
+
+pub mod key_index;
+pub mod maintenance;
+pub mod offsets;
+pub mod read;
+pub mod schema;
+#[cfg(test)]
+mod testing;
+pub mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+
+use crate::table::schema::delta_columns;
+
+pub use crate::table::key_index::{KeyIndex, SyncStats};
+pub use crate::table::maintenance::{CompactOutcome, VacuumOutcome};
+pub use crate::table::offsets::AppIds;
+pub use crate::table::read::TableCounts;
+pub use crate::table::schema::{COLUMNS, PARTITION_COLUMN, Row, arrow_schema, to_record_batch};
+pub use crate::table::write::{InsertOutcome, PendingWrite};
+
+/// Errors of the Delta table, with the path they concern.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("Delta table at {path}: {source}")]
+    Table { path: PathBuf, source: Box<DeltaTableError> },
+    #[error("no Delta table at {path}: run `idempipe setup` first")]
+    Missing { path: PathBuf },
+    #[error("Delta path {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("Delta table at {path}: {what}")]
+    Unexpected { path: PathBuf, what: String },
+}
+
+impl DeltaError {
+    /// Whether a compaction lost to another compaction that committed first (the
+    /// guard of [`EventTable::compact`]): nothing changed, nothing to repair.
+    pub fn is_lost_compaction_race(&self) -> bool {
+        use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+        matches!(
+            self,
+            DeltaError::Table { source, .. }
+                if matches!(
+                    **source,
+                    DeltaTableError::Transaction {
+                        source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction)
+                    }
+                )
+        )
+    }
+
+    /// Whether a commit lost a race: another writer committed first something this one
+    /// read (new files in its partitions, files it read removed, or a txn of the same
+    /// id). The attempt must be redone on the new version. Other conflicts (a metadata or
+    /// protocol change, a corrupt state) are plain failures.
+    pub fn is_write_conflict(&self) -> bool {
+        use deltalake::kernel::transaction::{CommitConflictError as C, TransactionError};
+        matches!(
+            self,
+            DeltaError::Table { source, .. }
+                if matches!(
+                    **source,
+                    DeltaTableError::Transaction {
+                        source: TransactionError::CommitConflict(
+                            C::ConcurrentAppend
+                                | C::ConcurrentDeleteRead
+                                | C::ConcurrentDeleteDelete
+                                | C::ConcurrentTransaction
+                        )
+                    }
+                )
+        )
+    }
+}
+
+pub type Result<T, E = DeltaError> = std::result::Result<T, E>;
+
+/// The events table at one path.
+pub struct EventTable {
+    path: PathBuf,
+    table: DeltaTable,
+    /// With a key index, the already-stored check is a lookup and new rows are appended
+    /// by a commit that declares the partitions it checked; without, the check is a
+    /// semi-join and new rows go in by an insert-only MERGE.
+    index: Option<KeyIndex>,
+}
+
+impl EventTable {
+    /// Creates the table if there is none, with the events schema partitioned by
+    /// `event_date`; opens it otherwise. Running it again changes nothing.
+    pub async fn create_if_missing(path: &Path) -> Result<Self> {
+        if path.exists() && !path.is_dir() {
+            return Err(DeltaError::NotADirectory { path: path.to_owned() });
+        }
+        let err = |source| DeltaError::Table { path: path.to_owned(), source: Box::new(source) };
+        let url = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(err)?;
+        let created = DeltaTable::try_from_url(url.clone())
+            .await
+            .map_err(err)?
+            .create()
+            .with_table_name("events")
+            .with_comment("idempipe events: one row per distinct dedup_key")
+            .with_columns(delta_columns())
+            .with_partition_columns([PARTITION_COLUMN])
+            .with_save_mode(SaveMode::Ignore)
+            .await;
+        let table = match created {
+            Ok(table) => table,
+            // Two `setup`s racing: the loser's version 0 conflicts; the winner's table is fine.
+            Err(_) => deltalake::open_table(url).await.map_err(err)?,
+        };
+        let this = Self { path: path.to_owned(), table, index: None };
+        this.check_schema()?;
+        Ok(this)
+    }
+
+    /// Opens an existing table; an absent one is [`DeltaError::Missing`].
+    pub async fn open(path: &Path) -> Result<Self> {
+        if path.exists() && !path.is_dir() {
+            return Err(DeltaError::NotADirectory { path: path.to_owned() });
+        }
+        if !path.join("_delta_log").is_dir() {
+            return Err(DeltaError::Missing { path: path.to_owned() });
+        }
+        let err = |source| DeltaError::Table { path: path.to_owned(), source: Box::new(source) };
+        let url = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(err)?;
+        let table = deltalake::open_table(url).await.map_err(|e| match e {
+            DeltaTableError::NotATable(_) => DeltaError::Missing { path: path.to_owned() },
+            e => err(e),
+        })?;
+        let this = Self { path: path.to_owned(), table, index: None };
+        this.check_schema()?;
+        Ok(this)
+    }
+
+    /// Opens an existing table through `store`, the object store of the filesystem (or
+    /// bucket) root, instead of the one delta-rs would pick for the path: for stores with
+    /// custom wiring, instrumentation, or fault injection in tests.
+    pub async fn open_with_store(path: &Path, store: Arc<dyn deltalake::ObjectStore>) -> Result<Self> {
+        if !path.join("_delta_log").is_dir() {
+            return Err(DeltaError::Missing { path: path.to_owned() });
+        }
+        let err = |source| DeltaError::Table { path: path.to_owned(), source: Box::new(source) };
+        let url = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(err)?;
+        let table = deltalake::DeltaTableBuilder::from_url(url.clone())
+            .map_err(err)?
+            .with_storage_backend(store, url)
+            .load()
+            .await
+            .map_err(err)?;
+        let this = Self { path: path.to_owned(), table, index: None };
+        this.check_schema()?;
+        Ok(this)
+    }
+
+    /// Refuses a table whose columns are not ours: writing to it would fail mid-batch.
+    fn check_schema(&self) -> Result<()> {
+        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+        let schema = snapshot.snapshot().arrow_schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let missing: Vec<&str> = COLUMNS.iter().copied().filter(|c| !names.contains(c)).collect();
+        if !missing.is_empty() {
+            return Err(DeltaError::Unexpected {
+                path: self.path.clone(),
+                what: format!("is not an idempipe events table: columns {missing:?} are missing"),
+            });
+        }
+        Ok(())
+    }
+
+    fn error(&self, source: DeltaTableError) -> DeltaError {
+        DeltaError::Table { path: self.path.clone(), source: Box::new(source) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The loaded table version.
+    pub fn version(&self) -> u64 {
+        self.table.version().unwrap_or(0)
+    }
+
+    /// Brings the table to the latest committed version.
+    pub async fn reload(&mut self) -> Result<()> {
+        self.table.update_state().await.map_err(|e| self.error(e))
+    }
+
+    /// Switches the already-stored check to an in-memory index of every key in the table
+    /// (see [`KeyIndex`]) and builds it from the loaded version.
+    pub async fn enable_key_index(&mut self) -> Result<SyncStats> {
+        let mut index = KeyIndex::new();
+        let stats = index.sync(&self.table).await.map_err(|e| self.error(e))?;
+        self.index = Some(index);
+        Ok(stats)
+    }
+
+    /// The key index, when enabled.
+    pub fn key_index(&self) -> Option<&KeyIndex> {
+        self.index.as_ref()
+    }
+
+    fn unexpected(&self, what: &str) -> DeltaError {
+        DeltaError::Unexpected { path: self.path.clone(), what: what.into() }
+    }
+
+    /// Data files in the loaded snapshot.
+    pub fn live_files(&self) -> usize {
+        self.table.snapshot().map_or(0, |s| s.log_data().num_files())
+    }
+}
+
+/// Commit properties without delta-rs's post-commit upkeep: checkpoints and log cleanup
+/// are the maintenance's, on its own schedule (`checkpoint_every`, `log_retention`);
+/// left on, delta-rs would also list the whole log after every commit.
+pub(crate) fn upkeep_free() -> CommitProperties {
+    CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+
+    use super::*;
+
+    fn table_error(source: DeltaTableError) -> DeltaError {
+        DeltaError::Table { path: PathBuf::from("/t"), source: Box::new(source) }
+    }
+
+    #[test]
+    fn only_a_lost_commit_race_is_a_write_conflict() {
+        let lost = |c| table_error(DeltaTableError::Transaction { source: TransactionError::CommitConflict(c) });
+        assert!(lost(CommitConflictError::ConcurrentAppend).is_write_conflict());
+        assert!(lost(CommitConflictError::ConcurrentTransaction).is_write_conflict());
+        // Outcome unknown or plain failures: not conflicts (they must reload and check).
+        let version = table_error(DeltaTableError::Transaction { source: TransactionError::VersionAlreadyExists(3) });
+        assert!(!version.is_write_conflict());
+        assert!(!lost(CommitConflictError::MetadataChanged).is_write_conflict());
+        assert!(!table_error(DeltaTableError::Generic("io".into())).is_write_conflict());
+        assert!(!DeltaError::Missing { path: PathBuf::from("/t") }.is_write_conflict());
+    }
+}

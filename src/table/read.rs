@@ -1,0 +1,172 @@
+//! Reading the table back: counts and keys for `verify`, rows by key for `reconcile`,
+//! and the one reader of a data file's Parquet (the key index and compaction use it).
+//!
+//! Invariant: every read is of the loaded version (callers reload first for the latest),
+//! through DataFusion with the table registered as `t`.
+
+use std::collections::{BTreeMap, HashSet};
+
+use deltalake::DeltaTableError;
+use deltalake::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use deltalake::arrow::datatypes::DataType as ArrowType;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::parquet::arrow::ProjectionMask;
+// Deprecated in parquet 59 in favour of a hand-written `AsyncFileReader`; it still reads
+// only the footer and the projected column's pages, which is what this needs.
+#[allow(deprecated)]
+use deltalake::parquet::arrow::async_reader::{
+    ParquetObjectReader, ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
+};
+
+use crate::output::processed::ProcessedRecord;
+use crate::table::{EventTable, Result};
+
+/// Counts of the table's content, for `verify`.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct TableCounts {
+    pub rows: u64,
+    pub distinct_keys: u64,
+    pub version: u64,
+    pub files: u64,
+}
+
+impl EventTable {
+    /// The newest committed version, read from the log without loading it.
+    pub async fn latest_version(&self) -> Result<u64> {
+        self.table.get_latest_version().await.map(|v| v.max(0) as u64).map_err(|e| self.error(e))
+    }
+
+    /// The batch id (`idempipe.batch_id` in the commit info) of each of the loaded
+    /// version's last `limit` commits that has one, by version.
+    pub async fn batch_ids(&self, limit: usize) -> Result<BTreeMap<u64, i64>> {
+        use futures::TryStreamExt;
+        let infos: Vec<_> = self.table.history(Some(limit)).try_collect().await.map_err(|e| self.error(e))?;
+        // Newest first: the loaded version, then the ones before it.
+        Ok(infos
+            .iter()
+            .enumerate()
+            .filter_map(|(back, info)| {
+                let version = self.version().checked_sub(back as u64)?;
+                Some((version, info.info.get("idempipe.batch_id")?.as_i64()?))
+            })
+            .collect())
+    }
+
+    /// Runs `sql` against the table registered as `t` and returns the batches.
+    async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        self.query_with(sql, None).await
+    }
+
+    /// [`EventTable::query`] with `extra`, a batch registered under its name beside `t`.
+    pub(crate) async fn query_with(&self, sql: &str, extra: Option<(&str, RecordBatch)>) -> Result<Vec<RecordBatch>> {
+        let ctx = SessionContext::new();
+        let provider = self.table.table_provider().await.map_err(|e| self.error(e.into()))?;
+        ctx.register_table("t", provider).map_err(|e| self.error(e.into()))?;
+        if let Some((name, batch)) = extra {
+            ctx.register_batch(name, batch).map_err(|e| self.error(e.into()))?;
+        }
+        ctx.sql(sql).await.map_err(|e| self.error(e.into()))?.collect().await.map_err(|e| self.error(e.into()))
+    }
+
+    /// Column `i` of `batch` as plain UTF-8 (DataFusion may hand back string views).
+    pub(crate) fn strings(&self, batch: &RecordBatch, i: usize) -> Result<StringArray> {
+        let column =
+            deltalake::arrow::compute::cast(batch.column(i), &ArrowType::Utf8).map_err(|e| self.error(e.into()))?;
+        column
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .cloned()
+            .ok_or_else(|| self.unexpected("expected a string column"))
+    }
+
+    /// Every key in the table (for comparing with the speed layer).
+    pub async fn keys(&self) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        for batch in self.query("SELECT dedup_key FROM t").await? {
+            let column = self.strings(&batch, 0)?;
+            keys.extend(column.iter().flatten().map(str::to_owned));
+        }
+        Ok(keys)
+    }
+
+    /// The rows whose key is in `keys`, in the processed topic's record form.
+    pub async fn rows_with_keys(&self, keys: &HashSet<String>) -> Result<Vec<ProcessedRecord>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Timestamps come back as microseconds; the cast below reads them as Int64.
+        let sql = "SELECT dedup_key, user_id, event_type, event_time, payload, \
+                   source_partition, source_offset, batch_id, ingested_at FROM t";
+        let mut out = Vec::new();
+        for batch in self.query(sql).await? {
+            let (key, user, kind, payload) = (
+                self.strings(&batch, 0)?,
+                self.strings(&batch, 1)?,
+                self.strings(&batch, 2)?,
+                self.strings(&batch, 4)?,
+            );
+            let int64 = |i: usize| -> Result<Int64Array> {
+                let c = deltalake::arrow::compute::cast(batch.column(i), &ArrowType::Int64)
+                    .map_err(|e| self.error(e.into()))?;
+                c.as_any().downcast_ref::<Int64Array>().cloned().ok_or_else(|| self.unexpected("expected integers"))
+            };
+            let (time, partition, offset, batch_id, ingested) = (int64(3)?, int64(5)?, int64(6)?, int64(7)?, int64(8)?);
+            for i in 0..batch.num_rows() {
+                if key.is_null(i) || !keys.contains(key.value(i)) {
+                    continue;
+                }
+                out.push(ProcessedRecord {
+                    dedup_key: key.value(i).to_owned(),
+                    user_id: user.value(i).to_owned(),
+                    event_type: kind.value(i).to_owned(),
+                    event_time_us: time.value(i),
+                    payload: payload.value(i).to_owned(),
+                    source_partition: partition.value(i) as i32,
+                    source_offset: offset.value(i),
+                    batch_id: batch_id.value(i),
+                    ingested_at_us: ingested.value(i),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Row count, distinct key count, version and live file count.
+    pub async fn counts(&self) -> Result<TableCounts> {
+        let batches = self.query("SELECT count(*), count(DISTINCT dedup_key) FROM t").await?;
+        let value = |i: usize| -> Result<u64> {
+            batches
+                .first()
+                .and_then(|b| b.column(i).as_any().downcast_ref::<Int64Array>())
+                .filter(|a| !a.is_empty())
+                .map(|a| a.value(0) as u64)
+                .ok_or_else(|| self.unexpected("count query returned no row"))
+        };
+        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+        Ok(TableCounts {
+            rows: value(0)?,
+            distinct_keys: value(1)?,
+            version: self.version(),
+            files: snapshot.log_data().num_files() as u64,
+        })
+    }
+}
+
+/// A stream of the rows of one data file (only `column`, if given), in batches of 64 Ki
+/// rows. Without the partition column, which lives in the path.
+#[allow(deprecated)]
+pub(crate) async fn data_file_stream(
+    store: std::sync::Arc<dyn deltalake::ObjectStore>,
+    location: deltalake::Path,
+    column: Option<&str>,
+) -> std::result::Result<ParquetRecordBatchStream<ParquetObjectReader>, DeltaTableError> {
+    let builder = ParquetRecordBatchStreamBuilder::new(ParquetObjectReader::new(store, location)).await?;
+    let builder = match column {
+        Some(column) => {
+            let mask = ProjectionMask::columns(builder.parquet_schema(), [column]);
+            builder.with_projection(mask)
+        }
+        None => builder,
+    };
+    Ok(builder.with_batch_size(64 * 1024).build()?)
+}

@@ -1,0 +1,149 @@
+//! The table's schema and rows: the columns (partitioned by `event_date`, the UTC date of
+//! `event_time`), one [`Row`] per validated event, and their Arrow encoding.
+//!
+//! Invariant: [`arrow_schema`] and the Delta schema of [`delta_columns`] describe the same
+//! columns in the same order ([`COLUMNS`]); every batch written to the table is built by
+//! [`to_record_batch`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use deltalake::arrow::array::{
+    Array, ArrayRef, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::kernel::{DataType, StructField};
+
+use crate::event::{DedupKey, EventTime};
+
+/// The partition column: the UTC date of `event_time`.
+pub const PARTITION_COLUMN: &str = "event_date";
+
+/// Column names in table order.
+pub const COLUMNS: [&str; 10] = [
+    "dedup_key",
+    "user_id",
+    "event_type",
+    "event_time",
+    "event_date",
+    "payload",
+    "source_partition",
+    "source_offset",
+    "batch_id",
+    "ingested_at",
+];
+
+pub(crate) fn delta_columns() -> Vec<StructField> {
+    vec![
+        StructField::new("dedup_key", DataType::STRING, false),
+        StructField::new("user_id", DataType::STRING, true),
+        StructField::new("event_type", DataType::STRING, true),
+        StructField::new("event_time", DataType::TIMESTAMP, true),
+        StructField::new("event_date", DataType::DATE, true),
+        StructField::new("payload", DataType::STRING, true),
+        StructField::new("source_partition", DataType::INTEGER, true),
+        StructField::new("source_offset", DataType::LONG, true),
+        StructField::new("batch_id", DataType::LONG, true),
+        StructField::new("ingested_at", DataType::TIMESTAMP, true),
+    ]
+}
+
+/// The Arrow schema of a batch of rows, matching the Delta schema.
+pub fn arrow_schema() -> SchemaRef {
+    let utc_micros = ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("dedup_key", ArrowType::Utf8, false),
+        Field::new("user_id", ArrowType::Utf8, true),
+        Field::new("event_type", ArrowType::Utf8, true),
+        Field::new("event_time", utc_micros.clone(), true),
+        Field::new("event_date", ArrowType::Date32, true),
+        Field::new("payload", ArrowType::Utf8, true),
+        Field::new("source_partition", ArrowType::Int32, true),
+        Field::new("source_offset", ArrowType::Int64, true),
+        Field::new("batch_id", ArrowType::Int64, true),
+        Field::new("ingested_at", utc_micros, true),
+    ]))
+}
+
+/// One row to insert: a validated event and where it came from.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub key: DedupKey,
+    pub user_id: String,
+    pub event_type: String,
+    pub time: EventTime,
+    pub payload: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+impl Row {
+    /// The row of a validated event read at `partition` and `offset`.
+    pub fn from_event(event: crate::event::Event<'_>, partition: i32, offset: i64) -> Self {
+        Self {
+            key: event.key,
+            user_id: event.user_id.into_owned(),
+            event_type: event.event_type.into_owned(),
+            time: event.time,
+            payload: event.payload.to_owned(),
+            source_partition: partition,
+            source_offset: offset,
+        }
+    }
+}
+
+/// Builds the Arrow batch of `rows`, stamped with the batch id and ingest time.
+pub fn to_record_batch(
+    rows: &[&Row],
+    batch_id: i64,
+    ingested_at: EventTime,
+) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
+    let keys: StringArray = rows.iter().map(|r| Some(r.key.to_string())).collect();
+    let users: StringArray = rows.iter().map(|r| Some(r.user_id.as_str())).collect();
+    let types: StringArray = rows.iter().map(|r| Some(r.event_type.as_str())).collect();
+    let times = TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.time.micros())).with_timezone("UTC");
+    let dates = Date32Array::from_iter_values(rows.iter().map(|r| r.time.days_since_epoch()));
+    let payloads: StringArray = rows.iter().map(|r| Some(r.payload.as_str())).collect();
+    let partitions = Int32Array::from_iter_values(rows.iter().map(|r| r.source_partition));
+    let offsets = Int64Array::from_iter_values(rows.iter().map(|r| r.source_offset));
+    let batch_ids = Int64Array::from_value(batch_id, rows.len());
+    let ingested = TimestampMicrosecondArray::from_value(ingested_at.micros(), rows.len()).with_timezone("UTC");
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(keys),
+        Arc::new(users),
+        Arc::new(types),
+        Arc::new(times),
+        Arc::new(dates),
+        Arc::new(payloads),
+        Arc::new(partitions),
+        Arc::new(offsets),
+        Arc::new(batch_ids),
+        Arc::new(ingested),
+    ];
+    RecordBatch::try_new(arrow_schema(), columns)
+}
+
+/// The distinct `event_date` values of a batch built by [`to_record_batch`].
+pub(crate) fn batch_dates(batch: &RecordBatch) -> BTreeSet<i32> {
+    batch
+        .column_by_name(PARTITION_COLUMN)
+        .and_then(|c| c.as_any().downcast_ref::<Date32Array>())
+        .map(|a| a.iter().flatten().collect())
+        .unwrap_or_default()
+}
+
+/// The keys of a batch built by [`to_record_batch`].
+pub(crate) fn key_column(batch: &RecordBatch) -> Option<Vec<DedupKey>> {
+    let keys = batch.column_by_name("dedup_key")?.as_any().downcast_ref::<StringArray>()?;
+    keys.iter().map(|k| k.and_then(DedupKey::from_hex)).collect()
+}
+
+/// `'YYYY-MM-DD', …` for a SQL IN list, distinct and sorted.
+pub(crate) fn date_list(days: impl Iterator<Item = i32>) -> String {
+    let days: BTreeSet<i32> = days.collect();
+    days.into_iter()
+        // A day outside the years 0001 to 9999 holds no event: it matches no partition.
+        .map(|d| format!("'{}'", EventTime::from_days(d).map(EventTime::date).unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
