@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The throughput and latency benchmark (release build), in one run on fresh topics and
-# tables of its own (issue 5's targets):
+# tables of its own (the key index's targets, BENCHMARKS.md):
 #   0. latency: a processor with a 200 ms trigger and a trickle of 1,000 probe events a
 #      second for 60 s; produce-to-visible-in-Delta percentiles (first, on the empty broker);
 #   1. produce: N unique events plus 10% exact re-sends, generated and sent at full speed;
@@ -21,10 +21,10 @@ key_check=${BENCH_KEY_CHECK:-index}
 
 # A fresh broker of its own, on tansu's memory storage: its sqlite storage fetches a
 # record range with a running sum over the partition, far too slow to drain a million
-# records. (The memory storage cannot resume inside a stored batch, see the README; a
-# benchmark reads each topic front to back, so it never does.) Fresh each run, because
-# tansu's memory storage slows down as it fills: with the ~14 M records of a previous
-# run in it, deliveries stall for seconds at a time.
+# records. (The memory storage cannot resume inside a stored batch, see
+# docs/OPERATIONS.md; a benchmark reads each topic front to back, so it never does.) Fresh
+# each run, because tansu's memory storage slows down as it fills: with the ~14 M records
+# of a previous run in it, deliveries stall for seconds at a time.
 port=${BENCH_KAFKA_PORT:-19092}
 tansu_bin=${TANSU_BIN:-$HOME/.cargo/bin/tansu}
 mkdir -p data/services

@@ -6,7 +6,7 @@
 #   kafka-fresh     (re)starts tansu on an empty store (deletes SERVICES_DIR/tansu.db*)
 # Environment:
 #   TANSU_STORAGE   tansu storage URL (default sqlite://tansu.db, under SERVICES_DIR; not memory://,
-#                   whose fetch cannot resume inside a stored batch: see README)
+#                   whose fetch cannot resume inside a stored batch: see docs/OPERATIONS.md, Services)
 #   SERVICES_DIR    where data, logs and pid files live (default: data/services in the checkout)
 #   KAFKA_PORT      tansu's port (default 9092)
 #   CLICKHOUSE_HTTP_PORT, CLICKHOUSE_TCP_PORT   ClickHouse ports (default 8123, 9000); with

@@ -36,30 +36,16 @@ pub struct Report {
     pub summary: Summary,
 }
 
-/// One batch's figures.
+/// One batch's figures: its record as logged, and what is computed from it.
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchStats {
-    pub batch_id: i64,
-    /// As in the log (RFC 3339, UTC).
-    #[serde(with = "crate::batch_log::log_time")]
-    pub started_at: Option<EventTime>,
-    #[serde(with = "crate::batch_log::log_time")]
-    pub ended_at: Option<EventTime>,
+    #[serde(flatten)]
+    pub record: BatchRecord,
     /// Seconds from the first batch's start to this one's: the x axis of the charts.
     pub offset_s: f64,
     /// True when `started_at` or `ended_at` did not parse: the duration is then the sum
     /// of the phases and the start is the previous batch's end.
     pub estimated_times: bool,
-    pub events_in: u64,
-    pub invalid: u64,
-    pub in_batch_duplicates: u64,
-    pub stored_duplicates: u64,
-    /// `None` when the log does not know it (a commit that reported an error but happened).
-    pub inserted: Option<u64>,
-    /// Messages skipped because another writer had already stored their offsets.
-    pub already_committed: u64,
-    /// Offsets the broker skipped inside the batch's ranges.
-    pub offset_gaps: u64,
     /// `ended_at - started_at`: includes the collect wait.
     pub duration_ms: f64,
     /// `duration_ms` without the collect phase (never below 0).
@@ -69,18 +55,12 @@ pub struct BatchStats {
     /// Duplicates (in-batch and stored) per valid event (`events_in - invalid`); 0 with
     /// no valid event.
     pub duplicate_ratio: f64,
-    pub phases: Phases,
-    pub events_per_partition: BTreeMap<i32, u64>,
     /// Largest partition count over the mean of the partitions present in the batch:
     /// 1.0 is perfectly even; 0 when the batch has no events.
     pub partition_max_over_mean: f64,
     /// Fisher-Pearson skewness (g1) of the partition counts; 0 with fewer than three
     /// partitions or equal counts.
     pub partition_skewness: f64,
-    pub attempts: u32,
-    /// Attempts that lost a commit race to another writer (part of `attempts`).
-    pub conflicts: u32,
-    pub delta_version: u64,
 }
 
 impl BatchStats {
@@ -90,17 +70,17 @@ impl BatchStats {
     }
 
     fn valid(&self) -> u64 {
-        self.events_in.saturating_sub(self.invalid)
+        self.record.events_in.saturating_sub(self.record.invalid)
     }
 
     /// In-batch duplicates per valid event.
     fn in_batch_ratio(&self) -> f64 {
-        ratio(self.in_batch_duplicates as f64, self.valid() as f64)
+        ratio(self.record.in_batch_duplicates as f64, self.valid() as f64)
     }
 
     /// Already-stored duplicates per valid event.
     fn stored_ratio(&self) -> f64 {
-        ratio(self.stored_duplicates as f64, self.valid() as f64)
+        ratio(self.record.stored_duplicates as f64, self.valid() as f64)
     }
 }
 
@@ -245,29 +225,15 @@ fn batch_stats(r: &BatchRecord, offset_s: f64, duration_ms: f64, estimated_times
     let valid = r.events_in.saturating_sub(r.invalid);
     let counts: Vec<f64> = r.events_per_partition.values().map(|&c| c as f64).collect();
     BatchStats {
-        batch_id: r.batch_id,
-        started_at: r.started_at,
-        ended_at: r.ended_at,
+        record: r.clone(),
         offset_s,
         estimated_times,
-        events_in: r.events_in,
-        invalid: r.invalid,
-        in_batch_duplicates: r.in_batch_duplicates,
-        stored_duplicates: r.stored_duplicates,
-        inserted: r.inserted,
-        already_committed: r.already_committed,
-        offset_gaps: r.offset_gaps,
         duration_ms,
         processing_ms: (duration_ms - r.phases.collect_ms).max(0.0),
         events_per_sec: ratio(r.events_in as f64, duration_ms / 1_000.0),
         duplicate_ratio: ratio((r.in_batch_duplicates + r.stored_duplicates) as f64, valid as f64),
-        phases: r.phases.clone(),
-        events_per_partition: r.events_per_partition.clone(),
         partition_max_over_mean: max_over_mean(&counts),
         partition_skewness: skewness(&counts),
-        attempts: r.attempts,
-        conflicts: r.conflicts,
-        delta_version: r.delta_version,
     }
 }
 
@@ -276,21 +242,21 @@ fn summarise(batches: &[BatchStats]) -> Summary {
     let mut partition_totals = BTreeMap::<i32, u64>::new();
     let (mut attempts, mut conflicts) = (0_u64, 0_u64);
     for b in batches {
-        totals.events_in += b.events_in;
-        totals.invalid += b.invalid;
-        totals.in_batch_duplicates += b.in_batch_duplicates;
-        totals.stored_duplicates += b.stored_duplicates;
-        totals.already_committed += b.already_committed;
-        totals.offset_gaps += b.offset_gaps;
-        match b.inserted {
+        totals.events_in += b.record.events_in;
+        totals.invalid += b.record.invalid;
+        totals.in_batch_duplicates += b.record.in_batch_duplicates;
+        totals.stored_duplicates += b.record.stored_duplicates;
+        totals.already_committed += b.record.already_committed;
+        totals.offset_gaps += b.record.offset_gaps;
+        match b.record.inserted {
             Some(n) => totals.inserted += n,
             None => totals.batches_with_unknown_inserted += 1,
         }
-        for (p, n) in &b.events_per_partition {
+        for (p, n) in &b.record.events_per_partition {
             *partition_totals.entry(*p).or_default() += n;
         }
-        attempts += u64::from(b.attempts);
-        conflicts += u64::from(b.conflicts);
+        attempts += u64::from(b.record.attempts);
+        conflicts += u64::from(b.record.conflicts);
     }
     let last = batches.iter().reduce(|a, b| if b.end_s() >= a.end_s() { b } else { a });
     let wall_s = last.map(BatchStats::end_s).unwrap_or(0.0);
@@ -306,30 +272,30 @@ fn summarise(batches: &[BatchStats]) -> Summary {
     let total_ms: f64 = batches.iter().map(|b| b.duration_ms).sum();
     let share = |f: fn(&BatchStats) -> f64| ratio(batches.iter().map(f).sum(), total_ms);
     let phase_share = PhaseShare {
-        collect: share(|b| b.phases.collect_ms),
-        parse: share(|b| b.phases.parse_ms),
-        dedup: share(|b| b.phases.dedup_ms),
-        reload: share(|b| b.phases.reload_ms),
-        check: share(|b| b.phases.check_ms),
-        produce: share(|b| b.phases.produce_ms),
-        write: share(|b| b.phases.write_ms),
-        commit: share(|b| b.phases.commit_ms),
-        other: share(|b| (b.duration_ms - phases_ms(&b.phases)).max(0.0)),
+        collect: share(|b| b.record.phases.collect_ms),
+        parse: share(|b| b.record.phases.parse_ms),
+        dedup: share(|b| b.record.phases.dedup_ms),
+        reload: share(|b| b.record.phases.reload_ms),
+        check: share(|b| b.record.phases.check_ms),
+        produce: share(|b| b.record.phases.produce_ms),
+        write: share(|b| b.record.phases.write_ms),
+        commit: share(|b| b.record.phases.commit_ms),
+        other: share(|b| (b.duration_ms - phases_ms(&b.record.phases)).max(0.0)),
     };
 
     let values = |f: fn(&BatchStats) -> f64| batches.iter().map(f).collect::<Vec<_>>();
     let partition_counts: Vec<f64> = partition_totals.values().map(|&c| c as f64).collect();
     Summary {
         batches: batches.len(),
-        first_started_at: batches.first().and_then(|b| b.started_at).map(|t| t.to_string()),
-        last_ended_at: last.and_then(|b| b.ended_at).map(|t| t.to_string()),
+        first_started_at: batches.first().and_then(|b| b.record.started_at).map(|t| t.to_string()),
+        last_ended_at: last.and_then(|b| b.record.ended_at).map(|t| t.to_string()),
         wall_s,
         events_per_sec_overall: ratio(totals.events_in as f64, wall_s),
         totals,
         duration_ms: distribution(&values(|b| b.duration_ms)),
         processing_ms: distribution(&values(|b| b.processing_ms)),
         events_per_sec: distribution(&values(|b| b.events_per_sec)),
-        batch_size_skewness: skewness(&values(|b| b.events_in as f64)),
+        batch_size_skewness: skewness(&values(|b| b.record.events_in as f64)),
         partition_max_over_mean: max_over_mean(&partition_counts),
         partition_totals,
         idle_gaps: gaps,
@@ -481,7 +447,7 @@ mod tests {
         let second = record(2, 1.2, 3.2, 8, &[(0, 1), (1, 1), (2, 1), (3, 5)]);
         let report = Report::from_records(&[second, first]);
         let [a, b] = &report.batches[..] else { panic!("two batches: {report:?}") };
-        assert_eq!((a.batch_id, b.batch_id), (1, 2), "sorted by start");
+        assert_eq!((a.record.batch_id, b.record.batch_id), (1, 2), "sorted by start");
         assert!(close(a.duration_ms, 1_000.0) && close(a.processing_ms, 500.0));
         assert!(close(a.events_per_sec, 60.0));
         // 10 duplicates of 50 valid events.
@@ -537,7 +503,7 @@ mod tests {
         let records = vec![record(1, 0.0, 2.0, 10, &[(0, 10)]), broken, record(3, 10.0, 11.0, 10, &[(0, 10)])];
         let report = Report::from_records(&records);
         let b = &report.batches;
-        assert_eq!(b.iter().map(|b| b.batch_id).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(b.iter().map(|b| b.record.batch_id).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert!(b[1].estimated_times && !b[0].estimated_times);
         assert!(close(b[1].offset_s, 2.0) && close(b[1].duration_ms, 600.0));
         assert!(close(b[2].offset_s, 10.0));

@@ -87,7 +87,7 @@ impl Report {
             .map(|(i, p)| {
                 let p = *p;
                 line(&format!("partition {p}"), color(i), &move |x: &BatchStats| {
-                    x.events_per_partition.get(&p).copied().unwrap_or(0) as f64
+                    x.record.events_per_partition.get(&p).copied().unwrap_or(0) as f64
                 })
             })
             .collect();
@@ -131,7 +131,7 @@ impl Report {
                 title: "Batch size",
                 y_desc: "events in",
                 percent: false,
-                series: vec![line("events_in", color(0), &|x| x.events_in as f64)],
+                series: vec![line("events_in", color(0), &|x| x.record.events_in as f64)],
             },
             Chart {
                 id: "phases",
@@ -141,7 +141,7 @@ impl Report {
                 series: phases
                     .iter()
                     .enumerate()
-                    .map(|(i, (name, f))| line(name, color(i), &|x| f(&x.phases)))
+                    .map(|(i, (name, f))| line(name, color(i), &|x| f(&x.record.phases)))
                     .collect(),
             },
         ]

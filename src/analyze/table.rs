@@ -107,22 +107,22 @@ impl Report {
             if n > TABLE_LIMIT && (TABLE_EDGE..n - TABLE_EDGE).contains(&i) {
                 continue;
             }
-            let inserted = b.inserted.map_or_else(|| "?".to_owned(), |v| v.to_string());
+            let inserted = b.record.inserted.map_or_else(|| "?".to_owned(), |v| v.to_string());
             let _ = writeln!(
                 out,
                 "{:>5} {:>16} {:>12} {:>8} {:>7} {:>9} {:>10} {:>9} {:>11.1} {:>10.1} {:>8.3} {:>8}",
                 i + 1,
-                b.batch_id,
-                time_of_day(b.started_at),
-                b.events_in,
-                b.invalid,
-                b.in_batch_duplicates,
-                b.stored_duplicates,
+                b.record.batch_id,
+                time_of_day(b.record.started_at),
+                b.record.events_in,
+                b.record.invalid,
+                b.record.in_batch_duplicates,
+                b.record.stored_duplicates,
                 inserted,
                 b.duration_ms,
                 b.events_per_sec,
                 b.partition_max_over_mean,
-                b.attempts
+                b.record.attempts
             );
         }
         out.push('\n');
@@ -160,7 +160,7 @@ mod tests {
         let report = Report::from_records(&sample());
         let table = report.to_table();
         for b in &report.batches {
-            assert!(table.contains(&b.batch_id.to_string()), "{table}");
+            assert!(table.contains(&b.record.batch_id.to_string()), "{table}");
         }
         assert!(table.contains("02:13:21.681"), "{table}");
         for label in ["batches", "wall time", "events/s overall", "idle gaps", "phase share", "attempts"] {

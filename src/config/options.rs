@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU64, NonZeroUsize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{ClickHouseIngest, ConfigError, ConsumerMode, KeyCheck, LogFormat, Origin};
@@ -77,7 +77,7 @@ macro_rules! options {
     ($(
         $(#[doc = $doc:literal])+
         $(#[arg($($arg:tt)*)])?
-        $name:ident: $ty:ty = $default:literal $(=> $derived:expr)?, env $env:literal $(, check $check:expr)?;
+        $name:ident: $ty:ty = $default:literal $(=> $derived:expr)?, env $env:literal $(, check $check:path)?;
     )+) => {
         /// The options as flags and environment variables: the text given, parsed (and
         /// named in errors) by [`Options::resolve`]. `None`: neither given, so the file
@@ -169,8 +169,7 @@ macro_rules! options {
                         None => options!(@default $ty, key, $default $(, $derived)?),
                     };
                     $(
-                        let check: fn(&$ty) -> Result<(), String> = $check;
-                        check(&$name).map_err(|reason| ConfigError::Invalid { key, reason })?;
+                        $check(&$name).map_err(|reason| ConfigError::Invalid { key, reason })?;
                     )?
                 )+
                 Ok(Self { $($name,)+ origins })
@@ -222,7 +221,7 @@ options! {
     /// ClickHouse events table.
     clickhouse_table: String = "events", env "IDEMPIPE_CLICKHOUSE_TABLE", check identifier;
     /// ClickHouse user.
-    clickhouse_user: Option<String> = "the server's default user" => None, env "IDEMPIPE_CLICKHOUSE_USER";
+    clickhouse_user: Option<String> = "server default" => None, env "IDEMPIPE_CLICKHOUSE_USER";
     /// ClickHouse password (prefer the environment variable to the flag).
     #[arg(hide_env_values = true)]
     clickhouse_password: Option<String> = "none" => None, env "IDEMPIPE_CLICKHOUSE_PASSWORD";
@@ -426,15 +425,15 @@ value_enum_option!(ClickHouseIngest, ConsumerMode, KeyCheck, LogFormat);
 // The checks of single values (relations between options are checked in
 // `Settings::validate`).
 
-fn not_empty(value: &String) -> Result<(), String> {
+fn not_empty(value: &str) -> Result<(), String> {
     if value.trim().is_empty() { Err("must not be empty".into()) } else { Ok(()) }
 }
 
-fn not_empty_path(value: &PathBuf) -> Result<(), String> {
+fn not_empty_path(value: &Path) -> Result<(), String> {
     if value.as_os_str().is_empty() { Err("must not be empty".into()) } else { Ok(()) }
 }
 
-fn topic_name(topic: &String) -> Result<(), String> {
+fn topic_name(topic: &str) -> Result<(), String> {
     not_empty(topic)?;
     if topic.len() > 249 || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
         return Err(format!("{topic:?} is not a Kafka topic name (ASCII letters, digits, `.`, `_`, `-`)"));
@@ -442,7 +441,7 @@ fn topic_name(topic: &String) -> Result<(), String> {
     Ok(())
 }
 
-fn http_url(url: &String) -> Result<(), String> {
+fn http_url(url: &str) -> Result<(), String> {
     not_empty(url)?;
     if url.starts_with("https://") {
         return Err("https:// is not supported by this build (no TLS in its ClickHouse client); use http:// on a \
@@ -455,7 +454,7 @@ fn http_url(url: &String) -> Result<(), String> {
     Ok(())
 }
 
-fn identifier(name: &String) -> Result<(), String> {
+fn identifier(name: &str) -> Result<(), String> {
     not_empty(name)?;
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
@@ -533,6 +532,20 @@ mod tests {
     fn the_message_size_default_is_the_contracts_limit() {
         let options = Options::resolve(FileOptions::default(), &OptionArgs::default(), &BTreeSet::new()).unwrap();
         assert_eq!(options.max_message_bytes.get(), crate::event::DEFAULT_MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn every_option_is_in_the_readme_table_and_the_example_file() {
+        let readme = include_str!("../../README.md");
+        let example = include_str!("../../idempipe.example.toml");
+        for o in OPTIONS {
+            let row = format!("| `{}` / `{}` | `{}` | `{}` |", o.flag(), o.name, o.env, o.default);
+            assert!(readme.lines().any(|l| l.starts_with(&row)), "README.md has no configuration row {row}");
+            let key = |l: &str| l.trim_start_matches(['#', ' ']).starts_with(&format!("{} =", o.name));
+            assert!(example.lines().any(key), "idempipe.example.toml does not show `{}`", o.name);
+        }
+        let rows = readme.lines().filter(|l| l.starts_with("| `--") && l.contains("` / `")).count();
+        assert_eq!(rows, OPTIONS.len(), "README.md's table has one row per option (and one for --kafka)");
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub struct TableCounts {
 impl EventTable {
     /// The newest committed version, read from the log without loading it.
     pub async fn latest_version(&self) -> Result<u64> {
-        self.table.get_latest_version().await.map(|v| v.max(0) as u64).map_err(|e| self.error(e))
+        self.table.get_latest_version().await.map_err(|e| self.error(e))
     }
 
     /// The batch id (`idempipe.batch_id` in the commit info) of each of the loaded
