@@ -361,19 +361,18 @@ impl OptionValue for Duration {
     }
 }
 
-/// `"off"`, `"none"` and `"0"` switch an optional value off.
-fn is_off(text: &str) -> bool {
-    matches!(text.trim(), "off" | "none" | "0")
+/// A value that can be switched off: `"off"` (or `"none"`, `"0"`) is `None`, anything
+/// else goes through `parse` (whose error says what else it takes: `"off"`).
+fn switchable<T>(text: &str, what: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<Option<T>, String> {
+    match text.trim() {
+        "off" | "none" | "0" => Ok(None),
+        t => parse(t).map(Some).map_err(|e| format!("{text:?} is not {what} (or \"off\"): {e}")),
+    }
 }
 
 impl OptionValue for Interval {
     fn parse(text: &str) -> Result<Self, String> {
-        if is_off(text) {
-            return Ok(None);
-        }
-        humantime::parse_duration(text.trim())
-            .map(Some)
-            .map_err(|e| format!("{text:?} is not a duration such as \"1h\" (or \"off\"): {e}"))
+        switchable(text, "a duration such as \"1h\"", |t| humantime::parse_duration(t).map_err(|e| e.to_string()))
     }
     fn show(&self) -> String {
         self.map_or_else(|| "off".to_owned(), |d| humantime::format_duration(d).to_string())
@@ -385,13 +384,9 @@ impl OptionValue for Interval {
 
 impl OptionValue for Option<SocketAddr> {
     fn parse(text: &str) -> Result<Self, String> {
-        if is_off(text) {
-            return Ok(None);
-        }
-        text.trim()
-            .parse()
-            .map(Some)
-            .map_err(|e| format!("{text:?} is not an address such as 127.0.0.1:9898 (or \"off\"): {e}"))
+        switchable(text, "an address such as 127.0.0.1:9898", |t| {
+            t.parse().map_err(|e: std::net::AddrParseError| e.to_string())
+        })
     }
     fn show(&self) -> String {
         self.map_or_else(|| "off".to_owned(), |a| a.to_string())
