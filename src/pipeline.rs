@@ -1,15 +1,17 @@
 //! The batch loop: the one place that knows the order of the steps.
 //!
 //! For each micro-batch:
-//! 1. collect: read messages until the trigger interval ends or a size limit is hit,
-//!    parsing each as it arrives (rows and dead letters);
+//! 1. collect ([`crate::source::collect`]): read messages until the trigger interval
+//!    ends or a size limit is hit, parsing each as it arrives (rows and dead letters);
 //! 2. dedup: keep the first copy of each key in the batch;
 //! 3. reload the table and drop any offsets that Delta already records (another writer,
 //!    or our own commit that reported an error but happened);
 //! 4. check which keys the table already holds;
-//! 5. send dead letters and the new events to their topics and wait for every ack;
-//! 6. MERGE the new events into Delta in one commit carrying each partition's last
-//!    offset (txn): the batch is done when, and only when, this commit exists;
+//! 5. send dead letters and the new events to their topics and wait for every ack
+//!    (meanwhile, with the key index, write the new rows' data files);
+//! 6. commit the new events to Delta in one commit carrying each partition's last
+//!    offset (txn, [`crate::table::offsets`]): the batch is done when, and only when,
+//!    this commit exists;
 //! 7. commit the offsets to the Kafka group (for lag tools) and log the batch.
 //!
 //! Sending (5) before committing (6) is what guarantees that every event in Delta is in

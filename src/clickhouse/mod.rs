@@ -24,7 +24,7 @@ use serde::Serialize;
 
 pub use crate::clickhouse::schema::{Layout, ServerVersion};
 use crate::config::{ClickHouseIngest, ClickHouseSettings};
-use crate::output::processed::ProcessedRecord;
+use crate::table::StoredRow;
 
 /// Failures talking to ClickHouse, with the server and what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -238,7 +238,7 @@ impl ClickHouse {
 
     /// Inserts `rows` in one request, in the table's layout. `token`, where the server
     /// supports it, makes ClickHouse drop a retry of an insert it already applied.
-    pub async fn insert(&self, layout: Layout, rows: &[ProcessedRecord], token: Option<&str>) -> Result<()> {
+    pub async fn insert(&self, layout: Layout, rows: &[StoredRow], token: Option<&str>) -> Result<()> {
         let token = token.filter(|_| self.version.has_dedup_token());
         match layout {
             Layout::Current => self.write_rows::<CurrentRow<'_>>(rows, token, CurrentRow::from_record).await,
@@ -248,9 +248,9 @@ impl ClickHouse {
 
     async fn write_rows<'r, R>(
         &self,
-        rows: &'r [ProcessedRecord],
+        rows: &'r [StoredRow],
         token: Option<&str>,
-        convert: fn(&'r ProcessedRecord) -> R::Value<'r>,
+        convert: fn(&'r StoredRow) -> R::Value<'r>,
     ) -> Result<()>
     where
         R: Row + RowWrite,
@@ -347,7 +347,7 @@ struct CurrentRow<'a> {
 }
 
 impl<'a> CurrentRow<'a> {
-    fn from_record(r: &'a ProcessedRecord) -> Self {
+    fn from_record(r: &'a StoredRow) -> Self {
         Self {
             dedup_key: &r.dedup_key,
             user_id: &r.user_id,
@@ -382,7 +382,7 @@ struct LegacyRow<'a> {
 }
 
 impl<'a> LegacyRow<'a> {
-    fn from_record(r: &'a ProcessedRecord) -> Self {
+    fn from_record(r: &'a StoredRow) -> Self {
         Self {
             dedup_key: &r.dedup_key,
             user_id: &r.user_id,

@@ -24,11 +24,11 @@ use tokio::runtime::Handle;
 use crate::clickhouse::{ClickHouse, ClickHouseError, Layout};
 use crate::config::{ClickHouseIngest, Settings, Topics};
 use crate::kafka::{self, KafkaFailure, LagReporting, Role};
-use crate::output::dlq;
-use crate::output::processed::ProcessedRecord;
 use crate::output::{OutRecord, Output, ProduceError};
+use crate::output::{dlq, processed};
 use crate::retry::Backoff;
 use crate::source::{self, Collector, Positions};
+use crate::table::StoredRow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClickHouseSinkError {
@@ -296,7 +296,7 @@ impl ClickHouseSink {
 
 /// One insert under collection.
 struct SinkBatch<'a> {
-    rows: Vec<ProcessedRecord>,
+    rows: Vec<StoredRow>,
     /// Records that are not processed-event JSON, for the dead-letter topic.
     dead: Vec<OutRecord>,
     /// Per partition: (first, last) offset read.
@@ -326,7 +326,7 @@ impl Collector for SinkBatch<'_> {
             );
         }
         self.ranges.entry(p).and_modify(|r| r.1 = offset).or_insert((offset, offset));
-        match ProcessedRecord::from_json(m.payload().unwrap_or_default()) {
+        match processed::parse(m.payload().unwrap_or_default()) {
             Ok(record) => self.rows.push(record),
             Err(e) => {
                 self.summary.unreadable += 1;

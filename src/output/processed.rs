@@ -2,11 +2,11 @@
 //! `dedup_key`, for the speed layer. Re-sends are allowed (ClickHouse collapses them);
 //! absence is not: a record is sent before the Delta commit that stores its event.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::event::EventTime;
 use crate::output::OutRecord;
-use crate::table::Row;
+use crate::table::{Row, StoredRow};
 
 /// The JSON value of a processed record: the Delta row, one field per column.
 #[derive(Debug, Serialize)]
@@ -19,7 +19,7 @@ pub struct ProcessedEvent<'a> {
     /// The same instant as microseconds since the epoch, for consumers that want a number.
     pub event_time_us: i64,
     /// `YYYY-MM-DD`.
-    pub event_date: &'a str,
+    pub event_date: String,
     pub payload: &'a str,
     pub source_partition: i32,
     pub source_offset: i64,
@@ -28,26 +28,10 @@ pub struct ProcessedEvent<'a> {
     pub ingested_at_us: i64,
 }
 
-/// A processed record as the speed layer reads it back: owned, and only the fields it
-/// stores (the string forms of the times are derived from the numbers).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct ProcessedRecord {
-    pub dedup_key: String,
-    pub user_id: String,
-    pub event_type: String,
-    pub event_time_us: i64,
-    pub payload: String,
-    pub source_partition: i32,
-    pub source_offset: i64,
-    pub batch_id: i64,
-    pub ingested_at_us: i64,
-}
-
-impl ProcessedRecord {
-    /// Parses a record's value; the error says what is wrong with it.
-    pub fn from_json(value: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(value)
-    }
+/// Parses a processed record's value back into the stored row it carries; the error
+/// says what is wrong with it.
+pub fn parse(value: &[u8]) -> Result<StoredRow, serde_json::Error> {
+    serde_json::from_slice(value)
 }
 
 /// The record of one row.
@@ -58,7 +42,7 @@ pub fn record(topic: &str, row: &Row, batch_id: i64, ingested_at: EventTime) -> 
         dedup_key: key.clone(),
         user_id: &row.user_id,
         event_type: &row.event_type,
-        event_date: &event_time[..10],
+        event_date: row.time.date(),
         event_time: event_time.clone(),
         event_time_us: row.time.micros(),
         payload: &row.payload,
@@ -96,7 +80,7 @@ mod tests {
         };
         let ingested = EventTime::from_micros(1_767_323_046_000_001).unwrap();
         let out = record("processed", &row, 7, ingested);
-        let back = ProcessedRecord::from_json(out.value.as_deref().unwrap()).unwrap();
+        let back = parse(out.value.as_deref().unwrap()).unwrap();
         assert_eq!(back.dedup_key, row.key.to_string());
         assert_eq!(back.event_time_us, time.micros());
         assert_eq!(back.ingested_at_us, ingested.micros());

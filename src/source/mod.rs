@@ -1,10 +1,15 @@
-//! The raw-topic consumer: group membership, and where each partition starts.
+//! The raw-topic consumer: group membership, and where each partition starts; the one
+//! collect loop that turns any consumer's messages into batches ([`collect`]); and group
+//! mode's watch for partitions nobody reads ([`orphans`]).
 //!
 //! Invariant: Delta, not the Kafka group, says where a partition resumes. On every
 //! assignment the rebalance hook reloads the table, reads each assigned partition's txn
 //! version (the last offset stored) and assigns the partition at the offset after it, so
 //! no message before that point is delivered and none after it is skipped. The Kafka
 //! group offsets are written afterwards for lag tools only, and never read.
+
+pub mod collect;
+pub mod orphans;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,9 +20,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
-
-pub mod collect;
-pub mod orphans;
 
 use crate::config::{ConsumerMode, Settings};
 use crate::kafka::{self, KafkaFailure, Role, client_config};

@@ -40,7 +40,7 @@ pub use crate::table::key_index::{KeyIndex, SyncStats};
 pub use crate::table::maintenance::{CompactOutcome, VacuumOutcome};
 pub use crate::table::offsets::AppIds;
 pub use crate::table::read::TableCounts;
-pub use crate::table::schema::{COLUMNS, PARTITION_COLUMN, Row, arrow_schema, to_record_batch};
+pub use crate::table::schema::{COLUMNS, PARTITION_COLUMN, Row, StoredRow, arrow_schema, to_record_batch};
 pub use crate::table::write::{InsertOutcome, PendingWrite};
 
 /// Errors of the Delta table, with the path they concern.

@@ -18,8 +18,7 @@ use deltalake::parquet::arrow::async_reader::{
     ParquetObjectReader, ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
 };
 
-use crate::output::processed::ProcessedRecord;
-use crate::table::{EventTable, Result};
+use crate::table::{EventTable, Result, StoredRow};
 
 /// Counts of the table's content, for `verify`.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -89,8 +88,8 @@ impl EventTable {
         Ok(keys)
     }
 
-    /// The rows whose key is in `keys`, in the processed topic's record form.
-    pub async fn rows_with_keys(&self, keys: &HashSet<String>) -> Result<Vec<ProcessedRecord>> {
+    /// The rows whose key is in `keys`.
+    pub async fn rows_with_keys(&self, keys: &HashSet<String>) -> Result<Vec<StoredRow>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -115,7 +114,7 @@ impl EventTable {
                 if key.is_null(i) || !keys.contains(key.value(i)) {
                     continue;
                 }
-                out.push(ProcessedRecord {
+                out.push(StoredRow {
                     dedup_key: key.value(i).to_owned(),
                     user_id: user.value(i).to_owned(),
                     event_type: kind.value(i).to_owned(),

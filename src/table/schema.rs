@@ -92,6 +92,22 @@ impl Row {
     }
 }
 
+/// A stored row as read back: owned, its times in microseconds since the epoch. Its
+/// serde form is the processed topic's JSON, one field per column (the string forms of
+/// the times, derived from the numbers, left out), which the ClickHouse sink reads.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct StoredRow {
+    pub dedup_key: String,
+    pub user_id: String,
+    pub event_type: String,
+    pub event_time_us: i64,
+    pub payload: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    pub batch_id: i64,
+    pub ingested_at_us: i64,
+}
+
 /// Builds the Arrow batch of `rows`, stamped with the batch id and ingest time.
 pub fn to_record_batch(
     rows: &[&Row],
