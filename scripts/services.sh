@@ -2,13 +2,16 @@
 # Installs (if missing) and runs the services idempipe needs, on loopback only:
 #   Kafka protocol: tansu 0.6.0 on 127.0.0.1:9092
 #   ClickHouse (Debian's clickhouse-server) with HTTP on 127.0.0.1:8123
-# Usage: scripts/services.sh up|down|status|restart-kafka|kafka-fresh|clickhouse-up|clickhouse-down
+#   S3: moto in server mode on 127.0.0.1:9300 (it honours conditional writes, which Delta's
+#       commits need), bucket `idempipe`; from PyPI into the project's virtual environment
+# Usage: scripts/services.sh up|down|status|restart-kafka|kafka-fresh|clickhouse-up|clickhouse-down|s3-up|s3-down
 #   kafka-fresh     (re)starts tansu on an empty store (deletes SERVICES_DIR/tansu.db*)
 # Environment:
 #   TANSU_STORAGE   tansu storage URL (default sqlite://tansu.db, under SERVICES_DIR; not memory://,
 #                   whose fetch cannot resume inside a stored batch: see docs/OPERATIONS.md, Services)
 #   SERVICES_DIR    where data, logs and pid files live (default: data/services in the checkout)
 #   KAFKA_PORT      tansu's port (default 9092)
+#   S3_PORT         the S3 server's port (default 9300)
 #   CLICKHOUSE_HTTP_PORT, CLICKHOUSE_TCP_PORT   ClickHouse ports (default 8123, 9000); with
 #                   its own SERVICES_DIR, `clickhouse-up` starts a private server (tests
 #                   that stop ClickHouse use one, so other tests keep theirs)
@@ -22,6 +25,7 @@ storage=${TANSU_STORAGE:-sqlite://tansu.db}
 kafka_port=${KAFKA_PORT:-9092}
 ch_http_port=${CLICKHOUSE_HTTP_PORT:-8123}
 ch_tcp_port=${CLICKHOUSE_TCP_PORT:-9000}
+s3_port=${S3_PORT:-9300}
 mkdir -p "$dir"
 
 log() { echo "services: $*" >&2; }
@@ -40,6 +44,21 @@ install_clickhouse() {
   apt-get update -qq >/dev/null
   apt-get install -y -qq clickhouse-server clickhouse-client >"$dir/clickhouse-install.log" 2>&1 \
     || { tail -30 "$dir/clickhouse-install.log" >&2; log "clickhouse install failed"; exit 1; }
+}
+
+s3_up() { curl -fsS -o /dev/null "http://127.0.0.1:$s3_port/moto-api/" 2>/dev/null; }
+
+start_s3() {
+  if s3_up; then log "s3 already answers on 127.0.0.1:$s3_port"; return; fi
+  # shellcheck source=scripts/pyenv.sh
+  source "$root/scripts/pyenv.sh"
+  pyenv_ready 'moto.server=moto[server]>=5'
+  log "starting moto (S3) on 127.0.0.1:$s3_port"
+  setsid nohup "$(dirname "$IDEMPIPE_PYTHON")/moto_server" -H 127.0.0.1 -p "$s3_port" >"$dir/s3.log" 2>&1 </dev/null &
+  echo $! >"$dir/s3.pid"
+  wait_for s3 s3_up 60
+  # The bucket the tests and the demo use (creating it again is harmless).
+  curl -fsS -o /dev/null -X PUT "http://127.0.0.1:$s3_port/idempipe"
 }
 
 kafka_up() { (exec 3<>"/dev/tcp/127.0.0.1/$kafka_port") 2>/dev/null; }
@@ -137,11 +156,12 @@ stop() { # name
 status() {
   if kafka_up; then echo "kafka: up (127.0.0.1:$kafka_port)"; else echo "kafka: down"; fi
   if clickhouse_up; then echo "clickhouse: up (http://127.0.0.1:$ch_http_port)"; else echo "clickhouse: down"; fi
+  if s3_up; then echo "s3: up (http://127.0.0.1:$s3_port, bucket idempipe)"; else echo "s3: down"; fi
 }
 
 case ${1:-} in
-  up) start_tansu; start_clickhouse; status ;;
-  down) stop tansu; stop clickhouse ;;
+  up) start_tansu; start_clickhouse; start_s3; status ;;
+  down) stop tansu; stop clickhouse; stop s3 ;;
   restart-kafka) stop tansu; start_tansu ;;
   kafka-fresh)
     stop tansu
@@ -152,6 +172,8 @@ case ${1:-} in
     start_tansu ;;
   clickhouse-up) start_clickhouse ;;
   clickhouse-down) stop clickhouse ;;
-  status) status; kafka_up && clickhouse_up ;;
-  *) echo "usage: $0 up|down|status|restart-kafka|kafka-fresh|clickhouse-up|clickhouse-down" >&2; exit 2 ;;
+  s3-up) start_s3 ;;
+  s3-down) stop s3 ;;
+  status) status; kafka_up && clickhouse_up && s3_up ;;
+  *) echo "usage: $0 up|down|status|restart-kafka|kafka-fresh|clickhouse-up|clickhouse-down|s3-up|s3-down" >&2; exit 2 ;;
 esac

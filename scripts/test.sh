@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 SERVICES_DIR=${SERVICES_DIR:-data/services} scripts/services.sh clickhouse-up
 SERVICES_DIR=data/test-services KAFKA_PORT=9192 scripts/services.sh kafka-fresh
 export IDEMPIPE_TEST_BROKERS=127.0.0.1:9192
+# S3 (moto): the tables of tests/object_storage.rs.
+SERVICES_DIR=${SERVICES_DIR:-data/services} scripts/services.sh s3-up
+export IDEMPIPE_TEST_S3=http://127.0.0.1:${S3_PORT:-9300}
 
 # Independent readers the tests use, in the project's own virtual environment: the
 # Python `deltalake` (the Delta table) and `chdb` (current ClickHouse in process: our DDL

@@ -37,6 +37,11 @@ pub struct CommonArgs {
     /// (repeatable; also the `[kafka]` table of the file).
     #[arg(long = "kafka", global = true, value_name = "KEY=VALUE", value_parser = key_value)]
     pub kafka: Vec<(String, String)>,
+    /// An object-store option for the table, e.g. `--storage aws_endpoint_url=http://…`
+    /// (repeatable; also the `[storage]` table of the file; object_store's and delta-rs's
+    /// names).
+    #[arg(long = "storage", global = true, value_name = "KEY=VALUE", value_parser = key_value)]
+    pub storage: Vec<(String, String)>,
     /// The options above whose value came from the environment rather than a flag
     /// (filled by `main` from clap's matches; for `config show`).
     #[arg(skip)]

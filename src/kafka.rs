@@ -128,7 +128,7 @@ pub fn client_config(settings: &Settings, role: Role, ours: &[(&str, &str)]) -> 
     for (k, v) in ours {
         config.set(*k, *v);
     }
-    apply_passthrough(&mut config, role, &settings.kafka);
+    apply_passthrough(&mut config, role, &settings.kafka.values);
     config
 }
 

@@ -106,7 +106,11 @@ impl Pipeline {
     /// Opens the table and joins the group. Must run outside the runtime's workers
     /// (it blocks), with `runtime` a handle to a multi-thread runtime.
     pub fn start(settings: Settings, runtime: Handle, shutdown: Arc<AtomicBool>) -> Result<Self, PipelineError> {
-        let table = runtime.block_on(EventTable::open(&settings.delta_path))?;
+        let table = runtime.block_on(async {
+            // Before the first write: a store without put-if-absent loses commits.
+            settings.delta_path.check_put_if_absent().await?;
+            EventTable::open(&settings.delta_path).await
+        })?;
         Self::start_with_table(settings, table, runtime, shutdown)
     }
 

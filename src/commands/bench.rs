@@ -9,7 +9,6 @@
 //! topic's sender.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ use crate::config::Settings;
 use crate::dedup;
 use crate::event::{self, EventTime};
 use crate::kafka::KafkaFailure;
-use crate::table::{self, DeltaError, EventTable, Row};
+use crate::table::{self, DeltaError, EventTable, Location, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -60,6 +59,7 @@ pub async fn prefill(
     days: u32,
 ) -> Result<PrefillSummary, BenchError> {
     let started = Instant::now();
+    settings.delta_path.check_put_if_absent().await.map_err(DeltaError::from)?;
     let mut table = EventTable::open(&settings.delta_path).await?;
     table.enable_key_index().await?;
     let (mut written, mut commits) = (0_u64, 0_u64);
@@ -201,7 +201,7 @@ pub fn latency(
 
 /// Asks the log for its newest version every millisecond, from `after` on, and notes
 /// when each new version was first seen; ends (after a last look) once `stop` is set.
-async fn watch_versions(path: &Path, after: u64, stop: &AtomicBool) -> Result<BTreeMap<u64, i64>, BenchError> {
+async fn watch_versions(path: &Location, after: u64, stop: &AtomicBool) -> Result<BTreeMap<u64, i64>, BenchError> {
     let table = EventTable::open(path).await?;
     let mut seen = BTreeMap::new();
     let mut last = after;

@@ -25,6 +25,7 @@ pub struct CompactReport {
 }
 
 pub async fn compact(settings: &Settings, clickhouse: bool) -> Result<CompactReport, CompactError> {
+    settings.delta_path.check_put_if_absent().await.map_err(DeltaError::from)?;
     let mut table = EventTable::open(&settings.delta_path).await?;
     let live_files_before = table.live_files();
     let delta = table.compact().await?;

@@ -30,9 +30,14 @@ pub struct SetupReport {
 pub async fn setup(settings: &Settings, with_clickhouse: bool) -> Result<SetupReport, SetupError> {
     // Every store is checked before anything is written, so a bad path, a broker that
     // does not answer or a failing ClickHouse leaves no partial setup behind.
-    if settings.delta_path.exists() && !settings.delta_path.is_dir() {
-        return Err(DeltaError::NotADirectory { path: settings.delta_path.clone() }.into());
+    if let Some(path) = settings.delta_path.local_path()
+        && path.exists()
+        && !path.is_dir()
+    {
+        return Err(DeltaError::NotADirectory { location: settings.delta_path.to_string() }.into());
     }
+    // Before anything is written to it: a store without put-if-absent loses commits.
+    settings.delta_path.check_put_if_absent().await.map_err(DeltaError::from)?;
     kafka::check_reachable(settings)?;
     let clickhouse = match with_clickhouse {
         true => Some(ClickHouse::connect(&settings.clickhouse).await?),
@@ -52,12 +57,7 @@ pub async fn setup(settings: &Settings, with_clickhouse: bool) -> Result<SetupRe
         Some(c) => Some(c.ensure_schema(&settings.clickhouse.kafka_brokers, &settings.topics.processed).await?),
         None => None,
     };
-    Ok(SetupReport {
-        topics,
-        delta_path: table.path().display().to_string(),
-        delta_version: table.version(),
-        clickhouse,
-    })
+    Ok(SetupReport { topics, delta_path: table.location().to_string(), delta_version: table.version(), clickhouse })
 }
 
 impl std::fmt::Display for SetupReport {

@@ -93,7 +93,7 @@ pub async fn status(settings: &Settings) -> Result<Status, StatusError> {
         .and_then(|b| b.ended_at)
         .map(|ended| (crate::event::EventTime::now().micros() - ended.micros()) as f64 / 1e6);
     Ok(Status {
-        delta_path: settings.delta_path.display().to_string(),
+        delta_path: settings.delta_path.to_string(),
         delta_version: table.version(),
         delta_live_files: table.live_files(),
         raw_topic: settings.topics.raw.clone(),

@@ -36,6 +36,7 @@ pub async fn vacuum(
                 .into(),
         ));
     }
+    settings.delta_path.check_put_if_absent().await.map_err(DeltaError::from)?;
     let mut table = EventTable::open(&settings.delta_path).await?;
     Ok(table.vacuum(retention, dry_run, full).await?)
 }

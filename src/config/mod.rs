@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::cli::CommonArgs;
 pub use crate::config::options::{FileOptions, MAX_MAINTENANCE_DURATION, OPTIONS, Options, REDACTED, is_secret};
+use crate::table::Location;
 
 /// A configuration problem, found at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +190,10 @@ pub struct Settings {
     /// Consumer group of the processor; also the prefix of the Delta txn app ids
     /// ([`crate::table::AppIds`]).
     pub group: String,
-    pub delta_path: PathBuf,
+    /// The Delta table, with the `[storage]` options that reach it.
+    pub delta_path: Location,
+    /// The batch log (local): one JSON line per committed batch.
+    pub batch_log: PathBuf,
     pub clickhouse: ClickHouseSettings,
     /// Partitions of the raw and processed topics that `setup` creates.
     pub partitions: i32,
@@ -203,9 +207,11 @@ pub struct Settings {
     pub metrics_addr: Option<SocketAddr>,
     pub maintenance: Maintenance,
     /// librdkafka pass-through settings, applied to every client after ours.
-    pub kafka: BTreeMap<String, String>,
-    /// Where each pass-through setting came from.
-    pub kafka_origins: BTreeMap<String, Origin>,
+    pub kafka: PassThrough,
+    /// Object-store options for the table: the `[storage]` table and `--storage` (given
+    /// to delta-rs), and the store's environment variables (which delta-rs reads itself;
+    /// listed for `config show`).
+    pub storage: PassThrough,
     /// The options these settings were made from, with their origins: what `config
     /// show` prints.
     pub options: Options,
@@ -218,18 +224,20 @@ impl Settings {
     /// Layers defaults, the file (if any), and the environment and flags (which clap has
     /// already merged, flags winning), then validates the result.
     pub fn resolve(mut file: FileConfig, args: &CommonArgs) -> Result<Self, ConfigError> {
-        let mut kafka = std::mem::take(&mut file.kafka);
-        let mut kafka_origins: BTreeMap<String, Origin> = kafka.keys().map(|k| (k.clone(), Origin::File)).collect();
-        for (key, value) in &args.kafka {
-            kafka.insert(key.clone(), value.clone());
-            kafka_origins.insert(key.clone(), Origin::Flag);
-        }
+        let kafka = PassThrough::layer(std::iter::empty(), std::mem::take(&mut file.kafka), &args.kafka);
+        let storage_env = std::env::vars().filter(|(k, _)| STORAGE_ENV_PREFIXES.iter().any(|p| k.starts_with(p)));
+        let storage = PassThrough::layer(storage_env, std::mem::take(&mut file.storage), &args.storage);
         let o = Options::resolve(file, &args.options, &args.from_env)?;
+        // Checked by the option's declaration: it parses.
+        let delta_path = Location::parse(&o.delta_path)
+            .map_err(|reason| ConfigError::Invalid { key: "delta_path", reason })?
+            .with_options(storage.given());
         let settings = Settings {
             brokers: o.brokers.clone(),
             topics: Topics { raw: o.raw_topic.clone(), processed: o.processed_topic.clone(), dlq: o.dlq_topic.clone() },
             group: o.group.clone(),
-            delta_path: o.delta_path.clone(),
+            delta_path,
+            batch_log: o.batch_log.clone(),
             clickhouse: ClickHouseSettings {
                 url: o.clickhouse_url.clone(),
                 database: o.clickhouse_database.clone(),
@@ -258,7 +266,7 @@ impl Settings {
                 vacuum_retention: o.vacuum_retention,
             },
             kafka,
-            kafka_origins,
+            storage,
             options: o,
         };
         settings.validate()?;
@@ -269,11 +277,8 @@ impl Settings {
     /// `config show` prints.
     pub fn entries(&self) -> Vec<(String, String, Origin)> {
         let mut out = self.options.entries();
-        out.extend(self.kafka.iter().map(|(k, v)| {
-            let value = if is_secret(k) { REDACTED.to_owned() } else { v.clone() };
-            let origin = self.kafka_origins.get(k).copied().unwrap_or(Origin::Default);
-            (format!("kafka.{k}"), value, origin)
-        }));
+        out.extend(self.kafka.entries("kafka."));
+        out.extend(self.storage.entries("storage."));
         out.sort();
         out
     }
@@ -302,7 +307,7 @@ impl Settings {
         }
         // librdkafka checks each name and value as it is set, without connecting.
         let mut kafka = rdkafka::ClientConfig::new();
-        for (k, v) in &self.kafka {
+        for (k, v) in &self.kafka.values {
             kafka.set(k, v);
         }
         if let Err(e) = kafka.create_native_config() {
@@ -315,12 +320,59 @@ impl Settings {
         Ok(())
     }
 
-    /// The JSON-lines batch log, beside the table (not inside it, where `vacuum` would
-    /// delete it as an unknown file).
+    /// The JSON-lines batch log: by default beside a local table (not inside it, where
+    /// `vacuum` would delete it as an unknown file).
     pub fn batch_log_path(&self) -> PathBuf {
-        let mut name = self.delta_path.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "events".into());
-        name.push(".batches.jsonl");
-        self.delta_path.with_file_name(name)
+        self.batch_log.clone()
+    }
+}
+
+/// The environment variables of the object stores, which delta-rs reads itself.
+pub const STORAGE_ENV_PREFIXES: [&str; 3] = ["AWS_", "AZURE_", "GOOGLE_"];
+
+/// Settings passed through by name to a library (librdkafka's, the object store's),
+/// with where each came from.
+#[derive(Debug, Clone, Default)]
+pub struct PassThrough {
+    pub values: BTreeMap<String, String>,
+    pub origins: BTreeMap<String, Origin>,
+}
+
+impl PassThrough {
+    /// `env`, overridden by `file`, overridden by `flags`.
+    fn layer(
+        env: impl Iterator<Item = (String, String)>,
+        file: BTreeMap<String, String>,
+        flags: &[(String, String)],
+    ) -> Self {
+        let mut this = Self::default();
+        let layers = env
+            .map(|kv| (kv, Origin::Env))
+            .chain(file.into_iter().map(|kv| (kv, Origin::File)))
+            .chain(flags.iter().cloned().map(|kv| (kv, Origin::Flag)));
+        for ((key, value), origin) in layers {
+            this.origins.insert(key.clone(), origin);
+            this.values.insert(key, value);
+        }
+        this
+    }
+
+    /// The settings given in the file or as flags (not the environment's).
+    pub fn given(&self) -> BTreeMap<String, String> {
+        self.values
+            .iter()
+            .filter(|(k, _)| self.origins.get(*k) != Some(&Origin::Env))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Every setting as `(<prefix><key>, value, origin)`, secrets redacted.
+    fn entries(&self, prefix: &'static str) -> impl Iterator<Item = (String, String, Origin)> + '_ {
+        self.values.iter().map(move |(k, v)| {
+            let value = if is_secret(k) { REDACTED.to_owned() } else { v.clone() };
+            let origin = self.origins.get(k).copied().unwrap_or(Origin::Default);
+            (format!("{prefix}{k}"), value, origin)
+        })
     }
 }
 

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{ClickHouseIngest, ConfigError, ConsumerMode, KeyCheck, LogFormat, Origin};
+use crate::table::Location;
 
 /// One option as the docs describe it.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +102,9 @@ macro_rules! options {
             /// librdkafka settings passed through to every Kafka client, e.g.
             /// `"max.poll.interval.ms" = "10000"` or SASL and TLS settings.
             pub kafka: BTreeMap<String, String>,
+            /// Object-store options for the table, with object_store's and delta-rs's
+            /// names, e.g. `aws_endpoint_url` or `aws_allow_http`.
+            pub storage: BTreeMap<String, String>,
         }
 
         impl<'de> serde::Deserialize<'de> for FileOptions {
@@ -113,6 +117,11 @@ macro_rules! options {
                         "kafka" => {
                             file.kafka = value.try_into().map_err(|e| {
                                 D::Error::custom(format!("`[kafka]` must be a table of strings: {e}"))
+                            })?;
+                        }
+                        "storage" => {
+                            file.storage = value.try_into().map_err(|e| {
+                                D::Error::custom(format!("`[storage]` must be a table of strings: {e}"))
                             })?;
                         }
                         $(
@@ -212,8 +221,14 @@ options! {
     dlq_topic: String = "raw_events_dlq", env "IDEMPIPE_DLQ_TOPIC", check topic_name;
     /// Consumer group of the processor; also the prefix of the Delta txn app ids.
     group: String = "idempipe", env "IDEMPIPE_GROUP", check not_empty;
-    /// Delta table location.
-    delta_path: PathBuf = "./data/delta/events", env "IDEMPIPE_DELTA_PATH", check not_empty_path;
+    /// The Delta table: a local path, or a URL on an object store (`s3://bucket/path`,
+    /// `s3a://`, `gs://`, `az://`, `abfss://`; reached with the `[storage]` options and
+    /// the store's usual environment variables).
+    delta_path: String = "./data/delta/events", env "IDEMPIPE_DELTA_PATH", check table_location;
+    /// The batch log: one JSON line per committed batch, on local disk.
+    batch_log: PathBuf = "<delta_path>.batches.jsonl, or data/<bucket>_<path>.batches.jsonl for a remote table"
+        => Location::parse(&delta_path).map(|l| l.local_sibling(".batches.jsonl")).unwrap_or_default(),
+        env "IDEMPIPE_BATCH_LOG", check not_empty_path;
     /// ClickHouse HTTP endpoint.
     clickhouse_url: String = "http://127.0.0.1:8123", env "IDEMPIPE_CLICKHOUSE_URL", check http_url;
     /// ClickHouse database.
@@ -281,7 +296,10 @@ pub const REDACTED: &str = "<redacted>";
 /// Whether a setting holds a secret (passwords, keys, tokens): an option's key or a
 /// librdkafka setting's.
 pub fn is_secret(key: &str) -> bool {
-    ["password", "secret", "jaas", "token", "key.pem", "credential"].iter().any(|s| key.contains(s))
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "jaas", "token", "key.pem", "credential", "account_key", "sas_key", "sas_token"]
+        .iter()
+        .any(|s| key.contains(s))
 }
 
 /// An interval that can be switched off: `"off"` (or `"none"`, `"0"`) is `None`.
@@ -422,6 +440,10 @@ value_enum_option!(ClickHouseIngest, ConsumerMode, KeyCheck, LogFormat);
 
 fn not_empty(value: &str) -> Result<(), String> {
     if value.trim().is_empty() { Err("must not be empty".into()) } else { Ok(()) }
+}
+
+fn table_location(value: &str) -> Result<(), String> {
+    Location::parse(value).map(|_| ())
 }
 
 fn not_empty_path(value: &Path) -> Result<(), String> {

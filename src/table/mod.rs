@@ -19,6 +19,7 @@
 //! cleanup, and their schedule), [`key_index`] (the in-memory index of stored keys).
 
 pub mod key_index;
+pub mod location;
 pub mod maintenance;
 pub mod offsets;
 pub mod read;
@@ -27,7 +28,6 @@ pub mod schema;
 mod testing;
 pub mod write;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use deltalake::kernel::transaction::CommitProperties;
@@ -37,6 +37,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 use crate::table::schema::delta_columns;
 
 pub use crate::table::key_index::{KeyIndex, SyncStats};
+pub use crate::table::location::{Location, ProbeError};
 pub use crate::table::maintenance::{CompactOutcome, VacuumOutcome};
 pub use crate::table::offsets::AppIds;
 pub use crate::table::read::TableCounts;
@@ -46,14 +47,16 @@ pub use crate::table::write::{InsertOutcome, PendingWrite};
 /// Errors of the Delta table, with the path they concern.
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {
-    #[error("Delta table at {path}: {source}")]
-    Table { path: PathBuf, source: Box<DeltaTableError> },
-    #[error("no Delta table at {path}: run `idempipe setup` first")]
-    Missing { path: PathBuf },
-    #[error("Delta path {path} is not a directory")]
-    NotADirectory { path: PathBuf },
-    #[error("Delta table at {path}: {what}")]
-    Unexpected { path: PathBuf, what: String },
+    #[error("Delta table at {location}: {source}")]
+    Table { location: String, source: Box<DeltaTableError> },
+    #[error("no Delta table at {location}: run `idempipe setup` first")]
+    Missing { location: String },
+    #[error("Delta path {location} is not a directory")]
+    NotADirectory { location: String },
+    #[error("Delta table at {location}: {what}")]
+    Unexpected { location: String, what: String },
+    #[error(transparent)]
+    Store(#[from] ProbeError),
 }
 
 impl DeltaError {
@@ -75,8 +78,10 @@ impl DeltaError {
 
     /// Whether a commit lost a race: another writer committed first something this one
     /// read (new files in its partitions, files it read removed, or a txn of the same
-    /// id). The attempt must be redone on the new version. Other conflicts (a metadata or
-    /// protocol change, a corrupt state) are plain failures.
+    /// id), or others took every version delta-rs tried (`MaxCommitAttempts`: each of its
+    /// puts-if-absent was refused, so none landed). The attempt must be redone on the
+    /// new version. Other conflicts (a metadata or protocol change, a corrupt state) are
+    /// plain failures.
     pub fn is_write_conflict(&self) -> bool {
         use deltalake::kernel::transaction::{CommitConflictError as C, TransactionError};
         matches!(
@@ -90,7 +95,7 @@ impl DeltaError {
                                 | C::ConcurrentDeleteRead
                                 | C::ConcurrentDeleteDelete
                                 | C::ConcurrentTransaction
-                        )
+                        ) | TransactionError::MaxCommitAttempts(_)
                     }
                 )
         )
@@ -99,9 +104,9 @@ impl DeltaError {
 
 pub type Result<T, E = DeltaError> = std::result::Result<T, E>;
 
-/// The events table at one path.
+/// The events table at one location.
 pub struct EventTable {
-    path: PathBuf,
+    location: Location,
     table: DeltaTable,
     /// With a key index, the already-stored check is a lookup and new rows are appended
     /// by a commit that declares the partitions it checked; without, the check is a
@@ -112,13 +117,17 @@ pub struct EventTable {
 impl EventTable {
     /// Creates the table if there is none, with the events schema partitioned by
     /// `event_date`; opens it otherwise. Running it again changes nothing.
-    pub async fn create_if_missing(path: &Path) -> Result<Self> {
-        if path.exists() && !path.is_dir() {
-            return Err(DeltaError::NotADirectory { path: path.to_owned() });
+    pub async fn create_if_missing(location: impl Into<Location>) -> Result<Self> {
+        let location = location.into();
+        if let Some(path) = location.local_path()
+            && path.exists()
+            && !path.is_dir()
+        {
+            return Err(DeltaError::NotADirectory { location: location.to_string() });
         }
-        let err = |source| DeltaError::Table { path: path.to_owned(), source: Box::new(source) };
-        let url = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(err)?;
-        let created = DeltaTable::try_from_url(url.clone())
+        let err = |source| DeltaError::Table { location: location.to_string(), source: Box::new(source) };
+        let url = location.url().map_err(err)?;
+        let created = DeltaTable::try_from_url_with_storage_options(url.clone(), location.option_map())
             .await
             .map_err(err)?
             .create()
@@ -131,48 +140,58 @@ impl EventTable {
         let table = match created {
             Ok(table) => table,
             // Two `setup`s racing: the loser's version 0 conflicts; the winner's table is fine.
-            Err(_) => deltalake::open_table(url).await.map_err(err)?,
+            Err(_) => deltalake::open_table_with_storage_options(url, location.option_map()).await.map_err(err)?,
         };
-        let this = Self { path: path.to_owned(), table, index: None };
+        let this = Self { location, table, index: None };
         this.check_schema()?;
         Ok(this)
     }
 
     /// Opens an existing table; an absent one is [`DeltaError::Missing`].
-    pub async fn open(path: &Path) -> Result<Self> {
-        if path.exists() && !path.is_dir() {
-            return Err(DeltaError::NotADirectory { path: path.to_owned() });
+    pub async fn open(location: impl Into<Location>) -> Result<Self> {
+        let location = location.into();
+        if let Some(path) = location.local_path() {
+            if path.exists() && !path.is_dir() {
+                return Err(DeltaError::NotADirectory { location: location.to_string() });
+            }
+            // Checked before delta-rs, which would make the directory.
+            if !path.join("_delta_log").is_dir() {
+                return Err(DeltaError::Missing { location: location.to_string() });
+            }
         }
-        if !path.join("_delta_log").is_dir() {
-            return Err(DeltaError::Missing { path: path.to_owned() });
-        }
-        let err = |source| DeltaError::Table { path: path.to_owned(), source: Box::new(source) };
-        let url = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(err)?;
-        let table = deltalake::open_table(url).await.map_err(|e| match e {
-            DeltaTableError::NotATable(_) => DeltaError::Missing { path: path.to_owned() },
-            e => err(e),
-        })?;
-        let this = Self { path: path.to_owned(), table, index: None };
+        let err = |source| DeltaError::Table { location: location.to_string(), source: Box::new(source) };
+        let url = location.url().map_err(err)?;
+        let table =
+            deltalake::open_table_with_storage_options(url, location.option_map()).await.map_err(|e| match e {
+                DeltaTableError::NotATable(_) => DeltaError::Missing { location: location.to_string() },
+                e => err(e),
+            })?;
+        let this = Self { location, table, index: None };
         this.check_schema()?;
         Ok(this)
     }
 
     /// Opens an existing table through `store`, the object store of the filesystem (or
-    /// bucket) root, instead of the one delta-rs would pick for the path: for stores with
-    /// custom wiring, instrumentation, or fault injection in tests.
-    pub async fn open_with_store(path: &Path, store: Arc<dyn deltalake::ObjectStore>) -> Result<Self> {
-        if !path.join("_delta_log").is_dir() {
-            return Err(DeltaError::Missing { path: path.to_owned() });
+    /// bucket) root, instead of the one delta-rs would pick for the location: for stores
+    /// with custom wiring, instrumentation, or fault injection in tests.
+    pub async fn open_with_store(
+        location: impl Into<Location>,
+        store: Arc<dyn deltalake::ObjectStore>,
+    ) -> Result<Self> {
+        let location = location.into();
+        if location.local_path().is_some_and(|path| !path.join("_delta_log").is_dir()) {
+            return Err(DeltaError::Missing { location: location.to_string() });
         }
-        let err = |source| DeltaError::Table { path: path.to_owned(), source: Box::new(source) };
-        let url = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(err)?;
+        let err = |source| DeltaError::Table { location: location.to_string(), source: Box::new(source) };
+        let url = location.url().map_err(err)?;
         let table = deltalake::DeltaTableBuilder::from_url(url.clone())
             .map_err(err)?
+            .with_storage_options(location.option_map())
             .with_storage_backend(store, url)
             .load()
             .await
             .map_err(err)?;
-        let this = Self { path: path.to_owned(), table, index: None };
+        let this = Self { location, table, index: None };
         this.check_schema()?;
         Ok(this)
     }
@@ -185,7 +204,7 @@ impl EventTable {
         let missing: Vec<&str> = COLUMNS.iter().copied().filter(|c| !names.contains(c)).collect();
         if !missing.is_empty() {
             return Err(DeltaError::Unexpected {
-                path: self.path.clone(),
+                location: self.location.to_string(),
                 what: format!("is not an idempipe events table: columns {missing:?} are missing"),
             });
         }
@@ -193,11 +212,11 @@ impl EventTable {
     }
 
     fn error(&self, source: DeltaTableError) -> DeltaError {
-        DeltaError::Table { path: self.path.clone(), source: Box::new(source) }
+        DeltaError::Table { location: self.location.to_string(), source: Box::new(source) }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     /// The loaded table version.
@@ -225,7 +244,7 @@ impl EventTable {
     }
 
     fn unexpected(&self, what: &str) -> DeltaError {
-        DeltaError::Unexpected { path: self.path.clone(), what: what.into() }
+        DeltaError::Unexpected { location: self.location.to_string(), what: what.into() }
     }
 
     /// Data files in the loaded snapshot.
@@ -248,7 +267,7 @@ mod tests {
     use super::*;
 
     fn table_error(source: DeltaTableError) -> DeltaError {
-        DeltaError::Table { path: PathBuf::from("/t"), source: Box::new(source) }
+        DeltaError::Table { location: "/t".into(), source: Box::new(source) }
     }
 
     #[test]
@@ -256,11 +275,13 @@ mod tests {
         let lost = |c| table_error(DeltaTableError::Transaction { source: TransactionError::CommitConflict(c) });
         assert!(lost(CommitConflictError::ConcurrentAppend).is_write_conflict());
         assert!(lost(CommitConflictError::ConcurrentTransaction).is_write_conflict());
+        let exhausted = table_error(DeltaTableError::Transaction { source: TransactionError::MaxCommitAttempts(16) });
+        assert!(exhausted.is_write_conflict(), "every version tried was taken: a lost race");
         // Outcome unknown or plain failures: not conflicts (they must reload and check).
         let version = table_error(DeltaTableError::Transaction { source: TransactionError::VersionAlreadyExists(3) });
         assert!(!version.is_write_conflict());
         assert!(!lost(CommitConflictError::MetadataChanged).is_write_conflict());
         assert!(!table_error(DeltaTableError::Generic("io".into())).is_write_conflict());
-        assert!(!DeltaError::Missing { path: PathBuf::from("/t") }.is_write_conflict());
+        assert!(!DeltaError::Missing { location: "/t".into() }.is_write_conflict());
     }
 }

@@ -68,7 +68,7 @@ impl EventTable {
             let stats = index
                 .sync(&self.table)
                 .await
-                .map_err(|e| DeltaError::Table { path: self.path.clone(), source: Box::new(e) })?;
+                .map_err(|e| DeltaError::Table { location: self.location.to_string(), source: Box::new(e) })?;
             if stats.files_read > 0 || stats.rebuilt {
                 tracing::debug!(
                     files_read = stats.files_read,

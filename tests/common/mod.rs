@@ -59,6 +59,17 @@ impl Pipeline {
 
     /// A pipeline on the broker at `brokers` (a test's private broker, say).
     pub fn with_brokers(test: &str, brokers: &str, extra: &str) -> Self {
+        Self::build(test, brokers, None, extra)
+    }
+
+    /// A pipeline whose table lives on the tests' S3 server ([`s3_endpoint`], bucket
+    /// `idempipe`), reached at `endpoint` (the server, or a proxy in front of it), with
+    /// the batch log in the test's directory.
+    pub fn on_s3(test: &str, endpoint: &str) -> Self {
+        Self::build(test, &brokers(), Some(endpoint), "")
+    }
+
+    fn build(test: &str, brokers: &str, s3: Option<&str>, extra: &str) -> Self {
         require_services();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
@@ -73,6 +84,19 @@ impl Pipeline {
             Some(dir)
         };
         let config = root.join("idempipe.toml");
+        let (table, storage) = match s3 {
+            None => (format!("delta_path = \"{}\"", root.join("delta/events").display()), String::new()),
+            Some(endpoint) => (
+                format!(
+                    "delta_path = \"s3://{S3_BUCKET}/{name}/events\"\nbatch_log = \"{}\"",
+                    root.join("delta/events.batches.jsonl").display()
+                ),
+                format!(
+                    "\n[storage]\naws_endpoint_url = \"{endpoint}\"\naws_allow_http = \"true\"\n\
+                     aws_region = \"us-east-1\"\naws_access_key_id = \"test\"\naws_secret_access_key = \"test\"\n"
+                ),
+            ),
+        };
         std::fs::write(
             &config,
             format!(
@@ -82,7 +106,7 @@ raw_topic = "{name}_raw"
 processed_topic = "{name}_processed"
 dlq_topic = "{name}_dlq"
 group = "{name}"
-delta_path = "{}"
+{table}
 clickhouse_table = "{name}"
 trigger = "500ms"
 clickhouse_trigger = "300ms"
@@ -93,8 +117,7 @@ metrics_addr = "127.0.0.1:0"
 "max.poll.interval.ms" = "10000"
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
-"#,
-                root.join("delta/events").display(),
+{storage}"#,
             ),
         )
         .unwrap();
@@ -229,6 +252,7 @@ metrics_addr = "127.0.0.1:0"
 
     /// The batch log's records (one per committed batch).
     pub fn batch_log(&self) -> Vec<Value> {
+        // Beside a local table; set there too for a table on S3 (see `on_s3`).
         std::fs::read_to_string(self.root.join("delta/events.batches.jsonl"))
             .map(|t| t.lines().map(|l| serde_json::from_str(l).expect("batch log line is JSON")).collect())
             .unwrap_or_default()
@@ -288,6 +312,90 @@ pub fn clickhouse_query(url: &str, sql: &str) -> Result<String, String> {
     } else {
         Err(format!("{sql}: {head}\n{body}"))
     }
+}
+
+/// The bucket of the tests' S3 server (`scripts/services.sh s3-up` makes it).
+pub const S3_BUCKET: &str = "idempipe";
+
+/// The tests' S3 server: `IDEMPIPE_TEST_S3` (scripts/test.sh starts moto), else the
+/// services' on :9300.
+pub fn s3_endpoint() -> String {
+    std::env::var("IDEMPIPE_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:9300".into())
+}
+
+/// A plain-HTTP relay to `upstream` (host:port) that drops one request header, `header`
+/// (lower case), from every request: a store that ignores what that header asks.
+pub struct HeaderStrippingProxy {
+    pub port: u16,
+}
+
+impl HeaderStrippingProxy {
+    pub fn start(upstream: &str, header: &'static str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = upstream.to_owned();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let upstream = upstream.clone();
+                std::thread::spawn(move || {
+                    let _ = relay(client, &upstream, header);
+                });
+            }
+        });
+        Self { port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Relays one connection: responses untouched, requests head by head without `header`,
+/// each body by its Content-Length.
+fn relay(client: std::net::TcpStream, upstream: &str, header: &str) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut server = std::net::TcpStream::connect(upstream)?;
+    let (mut from_server, mut to_client) = (server.try_clone()?, client.try_clone()?);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_server, &mut to_client);
+        let _ = to_client.shutdown(std::net::Shutdown::Both);
+    });
+    let mut requests = BufReader::new(client);
+    let drop = format!("{header}:");
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if requests.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let end = line == "\r\n";
+            if !line.to_ascii_lowercase().starts_with(&drop) {
+                head.push_str(&line);
+            }
+            if end {
+                break;
+            }
+        }
+        let length = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0_u64);
+        server.write_all(head.as_bytes())?;
+        std::io::copy(&mut (&mut requests).take(length), &mut server)?;
+    }
+}
+
+/// The environment that points AWS tools (the Python `deltalake`, boto3) at the tests'
+/// S3 server.
+pub fn s3_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", s3_endpoint()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+    ]
 }
 
 /// A loopback port nobody listens on (now).
