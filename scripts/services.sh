@@ -12,6 +12,8 @@
 #   SERVICES_DIR    where data, logs and pid files live (default: data/services in the checkout)
 #   KAFKA_PORT      tansu's port (default 9092)
 #   S3_PORT         the S3 server's port (default 9300)
+#   CLICKHOUSE_HTTPS_PORT, CLICKHOUSE_TLS_CERT, CLICKHOUSE_TLS_KEY   with all three, a
+#                   private ClickHouse also serves HTTPS on that port with that certificate
 #   CLICKHOUSE_HTTP_PORT, CLICKHOUSE_TCP_PORT   ClickHouse ports (default 8123, 9000); with
 #                   its own SERVICES_DIR, `clickhouse-up` starts a private server (tests
 #                   that stop ClickHouse use one, so other tests keep theirs)
@@ -108,8 +110,20 @@ start_tansu() {
 start_clickhouse() {
   if clickhouse_up; then log "clickhouse already answers on 127.0.0.1:$ch_http_port"; return; fi
   install_clickhouse
-  local ch=$dir/clickhouse
+  local ch=$dir/clickhouse tls=""
   mkdir -p "$ch/data" "$ch/tmp" "$ch/user_files" "$ch/format_schemas" "$ch/log"
+  if [[ -n ${CLICKHOUSE_HTTPS_PORT:-} && -n ${CLICKHOUSE_TLS_CERT:-} && -n ${CLICKHOUSE_TLS_KEY:-} ]]; then
+    tls="<https_port>$CLICKHOUSE_HTTPS_PORT</https_port>
+    <openSSL><server>
+        <certificateFile>$CLICKHOUSE_TLS_CERT</certificateFile>
+        <privateKeyFile>$CLICKHOUSE_TLS_KEY</privateKeyFile>
+        <verificationMode>none</verificationMode>
+        <loadDefaultCAFile>false</loadDefaultCAFile>
+        <cacheSessions>true</cacheSessions>
+        <disableProtocols>sslv2,sslv3</disableProtocols>
+        <preferServerCiphers>true</preferServerCiphers>
+    </server></openSSL>"
+  fi
   cat >"$ch/config.xml" <<XML
 <?xml version="1.0"?>
 <yandex>
@@ -122,6 +136,7 @@ start_clickhouse() {
     </logger>
     <http_port>$ch_http_port</http_port>
     <tcp_port>$ch_tcp_port</tcp_port>
+    $tls
     <listen_host>127.0.0.1</listen_host>
     <path>$ch/data/</path>
     <tmp_path>$ch/tmp/</tmp_path>

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pipeline, PrivateClickHouse, clickhouse_query, count, wait_until};
+use common::{Pipeline, PrivateClickHouse, clickhouse_query, count, make_certificates, wait_until};
 use idempipe::clickhouse::{ServerVersion, schema};
 
 #[test]
@@ -217,4 +217,33 @@ fn the_kafka_engine_route_loads_exactly_the_delta_keys() {
     );
     assert_eq!(seen["final_rows"], 2_000, "{seen}");
     assert_eq!(seen["key_checksum"], v["delta_key_checksum"], "{seen} vs {v}");
+}
+
+/// ClickHouse over `https://` with a private CA: trusted through `clickhouse_ca_file`,
+/// refused without it (the certificate is verified, never skipped).
+#[test]
+fn clickhouse_over_https_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certificates(&dir.path().join("tls"));
+    let clickhouse = PrivateClickHouse::start_tls(dir.path().join("clickhouse"), cert, key);
+    let https = clickhouse.https_url().unwrap();
+
+    let untrusted = Pipeline::with_options("https_untrusted", &format!("clickhouse_url = \"{https}\""));
+    let out = untrusted.output(&["setup"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a certificate of an unknown CA must be refused");
+    assert!(err.contains(&https) && err.to_lowercase().contains("certificate"), "{err}");
+
+    let p = Pipeline::with_options(
+        "https",
+        &format!("clickhouse_url = \"{https}\"\nclickhouse_ca_file = \"{}\"", ca.display()),
+    );
+    p.setup();
+    let (file, expected) = p.generate(2_000, 200, 0, 61);
+    p.produce(&file);
+    p.run_until_idle(&["--clickhouse-in-run"]);
+    let v = p.verify();
+    let distinct = count(&expected, "distinct_keys");
+    assert_eq!(count(&v, "clickhouse_final_rows"), distinct, "{v}");
+    assert_eq!(v["clickhouse_keys_match"], true, "{v}");
 }

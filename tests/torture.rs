@@ -266,7 +266,7 @@ fn bad_configuration_fails_clearly_and_writes_nothing() {
     };
     fails(&["--brokerz", "x", "verify"], "--brokerz");
     fails(&["--trigger", "5ms", "run"], "trigger");
-    fails(&["--clickhouse-url", "https://ch:8443", "run"], "clickhouse_url");
+    fails(&["--clickhouse-url", "ftp://ch:8443", "run"], "clickhouse_url");
     let config = p.path("bad.toml");
     std::fs::write(&config, "brokerz = \"x\"\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_idempipe"))

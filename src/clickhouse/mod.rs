@@ -15,6 +15,7 @@
 
 pub mod schema;
 pub mod sink;
+pub mod tls;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -35,6 +36,8 @@ pub enum ClickHouseError {
     Timeout { url: String, what: String, timeout: Duration },
     #[error("ClickHouse at {url}: {what}")]
     Unexpected { url: String, what: String },
+    #[error("ClickHouse at {url}: {source}")]
+    Tls { url: String, source: tls::TlsError },
 }
 
 impl ClickHouseError {
@@ -44,7 +47,7 @@ impl ClickHouseError {
     pub fn is_transient(&self) -> bool {
         match self {
             ClickHouseError::Timeout { .. } => true,
-            ClickHouseError::Unexpected { .. } => false,
+            ClickHouseError::Unexpected { .. } | ClickHouseError::Tls { .. } => false,
             ClickHouseError::Request { source, .. } => match source.as_ref() {
                 clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => true,
                 clickhouse::error::Error::BadResponse(text) => {
@@ -106,7 +109,13 @@ pub struct ClickHouse {
 impl ClickHouse {
     /// Connects and reads the server version.
     pub async fn connect(settings: &ClickHouseSettings) -> Result<Self> {
-        let mut client = clickhouse::Client::default().with_url(&settings.url).with_validation(false);
+        let client = if settings.url.starts_with("https://") {
+            tls::client(settings.ca_file.as_deref())
+                .map_err(|source| ClickHouseError::Tls { url: settings.url.clone(), source })?
+        } else {
+            clickhouse::Client::default()
+        };
+        let mut client = client.with_url(&settings.url).with_validation(false);
         if let Some(user) = &settings.user {
             client = client.with_user(user);
         }

@@ -165,6 +165,8 @@ pub enum ClickHouseIngest {
 #[derive(Debug, Clone)]
 pub struct ClickHouseSettings {
     pub url: String,
+    /// CA certificates (PEM) trusted besides the system's, for `https://`.
+    pub ca_file: Option<PathBuf>,
     pub database: String,
     pub table: String,
     pub user: Option<String>,
@@ -240,6 +242,7 @@ impl Settings {
             batch_log: o.batch_log.clone(),
             clickhouse: ClickHouseSettings {
                 url: o.clickhouse_url.clone(),
+                ca_file: o.clickhouse_ca_file.clone(),
                 database: o.clickhouse_database.clone(),
                 table: o.clickhouse_table.clone(),
                 user: o.clickhouse_user.clone(),

@@ -409,11 +409,92 @@ pub struct PrivateClickHouse {
     pub dir: PathBuf,
     pub http_port: u16,
     pub tcp_port: u16,
+    tls: Option<Tls>,
+}
+
+/// A private ClickHouse's HTTPS port and certificate.
+struct Tls {
+    https_port: u16,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 signed by it, with `openssl`, in
+/// `dir`: returns (CA certificate, server certificate, server key), PEM files.
+pub fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=idempipe test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
 }
 
 impl PrivateClickHouse {
     pub fn start(dir: PathBuf) -> Self {
-        let this = Self { dir, http_port: free_port(), tcp_port: free_port() };
+        let this = Self { dir, http_port: free_port(), tcp_port: free_port(), tls: None };
+        this.up();
+        this
+    }
+
+    /// A server that also serves HTTPS with `cert` and `key` (PEM files).
+    pub fn start_tls(dir: PathBuf, cert: PathBuf, key: PathBuf) -> Self {
+        let tls = Some(Tls { https_port: free_port(), cert, key });
+        let this = Self { dir, http_port: free_port(), tcp_port: free_port(), tls };
         this.up();
         this
     }
@@ -422,14 +503,25 @@ impl PrivateClickHouse {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    /// The HTTPS URL of a server started with [`PrivateClickHouse::start_tls`].
+    pub fn https_url(&self) -> Option<String> {
+        self.tls.as_ref().map(|t| format!("https://127.0.0.1:{}", t.https_port))
+    }
+
     fn script(&self, action: &str) {
-        let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
+        let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"));
+        command
             .arg(action)
             .env("SERVICES_DIR", &self.dir)
             .env("CLICKHOUSE_HTTP_PORT", self.http_port.to_string())
-            .env("CLICKHOUSE_TCP_PORT", self.tcp_port.to_string())
-            .status()
-            .unwrap();
+            .env("CLICKHOUSE_TCP_PORT", self.tcp_port.to_string());
+        if let Some(tls) = &self.tls {
+            command
+                .env("CLICKHOUSE_HTTPS_PORT", tls.https_port.to_string())
+                .env("CLICKHOUSE_TLS_CERT", &tls.cert)
+                .env("CLICKHOUSE_TLS_KEY", &tls.key);
+        }
+        let status = command.status().unwrap();
         assert!(status.success(), "services.sh {action} failed for the private ClickHouse");
     }
 
