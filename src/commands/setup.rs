@@ -36,13 +36,13 @@ pub async fn setup(settings: &Settings, with_clickhouse: bool) -> Result<SetupRe
     {
         return Err(DeltaError::NotADirectory { location: settings.delta_path.to_string() }.into());
     }
-    // Before anything is written to it: a store without put-if-absent loses commits.
-    settings.delta_path.check_put_if_absent().await.map_err(DeltaError::from)?;
     kafka::check_reachable(settings)?;
     let clickhouse = match with_clickhouse {
         true => Some(ClickHouse::connect(&settings.clickhouse).await?),
         false => None,
     };
+    // Before anything is written to it: a store without put-if-absent loses commits.
+    settings.delta_path.check_put_if_absent().await.map_err(DeltaError::from)?;
     let table = EventTable::create_if_missing(&settings.delta_path).await?;
     let topics = kafka::create_topics(
         settings,

@@ -148,7 +148,13 @@ impl Location {
     /// Proves the store refuses to create an object that exists (put-if-absent, S3's
     /// `If-None-Match: *`): creates one object of its own under `_idempipe/` twice, expects
     /// the second to be refused, and deletes it. Delta's commits rely on it.
+    ///
+    /// A local directory that does not exist yet has nothing to prove (and is left
+    /// uncreated): a local filesystem refuses to create a file that exists.
     pub async fn check_put_if_absent(&self) -> Result<(), ProbeError> {
+        if self.local_path().is_some_and(|path| !path.is_dir()) {
+            return Ok(());
+        }
         let store = self.unloaded().map_err(|e| self.probe_error(e.to_string()))?.object_store();
         let now = EventTime::now().micros();
         let path = object_store::path::Path::from(format!("_idempipe/put-if-absent-{}-{now}", std::process::id()));
@@ -161,6 +167,10 @@ impl Location {
         // The probe's object goes either way; a failed delete only leaves 1 byte behind.
         if let Err(e) = store.delete(&path).await {
             tracing::warn!(error = %e, %path, "cannot delete the put-if-absent probe's object");
+        }
+        if let Some(dir) = self.local_path() {
+            // A directory is no object: the local store leaves the probe's behind.
+            let _ = std::fs::remove_dir(dir.join("_idempipe"));
         }
         match second {
             Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
@@ -239,7 +249,9 @@ mod tests {
         let location = Location::local(dir.path().join("events"));
         std::fs::create_dir_all(dir.path().join("events")).unwrap();
         location.check_put_if_absent().await.unwrap();
-        let left: Vec<_> = std::fs::read_dir(dir.path().join("events/_idempipe")).unwrap().collect();
-        assert!(left.is_empty(), "the probe deletes its object");
+        assert!(!dir.path().join("events/_idempipe").exists(), "the probe leaves nothing behind");
+        let missing = Location::local(dir.path().join("not-yet"));
+        missing.check_put_if_absent().await.unwrap();
+        assert!(!dir.path().join("not-yet").exists(), "a missing directory is not made");
     }
 }
