@@ -85,7 +85,7 @@ fn main_inner() -> anyhow::Result<()> {
     match cli.command {
         Command::Config(ConfigCommand::Show) => emit(&config::show(&settings), json),
         Command::Analyze(args) => {
-            let log = args.log.unwrap_or_else(|| settings.batch_log_path());
+            let log = args.log.unwrap_or_else(|| settings.batch_log.clone());
             let report = analyze::analyze(&log, args.html.as_deref())?;
             if let Some(html) = &args.html {
                 eprintln!("wrote {}", html.display());

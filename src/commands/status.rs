@@ -87,7 +87,7 @@ pub async fn status(settings: &Settings) -> Result<Status, StatusError> {
                 }
             })
             .collect();
-    let last_batch = BatchLog::new(settings.batch_log_path()).last()?;
+    let last_batch = BatchLog::new(settings.batch_log.clone()).last()?;
     let last_batch_age_s = last_batch
         .as_ref()
         .and_then(|b| b.ended_at)

@@ -194,7 +194,8 @@ pub struct Settings {
     pub group: String,
     /// The Delta table, with the `[storage]` options that reach it.
     pub delta_path: Location,
-    /// The batch log (local): one JSON line per committed batch.
+    /// The batch log: one JSON line per committed batch, on local disk (by default beside
+    /// a local table, never inside it, where `vacuum` would delete it as an unknown file).
     pub batch_log: PathBuf,
     pub clickhouse: ClickHouseSettings,
     /// Partitions of the raw and processed topics that `setup` creates.
@@ -322,12 +323,6 @@ impl Settings {
         }
         Ok(())
     }
-
-    /// The JSON-lines batch log: by default beside a local table (not inside it, where
-    /// `vacuum` would delete it as an unknown file).
-    pub fn batch_log_path(&self) -> PathBuf {
-        self.batch_log.clone()
-    }
 }
 
 /// The environment variables of the object stores, which delta-rs reads itself.
@@ -443,7 +438,7 @@ mod tests {
     #[test]
     fn the_batch_log_sits_beside_the_table() {
         let s = resolve("delta_path = \"/data/delta/events\"", &["idempipe", "verify"]).unwrap();
-        assert_eq!(s.batch_log_path(), PathBuf::from("/data/delta/events.batches.jsonl"));
+        assert_eq!(s.batch_log, PathBuf::from("/data/delta/events.batches.jsonl"));
         assert_eq!(crate::table::AppIds::of(&s).for_partition(3), "idempipe-raw_events-3");
         assert_eq!(s.clickhouse.group, "idempipe-clickhouse");
         assert_eq!(s.clickhouse.kafka_brokers, DEFAULT_BROKERS);

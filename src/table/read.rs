@@ -30,9 +30,11 @@ pub struct TableCounts {
 }
 
 impl EventTable {
-    /// The newest committed version, read from the log without loading it.
-    pub async fn latest_version(&self) -> Result<u64> {
-        self.table.get_latest_version().await.map_err(|e| self.error(e))
+    /// Whether commit `version` exists, asked of the log store for that one entry (no
+    /// listing of the log, and nothing loaded).
+    pub async fn has_commit(&self, version: u64) -> Result<bool> {
+        let entry = self.table.log_store().read_commit_entry(version).await.map_err(|e| self.error(e))?;
+        Ok(entry.is_some())
     }
 
     /// The batch id (`idempipe.batch_id` in the commit info) of each of the loaded
@@ -168,4 +170,18 @@ pub(crate) async fn data_file_stream(
         None => builder,
     };
     Ok(builder.with_batch_size(64 * 1024).build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::table::EventTable;
+    use crate::table::testing::new_table;
+
+    #[tokio::test]
+    async fn a_commit_is_found_by_its_version_alone() {
+        let (_dir, path) = new_table().await;
+        let table = EventTable::open(&path).await.unwrap();
+        assert!(table.has_commit(0).await.unwrap(), "the table's creation");
+        assert!(!table.has_commit(1).await.unwrap(), "nothing committed since");
+    }
 }
