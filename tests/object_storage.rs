@@ -1,32 +1,16 @@
 //! The table on object storage: the tests' S3 server (moto, started by
-//! scripts/services.sh), reached over plain HTTP as an S3-compatible store.
+//! scripts/services.sh), reached over plain HTTP as an S3-compatible store. The torture
+//! crash loop and the two-instance scenario on S3 are in tests/torture.rs, compaction and
+//! vacuum while writing on S3 in tests/operations.rs.
 
 mod common;
 
-use common::{HeaderStrippingProxy, Pipeline, S3_BUCKET, count, s3_endpoint, s3_env};
+use common::{HeaderStrippingProxy, Pipeline, S3_BUCKET, count, s3_endpoint, s3_env, s3_objects as objects};
 use serde_json::Value;
 
 /// The table's URL.
 fn table_url(p: &Pipeline) -> String {
     format!("s3://{S3_BUCKET}/{}/events", p.name)
-}
-
-/// The objects under `prefix` in the tests' bucket, read with boto3 (installed with moto
-/// in the project's virtual environment), independently of the code under test.
-fn objects(prefix: &str) -> Vec<String> {
-    let script = r#"
-import json, sys, boto3
-s3 = boto3.client("s3")
-pages = s3.get_paginator("list_objects_v2").paginate(Bucket=sys.argv[1], Prefix=sys.argv[2])
-print(json.dumps([o["Key"] for page in pages for o in page.get("Contents", [])]))
-"#;
-    let out = std::process::Command::new(common::python())
-        .args(["-c", script, S3_BUCKET, prefix])
-        .envs(s3_env())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "listing the bucket failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

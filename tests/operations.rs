@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use common::{Pipeline, browser, count, free_port, wait_until};
 
-/// A free loopback port (bound and released: good enough on a test machine).
 /// `GET path` over plain HTTP/1.1: (status code, body); `None` if nothing listens.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -254,44 +253,84 @@ fn a_running_pipeline_is_observable_and_its_figures_agree_with_verify() {
 /// live files shrink and checkpoints appear.
 #[test]
 fn maintenance_while_the_processor_writes_keeps_exactly_once() {
-    let p = Pipeline::new("maintain");
+    maintenance_while_writing(&Pipeline::new("maintain"), None);
+}
+
+/// The same on the tests' S3 server, for long enough that vacuum deletes files (those
+/// compaction removed over a minute before) while batches commit; the Python `deltalake`
+/// then reads every row, so no file the table still uses was deleted.
+#[test]
+fn maintenance_on_s3_while_the_processor_writes_keeps_exactly_once() {
+    maintenance_while_writing(&Pipeline::on_s3_with_options("s3maintain", ""), Some(Duration::from_secs(60)));
+}
+
+/// Generates 4,000 events and trickles them to `run` on a maintenance schedule while the
+/// `compact` command runs from outside. With `vacuum_retention`, `run` vacuums with it
+/// and goes on (a second trickle) until a vacuum has deleted files.
+fn maintenance_while_writing(p: &Pipeline, vacuum_retention: Option<Duration>) {
     p.setup();
-    let file = p.path("events.jsonl");
-    let out = p.ok(&[
-        "generate",
-        "--unique",
-        "4000",
-        "--duplicates",
-        "400",
-        "--invalid",
-        "20",
-        "--seed",
-        "31",
-        "--out",
-        file.to_str().unwrap(),
-        "--json",
-    ]);
-    let expected: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let _run = p.spawn(
-        &["run", "--trigger", "200ms", "--compact-every", "3s", "--checkpoint-every", "5", "--vacuum-every", "4s"],
-        "run",
-    );
+    let (file, expected) = p.generate(4000, 400, 20, 31);
+    let (second, expected_second) = (p.path("more.jsonl"), {
+        let out = p.ok(&[
+            "generate",
+            "--unique",
+            "1500",
+            "--duplicates",
+            "0",
+            "--invalid",
+            "0",
+            "--seed",
+            "32",
+            "--out",
+            p.path("more.jsonl").to_str().unwrap(),
+            "--json",
+        ]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    });
+    let retention = vacuum_retention.map(|r| format!("{}s", r.as_secs()));
+    let mut args =
+        vec!["run", "--trigger", "200ms", "--compact-every", "3s", "--checkpoint-every", "5", "--vacuum-every", "4s"];
+    if let Some(retention) = &retention {
+        args.extend(["--vacuum-retention", retention]);
+    }
+    let mut run = p.spawn(&args, "run");
     // A trickle, so that many small commits land while compactions run.
     let mut producer = p.spawn(&["produce", "--input", file.to_str().unwrap(), "--rate", "600"], "produce");
     let mut outside = 0;
-    while producer.try_wait().unwrap().is_none() {
-        std::thread::sleep(Duration::from_secs(2));
-        let out = p.output(&["compact", "--json"]);
-        if out.status.success() {
-            outside += 1;
-        } else {
-            // Losing a race to the processor's own compaction is allowed; anything else is not.
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("onflict") || err.contains("ransaction"), "compact failed: {err}");
+    let mut compact_outside = |producer: &mut common::Background| {
+        while producer.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_secs(2));
+            let out = p.output(&["compact", "--json"]);
+            if out.status.success() {
+                outside += 1;
+            } else {
+                // Losing a race to the processor's own compaction is allowed; anything else is not.
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(err.contains("onflict") || err.contains("ransaction"), "compact failed: {err}");
+            }
         }
+        assert!(producer.wait().unwrap().success(), "{}", p.tail("produce"));
+    };
+    compact_outside(&mut producer);
+    let mut distinct = count(&expected, "distinct_keys");
+    let vacuumed = |log: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.contains("vacuumed the Delta table"))
+            .filter_map(|l| l.split("files_deleted=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    };
+    if vacuum_retention.is_some() {
+        // Batches go on committing (a slower trickle) until a vacuum has deleted files
+        // that compactions removed more than the retention before.
+        let deleted = || vacuumed(&std::fs::read_to_string(p.path("run.log")).unwrap());
+        let mut more = p.spawn(&["produce", "--input", second.to_str().unwrap(), "--rate", "20"], "produce-more");
+        wait_until(Duration::from_secs(180), "a vacuum that deletes files", || {
+            assert!(run.try_wait().unwrap().is_none(), "run exited:\n{}", p.tail("run"));
+            deleted() > 0
+        });
+        compact_outside(&mut more);
+        distinct += count(&expected_second, "distinct_keys");
     }
-    assert!(producer.wait().unwrap().success());
-    let distinct = count(&expected, "distinct_keys");
     wait_until(Duration::from_secs(120), "every event stored", || count(&p.verify(), "delta_rows") >= distinct);
     std::thread::sleep(Duration::from_secs(4));
     let v = p.verify();
@@ -306,14 +345,25 @@ fn maintenance_while_the_processor_writes_keeps_exactly_once() {
         "a compaction made the key index start again:\n{}",
         p.tail("run")
     );
-    let checkpoints = std::fs::read_dir(p.delta_path().join("_delta_log"))
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".checkpoint."))
-        .count();
-    assert!(checkpoints > 0, "no checkpoint written");
+    assert!(p.log_files().iter().any(|f| f.contains(".checkpoint.")), "no checkpoint written");
     let batches = p.batch_log_lines();
     let files = count(&v, "delta_files");
     assert!((files as usize) < batches, "{files} live files after {batches} batches: compaction did not keep up");
+    if vacuum_retention.is_some() {
+        eprintln!("maintenance on s3: vacuum deleted {} files beside {batches} batch commits", vacuumed(&log));
+        // Every file the table uses is still there: an independent reader reads each row.
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/check_delta.py");
+        let table = p.table().to_string();
+        let out = std::process::Command::new(common::python())
+            .arg(script)
+            .arg(&table)
+            .envs(common::s3_env())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "Python deltalake read failed: {}", String::from_utf8_lossy(&out.stderr));
+        let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((count(&py, "rows"), count(&py, "distinct_keys")), (distinct, distinct), "{py}");
+    }
     // A dry-run vacuum lists what a real one would delete, and deletes nothing.
     let dry: serde_json::Value =
         serde_json::from_str(&p.ok(&["vacuum", "--retention", "1m", "--dry-run", "--json"])).unwrap();

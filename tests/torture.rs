@@ -38,8 +38,9 @@ fn seed(scenario: &str) -> u64 {
     seed
 }
 
-/// Every store holds exactly what the generator says.
-fn check_stores(p: &Pipeline, distinct: u64, invalid: u64) -> Value {
+/// Every store holds exactly what the generator says; no batch of the `instances` (the
+/// working directories whose batch logs count) skipped an offset.
+fn check_stores(p: &Pipeline, instances: &[&Pipeline], distinct: u64, invalid: u64) -> Value {
     let v = p.verify();
     assert_eq!(count(&v, "delta_rows"), distinct, "{v}");
     assert_eq!(count(&v, "delta_distinct_keys"), distinct, "{v}");
@@ -47,7 +48,7 @@ fn check_stores(p: &Pipeline, distinct: u64, invalid: u64) -> Value {
     assert_eq!(count(&v, "processed_distinct_keys"), distinct, "{v}");
     assert_eq!(count(&v, "clickhouse_final_rows"), distinct, "{v}");
     assert_eq!(v["clickhouse_keys_match"], true, "{v}");
-    let gaps: u64 = p.batch_log().iter().map(|b| count(b, "offset_gaps")).sum();
+    let gaps: u64 = instances.iter().flat_map(|i| i.batch_log()).map(|b| count(&b, "offset_gaps")).sum();
     assert_eq!(gaps, 0, "the broker skipped offsets");
     v
 }
@@ -88,11 +89,21 @@ fn kill_at_phase(
 /// the Delta commit, between the commit and the group offsets), and restarted each time.
 #[test]
 fn crash_loop_loses_nothing_and_doubles_nothing() {
-    let seed = seed("crash loop");
+    crash_loop("crash loop", &Pipeline::new("crashloop"), env_u64("TORTURE_EVENTS", 20_000));
+}
+
+/// The crash loop with the table on the tests' S3 server: a kill can land between the
+/// upload of a batch's data files and its commit, or during the commit's conditional put.
+#[test]
+fn crash_loop_on_s3_loses_nothing_and_doubles_nothing() {
+    let p = Pipeline::on_s3_with_options("s3crash", "");
+    crash_loop("crash loop on s3", &p, env_u64("TORTURE_S3_EVENTS", 10_000));
+}
+
+fn crash_loop(scenario: &str, p: &Pipeline, unique: u64) {
+    let seed = seed(scenario);
     let mut rng = Rng(seed);
-    let unique = env_u64("TORTURE_EVENTS", 20_000);
     let kills = env_u64("TORTURE_KILLS", 6);
-    let p = Pipeline::new("crashloop");
     p.setup();
     let (file, expected) = p.generate(unique, unique / 10, unique / 200, seed);
     let distinct = count(&expected, "distinct_keys");
@@ -106,15 +117,15 @@ fn crash_loop_loses_nothing_and_doubles_nothing() {
             p.spawn(&["run", "--trigger", "200ms", "--max-batch-events", "1000", "--clickhouse-in-run"], &name);
         let target = PHASES[rng.below(3) as usize];
         let nth = 1 + rng.below(3) as usize;
-        *landed.entry(kill_at_phase(&p, &mut run, &name, target, nth, Duration::from_secs(60))).or_default() += 1;
+        *landed.entry(kill_at_phase(p, &mut run, &name, target, nth, Duration::from_secs(60))).or_default() += 1;
     }
     assert!(producer.wait().unwrap().success(), "{}", p.tail("produce"));
-    eprintln!("torture crash loop: {kills} kills, landed after {landed:?}");
+    eprintln!("torture {scenario}: {kills} kills, landed after {landed:?}");
     // Catching up on what is left takes time in proportion (a debug build on tansu's
     // sqlite store does about 1,500 events/s here).
     p.run_until_idle_within(&["--clickhouse-in-run"], common::RUN_TIMEOUT + Duration::from_millis(3 * unique));
-    check_stores(&p, distinct, invalid);
-    eprintln!("torture crash loop: {distinct} distinct keys, {invalid} dead letters: exact");
+    check_stores(p, &[p], distinct, invalid);
+    eprintln!("torture {scenario}: {distinct} distinct keys, {invalid} dead letters: exact");
 }
 
 /// A raw record: key and value, either possibly absent.
@@ -199,7 +210,7 @@ fn bad_input_lands_in_the_dead_letter_topic_and_the_rest_flows() {
     p.produce(&file);
     p.run_until_idle(&["--clickhouse-in-run"]);
 
-    let v = check_stores(&p, valid + 1, bad.len() as u64);
+    let v = check_stores(&p, &[&p], valid + 1, bad.len() as u64);
     eprintln!("torture bad input: {} bad records refused, {} valid stored: {v}", bad.len(), valid + 1);
     let raw = read_all(&raw_topic);
     let dead = read_all(&format!("{}_dlq", p.name));
@@ -325,7 +336,7 @@ fn sigterm_during_a_batch_exits_promptly_and_loses_nothing() {
     eprintln!("torture sigterm: exited {exit} after {:?}", signalled.elapsed());
     assert!(exit.success(), "{}", p.tail("run"));
     p.run_until_idle(&["--clickhouse-in-run"]);
-    check_stores(&p, count(&expected, "distinct_keys"), count(&expected, "invalid"));
+    check_stores(&p, &[&p], count(&expected, "distinct_keys"), count(&expected, "invalid"));
 }
 
 /// Broker restart: a private tansu on durable sqlite storage is stopped and started while
@@ -369,7 +380,7 @@ fn a_broker_restart_mid_run_loses_nothing() {
     Command::new("kill").args(["-TERM", &run.id().to_string()]).status().unwrap();
     run.wait().unwrap();
     p.run_until_idle(&["--clickhouse-in-run"]);
-    check_stores(&p, count(&expected, "distinct_keys"), count(&expected, "invalid"));
+    check_stores(&p, &[&p], count(&expected, "distinct_keys"), count(&expected, "invalid"));
 }
 
 /// An object store that lets delta-rs write a commit file and then reports an error, once
@@ -545,7 +556,7 @@ fn run_with_a_lost_reply(name: &str, target: lost_reply::Target, let_through: u3
 
     let recovered: Vec<Value> = p.batch_log().into_iter().filter(|b| b["inserted"].is_null()).collect();
     p.ok(&["sink-clickhouse", "--until-idle", "2s"]);
-    check_stores(&p, count(&expected, "distinct_keys"), count(&expected, "invalid"));
+    check_stores(&p, &[&p], count(&expected, "distinct_keys"), count(&expected, "invalid"));
     (recovered, let_through)
 }
 
@@ -634,7 +645,7 @@ fn wait_for_log(p: &Pipeline, run: &mut Background, name: &str, needle: &str, n:
 }
 
 /// SIGTERM, then an exit 0 within the trigger interval plus 10 s.
-fn terminate(p: &Pipeline, mut run: Background, name: &str) {
+fn terminate(p: &Pipeline, run: &mut Background, name: &str) {
     assert!(Command::new("kill").args(["-TERM", &run.id().to_string()]).status().unwrap().success());
     let mut exit = None;
     common::wait_until(Duration::from_secs(15), &format!("{name} to stop"), || {
@@ -648,14 +659,34 @@ fn terminate(p: &Pipeline, mut run: Background, name: &str) {
 /// Two processors in one consumer group, fed by a producer that sends an event's copies to
 /// different partitions at the same moment (so both instances hold the same key at once),
 /// through rebalances: a second instance joins, the first is killed with SIGKILL, and joins
-/// again. Delta must hold each key once, and nothing may be lost.
+/// again. Delta must hold each key once, and nothing may be lost. Each instance runs in a
+/// working directory of its own (config, batch log), as on two machines.
 #[test]
 fn two_instances_in_one_group_store_each_key_once() {
-    let seed = seed("two instances");
-    let mut rng = Rng(seed);
-    let unique = env_u64("TORTURE_GROUP_EVENTS", 10_000);
-    let produce_for = Duration::from_secs(env_u64("TORTURE_GROUP_SECONDS", 40));
     let p = Pipeline::with_options("groups", r#"consumer_mode = "group""#);
+    two_instances("two instances", &p, env_u64("TORTURE_GROUP_EVENTS", 10_000));
+}
+
+/// Two instances sharing nothing but the table on the tests' S3 server and the broker:
+/// their commits race through the store's conditional put.
+#[test]
+fn two_instances_on_s3_store_each_key_once() {
+    let p = Pipeline::on_s3_with_options("s3groups", r#"consumer_mode = "group""#);
+    two_instances("two instances on s3", &p, env_u64("TORTURE_S3_GROUP_EVENTS", 6_000));
+}
+
+/// One machine of [`two_instances`]: its working directory and the process running there.
+struct Machine {
+    dir: Pipeline,
+    /// The name of the current process's log (`<name>.log` in `dir`).
+    name: String,
+    run: Background,
+}
+
+fn two_instances(scenario: &str, p: &Pipeline, unique: u64) {
+    let seed = seed(scenario);
+    let mut rng = Rng(seed);
+    let produce_for = Duration::from_secs(env_u64("TORTURE_GROUP_SECONDS", 40));
     p.setup();
     let (file, expected) = p.generate(unique, unique / 2, unique / 200, seed);
     let distinct = count(&expected, "distinct_keys");
@@ -664,24 +695,30 @@ fn two_instances_in_one_group_store_each_key_once() {
     let run = ["run", "--trigger", "200ms", "--max-batch-events", "1000"];
     let join = Duration::from_secs(120);
     let assigned = "partitions assigned";
+    let start = |label: &str, name: &str| {
+        let dir = p.instance(label);
+        let run = dir.spawn(&run, name);
+        Machine { dir, name: name.to_owned(), run }
+    };
 
-    let mut a = p.spawn(&run, "instance-a");
-    wait_for_log(&p, &mut a, "instance-a", assigned, 1, join);
+    let mut a = start("machine-a", "instance-a");
+    wait_for_log(&a.dir, &mut a.run, &a.name, assigned, 1, join);
     let producer = send_paced(format!("{}_raw", p.name), records, produce_for);
-    wait_for_log(&p, &mut a, "instance-a", "batch committed", 2, join);
+    wait_for_log(&a.dir, &mut a.run, &a.name, "batch committed", 2, join);
     // Delta is read every 3 s from here until both instances are stopped: each key once
     // at every version seen, through the joins, kills and rejoins (the instances may
     // keep up with the producer, so checks after it alone could see only the end state).
     let stop_checks = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checker = {
-        let (stop, path) = (stop_checks.clone(), p.delta_path());
+        let (stop, table) = (stop_checks.clone(), p.table());
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let mut checks = 0_u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(3));
-                let c =
-                    runtime.block_on(async { idempipe::table::EventTable::open(&path).await?.counts().await }).unwrap();
+                let c = runtime
+                    .block_on(async { idempipe::table::EventTable::open(&table).await?.counts().await })
+                    .unwrap();
                 assert_eq!(c.rows, c.distinct_keys, "a key stored twice, at Delta version {}", c.version);
                 checks += 1;
             }
@@ -690,26 +727,25 @@ fn two_instances_in_one_group_store_each_key_once() {
     };
 
     // B joins: a rebalance splits the partitions between A and B.
-    let mut b = p.spawn(&run, "instance-b");
-    wait_for_log(&p, &mut b, "instance-b", "batch committed", 1, join);
+    let mut b = start("machine-b", "instance-b");
+    wait_for_log(&b.dir, &mut b.run, &b.name, "batch committed", 1, join);
     // Rounds: an instance dies in the middle of a batch (the other takes its partitions
-    // after the session timeout), then comes back and joins again.
-    let mut instances = vec![("instance-a".to_owned(), a), ("instance-b".to_owned(), b)];
-    let mut names: Vec<String> = instances.iter().map(|(n, _)| n.clone()).collect();
+    // after the session timeout), then comes back on its machine and joins again.
+    let mut machines = [a, b];
+    let mut names: Vec<(usize, String)> = vec![(0, "instance-a".into()), (1, "instance-b".into())];
     for round in 0..env_u64("TORTURE_GROUP_KILLS", 1) {
         let victim = rng.below(2) as usize;
         let phase = PHASES[rng.below(2) as usize];
-        let (name, run_) = &mut instances[victim];
+        let m = &mut machines[victim];
         // At the phase, or wherever it is after 30 s (no batch in flight: it holds no
         // partition, or nothing is left to read).
-        let seen = log_of(&p, name).matches(phase).count();
-        let landed = kill_at_phase(&p, run_, name, phase, seen + 1, Duration::from_secs(30));
-        eprintln!("torture two instances: {name} killed after `{landed}`");
-        let name = format!("instance-{}{}", ["a", "b"][victim], round + 2);
-        let mut back = p.spawn(&run, &name);
-        wait_for_log(&p, &mut back, &name, assigned, 1, join);
-        names.push(name.clone());
-        instances[victim] = (name, back);
+        let seen = log_of(&m.dir, &m.name).matches(phase).count();
+        let landed = kill_at_phase(&m.dir, &mut m.run, &m.name, phase, seen + 1, Duration::from_secs(30));
+        eprintln!("torture {scenario}: {} killed after `{landed}`", m.name);
+        m.name = format!("instance-{}{}", ["a", "b"][victim], round + 2);
+        m.run = m.dir.spawn(&run, &m.name);
+        wait_for_log(&m.dir, &mut m.run, &m.name, assigned, 1, join);
+        names.push((victim, m.name.clone()));
     }
     producer.join().unwrap();
 
@@ -720,32 +756,28 @@ fn two_instances_in_one_group_store_each_key_once() {
     let limit = common::RUN_TIMEOUT + Duration::from_millis(10 * unique);
     let mut checks = 0;
     common::wait_until(limit, "every key in Delta", || {
-        for (name, run_) in instances.iter_mut() {
-            assert!(run_.try_wait().unwrap().is_none(), "{name} exited:\n{}", p.tail(name));
+        for m in machines.iter_mut() {
+            assert!(m.run.try_wait().unwrap().is_none(), "{} exited:\n{}", m.name, m.dir.tail(&m.name));
         }
         std::thread::sleep(Duration::from_secs(3));
-        let c = runtime
-            .block_on(async { idempipe::table::EventTable::open(&p.delta_path()).await?.counts().await })
-            .unwrap();
+        let c =
+            runtime.block_on(async { idempipe::table::EventTable::open(&p.table()).await?.counts().await }).unwrap();
         assert_eq!(c.rows, c.distinct_keys, "a key stored twice, at Delta version {}", c.version);
         checks += 1;
         c.distinct_keys >= distinct
     });
-    for (name, run_) in instances {
-        terminate(&p, run_, &name);
+    for m in machines.iter_mut() {
+        terminate(&m.dir, &mut m.run, &m.name);
     }
     stop_checks.store(true, std::sync::atomic::Ordering::Relaxed);
     let during = checker.join().expect("the table held a key twice while the instances ran");
-    eprintln!(
-        "torture two instances: Delta held each key once at all {} checks while the instances ran",
-        checks + during
-    );
+    eprintln!("torture {scenario}: Delta held each key once at all {} checks while the instances ran", checks + during);
 
     // What the instances met: rebalances, conflicts with the other writer.
-    let logs: String = names.iter().map(|n| log_of(&p, n)).collect();
+    let logs: String = names.iter().map(|(m, name)| log_of(&machines[*m].dir, name)).collect();
     let tally = |needle: &str| logs.matches(needle).count();
     eprintln!(
-        "torture two instances: {} assignments, {} revocations, {} rejoins for orphaned partitions, \
+        "torture {scenario}: {} assignments, {} revocations, {} rejoins for orphaned partitions, \
          {} batches dropped by a rebalance, \
          {} commit races lost to the other instance and redone, {} failed attempts retried, {} batches with keys inserted by the other instance first, \
          {} with offsets the other instance had stored",
@@ -761,11 +793,10 @@ fn two_instances_in_one_group_store_each_key_once() {
     // The scenario's premise: the instances wrote the same keys at once. A batch that lost
     // the commit race and then found keys already stored lost it to the other instance
     // writing those keys (or the merge itself met them: `keys inserted concurrently`).
+    let batches: Vec<Value> = machines.iter().flat_map(|m| m.dir.batch_log()).collect();
     let same_keys_raced =
-        p.batch_log().iter().filter(|b| count(b, "conflicts") > 0 && count(b, "stored_duplicates") > 0).count();
-    eprintln!(
-        "torture two instances: {same_keys_raced} batches lost a commit race over keys the other instance stored"
-    );
+        batches.iter().filter(|b| count(b, "conflicts") > 0 && count(b, "stored_duplicates") > 0).count();
+    eprintln!("torture {scenario}: {same_keys_raced} batches lost a commit race over keys the other instance stored");
     assert!(
         same_keys_raced + tally("keys inserted concurrently") > 0,
         "the instances never wrote the same keys at once: the scenario tested no concurrency"
@@ -776,6 +807,6 @@ fn two_instances_in_one_group_store_each_key_once() {
     // assignment, in a loop; see TESTING.md). Delta's offsets, not the group's, say where
     // it starts, so it cannot hide a loss: a skipped message would be missing below.
     p.run_until_idle(&["--clickhouse-in-run", "--consumer-mode", "assign"]);
-    check_stores(&p, distinct, invalid);
-    eprintln!("torture two instances: {distinct} distinct keys, {invalid} dead letters: exact");
+    check_stores(p, &[p, &machines[0].dir, &machines[1].dir], distinct, invalid);
+    eprintln!("torture {scenario}: {distinct} distinct keys, {invalid} dead letters: exact");
 }

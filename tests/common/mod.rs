@@ -41,6 +41,13 @@ pub struct Pipeline {
     /// The test's directory: table, config, logs.
     pub root: PathBuf,
     pub config: PathBuf,
+    /// The S3 endpoint of a table on the tests' S3 server (see [`Pipeline::on_s3`]).
+    s3: Option<String>,
+    /// Where the processor writes its batch log.
+    batch_log: PathBuf,
+    /// The first of a test's pipelines (not an [`Pipeline::instance`]): drops the test's
+    /// ClickHouse table at the end.
+    owner: bool,
     /// Removes the directory at the end, unless `IDEMPIPE_TEST_KEEP` is set.
     _cleanup: Option<tempfile::TempDir>,
 }
@@ -69,28 +76,37 @@ impl Pipeline {
         Self::build(test, &brokers(), Some(endpoint), "")
     }
 
+    /// [`Pipeline::on_s3`] on the tests' S3 server, with `extra` in the config file.
+    pub fn on_s3_with_options(test: &str, extra: &str) -> Self {
+        Self::build(test, &brokers(), Some(&s3_endpoint()), extra)
+    }
+
+    /// A directory of the test's own: removed at the end unless `IDEMPIPE_TEST_KEEP` is set.
+    fn directory(test: &str) -> (PathBuf, Option<tempfile::TempDir>) {
+        let dir = tempfile::Builder::new().prefix(&format!("idempipe-{test}-")).tempdir().unwrap();
+        let root = dir.path().to_owned();
+        if std::env::var_os("IDEMPIPE_TEST_KEEP").is_some() {
+            eprintln!("keeping {}", root.display());
+            let _ = dir.keep();
+            (root, None)
+        } else {
+            (root, Some(dir))
+        }
+    }
+
     fn build(test: &str, brokers: &str, s3: Option<&str>, extra: &str) -> Self {
         require_services();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
         let name = format!("{test}_{}_{n}_{nanos}", std::process::id());
-        let dir = tempfile::Builder::new().prefix(&format!("idempipe-{test}-")).tempdir().unwrap();
-        let root = dir.path().to_owned();
-        let cleanup = if std::env::var_os("IDEMPIPE_TEST_KEEP").is_some() {
-            eprintln!("keeping {}", root.display());
-            let _ = dir.keep();
-            None
-        } else {
-            Some(dir)
-        };
+        let (root, cleanup) = Self::directory(test);
         let config = root.join("idempipe.toml");
+        // Beside a local table (its default); set explicitly for a table on S3.
+        let batch_log = root.join("delta/events.batches.jsonl");
         let (table, storage) = match s3 {
             None => (format!("delta_path = \"{}\"", root.join("delta/events").display()), String::new()),
             Some(endpoint) => (
-                format!(
-                    "delta_path = \"s3://{S3_BUCKET}/{name}/events\"\nbatch_log = \"{}\"",
-                    root.join("delta/events.batches.jsonl").display()
-                ),
+                format!("delta_path = \"s3://{S3_BUCKET}/{name}/events\"\nbatch_log = \"{}\"", batch_log.display()),
                 format!(
                     "\n[storage]\naws_endpoint_url = \"{endpoint}\"\naws_allow_http = \"true\"\n\
                      aws_region = \"us-east-1\"\naws_access_key_id = \"test\"\naws_secret_access_key = \"test\"\n"
@@ -121,7 +137,56 @@ metrics_addr = "127.0.0.1:0"
             ),
         )
         .unwrap();
-        Self { name, root, config, _cleanup: cleanup }
+        Self { name, root, config, s3: s3.map(str::to_owned), batch_log, owner: true, _cleanup: cleanup }
+    }
+
+    /// Another instance of the same pipeline, as on another machine: a working directory
+    /// of its own (config file, batch log, logs), sharing only the table, the broker's
+    /// topics and group, and ClickHouse with `self`.
+    pub fn instance(&self, label: &str) -> Self {
+        let (root, cleanup) = Self::directory(label);
+        let config = root.join("idempipe.toml");
+        let batch_log = root.join("batches.jsonl");
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let rest: Vec<&str> = text.lines().filter(|l| !l.starts_with("batch_log =")).collect();
+        std::fs::write(&config, format!("batch_log = \"{}\"\n{}\n", batch_log.display(), rest.join("\n"))).unwrap();
+        let s3 = self.s3.clone();
+        Self { name: self.name.clone(), root, config, s3, batch_log, owner: false, _cleanup: cleanup }
+    }
+
+    /// The table: its directory, or its URL on the tests' S3 server with the options to
+    /// reach it.
+    pub fn table(&self) -> idempipe::table::Location {
+        match &self.s3 {
+            None => self.delta_path().as_path().into(),
+            Some(endpoint) => {
+                let url = format!("s3://{S3_BUCKET}/{}/events", self.name);
+                let options = [
+                    ("aws_endpoint_url", endpoint.as_str()),
+                    ("aws_allow_http", "true"),
+                    ("aws_region", "us-east-1"),
+                    ("aws_access_key_id", "test"),
+                    ("aws_secret_access_key", "test"),
+                ];
+                idempipe::table::Location::parse(&url)
+                    .unwrap()
+                    .with_options(options.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+            }
+        }
+    }
+
+    /// The names of the files in the table's `_delta_log`.
+    pub fn log_files(&self) -> Vec<String> {
+        match &self.s3 {
+            None => std::fs::read_dir(self.delta_path().join("_delta_log"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            Some(_) => s3_objects(&format!("{}/events/_delta_log/", self.name))
+                .into_iter()
+                .map(|k| k.rsplit('/').next().unwrap().to_owned())
+                .collect(),
+        }
     }
 
     /// The ClickHouse URL in use (the shared server unless the config names another).
@@ -138,7 +203,9 @@ metrics_addr = "127.0.0.1:0"
         format!("`idempipe`.`{}`", self.name)
     }
 
+    /// The directory of a local table.
     pub fn delta_path(&self) -> PathBuf {
+        assert!(self.s3.is_none(), "the table of {} is on S3: use `table()`", self.name);
         self.root.join("delta/events")
     }
 
@@ -252,8 +319,7 @@ metrics_addr = "127.0.0.1:0"
 
     /// The batch log's records (one per committed batch).
     pub fn batch_log(&self) -> Vec<Value> {
-        // Beside a local table; set there too for a table on S3 (see `on_s3`).
-        std::fs::read_to_string(self.root.join("delta/events.batches.jsonl"))
+        std::fs::read_to_string(&self.batch_log)
             .map(|t| t.lines().map(|l| serde_json::from_str(l).expect("batch log line is JSON")).collect())
             .unwrap_or_default()
     }
@@ -287,7 +353,7 @@ impl Drop for Background {
 impl Drop for Pipeline {
     /// Drops the test's ClickHouse table from the shared server (best effort).
     fn drop(&mut self) {
-        if self._cleanup.is_some() && self.clickhouse_url() == CLICKHOUSE_URL {
+        if self.owner && self._cleanup.is_some() && self.clickhouse_url() == CLICKHOUSE_URL {
             let _ = clickhouse_query(CLICKHOUSE_URL, &format!("DROP TABLE IF EXISTS {}", self.clickhouse_table()));
         }
     }
@@ -384,6 +450,20 @@ fn relay(client: std::net::TcpStream, upstream: &str, header: &str) -> std::io::
         server.write_all(head.as_bytes())?;
         std::io::copy(&mut (&mut requests).take(length), &mut server)?;
     }
+}
+
+/// The objects under `prefix` in the tests' bucket, read with boto3 (installed with moto
+/// in the project's virtual environment), independently of the code under test.
+pub fn s3_objects(prefix: &str) -> Vec<String> {
+    let script = r#"
+import json, sys, boto3
+s3 = boto3.client("s3")
+pages = s3.get_paginator("list_objects_v2").paginate(Bucket=sys.argv[1], Prefix=sys.argv[2])
+print(json.dumps([o["Key"] for page in pages for o in page.get("Contents", [])]))
+"#;
+    let out = Command::new(python()).args(["-c", script, S3_BUCKET, prefix]).envs(s3_env()).output().unwrap();
+    assert!(out.status.success(), "listing the bucket failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The environment that points AWS tools (the Python `deltalake`, boto3) at the tests'
