@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -24,6 +26,12 @@ pub enum KafkaFailure {
     NoTopic { topic: String, brokers: String },
     #[error("cannot create topic {topic} on {brokers}: {code}")]
     CreateTopic { topic: String, brokers: String, code: RDKafkaErrorCode },
+    #[error(
+        "topic {topic} accepts records up to {accepts} bytes (its `max.message.bytes`), but idempipe may send \
+         {sends} (librdkafka's `message.max.bytes`): raise the topic's `max.message.bytes`, or lower \
+         `--kafka message.max.bytes`"
+    )]
+    RecordsTooLarge { topic: String, accepts: u64, sends: u64 },
     #[error(
         "Kafka broker {brokers} did not answer within {timeout:?} ({what}): is it running? (`scripts/services.sh up`)"
     )]
@@ -145,28 +153,154 @@ pub(crate) fn client_error(settings: &Settings) -> impl Fn(KafkaError) -> KafkaF
     move |source| KafkaFailure::Client { brokers: settings.brokers.clone(), source }
 }
 
-/// Creates each topic with its partition count unless it exists. Returns, per topic,
-/// whether it was created now.
-pub async fn create_topics(settings: &Settings, topics: &[(&str, i32)]) -> Result<Vec<(String, bool)>> {
+/// A topic `setup` needs: its name, the partitions it gets when created, and whether
+/// idempipe writes to it (then it must accept the largest record idempipe sends).
+#[derive(Debug, Clone, Copy)]
+pub struct TopicSpec<'a> {
+    pub name: &'a str,
+    pub partitions: i32,
+    pub written: bool,
+}
+
+/// What `setup` found of a topic, created now or not.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TopicReport {
+    pub name: String,
+    pub created: bool,
+    pub partitions: usize,
+    /// Replicas of partition 0.
+    pub replicas: usize,
+    /// The topic's `max.message.bytes`; `None` if the broker does not say (a broker
+    /// without DescribeConfigs).
+    pub max_message_bytes: Option<u64>,
+}
+
+/// librdkafka's default `message.max.bytes`: the largest record batch (and so record) a
+/// producer sends unless the pass-through raises or lowers it.
+pub const DEFAULT_MESSAGE_MAX_BYTES: u64 = 1_000_000;
+
+/// The largest request idempipe's producer sends: its `message.max.bytes` (a record
+/// batch, and so any record, is at most that).
+pub fn largest_record(settings: &Settings) -> u64 {
+    settings
+        .kafka
+        .values
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+}
+
+/// Kafka's default `max.message.bytes` of a topic (`message.max.bytes` of the broker).
+pub const KAFKA_DEFAULT_MAX_MESSAGE_BYTES: u64 = 1_048_588;
+
+/// Whether a topic accepts the largest record idempipe sends to it: `accepts` is its
+/// `max.message.bytes` as the broker reported it (`None`: not reported, so not checked,
+/// and said in the log).
+pub fn check_record_limit(spec: &TopicSpec<'_>, accepts: Option<u64>, sends: u64) -> Result<()> {
+    if !spec.written {
+        return Ok(());
+    }
+    match accepts {
+        Some(accepts) if accepts < sends => {
+            Err(KafkaFailure::RecordsTooLarge { topic: spec.name.into(), accepts, sends })
+        }
+        Some(_) => Ok(()),
+        None => {
+            tracing::warn!(
+                topic = spec.name,
+                sends,
+                "the broker did not report the topic's `max.message.bytes`: not checked that it accepts idempipe's largest record"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Creates each topic unless it exists (with `replication_factor`, or the broker's
+/// default), then reads every one back: its partitions, replicas and
+/// `max.message.bytes`. Fails if a topic idempipe writes to would refuse its largest
+/// record ([`largest_record`]), naming the topic and both limits.
+pub async fn ensure_topics(settings: &Settings, topics: &[TopicSpec<'_>]) -> Result<Vec<TopicReport>> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(settings, Role::Admin, &[]).create().map_err(client_error(settings))?;
     // Fail fast and clearly when the broker is down, before the admin request's timeout.
     partition_count(settings, admin.inner(), None)?;
-    let new: Vec<NewTopic<'_>> =
-        topics.iter().map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1))).collect();
+    let replication = settings.replication_factor.request();
+    let largest = largest_record(settings).to_string();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            let topic = NewTopic::new(t.name, t.partitions, TopicReplication::Fixed(replication));
+            // Kafka's default limit fits librdkafka's default; a producer allowed more
+            // gets topics that take it.
+            match t.written && largest_record(settings) > KAFKA_DEFAULT_MAX_MESSAGE_BYTES {
+                true => topic.set("max.message.bytes", &largest),
+                false => topic,
+            }
+        })
+        .collect();
     let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)).request_timeout(Some(METADATA_TIMEOUT));
     let results = admin.create_topics(&new, &options).await.map_err(client_error(settings))?;
-    let mut out = Vec::new();
+    let mut created = std::collections::BTreeSet::new();
     for result in results {
         match result {
-            Ok(name) => out.push((name, true)),
-            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => out.push((name, false)),
+            Ok(name) => {
+                created.insert(name);
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
                 return Err(KafkaFailure::CreateTopic { topic, brokers: settings.brokers.clone(), code });
             }
         }
     }
-    Ok(out)
+    let specifiers: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t.name)).collect();
+    let configs = match admin.describe_configs(&specifiers, &options).await {
+        Ok(configs) => configs,
+        Err(e) => {
+            tracing::warn!(error = %e, "the broker did not describe the topics' configs");
+            Vec::new()
+        }
+    };
+    let mut reports = Vec::new();
+    for spec in topics {
+        let metadata =
+            admin.inner().fetch_metadata(Some(spec.name), METADATA_TIMEOUT).map_err(client_error(settings))?;
+        let topic = metadata.topics().iter().find(|t| t.name() == spec.name && t.error().is_none());
+        let Some(topic) = topic.filter(|t| !t.partitions().is_empty()) else {
+            return Err(KafkaFailure::NoTopic { topic: spec.name.into(), brokers: settings.brokers.clone() });
+        };
+        let max_message_bytes = configs
+            .iter()
+            .flatten()
+            .find(|c| matches!(&c.specifier, OwnedResourceSpecifier::Topic(name) if name == spec.name))
+            .and_then(|c| c.get("max.message.bytes")?.value.as_deref()?.trim().parse().ok());
+        let report = TopicReport {
+            name: spec.name.to_owned(),
+            created: created.contains(spec.name),
+            partitions: topic.partitions().len(),
+            replicas: topic.partitions()[0].replicas().len(),
+            max_message_bytes,
+        };
+        if spec.partitions as usize != report.partitions && !report.created {
+            tracing::info!(
+                topic = spec.name,
+                partitions = report.partitions,
+                "the topic exists with a partition count of its own; `partitions` applies only to topics setup creates"
+            );
+        }
+        if spec.written
+            && let Some(accepts) = max_message_bytes
+            && accepts < largest_record(settings)
+        {
+            return Err(KafkaFailure::RecordsTooLarge {
+                topic: spec.name.into(),
+                accepts,
+                sends: largest_record(settings),
+            });
+        }
+        reports.push(report);
+    }
+    Ok(reports)
 }
 
 /// Fails with [`KafkaFailure::Unreachable`] unless the broker answers a metadata request.
@@ -351,5 +485,19 @@ mod tests {
         assert!(!accepts_connections(&format!("127.0.0.1:{port}")));
         assert!(!accepts_connections("no-such-host.invalid:9092"));
         assert!(!accepts_connections(""));
+    }
+
+    #[test]
+    fn a_topic_written_to_must_take_the_largest_record() {
+        let processed = TopicSpec { name: "processed", partitions: 4, written: true };
+        let raw = TopicSpec { name: "raw", partitions: 4, written: false };
+        let err = check_record_limit(&processed, Some(500_000), 1_000_000).unwrap_err().to_string();
+        assert!(err.contains("topic processed accepts records up to 500000 bytes"), "{err}");
+        assert!(err.contains("may send 1000000") && err.contains("message.max.bytes"), "{err}");
+        assert!(
+            check_record_limit(&processed, Some(KAFKA_DEFAULT_MAX_MESSAGE_BYTES), DEFAULT_MESSAGE_MAX_BYTES).is_ok()
+        );
+        assert!(check_record_limit(&processed, None, 1_000_000).is_ok(), "an unreported limit is not checked");
+        assert!(check_record_limit(&raw, Some(1), 1_000_000).is_ok(), "idempipe does not write the raw topic");
     }
 }

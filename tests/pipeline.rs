@@ -220,3 +220,38 @@ fn setup_twice_changes_nothing() {
     assert!(!second.contains("created"), "{second}");
     assert!(second.contains("version 0"), "{second}");
 }
+
+/// `setup` leaves the replication factor to the broker unless `replication_factor` is
+/// set, reads existing topics back instead of assuming them, and refuses a bad value
+/// naming it.
+#[test]
+fn setup_reports_topics_as_the_broker_holds_them() {
+    let topics = |out: &str| -> Vec<serde_json::Value> {
+        serde_json::from_str::<serde_json::Value>(out).unwrap()["topics"].as_array().unwrap().clone()
+    };
+    // The broker's default (one broker here: one replica).
+    let p = Pipeline::new("replication");
+    let created = topics(&p.ok(&["setup", "--skip-clickhouse", "--json"]));
+    assert_eq!(created.len(), 3);
+    for t in &created {
+        assert_eq!((t["created"].as_bool(), t["replicas"].as_u64()), (Some(true), Some(1)), "{t}");
+    }
+    assert_eq!(created.iter().map(|t| count(t, "partitions")).collect::<Vec<_>>(), [4, 4, 1]);
+
+    // An existing raw topic with a partition count of its own is read back as it is, and
+    // kept; the others are created with the replication factor asked for (tansu 0.6.0,
+    // one broker, records the factor it is given).
+    let q = Pipeline::new("replication");
+    let mut existing = q.command(&["setup", "--skip-clickhouse", "--json", "--partitions", "6"]);
+    existing.args(["--processed-topic", &format!("{}_other", q.name), "--dlq-topic", &format!("{}_other_dlq", q.name)]);
+    assert!(existing.status().unwrap().success());
+    let seen = topics(&q.ok(&["setup", "--skip-clickhouse", "--json", "--replication-factor", "3"]));
+    assert_eq!((seen[0]["created"].as_bool(), count(&seen[0], "partitions")), (Some(false), 6), "{:?}", seen[0]);
+    for t in &seen[1..] {
+        assert_eq!((t["created"].as_bool(), t["replicas"].as_u64()), (Some(true), Some(3)), "{t}");
+    }
+
+    let out = q.output(&["setup", "--skip-clickhouse", "--replication-factor", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("replication_factor"), "{err}");
+}

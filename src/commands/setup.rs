@@ -19,8 +19,7 @@ pub enum SetupError {
 /// What setup found and did.
 #[derive(Debug, serde::Serialize)]
 pub struct SetupReport {
-    /// `(topic, created now)`.
-    pub topics: Vec<(String, bool)>,
+    pub topics: Vec<kafka::TopicReport>,
     pub delta_path: String,
     pub delta_version: u64,
     /// `None` with `--skip-clickhouse`.
@@ -44,12 +43,13 @@ pub async fn setup(settings: &Settings, with_clickhouse: bool) -> Result<SetupRe
     // Before anything is written to it: a store without put-if-absent loses commits.
     settings.delta_path.check_put_if_absent().await.map_err(DeltaError::from)?;
     let table = EventTable::create_if_missing(&settings.delta_path).await?;
-    let topics = kafka::create_topics(
+    let topic = |name, partitions, written| kafka::TopicSpec { name, partitions, written };
+    let topics = kafka::ensure_topics(
         settings,
         &[
-            (&settings.topics.raw, settings.partitions),
-            (&settings.topics.processed, settings.partitions),
-            (&settings.topics.dlq, 1),
+            topic(&settings.topics.raw, settings.partitions, false),
+            topic(&settings.topics.processed, settings.partitions, true),
+            topic(&settings.topics.dlq, 1, true),
         ],
     )
     .await?;
@@ -62,8 +62,18 @@ pub async fn setup(settings: &Settings, with_clickhouse: bool) -> Result<SetupRe
 
 impl std::fmt::Display for SetupReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (topic, created) in &self.topics {
-            writeln!(f, "topic {topic}: {}", if *created { "created" } else { "exists" })?;
+        for t in &self.topics {
+            let limit = t
+                .max_message_bytes
+                .map_or_else(|| "record limit unknown".to_owned(), |n| format!("records up to {n} bytes"));
+            writeln!(
+                f,
+                "topic {}: {}, {} partitions, {} replicas, {limit}",
+                t.name,
+                if t.created { "created" } else { "exists" },
+                t.partitions,
+                t.replicas
+            )?;
         }
         writeln!(f, "delta table {}: version {}", self.delta_path, self.delta_version)?;
         if let Some(ch) = &self.clickhouse {

@@ -18,7 +18,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::cli::CommonArgs;
-pub use crate::config::options::{FileOptions, MAX_MAINTENANCE_DURATION, OPTIONS, Options, REDACTED, is_secret};
+pub use crate::config::options::{
+    FileOptions, MAX_MAINTENANCE_DURATION, OPTIONS, Options, REDACTED, ReplicationFactor, is_secret,
+};
 use crate::table::Location;
 
 /// A configuration problem, found at start-up.
@@ -200,6 +202,8 @@ pub struct Settings {
     pub clickhouse: ClickHouseSettings,
     /// Partitions of the raw and processed topics that `setup` creates.
     pub partitions: i32,
+    /// Replication factor of the topics that `setup` creates.
+    pub replication_factor: ReplicationFactor,
     pub max_message_bytes: usize,
     pub batch: BatchLimits,
     pub consumer_mode: ConsumerMode,
@@ -256,6 +260,7 @@ impl Settings {
                 kafka_brokers: o.clickhouse_kafka_brokers.clone(),
             },
             partitions: o.partitions,
+            replication_factor: o.replication_factor,
             max_message_bytes: o.max_message_bytes.get(),
             batch: BatchLimits { trigger: o.trigger, max_events: o.max_batch_events, max_bytes: o.max_batch_bytes },
             consumer_mode: o.consumer_mode,

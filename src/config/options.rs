@@ -262,6 +262,9 @@ options! {
         env "IDEMPIPE_CLICKHOUSE_KAFKA_BROKERS", check not_empty;
     /// Partitions of the raw and processed topics created by `setup`.
     partitions: i32 = "4", env "IDEMPIPE_PARTITIONS", check partition_count;
+    /// Replication factor of the topics `setup` creates: a number, or `default` (the
+    /// broker's `default.replication.factor`).
+    replication_factor: ReplicationFactor = "default", env "IDEMPIPE_REPLICATION_FACTOR";
     /// Largest accepted message; larger ones go to the dead-letter topic.
     max_message_bytes: NonZeroUsize = "1048576", env "IDEMPIPE_MAX_MESSAGE_BYTES";
     /// Micro-batch trigger interval, e.g. 15s or 200ms (at least 100ms).
@@ -304,6 +307,32 @@ pub fn is_secret(key: &str) -> bool {
     ["password", "secret", "jaas", "token", "key.pem", "credential", "account_key", "sas_key", "sas_token"]
         .iter()
         .any(|s| key.contains(s))
+}
+
+/// The replication factor of the topics `setup` creates: `None` leaves it to the broker's
+/// `default.replication.factor` (what a managed cluster expects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicationFactor(pub Option<std::num::NonZeroU16>);
+
+impl ReplicationFactor {
+    /// As a CreateTopics request spells it: -1 for the broker's default.
+    pub fn request(self) -> i32 {
+        self.0.map_or(-1, |n| i32::from(n.get()))
+    }
+}
+
+impl OptionValue for ReplicationFactor {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "default" => Ok(Self(None)),
+            t => t.parse().map(|n| Self(Some(n))).map_err(|_| {
+                format!("{text:?} is not a replication factor: a whole number from 1 to 32767, or \"default\"")
+            }),
+        }
+    }
+    fn show(&self) -> String {
+        self.0.map_or_else(|| "default".to_owned(), |n| n.to_string())
+    }
 }
 
 /// An interval that can be switched off: `"off"` (or `"none"`, `"0"`) is `None`.
