@@ -18,6 +18,7 @@ profile=debug
 cargo_flags=()
 if [[ ${1:-} == --release ]]; then profile=release; cargo_flags=(--release); fi
 
+scripts/services.sh build-deps
 scripts/services.sh up
 cargo build --locked "${cargo_flags[@]}" --bin idempipe
 bin=target/$profile/idempipe

@@ -4,14 +4,22 @@
 #   ClickHouse (Debian's clickhouse-server) with HTTP on 127.0.0.1:8123
 #   S3: moto in server mode on 127.0.0.1:9300 (it honours conditional writes, which Delta's
 #       commits need), bucket `idempipe`; from PyPI into the project's virtual environment
-# Usage: scripts/services.sh up|down|status|restart-kafka|kafka-fresh|clickhouse-up|clickhouse-down|s3-up|s3-down
+# Usage: scripts/services.sh up|down|status|restart-kafka|kafka-fresh|clickhouse-up|clickhouse-down|s3-up|s3-down|build-deps
 #   kafka-fresh     (re)starts tansu on an empty store (deletes SERVICES_DIR/tansu.db*)
+#   build-deps      installs what the build needs beyond Rust: OpenSSL's headers and pkg-config
+#                   (librdkafka's TLS and SASL/SCRAM), from Debian's packages
 # Environment:
 #   TANSU_STORAGE   tansu storage URL (default sqlite://tansu.db, under SERVICES_DIR; not memory://,
 #                   whose fetch cannot resume inside a stored batch: see docs/OPERATIONS.md, Services)
 #   SERVICES_DIR    where data, logs and pid files live (default: data/services in the checkout)
 #   KAFKA_PORT      tansu's port (default 9092)
 #   S3_PORT         the S3 server's port (default 9300)
+#   KAFKA_TLS_PORT, KAFKA_TLS_CERT, KAFKA_TLS_KEY   with all three, tansu (which has no TLS
+#                   of its own) is reached over TLS only: stunnel (Debian's stunnel4) on that
+#                   port with that certificate in front of it, and tansu advertises that port
+#   KAFKA_SCRAM_USER, KAFKA_SCRAM_PASSWORD   with both, tansu requires SASL/SCRAM-SHA-512
+#                   authentication (its --authentication; it has no PLAIN), and that user
+#                   is created first
 #   CLICKHOUSE_HTTPS_PORT, CLICKHOUSE_TLS_CERT, CLICKHOUSE_TLS_KEY   with all three, a
 #                   private ClickHouse also serves HTTPS on that port with that certificate
 #   CLICKHOUSE_HTTP_PORT, CLICKHOUSE_TCP_PORT   ClickHouse ports (default 8123, 9000); with
@@ -46,6 +54,15 @@ install_clickhouse() {
   apt-get update -qq >/dev/null
   apt-get install -y -qq clickhouse-server clickhouse-client >"$dir/clickhouse-install.log" 2>&1 \
     || { tail -30 "$dir/clickhouse-install.log" >&2; log "clickhouse install failed"; exit 1; }
+}
+
+install_build_deps() {
+  if pkg-config --exists openssl 2>/dev/null; then return; fi
+  log "installing libssl-dev and pkg-config from Debian's packages (librdkafka's TLS)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq libssl-dev pkg-config >"$dir/build-deps-install.log" 2>&1 \
+    || { tail -30 "$dir/build-deps-install.log" >&2; log "libssl-dev install failed"; exit 1; }
 }
 
 s3_up() { curl -fsS -o /dev/null "http://127.0.0.1:$s3_port/moto-api/" 2>/dev/null; }
@@ -97,14 +114,60 @@ start_tansu() {
     for _ in $(seq 50); do kafka_up || break; sleep 0.2; done
   fi
   install_tansu
-  log "starting tansu ($storage)"
+  local advertised=$kafka_port auth=()
+  if [[ -n ${KAFKA_TLS_PORT:-} && -n ${KAFKA_TLS_CERT:-} && -n ${KAFKA_TLS_KEY:-} ]]; then
+    advertised=$KAFKA_TLS_PORT
+  fi
+  if [[ -n ${KAFKA_SCRAM_USER:-} && -n ${KAFKA_SCRAM_PASSWORD:-} ]]; then
+    # `tansu user create` speaks no SASL itself: the user goes in before authentication
+    # is switched on (durable storage keeps it).
+    launch_tansu "$advertised"
+    "$tansu_bin" user create --broker "tcp://127.0.0.1:$kafka_port" --mechanism scram512 \
+      "$KAFKA_SCRAM_USER" "$KAFKA_SCRAM_PASSWORD" >>"$dir/tansu.log" 2>&1
+    stop tansu
+    for _ in $(seq 50); do kafka_up || break; sleep 0.2; done
+    auth=(--authentication)
+  fi
+  launch_tansu "$advertised" "${auth[@]}"
+  if [[ $advertised != "$kafka_port" ]]; then start_kafka_tls; fi
+}
+
+launch_tansu() { # advertised port, extra flags...
+  local advertised=$1; shift
+  log "starting tansu ($storage${*:+, $*})"
   # Started in $dir, so a relative sqlite://NAME.db lands there.
   setsid nohup env -C "$dir" "$tansu_bin" broker \
     --listener-url "tcp://127.0.0.1:$kafka_port" \
-    --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
-    --storage-engine "$storage" >"$dir/tansu.log" 2>&1 </dev/null &
+    --advertised-listener-url "tcp://127.0.0.1:$advertised" \
+    --storage-engine "$storage" "$@" >>"$dir/tansu.log" 2>&1 </dev/null &
   echo $! >"$dir/tansu.pid"
   wait_for tansu kafka_up 60
+}
+
+kafka_tls_up() { (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_TLS_PORT") 2>/dev/null; }
+
+# stunnel: TLS on KAFKA_TLS_PORT, plain to tansu.
+start_kafka_tls() {
+  if kafka_tls_up; then log "kafka TLS already answers on 127.0.0.1:$KAFKA_TLS_PORT"; return; fi
+  if ! command -v stunnel4 >/dev/null 2>&1; then
+    log "installing stunnel4 from Debian's packages (TLS in front of tansu)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 >"$dir/stunnel-install.log" 2>&1 \
+      || { tail -30 "$dir/stunnel-install.log" >&2; log "stunnel4 install failed"; exit 1; }
+  fi
+  cat >"$dir/stunnel.conf" <<CONF
+foreground = yes
+pid =
+output = $dir/stunnel.log
+[kafka]
+accept = 127.0.0.1:$KAFKA_TLS_PORT
+connect = 127.0.0.1:$kafka_port
+cert = $KAFKA_TLS_CERT
+key = $KAFKA_TLS_KEY
+CONF
+  log "starting stunnel (kafka TLS on 127.0.0.1:$KAFKA_TLS_PORT)"
+  setsid nohup stunnel4 "$dir/stunnel.conf" >>"$dir/stunnel.log" 2>&1 </dev/null &
+  echo $! >"$dir/stunnel.pid"
+  wait_for stunnel kafka_tls_up 30
 }
 
 start_clickhouse() {
@@ -176,9 +239,10 @@ status() {
 
 case ${1:-} in
   up) start_tansu; start_clickhouse; start_s3; status ;;
-  down) stop tansu; stop clickhouse; stop s3 ;;
+  down) stop stunnel; stop tansu; stop clickhouse; stop s3 ;;
   restart-kafka) stop tansu; start_tansu ;;
   kafka-fresh)
+    stop stunnel
     stop tansu
     # A tansu of ours whose pid file is gone (another checkout) still holds the port.
     pkill -f "tansu broker --listener-url tcp://127.0.0.1:$kafka_port" || true
@@ -189,6 +253,7 @@ case ${1:-} in
   clickhouse-down) stop clickhouse ;;
   s3-up) start_s3 ;;
   s3-down) stop s3 ;;
+  build-deps) install_build_deps ;;
   status) status; kafka_up && clickhouse_up && s3_up ;;
-  *) echo "usage: $0 up|down|status|restart-kafka|kafka-fresh|clickhouse-up|clickhouse-down|s3-up|s3-down" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|restart-kafka|kafka-fresh|clickhouse-up|clickhouse-down|s3-up|s3-down|build-deps" >&2; exit 2 ;;
 esac

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 # ClickHouse as usual; Kafka: a broker of the tests' own on :9192, on an empty store each
 # run. tansu's sqlite store slows down as it fills (a suite writes ~1 GB), and a fresh
 # one keeps the tests' timing the same from run to run; the broker on :9092 is untouched.
+SERVICES_DIR=${SERVICES_DIR:-data/services} scripts/services.sh build-deps
 SERVICES_DIR=${SERVICES_DIR:-data/services} scripts/services.sh clickhouse-up
 SERVICES_DIR=data/test-services KAFKA_PORT=9192 scripts/services.sh kafka-fresh
 export IDEMPIPE_TEST_BROKERS=127.0.0.1:9192

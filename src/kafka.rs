@@ -9,7 +9,6 @@ use std::time::Duration;
 use rdkafka::admin::{
     AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier, TopicReplication,
 };
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
@@ -33,6 +32,11 @@ pub enum KafkaFailure {
     )]
     RecordsTooLarge { topic: String, accepts: u64, sends: u64 },
     #[error(
+        "Kafka broker {brokers} refused the connection's TLS or SASL handshake: {reason} (check \
+         `security.protocol`, `ssl.ca.location` and the `sasl.*` settings in `[kafka]` or `--kafka`)"
+    )]
+    Handshake { brokers: String, reason: String },
+    #[error(
         "Kafka broker {brokers} did not answer within {timeout:?} ({what}): is it running? (`scripts/services.sh up`)"
     )]
     Unreachable { brokers: String, timeout: Duration, what: String },
@@ -51,6 +55,28 @@ pub struct QuietEof;
 impl rdkafka::ClientContext for QuietEof {
     fn error(&self, error: KafkaError, reason: &str) {
         log_client_error(error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        log_client_line(level, fac, message);
+    }
+}
+
+/// The `log` callback shared by idempipe's client contexts: librdkafka's lines as
+/// `librdkafka` events; a failed TLS or SASL handshake is also noted for
+/// [`refused_handshake`].
+pub(crate) fn log_client_line(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    const HANDSHAKE: [&str; 4] =
+        ["SSL handshake failed", "certificate verify failed", "SASL authentication error", "Authentication failed"];
+    if fac == "FAIL" && HANDSHAKE.iter().any(|h| message.contains(h)) {
+        *REFUSED_HANDSHAKE.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message.to_owned());
+    }
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(target: "librdkafka", "{fac} {message}"),
+        L::Warning => tracing::warn!(target: "librdkafka", "{fac} {message}"),
+        L::Notice | L::Info => tracing::info!(target: "librdkafka", "{fac} {message}"),
+        L::Debug => tracing::debug!(target: "librdkafka", "{fac} {message}"),
     }
 }
 
@@ -88,6 +114,10 @@ impl rdkafka::ClientContext for LagReporting {
         log_client_error(error, reason);
     }
 
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        log_client_line(level, fac, message);
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         (self.report)(&lag_from_stats(&statistics, &self.topic));
     }
@@ -99,8 +129,38 @@ impl rdkafka::consumer::ConsumerContext for LagReporting {}
 pub(crate) fn log_client_error(error: KafkaError, reason: &str) {
     match error {
         KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
-        e => tracing::error!(error = %e, reason, "librdkafka error"),
+        e => {
+            if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication)) {
+                *REFUSED_HANDSHAKE.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_owned());
+            }
+            tracing::error!(error = %e, reason, "librdkafka error")
+        }
     }
+}
+
+/// The last TLS or SASL failure any client of this process met (librdkafka reports them
+/// only to the error callback; the request that needed the connection just times out).
+static REFUSED_HANDSHAKE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Whether a fresh client's connection fails its TLS or SASL handshake: its reason, if
+/// so. (A client's errors reach its context only when its main queue is served, which
+/// an admin client's or a consumer's metadata request does not do.)
+fn diagnose_handshake(settings: &Settings) -> Option<String> {
+    let probe: BaseConsumer<QuietEof> = client_config(settings, Role::Admin, &[]).create_with_context(QuietEof).ok()?;
+    let _ = probe.fetch_metadata(None, Duration::from_secs(3));
+    // Serves the queued events (the failure's log line among them), one per poll.
+    for _ in 0..200 {
+        if let Some(reason) = refused_handshake() {
+            return Some(reason);
+        }
+        let _ = probe.poll(Duration::from_millis(5));
+    }
+    None
+}
+
+/// Takes the TLS or SASL failure recorded since the last call, if any.
+fn refused_handshake() -> Option<String> {
+    REFUSED_HANDSHAKE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
 }
 
 /// Which kind of client a configuration is for.
@@ -221,8 +281,8 @@ pub fn check_record_limit(spec: &TopicSpec<'_>, accepts: Option<u64>, sends: u64
 /// `max.message.bytes`. Fails if a topic idempipe writes to would refuse its largest
 /// record ([`largest_record`]), naming the topic and both limits.
 pub async fn ensure_topics(settings: &Settings, topics: &[TopicSpec<'_>]) -> Result<Vec<TopicReport>> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(settings, Role::Admin, &[]).create().map_err(client_error(settings))?;
+    let admin: AdminClient<QuietEof> =
+        client_config(settings, Role::Admin, &[]).create_with_context(QuietEof).map_err(client_error(settings))?;
     // Fail fast and clearly when the broker is down, before the admin request's timeout.
     partition_count(settings, admin.inner(), None)?;
     let replication = settings.replication_factor.request();
@@ -288,16 +348,7 @@ pub async fn ensure_topics(settings: &Settings, topics: &[TopicSpec<'_>]) -> Res
                 "the topic exists with a partition count of its own; `partitions` applies only to topics setup creates"
             );
         }
-        if spec.written
-            && let Some(accepts) = max_message_bytes
-            && accepts < largest_record(settings)
-        {
-            return Err(KafkaFailure::RecordsTooLarge {
-                topic: spec.name.into(),
-                accepts,
-                sends: largest_record(settings),
-            });
-        }
+        check_record_limit(spec, max_message_bytes, largest_record(settings))?;
         reports.push(report);
     }
     Ok(reports)
@@ -305,8 +356,8 @@ pub async fn ensure_topics(settings: &Settings, topics: &[TopicSpec<'_>]) -> Res
 
 /// Fails with [`KafkaFailure::Unreachable`] unless the broker answers a metadata request.
 pub fn check_reachable(settings: &Settings) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(settings, Role::Admin, &[]).create().map_err(client_error(settings))?;
+    let admin: AdminClient<QuietEof> =
+        client_config(settings, Role::Admin, &[]).create_with_context(QuietEof).map_err(client_error(settings))?;
     partition_count(settings, admin.inner(), None).map(|_| ())
 }
 
@@ -343,7 +394,13 @@ pub fn partition_count<C: rdkafka::ClientContext>(
     let mut tries = 0;
     let metadata = loop {
         tries += 1;
-        match client.fetch_metadata(topic, METADATA_TIMEOUT) {
+        let answer = client.fetch_metadata(topic, METADATA_TIMEOUT);
+        if answer.is_err()
+            && let Some(reason) = refused_handshake().or_else(|| diagnose_handshake(settings))
+        {
+            return Err(KafkaFailure::Handshake { brokers: settings.brokers.clone(), reason });
+        }
+        match answer {
             Ok(metadata) => break metadata,
             Err(
                 KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)

@@ -255,3 +255,42 @@ fn setup_reports_topics_as_the_broker_holds_them() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("replication_factor"), "{err}");
 }
+
+/// Kafka over TLS (stunnel in front of tansu, which has none of its own, with a CA the
+/// test makes), then over TLS with SASL/SCRAM-SHA-512, through librdkafka's own settings
+/// in `[kafka]`: the seed scenario end to end, the ClickHouse sink included; a client
+/// without the CA, or with a wrong password, is refused at start-up with the reason.
+#[test]
+fn kafka_over_tls_and_with_sasl_scram() {
+    let dir = tempfile::tempdir().unwrap();
+    for scram in [None, Some(("idempipe", "s3cret-scram"))] {
+        let label = if scram.is_some() { "sasl" } else { "tls" };
+        let kafka = common::PrivateKafka::start(dir.path().join(label), scram);
+        let p = Pipeline::with_brokers(&format!("kafka{label}"), &kafka.brokers(), "")
+            .with_kafka_settings(&kafka.client_settings());
+        p.setup();
+        let (file, expected) = p.generate(2_000, 200, 10, 5);
+        p.produce(&file);
+        p.run_until_idle(&["--clickhouse-in-run"]);
+        let v = p.verify();
+        let distinct = count(&expected, "distinct_keys");
+        assert_eq!((count(&v, "delta_rows"), count(&v, "delta_distinct_keys")), (distinct, distinct), "{v}");
+        assert_eq!(count(&v, "dlq_records"), count(&expected, "invalid"), "{v}");
+        assert_eq!(count(&v, "processed_distinct_keys"), distinct, "{v}");
+        assert_eq!(count(&v, "clickhouse_final_rows"), distinct, "{v}");
+
+        // The same broker without what it asks for.
+        let (key, wrong) = match scram {
+            None => ("ssl.ca.location", "/etc/ssl/certs/ca-certificates.crt".to_owned()),
+            Some(_) => ("sasl.password", "not-the-password".to_owned()),
+        };
+        let config = std::fs::read_to_string(&p.config).unwrap();
+        let right = kafka.client_settings().into_iter().find(|(k, _)| k == key).unwrap().1;
+        std::fs::write(&p.config, config.replace(&format!("{right:?}"), &format!("{wrong:?}"))).unwrap();
+        let out = p.output(&["status"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let reason = if scram.is_some() { "SASL authentication error" } else { "certificate verify failed" };
+        assert!(!out.status.success() && err.contains("refused the connection's TLS or SASL handshake"), "{err}");
+        assert!(err.contains(reason) && !err.contains("not-the-password"), "{err}");
+    }
+}

@@ -140,6 +140,15 @@ metrics_addr = "127.0.0.1:0"
         Self { name, root, config, s3: s3.map(str::to_owned), batch_log, owner: true, _cleanup: cleanup }
     }
 
+    /// Adds librdkafka settings to the config file's `[kafka]` table.
+    pub fn with_kafka_settings(self, settings: &[(String, String)]) -> Self {
+        let lines: String = settings.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect();
+        let text =
+            std::fs::read_to_string(&self.config).unwrap().replace("\n[kafka]\n", &format!("\n[kafka]\n{lines}"));
+        std::fs::write(&self.config, text).unwrap();
+        self
+    }
+
     /// Another instance of the same pipeline, as on another machine: a working directory
     /// of its own (config file, batch log, logs), sharing only the table, the broker's
     /// topics and group, and ClickHouse with `self`.
@@ -481,6 +490,71 @@ pub fn s3_env() -> Vec<(&'static str, String)> {
 /// A loopback port nobody listens on (now).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A Kafka broker of the test's own (tansu on sqlite storage in `dir`) reached over TLS
+/// only: stunnel in front of it with a certificate from [`make_certificates`], and,
+/// with `scram`, SASL/SCRAM-SHA-512 authentication with that user and password
+/// (`scripts/services.sh` with `KAFKA_TLS_*` and `KAFKA_SCRAM_*`).
+pub struct PrivateKafka {
+    dir: PathBuf,
+    port: u16,
+    pub tls_port: u16,
+    /// The CA that signed the broker's certificate.
+    pub ca: PathBuf,
+    scram: Option<(String, String)>,
+}
+
+impl PrivateKafka {
+    pub fn start(dir: PathBuf, scram: Option<(&str, &str)>) -> Self {
+        let (ca, cert, key) = make_certificates(&dir.join("tls"));
+        let scram = scram.map(|(u, p)| (u.to_owned(), p.to_owned()));
+        let this = Self { dir, port: free_port(), tls_port: free_port(), ca, scram };
+        this.script("kafka-fresh", Some((&cert, &key)));
+        this
+    }
+
+    /// `host:port` of the TLS listener.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.tls_port)
+    }
+
+    /// The librdkafka settings that reach it: TLS with the test's CA, and SCRAM if on.
+    pub fn client_settings(&self) -> Vec<(String, String)> {
+        let mut settings = vec![("ssl.ca.location".to_owned(), self.ca.display().to_string())];
+        match &self.scram {
+            None => settings.push(("security.protocol".into(), "SSL".into())),
+            Some((user, password)) => settings.extend([
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("sasl.mechanism".into(), "SCRAM-SHA-512".into()),
+                ("sasl.username".into(), user.clone()),
+                ("sasl.password".into(), password.clone()),
+            ]),
+        }
+        settings
+    }
+
+    fn script(&self, action: &str, tls: Option<(&Path, &Path)>) {
+        let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"));
+        command.arg(action).env("SERVICES_DIR", &self.dir).env("KAFKA_PORT", self.port.to_string());
+        if let Some((cert, key)) = tls {
+            command
+                .env("KAFKA_TLS_PORT", self.tls_port.to_string())
+                .env("KAFKA_TLS_CERT", cert)
+                .env("KAFKA_TLS_KEY", key);
+        }
+        if let Some((user, password)) = &self.scram {
+            command.env("KAFKA_SCRAM_USER", user).env("KAFKA_SCRAM_PASSWORD", password);
+        }
+        let status = command.status().unwrap();
+        assert!(status.success(), "services.sh {action} failed for the private Kafka");
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        self.script("down", None);
+    }
 }
 
 /// A ClickHouse server of the test's own, on free ports, that the test may stop and
