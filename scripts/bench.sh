@@ -8,10 +8,14 @@
 #   3. first ingest: `run` over the whole topic into an empty table;
 #   4. replay: the same file produced again, `run` over it (all duplicates);
 #   5. large table: a second table prefilled with 10 x N rows, then the same file
-#      ingested into it (the cost must not grow with the table).
+#      ingested into it (the cost must not grow with the table);
+#   6. s3: phases 3 and 4 again with the table on the loopback S3 server (moto, started
+#      by scripts/services.sh s3-up) on a raw topic of its own, then `run` restarted on
+#      each of the two tables (local disk, S3) with nothing new to read: the key index's
+#      start-up time.
 # Prints one table and writes it as JSON ($work/bench.json, or BENCH_JSON=FILE).
 # Usage: scripts/bench.sh [N]   (default 1000000). BENCH_KEY_CHECK=scan measures the
-# old scan-and-MERGE path instead of the key index; BENCH_SKIP="large latency" skips phases.
+# old scan-and-MERGE path instead of the key index; BENCH_SKIP="large latency s3" skips phases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000000}
@@ -67,6 +71,21 @@ events = sum(l["events_in"] for l in lines)
 secs = t(lines[-1]["ended_at"]) - t(lines[0]["started_at"])
 files = sum(l.get("files_added", 0) for l in lines)
 print(f"{events} {secs:.3f} {events / secs:.0f} {len(lines)} {files}")
+PY
+}
+# The start-up line of `run` in a log: how long the key index took and how big it is,
+# as JSON fields.
+index_of() { # log
+  python3 - "$1" <<'PY'
+import re, sys
+text = re.sub(r"\x1b\[[0-9;]*m", "", open(sys.argv[1]).read())
+m = re.search(r"keys=(\d+) files=(\d+) version=\S+ heap_mib=(\d+) elapsed=([\d.]+)(ms|s|µs)", text)
+if m:
+    keys, heap = int(m[1]), int(m[3]) * 2**20
+    secs = float(m[4]) / (1000 if m[5] == "ms" else 1e6 if m[5] == "µs" else 1)
+    print(f'"index_keys":{keys},"index_build_seconds":{secs:.2f},"index_bytes_per_key":{heap / max(keys, 1):.1f}')
+else:
+    print('"index_keys":null')
 PY
 }
 results=()
@@ -132,21 +151,44 @@ if [[ $skip != *" large "* ]]; then
   "$bin" --config "$cfg_l" produce --input "$main/events.jsonl" >/dev/null
   timed "$cfg_l" run --until-idle 3s >/dev/null 2>"$large/ingest.log"
   read -r events secs rate batches files < <(from_log "$large/delta/events.batches.jsonl" 0 100000000)
-  # The start-up line of `run` says how long the key index took and how big it is.
-  index_json=$(python3 - "$large/ingest.log" <<'PY'
-import re, sys
-text = re.sub(r"\x1b\[[0-9;]*m", "", open(sys.argv[1]).read())
-m = re.search(r"keys=(\d+) files=(\d+) version=\S+ heap_mib=(\d+) elapsed=([\d.]+)(ms|s|µs)", text)
-if m:
-    keys, heap = int(m[1]), int(m[3]) * 2**20
-    secs = float(m[4]) / (1000 if m[5] == "ms" else 1e6 if m[5] == "µs" else 1)
-    print(f'"index_keys":{keys},"index_build_seconds":{secs:.2f},"index_bytes_per_key":{heap / max(keys, 1):.1f}')
-else:
-    print('"index_keys":null')
-PY
-)
+  index_json=$(index_of "$large/ingest.log")
   record large_table_ingest "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches,\"table_rows_before\":$prefill_rows,$index_json"
   echo "large-table ingest: $events events in $secs s ($rate/s), peak RSS ${rss} KiB; $index_json" >&2
+fi
+
+if [[ $skip != *" s3 "* ]]; then
+  # The same file on a raw topic of its own, into a table on the loopback S3 server.
+  scripts/services.sh s3-up >/dev/null
+  s3_port=${S3_PORT:-9300}
+  cfg_s=$main/idempipe-s3.toml
+  {
+    echo "delta_path = \"s3://idempipe/$run_id/events\""
+    echo "batch_log = \"$main/s3.batches.jsonl\""
+    sed -e '/^delta_path = /d' -e "s/^raw_topic = .*/raw_topic = \"$run_id.s3.raw_events\"/" \
+      -e "s/^group = .*/group = \"$run_id-s3\"/" "$cfg"
+    printf '\n[storage]\naws_endpoint_url = "http://127.0.0.1:%s"\naws_allow_http = "true"\n' "$s3_port"
+    printf 'aws_region = "us-east-1"\naws_access_key_id = "bench"\naws_secret_access_key = "bench"\n'
+  } >"$cfg_s"
+  "$bin" --config "$cfg_s" setup --skip-clickhouse >/dev/null
+  "$bin" --config "$cfg_s" produce --input "$main/events.jsonl" >/dev/null
+  timed "$cfg_s" run --until-idle 3s >/dev/null 2>"$main/s3-ingest.log"
+  read -r events secs rate batches files < <(from_log "$main/s3.batches.jsonl" 0 100000000)
+  record first_ingest_s3 "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches"
+  s3_batches=$batches
+  echo "first ingest on s3: $events events in $secs s ($rate/s), $batches batches" >&2
+  "$bin" --config "$cfg_s" produce --input "$main/events.jsonl" >/dev/null
+  timed "$cfg_s" run --until-idle 3s >/dev/null 2>"$main/s3-replay.log"
+  read -r events secs rate batches files < <(from_log "$main/s3.batches.jsonl" "$s3_batches" 100000000)
+  record replay_s3 "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches"
+  echo "replay on s3: $events events in $secs s ($rate/s)" >&2
+  # Start-up on each table, nothing new to read: process start to idle exit, and the
+  # key index's build (listing the table, reading every file's keys) within it.
+  for where in local s3; do
+    c=$cfg; [[ $where == s3 ]] && c=$cfg_s
+    timed "$c" run --until-idle 1s >/dev/null 2>"$main/restart-$where.log"
+    record "restart_$where" 0 "$secs" 0 "$rss" "" "$(index_of "$main/restart-$where.log")"
+    echo "restart on $where: ${secs} s to idle exit; $(index_of "$main/restart-$where.log")" >&2
+  done
 fi
 
 [[ -n ${latency_json:-} ]] && results+=("$latency_json")
@@ -159,14 +201,14 @@ by = {r["phase"]: r for r in rows}
 drain = by["drain"]["events_per_sec"]
 for r in rows:
     if r["phase"] != "latency":
-        r["ratio_to_drain"] = round(r["events_per_sec"] / drain, 3)
+        r["ratio_to_drain"] = round(float(r["events_per_sec"]) / drain, 3)
 doc = {"unique": int(n), "resends": int(dups), "key_check": key_check, "cores": int(cores), "memory_gib": int(mem), "phases": rows}
 json.dump(doc, open(out, "w"), indent=2)
 print(f"\n{n} unique + {dups} re-sends = {int(n) + int(dups)} messages per pass; key check: {key_check}; {cores} cores, {mem} GiB")
 print("| phase | events | seconds | events/s | ratio to drain | peak RSS MiB | Delta files written |")
 print("|---|---:|---:|---:|---:|---:|---:|")
 for r in rows:
-    if r["phase"] == "latency":
+    if r["phase"] == "latency" or r["phase"].startswith("restart_"):
         continue
     rss = "" if r.get("peak_rss_kib") is None else f'{r["peak_rss_kib"] / 1024:.0f}'
     files = "" if r.get("delta_files") is None else r["delta_files"]
@@ -175,6 +217,12 @@ if "first_ingest" in by and "large_table_ingest" in by:
     print(f'\nlarge table / empty table rate: {by["large_table_ingest"]["events_per_sec"] / by["first_ingest"]["events_per_sec"]:.2f}'
           f' (index: {by["large_table_ingest"].get("index_keys")} keys, {by["large_table_ingest"].get("index_bytes_per_key")} B/key,'
           f' built in {by["large_table_ingest"].get("index_build_seconds")} s)')
+if "first_ingest_s3" in by:
+    for phase in ("first_ingest", "replay"):
+        print(f'{phase} on s3 / on local disk: {float(by[phase + "_s3"]["events_per_sec"]) / float(by[phase]["events_per_sec"]):.2f}')
+    for where in ("local", "s3"):
+        r = by["restart_" + where]
+        print(f'restart on {where}: {float(r["seconds"]):.2f} s to idle exit, key index of {r.get("index_keys")} keys built in {r.get("index_build_seconds")} s')
 if "latency" in by:
     l = by["latency"]
     print(f'latency at {l["rate"]:.0f} events/s, 200 ms trigger: p50 {l["p50_ms"]:.0f} ms, p90 {l["p90_ms"]:.0f} ms, p99 {l["p99_ms"]:.0f} ms, max {l["max_ms"]:.0f} ms ({l["events"]} events, {l["commits"]} commits)')

@@ -796,7 +796,10 @@ fn two_instances(scenario: &str, p: &Pipeline, unique: u64) {
     let batches: Vec<Value> = machines.iter().flat_map(|m| m.dir.batch_log()).collect();
     let same_keys_raced =
         batches.iter().filter(|b| count(b, "conflicts") > 0 && count(b, "stored_duplicates") > 0).count();
-    eprintln!("torture {scenario}: {same_keys_raced} batches lost a commit race over keys the other instance stored");
+    eprintln!(
+        "torture {scenario}: {} batches committed; {same_keys_raced} lost a commit race over keys the other instance stored",
+        batches.len()
+    );
     assert!(
         same_keys_raced + tally("keys inserted concurrently") > 0,
         "the instances never wrote the same keys at once: the scenario tested no concurrency"
