@@ -12,10 +12,10 @@
 #   6. s3: phases 3 and 4 again with the table on the loopback S3 server (moto, started
 #      by scripts/services.sh s3-up) on a raw topic of its own, then `run` restarted on
 #      each of the two tables (local disk, S3) with nothing new to read: the key index's
-#      start-up time.
+#      start-up time, then the same on two tables prefilled with 10 x N rows (restart-large).
 # Prints one table and writes it as JSON ($work/bench.json, or BENCH_JSON=FILE).
 # Usage: scripts/bench.sh [N]   (default 1000000). BENCH_KEY_CHECK=scan measures the
-# old scan-and-MERGE path instead of the key index; BENCH_SKIP="large latency s3" skips phases.
+# old scan-and-MERGE path instead of the key index; BENCH_SKIP="large latency s3 restart-large" skips phases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000000}
@@ -73,6 +73,18 @@ files = sum(l.get("files_added", 0) for l in lines)
 print(f"{events} {secs:.3f} {events / secs:.0f} {len(lines)} {files}")
 PY
 }
+# A copy of config $1 at $2 whose table is s3://idempipe/$3/events on the loopback S3
+# server, with its batch log at $4 and raw topic $5.
+s3_config() { # config, out, table name, batch log, raw topic
+  {
+    echo "delta_path = \"s3://idempipe/$3/events\""
+    echo "batch_log = \"$4\""
+    sed -e '/^delta_path = /d' -e "s/^raw_topic = .*/raw_topic = \"$5\"/" -e "s/^group = .*/group = \"$3-s3\"/" "$1"
+    printf '\n[storage]\naws_endpoint_url = "http://127.0.0.1:%s"\naws_allow_http = "true"\n' "${S3_PORT:-9300}"
+    printf 'aws_region = "us-east-1"\naws_access_key_id = "bench"\naws_secret_access_key = "bench"\n'
+  } >"$2"
+}
+
 # The start-up line of `run` in a log: how long the key index took and how big it is,
 # as JSON fields.
 index_of() { # log
@@ -159,16 +171,8 @@ fi
 if [[ $skip != *" s3 "* ]]; then
   # The same file on a raw topic of its own, into a table on the loopback S3 server.
   scripts/services.sh s3-up >/dev/null
-  s3_port=${S3_PORT:-9300}
   cfg_s=$main/idempipe-s3.toml
-  {
-    echo "delta_path = \"s3://idempipe/$run_id/events\""
-    echo "batch_log = \"$main/s3.batches.jsonl\""
-    sed -e '/^delta_path = /d' -e "s/^raw_topic = .*/raw_topic = \"$run_id.s3.raw_events\"/" \
-      -e "s/^group = .*/group = \"$run_id-s3\"/" "$cfg"
-    printf '\n[storage]\naws_endpoint_url = "http://127.0.0.1:%s"\naws_allow_http = "true"\n' "$s3_port"
-    printf 'aws_region = "us-east-1"\naws_access_key_id = "bench"\naws_secret_access_key = "bench"\n'
-  } >"$cfg_s"
+  s3_config "$cfg" "$cfg_s" "$run_id" "$main/s3.batches.jsonl" "$run_id.s3.raw_events"
   "$bin" --config "$cfg_s" setup --skip-clickhouse >/dev/null
   "$bin" --config "$cfg_s" produce --input "$main/events.jsonl" >/dev/null
   timed "$cfg_s" run --until-idle 3s >/dev/null 2>"$main/s3-ingest.log"
@@ -189,6 +193,22 @@ if [[ $skip != *" s3 "* ]]; then
     record "restart_$where" 0 "$secs" 0 "$rss" "" "$(index_of "$main/restart-$where.log")"
     echo "restart on $where: ${secs} s to idle exit; $(index_of "$main/restart-$where.log")" >&2
   done
+  # The same start-up on two tables of 10 x N prefilled rows (local disk, S3), with an
+  # empty raw topic: how the key index's build grows with the table on each store.
+  if [[ $skip != *" restart-large "* ]]; then
+    new_pipeline benchrestart 2s
+    rl=$work
+    s3_config "$rl/idempipe.toml" "$rl/idempipe-s3.toml" "$run_id" "$rl/s3.batches.jsonl" "$run_id.raw_events"
+    for where in local s3; do
+      c=$rl/idempipe.toml; [[ $where == s3 ]] && c=$rl/idempipe-s3.toml
+      "$bin" --config "$c" setup --skip-clickhouse >/dev/null
+      timed "$c" bench-prefill --rows "$((10 * n))" >"$rl/prefill-$where.json"
+      echo "prefill on $where: $(cat "$rl/prefill-$where.json") in ${secs} s" >&2
+      timed "$c" run --until-idle 1s >/dev/null 2>"$rl/restart-$where.log"
+      record "restart_large_$where" 0 "$secs" 0 "$rss" "" "\"table_rows\":$((10 * n)),$(index_of "$rl/restart-$where.log")"
+      echo "restart on a $((10 * n))-row table on $where: ${secs} s; $(index_of "$rl/restart-$where.log")" >&2
+    done
+  fi
 fi
 
 [[ -n ${latency_json:-} ]] && results+=("$latency_json")
@@ -220,9 +240,11 @@ if "first_ingest" in by and "large_table_ingest" in by:
 if "first_ingest_s3" in by:
     for phase in ("first_ingest", "replay"):
         print(f'{phase} on s3 / on local disk: {float(by[phase + "_s3"]["events_per_sec"]) / float(by[phase]["events_per_sec"]):.2f}')
-    for where in ("local", "s3"):
-        r = by["restart_" + where]
-        print(f'restart on {where}: {float(r["seconds"]):.2f} s to idle exit, key index of {r.get("index_keys")} keys built in {r.get("index_build_seconds")} s')
+    for phase in ("restart", "restart_large"):
+        for where in ("local", "s3"):
+            r = by.get(f"{phase}_{where}")
+            if r:
+                print(f'{phase} on {where}: {float(r["seconds"]):.2f} s to idle exit, key index of {r.get("index_keys")} keys built in {r.get("index_build_seconds")} s, peak RSS {r["peak_rss_kib"] / 1024:.0f} MiB')
 if "latency" in by:
     l = by["latency"]
     print(f'latency at {l["rate"]:.0f} events/s, 200 ms trigger: p50 {l["p50_ms"]:.0f} ms, p90 {l["p90_ms"]:.0f} ms, p99 {l["p99_ms"]:.0f} ms, max {l["max_ms"]:.0f} ms ({l["events"]} events, {l["commits"]} commits)')
