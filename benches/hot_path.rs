@@ -35,12 +35,14 @@ fn parse(c: &mut Criterion) {
             }
         })
     });
+    const LIMITS: idempipe::batch::Limits =
+        idempipe::batch::Limits { message_bytes: event::DEFAULT_MAX_MESSAGE_BYTES, record_bytes: 1_000_000 - 1024 };
     group.bench_function("collect_into_batch", |b| {
         b.iter_batched(
             Batch::default,
             |mut batch| {
                 for (offset, line) in lines.iter().enumerate() {
-                    batch.add(0, offset as i64, None, Some(line), event::DEFAULT_MAX_MESSAGE_BYTES);
+                    batch.add(0, offset as i64, None, Some(line), LIMITS);
                 }
                 batch
             },

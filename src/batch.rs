@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::event::{self, Rejection};
+use crate::event::{self, RejectClass, Rejection};
 use crate::table::Row;
 
 /// A refused message, kept whole for the dead-letter topic.
@@ -28,6 +28,30 @@ pub struct Range {
     pub messages: u64,
 }
 
+/// What decides, message by message, between a row and a `too_large` dead letter.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The contract's limit on a message (`max_message_bytes`).
+    pub message_bytes: usize,
+    /// The largest record idempipe produces ([`crate::config::Settings::max_record_bytes`]):
+    /// a valid event whose processed record would be larger cannot be sent, so it is a
+    /// dead letter, decided here, before anything is written.
+    pub record_bytes: usize,
+}
+
+impl Limits {
+    pub fn of(settings: &crate::config::Settings) -> Self {
+        Self { message_bytes: settings.max_message_bytes, record_bytes: settings.max_record_bytes() }
+    }
+
+    /// Rows whose message is this small always fit a record: the processed record holds
+    /// the payload escaped (at most 6 bytes per byte) beside fields of bounded size.
+    fn surely_fits(&self, message_bytes: usize) -> bool {
+        const FIELDS: usize = 1024;
+        message_bytes.saturating_mul(7).saturating_add(FIELDS) <= self.record_bytes
+    }
+}
+
 /// One micro-batch under collection.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -45,17 +69,29 @@ pub struct Batch {
 
 impl Batch {
     /// Parses one message into a row or a dead letter and extends its partition's range.
-    pub fn add(
-        &mut self,
-        partition: i32,
-        offset: i64,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        max_message_bytes: usize,
-    ) {
+    pub fn add(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>, limits: Limits) {
         let started = std::time::Instant::now();
-        match event::parse(value, max_message_bytes) {
-            Ok(e) => self.rows.push(Row::from_event(e, partition, offset)),
+        let length = value.map_or(0, <[u8]>::len);
+        let parsed = event::parse(value, limits.message_bytes).map(|e| Row::from_event(e, partition, offset));
+        let parsed = parsed.and_then(|row| {
+            if limits.surely_fits(length) {
+                return Ok(row);
+            }
+            match crate::output::processed::record_bytes(&row) {
+                n if n <= limits.record_bytes => Ok(row),
+                n => Err(Rejection::new(
+                    RejectClass::TooLarge,
+                    format!(
+                        "the event's processed record would be {n} bytes (the payload escaped again), over the \
+                         producer's limit of {} (librdkafka's `message.max.bytes` less {} bytes of batch overhead)",
+                        limits.record_bytes,
+                        crate::config::RECORD_BATCH_OVERHEAD
+                    ),
+                )),
+            }
+        });
+        match parsed {
+            Ok(row) => self.rows.push(row),
             Err(rejection) => self.dead_letters.push(DeadLetter {
                 key: key.map(<[u8]>::to_vec),
                 value: value.map(<[u8]>::to_vec),
@@ -65,7 +101,7 @@ impl Batch {
             }),
         }
         self.parse_time += started.elapsed();
-        self.bytes += value.map_or(0, <[u8]>::len);
+        self.bytes += length;
         self.ranges
             .entry(partition)
             .and_modify(|r| {
@@ -117,17 +153,48 @@ impl Batch {
 mod tests {
     use super::*;
 
+    const LIMITS: Limits = Limits { message_bytes: 1024, record_bytes: 1 << 20 };
+
     fn msg(n: u32) -> Vec<u8> {
         format!(r#"{{"user_id":"u{n}","event_type":"e","timestamp":{n}}}"#).into_bytes()
     }
 
     #[test]
+    fn a_valid_event_whose_processed_record_would_not_fit_is_a_dead_letter() {
+        let limits = Limits { message_bytes: 1 << 20, record_bytes: 10_000 };
+        let event =
+            |field: &str| format!(r#"{{"user_id":"u","event_type":"e","timestamp":1,"note":"{field}"}}"#).into_bytes();
+        let mut b = Batch::default();
+        // 6,000 bytes of escaped quotes: escaped again in the processed record, 12,000.
+        b.add(0, 1, None, Some(&event(&r#"\""#.repeat(3000))), limits);
+        // As long a message of letters fits.
+        b.add(0, 2, None, Some(&event(&"a".repeat(6000))), limits);
+        assert_eq!(b.rows.len(), 1);
+        assert_eq!(b.rows[0].source_offset, 2);
+        assert!(crate::output::processed::record_bytes(&b.rows[0]) <= limits.record_bytes);
+        let dead = &b.dead_letters[0];
+        assert_eq!((dead.offset, dead.rejection.class), (1, RejectClass::TooLarge));
+        assert!(dead.rejection.message.contains("processed record would be"), "{}", dead.rejection.message);
+        assert_eq!(b.messages(), 2);
+    }
+
+    #[test]
+    fn the_size_bound_holds_for_any_batch_id_and_time() {
+        let row = Row::from_event(event::parse(Some(&msg(7)), 1024).unwrap(), 3, 99);
+        let bound = crate::output::processed::record_bytes(&row);
+        let time = crate::event::EventTime::from_micros(253_402_300_799_999_999).unwrap();
+        let r = crate::output::processed::record("t", &row, i64::MIN, time);
+        let actual = r.key.unwrap().len() + r.value.unwrap().len();
+        assert!(actual <= bound, "{actual} > {bound}");
+    }
+
+    #[test]
     fn every_offset_is_a_row_or_a_dead_letter() {
         let mut b = Batch::default();
-        b.add(0, 10, None, Some(&msg(1)), 1024);
-        b.add(0, 11, None, Some(b"garbage"), 1024);
-        b.add(1, 5, Some(b"k"), None, 1024);
-        b.add(0, 12, None, Some(&msg(2)), 1024);
+        b.add(0, 10, None, Some(&msg(1)), LIMITS);
+        b.add(0, 11, None, Some(b"garbage"), LIMITS);
+        b.add(1, 5, Some(b"k"), None, LIMITS);
+        b.add(0, 12, None, Some(&msg(2)), LIMITS);
         assert_eq!(b.rows.len(), 2);
         assert_eq!(b.dead_letters.len(), 2);
         assert_eq!(b.messages(), 4);
@@ -140,9 +207,9 @@ mod tests {
     fn offsets_stored_by_another_writer_are_dropped() {
         let mut b = Batch::default();
         for offset in 10..20 {
-            b.add(0, offset, None, Some(&msg(offset as u32)), 1024);
-            b.add(1, offset, None, Some(b"bad"), 1024);
-            b.add(2, offset, None, Some(&msg(offset as u32)), 1024);
+            b.add(0, offset, None, Some(&msg(offset as u32)), LIMITS);
+            b.add(1, offset, None, Some(b"bad"), LIMITS);
+            b.add(2, offset, None, Some(&msg(offset as u32)), LIMITS);
         }
         let dropped = b.drop_stored(&BTreeMap::from([(0, 14), (1, 25), (2, 3)]));
         assert_eq!(dropped, 5 + 10);

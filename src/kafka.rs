@@ -235,19 +235,10 @@ pub struct TopicReport {
     pub max_message_bytes: Option<u64>,
 }
 
-/// librdkafka's default `message.max.bytes`: the largest record batch (and so record) a
-/// producer sends unless the pass-through raises or lowers it.
-pub const DEFAULT_MESSAGE_MAX_BYTES: u64 = 1_000_000;
-
-/// The largest request idempipe's producer sends: its `message.max.bytes` (a record
-/// batch, and so any record, is at most that).
+/// The largest request idempipe's producer sends ([`Settings::max_request_bytes`]): a
+/// topic it writes to must take a record batch that large.
 pub fn largest_record(settings: &Settings) -> u64 {
-    settings
-        .kafka
-        .values
-        .get("message.max.bytes")
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+    settings.max_request_bytes() as u64
 }
 
 /// Kafka's default `max.message.bytes` of a topic (`message.max.bytes` of the broker).
@@ -552,7 +543,12 @@ mod tests {
         assert!(err.contains("topic processed accepts records up to 500000 bytes"), "{err}");
         assert!(err.contains("may send 1000000") && err.contains("message.max.bytes"), "{err}");
         assert!(
-            check_record_limit(&processed, Some(KAFKA_DEFAULT_MAX_MESSAGE_BYTES), DEFAULT_MESSAGE_MAX_BYTES).is_ok()
+            check_record_limit(
+                &processed,
+                Some(KAFKA_DEFAULT_MAX_MESSAGE_BYTES),
+                crate::config::DEFAULT_MESSAGE_MAX_BYTES as u64
+            )
+            .is_ok()
         );
         assert!(check_record_limit(&processed, None, 1_000_000).is_ok(), "an unreported limit is not checked");
         assert!(check_record_limit(&raw, Some(1), 1_000_000).is_ok(), "idempipe does not write the raw topic");

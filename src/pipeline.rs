@@ -377,7 +377,7 @@ impl Pipeline {
             .dead_letters
             .iter()
             .filter(|d| !sent.dead_letters.contains(&(d.partition, d.offset)))
-            .map(|d| dlq::record(&settings.topics.dlq, &settings.topics.raw, d))
+            .map(|d| dlq::record(&settings.topics.dlq, &settings.topics.raw, d, settings.max_record_bytes()))
             .collect::<Vec<_>>();
         let events = new_rows
             .iter()
@@ -481,7 +481,7 @@ impl Collector for Collecting<'_> {
             );
             self.batch.offset_gaps += gap;
         }
-        self.batch.add(m.partition(), m.offset(), m.key(), m.payload(), self.settings.max_message_bytes);
+        self.batch.add(m.partition(), m.offset(), m.key(), m.payload(), crate::batch::Limits::of(self.settings));
     }
 }
 

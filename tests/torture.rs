@@ -174,10 +174,21 @@ fn bad_input_lands_in_the_dead_letter_topic_and_the_rest_flows() {
     // that, so a whole 5 MiB record stalls its partition for good (see TESTING.md).
     let big =
         format!(r#"{{"user_id":"u","event_type":"t","timestamp":0,"pad":"{}"}}"#, "x".repeat((5 << 20) - (16 << 10)));
+    // Valid events within max_message_bytes whose processed record (the payload escaped
+    // again, beside the row's fields) would be over the producer's 1,000,000-byte
+    // `message.max.bytes`: one of 999,900 bytes, and one of 600,000 bytes of escaped
+    // quotes (1.2 MB once escaped again). Either stopped the processor for good before.
+    let pad = |n: usize, what: &str| {
+        format!(r#"{{"user_id":"u","event_type":"t","timestamp":0,"pad":"{}"}}"#, what.repeat(n))
+    };
+    let nearly_a_mebibyte = pad(999_900 - pad(0, "").len(), "x");
+    let quotes = pad(300_000, r#"\""#);
     // (value, the classes that fit it)
     let bad: Vec<(Option<Vec<u8>>, &[&str])> = vec![
         (None, &["null_value"]),
         (Some(big.into_bytes()), &["too_large"]),
+        (Some(nearly_a_mebibyte.into_bytes()), &["too_large"]),
+        (Some(quotes.into_bytes()), &["too_large"]),
         (Some(garbage), &["not_utf8"]),
         (Some(b"{not json".to_vec()), &["invalid_json"]),
         (Some(nested.into_bytes()), &["too_deep"]),
@@ -206,12 +217,14 @@ fn bad_input_lands_in_the_dead_letter_topic_and_the_rest_flows() {
     // Bad records, a valid record with a null key, then the valid file.
     let mut records: Vec<RawRecord> = bad.iter().map(|(v, _)| (Some(b"k".to_vec()), v.clone())).collect();
     records.push((None, Some(ok("null-key").into_bytes())));
+    // A large valid event that fits everywhere is stored like any other.
+    records.push((Some(b"k".to_vec()), Some(pad(500_000, "y").into_bytes())));
     send_raw(&raw_topic, &records);
     p.produce(&file);
     p.run_until_idle(&["--clickhouse-in-run"]);
 
-    let v = check_stores(&p, &[&p], valid + 1, bad.len() as u64);
-    eprintln!("torture bad input: {} bad records refused, {} valid stored: {v}", bad.len(), valid + 1);
+    let v = check_stores(&p, &[&p], valid + 2, bad.len() as u64);
+    eprintln!("torture bad input: {} bad records refused, {} valid stored: {v}", bad.len(), valid + 2);
     let raw = read_all(&raw_topic);
     let dead = read_all(&format!("{}_dlq", p.name));
     for (value, classes) in &bad {

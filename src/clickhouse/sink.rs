@@ -222,6 +222,7 @@ impl ClickHouseSink {
                 ranges: BTreeMap::new(),
                 max_rows: self.settings.clickhouse.max_batch_rows.get(),
                 topics: &self.settings.topics,
+                max_record_bytes: self.settings.max_record_bytes(),
                 summary: &mut summary,
             };
             let deadline = Instant::now() + self.settings.clickhouse.trigger;
@@ -303,6 +304,8 @@ struct SinkBatch<'a> {
     ranges: BTreeMap<i32, (i64, i64)>,
     max_rows: usize,
     topics: &'a Topics,
+    /// The largest dead letter it may send.
+    max_record_bytes: usize,
     summary: &'a mut ClickHouseSinkSummary,
 }
 
@@ -336,14 +339,14 @@ impl Collector for SinkBatch<'_> {
                     error = %e,
                     "not a processed-event record: sent to the dead-letter topic"
                 );
-                self.dead.push(dead_letter(self.topics, m, &e.to_string()));
+                self.dead.push(dead_letter(self.topics, m, &e.to_string(), self.max_record_bytes));
             }
         }
     }
 }
 
 /// A dead letter for a record of the processed topic that is not ours.
-fn dead_letter(topics: &Topics, m: &BorrowedMessage<'_>, reason: &str) -> OutRecord {
+fn dead_letter(topics: &Topics, m: &BorrowedMessage<'_>, reason: &str, max_record_bytes: usize) -> OutRecord {
     let dead = crate::batch::DeadLetter {
         key: m.key().map(<[u8]>::to_vec),
         value: m.payload().map(<[u8]>::to_vec),
@@ -354,7 +357,7 @@ fn dead_letter(topics: &Topics, m: &BorrowedMessage<'_>, reason: &str) -> OutRec
         partition: m.partition(),
         offset: m.offset(),
     };
-    dlq::record(&topics.dlq, &topics.processed, &dead)
+    dlq::record(&topics.dlq, &topics.processed, &dead, max_record_bytes)
 }
 
 /// The insert's deduplication token: the topic and each partition's offset range, so an

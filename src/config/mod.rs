@@ -224,6 +224,13 @@ pub struct Settings {
     pub options: Options,
 }
 
+/// librdkafka's default `message.max.bytes`.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Room left in a produce request beside one record: the record batch's header (61 bytes)
+/// and the record's own lengths and varints, with a wide margin.
+pub const RECORD_BATCH_OVERHEAD: usize = 1024;
+
 /// The shortest trigger interval: below it the per-commit cost of Delta dominates.
 pub const MIN_TRIGGER: Duration = Duration::from_millis(100);
 
@@ -280,6 +287,25 @@ impl Settings {
         };
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// The largest produce request idempipe's producer sends: librdkafka's
+    /// `message.max.bytes` (the pass-through's, else its default), which bounds a record
+    /// batch and so any record in it.
+    pub fn max_request_bytes(&self) -> usize {
+        self.kafka
+            .values
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+    }
+
+    /// The largest record (key, value and headers) idempipe produces: a request less the
+    /// record batch's own overhead. A valid event whose processed record would be larger,
+    /// or a dead letter's value past it, is decided before anything is written (see
+    /// [`crate::batch::Limits`], [`crate::output::dlq`]).
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_request_bytes().saturating_sub(RECORD_BATCH_OVERHEAD)
     }
 
     /// Every setting as `(key, value, origin)`, in key order, secrets redacted: what

@@ -5,10 +5,12 @@
 //! offset, so a refused message is never lost, only possibly sent twice after a crash
 //! (the `source.*` headers identify the copies).
 //!
-//! A value too big to produce (a `too_large` message, typically) is cut to
-//! [`MAX_VALUE_BYTES`] and marked `error.truncated: true` with its full length in
-//! `source.value_bytes`: a dead letter that cannot be sent would stop the pipeline, and
-//! the whole message is still in the source topic at `source.partition`/`source.offset`.
+//! A value too big to produce (a `too_large` message, typically) is cut so that key,
+//! value and headers fit the largest record idempipe produces
+//! ([`crate::config::Settings::max_record_bytes`]) and marked `error.truncated: true` with
+//! its full length in `source.value_bytes`: a dead letter that cannot be sent would stop
+//! the pipeline, and the whole message is still in the source topic at
+//! `source.partition`/`source.offset`. A key longer than a sixteenth of that is cut too.
 
 use rdkafka::message::{Header, OwnedHeaders};
 
@@ -23,34 +25,42 @@ pub const HEADER_OFFSET: &str = "source.offset";
 pub const HEADER_TRUNCATED: &str = "error.truncated";
 pub const HEADER_VALUE_BYTES: &str = "source.value_bytes";
 
-/// The largest value a dead letter carries: below librdkafka's and Kafka's default
-/// 1,000,000-byte message limit, with room for the key and headers.
-pub const MAX_VALUE_BYTES: usize = 900 * 1024;
-
-/// The record of one refused message.
-pub fn record(dlq_topic: &str, source_topic: &str, dead: &DeadLetter) -> OutRecord {
+/// The record of one refused message, at most `max_record_bytes` of key, value and
+/// headers.
+pub fn record(dlq_topic: &str, source_topic: &str, dead: &DeadLetter, max_record_bytes: usize) -> OutRecord {
     let partition = dead.partition.to_string();
     let offset = dead.offset.to_string();
-    let mut headers = OwnedHeaders::new()
-        .insert(Header { key: HEADER_CLASS, value: Some(dead.rejection.class.as_str()) })
-        .insert(Header { key: HEADER_MESSAGE, value: Some(dead.rejection.message.as_str()) })
-        .insert(Header { key: HEADER_TOPIC, value: Some(source_topic) })
-        .insert(Header { key: HEADER_PARTITION, value: Some(partition.as_str()) })
-        .insert(Header { key: HEADER_OFFSET, value: Some(offset.as_str()) });
+    let fields = [
+        (HEADER_CLASS, dead.rejection.class.as_str()),
+        (HEADER_MESSAGE, dead.rejection.message.as_str()),
+        (HEADER_TOPIC, source_topic),
+        (HEADER_PARTITION, partition.as_str()),
+        (HEADER_OFFSET, offset.as_str()),
+    ];
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in fields {
+        headers = headers.insert(Header { key, value: Some(value) });
+    }
+    let key = dead.key.clone().map(|mut k| {
+        k.truncate(max_record_bytes / 16);
+        k
+    });
+    // What the value may take: the rest, with room for the two truncation headers.
+    const TRUNCATION_HEADERS: usize = 64;
+    let taken = key.as_ref().map_or(0, Vec::len)
+        + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + TRUNCATION_HEADERS;
+    let budget = max_record_bytes.saturating_sub(taken);
     let mut value = dead.value.clone();
     if let Some(v) = &mut value
-        && v.len() > MAX_VALUE_BYTES
+        && v.len() > budget
     {
         let full = v.len().to_string();
-        v.truncate(MAX_VALUE_BYTES);
+        v.truncate(budget);
         headers = headers
             .insert(Header { key: HEADER_TRUNCATED, value: Some("true") })
             .insert(Header { key: HEADER_VALUE_BYTES, value: Some(full.as_str()) });
     }
-    let key = dead.key.clone().map(|mut k| {
-        k.truncate(MAX_VALUE_BYTES / 8);
-        k
-    });
     OutRecord { topic: dlq_topic.to_owned(), key, value, headers: Some(headers) }
 }
 
@@ -68,7 +78,16 @@ mod tests {
             partition: 1,
             offset: 7,
         };
-        record("dlq", "raw", &dead)
+        record("dlq", "raw", &dead, LIMIT)
+    }
+
+    const LIMIT: usize = 1_000_000 - 1024;
+
+    /// Key, value and headers: what librdkafka counts against `message.max.bytes`.
+    fn size(r: &OutRecord) -> usize {
+        let headers =
+            r.headers.as_ref().map_or(0, |h| h.iter().map(|x| x.key.len() + x.value.map_or(0, <[u8]>::len)).sum());
+        r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len) + headers
     }
 
     fn header(r: &OutRecord, name: &str) -> Option<String> {
@@ -79,7 +98,8 @@ mod tests {
     #[test]
     fn a_value_too_big_to_send_is_cut_and_marked() {
         let big = letter(vec![b'x'; 3 << 20]);
-        assert_eq!(big.value.as_ref().unwrap().len(), MAX_VALUE_BYTES);
+        let cut = big.value.as_ref().unwrap().len();
+        assert!(cut > LIMIT - 1024 && size(&big) <= LIMIT, "{cut} bytes of value, {} in all", size(&big));
         assert_eq!(header(&big, HEADER_TRUNCATED).as_deref(), Some("true"));
         assert_eq!(header(&big, HEADER_VALUE_BYTES), Some((3 << 20).to_string()));
         assert_eq!(header(&big, HEADER_OFFSET).as_deref(), Some("7"));
@@ -87,5 +107,17 @@ mod tests {
         let small = letter(b"{oops".to_vec());
         assert_eq!(small.value.as_deref(), Some(&b"{oops"[..]));
         assert_eq!(header(&small, HEADER_TRUNCATED), None);
+
+        // A huge key is cut too, and the whole still fits.
+        let dead = DeadLetter {
+            key: Some(vec![b'k'; 1 << 20]),
+            value: Some(vec![b'x'; 1 << 20]),
+            rejection: Rejection::new(RejectClass::TooLarge, "too big"),
+            partition: 0,
+            offset: 1,
+        };
+        let both = record("dlq", "raw", &dead, LIMIT);
+        assert_eq!(both.key.as_ref().unwrap().len(), LIMIT / 16);
+        assert!(size(&both) <= LIMIT, "{}", size(&both));
     }
 }

@@ -36,14 +36,34 @@ pub fn parse(value: &[u8]) -> Result<StoredRow, serde_json::Error> {
 
 /// The record of one row.
 pub fn record(topic: &str, row: &Row, batch_id: i64, ingested_at: EventTime) -> OutRecord {
-    let key = row.key.to_string();
-    let event_time = row.time.to_string();
+    OutRecord {
+        topic: topic.to_owned(),
+        key: Some(row.key.to_string().into_bytes()),
+        value: Some(value(row, batch_id, ingested_at)),
+        headers: None,
+    }
+}
+
+/// The most bytes (key and value) the record of `row` can take, whatever its batch id and
+/// ingestion time: the payload is JSON-escaped again inside it, so a string of quotes or
+/// control characters grows up to six times.
+pub fn record_bytes(row: &Row) -> usize {
+    // The batch id and the ingestion time in microseconds are the only fields whose
+    // width varies with what `record` is given (the canonical time text has one width):
+    // each at most 20 characters more than measured here.
+    const VARYING: usize = 2 * 20;
+    const KEY_HEX: usize = 32;
+    KEY_HEX + value(row, 0, row.time).len() + VARYING
+}
+
+/// The JSON value of `row`'s record.
+fn value(row: &Row, batch_id: i64, ingested_at: EventTime) -> Vec<u8> {
     let value = ProcessedEvent {
-        dedup_key: key.clone(),
+        dedup_key: row.key.to_string(),
         user_id: &row.user_id,
         event_type: &row.event_type,
         event_date: row.time.date(),
-        event_time: event_time.clone(),
+        event_time: row.time.to_string(),
         event_time_us: row.time.micros(),
         payload: &row.payload,
         source_partition: row.source_partition,
@@ -52,13 +72,8 @@ pub fn record(topic: &str, row: &Row, batch_id: i64, ingested_at: EventTime) -> 
         ingested_at: ingested_at.to_string(),
         ingested_at_us: ingested_at.micros(),
     };
-    OutRecord {
-        topic: topic.to_owned(),
-        key: Some(key.into_bytes()),
-        // Serialising plain strings and integers cannot fail.
-        value: Some(serde_json::to_vec(&value).unwrap_or_default()),
-        headers: None,
-    }
+    // Serialising plain strings and integers cannot fail.
+    serde_json::to_vec(&value).unwrap_or_default()
 }
 
 #[cfg(test)]
