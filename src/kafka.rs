@@ -304,14 +304,7 @@ pub async fn ensure_topics(settings: &Settings, topics: &[TopicSpec<'_>]) -> Res
             }
         }
     }
-    let specifiers: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t.name)).collect();
-    let configs = match admin.describe_configs(&specifiers, &options).await {
-        Ok(configs) => configs,
-        Err(e) => {
-            tracing::warn!(error = %e, "the broker did not describe the topics' configs");
-            Vec::new()
-        }
-    };
+    let limits = record_limits(&admin, topics).await;
     let mut reports = Vec::new();
     for spec in topics {
         let metadata =
@@ -320,11 +313,7 @@ pub async fn ensure_topics(settings: &Settings, topics: &[TopicSpec<'_>]) -> Res
         let Some(topic) = topic.filter(|t| !t.partitions().is_empty()) else {
             return Err(KafkaFailure::NoTopic { topic: spec.name.into(), brokers: settings.brokers.clone() });
         };
-        let max_message_bytes = configs
-            .iter()
-            .flatten()
-            .find(|c| matches!(&c.specifier, OwnedResourceSpecifier::Topic(name) if name == spec.name))
-            .and_then(|c| c.get("max.message.bytes")?.value.as_deref()?.trim().parse().ok());
+        let max_message_bytes = limits.get(spec.name).copied().flatten();
         let report = TopicReport {
             name: spec.name.to_owned(),
             created: created.contains(spec.name),
@@ -343,6 +332,51 @@ pub async fn ensure_topics(settings: &Settings, topics: &[TopicSpec<'_>]) -> Res
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// Each topic's `max.message.bytes` as the broker describes it (`None`: not described).
+async fn record_limits<'a>(
+    admin: &AdminClient<QuietEof>,
+    topics: &[TopicSpec<'a>],
+) -> std::collections::BTreeMap<&'a str, Option<u64>> {
+    let specifiers: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t.name)).collect();
+    let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+    let configs = match admin.describe_configs(&specifiers, &options).await {
+        Ok(configs) => configs,
+        Err(e) => {
+            tracing::warn!(error = %e, "the broker did not describe the topics' configs");
+            Vec::new()
+        }
+    };
+    topics
+        .iter()
+        .map(|spec| {
+            let limit = configs
+                .iter()
+                .flatten()
+                .find(|c| matches!(&c.specifier, OwnedResourceSpecifier::Topic(name) if name == spec.name))
+                .and_then(|c| c.get("max.message.bytes")?.value.as_deref()?.trim().parse().ok());
+            (spec.name, limit)
+        })
+        .collect()
+}
+
+/// At `run`'s start: the processed and dead-letter topics take the largest record
+/// idempipe sends (see [`check_record_limit`]); `setup` checked them too, but a topic's
+/// limit can change after it.
+pub async fn check_output_topics(settings: &Settings) -> Result<()> {
+    let admin: AdminClient<QuietEof> =
+        client_config(settings, Role::Admin, &[]).create_with_context(QuietEof).map_err(client_error(settings))?;
+    partition_count(settings, admin.inner(), None)?;
+    let topics = [
+        TopicSpec { name: &settings.topics.processed, partitions: settings.partitions, written: true },
+        TopicSpec { name: &settings.topics.dlq, partitions: 1, written: true },
+    ];
+    let limits = record_limits(&admin, &topics).await;
+    for spec in &topics {
+        check_record_limit(spec, limits.get(spec.name).copied().flatten(), largest_record(settings))?;
+    }
+    Ok(())
 }
 
 /// Fails with [`KafkaFailure::Unreachable`] unless the broker answers a metadata request.

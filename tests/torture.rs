@@ -177,7 +177,7 @@ fn bad_input_lands_in_the_dead_letter_topic_and_the_rest_flows() {
     // Valid events within max_message_bytes whose processed record (the payload escaped
     // again, beside the row's fields) would be over the producer's 1,000,000-byte
     // `message.max.bytes`: one of 999,900 bytes, and one of 600,000 bytes of escaped
-    // quotes (1.2 MB once escaped again). Either stopped the processor for good before.
+    // quotes (1.2 MB once escaped again). Such events stopped the processor for good.
     let pad = |n: usize, what: &str| {
         format!(r#"{{"user_id":"u","event_type":"t","timestamp":0,"pad":"{}"}}"#, what.repeat(n))
     };

@@ -24,6 +24,8 @@ pub enum RunError {
     SinkThread(std::io::Error),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaFailure),
 }
 
 /// Serves the metrics endpoint when `metrics_addr` is set; the returned health says
@@ -63,6 +65,8 @@ pub fn stop_on_signal(runtime: &Runtime, flag: Arc<AtomicBool>) {
 /// Runs the processor on the calling thread (it blocks), using `runtime` for the async
 /// parts. SIGINT and SIGTERM stop it after the batch in progress.
 pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) -> Result<RunSummary, RunError> {
+    // A topic that would refuse a record stops nothing later: it is refused now.
+    runtime.block_on(crate::kafka::check_output_topics(&settings))?;
     let health = serve_metrics(&settings, runtime)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     stop_on_signal(runtime, shutdown.clone());
