@@ -291,6 +291,9 @@ fn bad_configuration_fails_clearly_and_writes_nothing() {
     fails(&["--brokerz", "x", "verify"], "--brokerz");
     fails(&["--trigger", "5ms", "run"], "trigger");
     fails(&["--clickhouse-url", "ftp://ch:8443", "run"], "clickhouse_url");
+    // A librdkafka setting that would turn a guarantee off.
+    fails(&["--kafka", "enable.idempotence=false", "setup"], "kafka.enable.idempotence");
+    assert!(!p.delta_path().exists(), "setup created the table although its config was refused");
     let config = p.path("bad.toml");
     std::fs::write(&config, "brokerz = \"x\"\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_idempipe"))

@@ -224,6 +224,22 @@ pub struct Settings {
     pub options: Options,
 }
 
+/// librdkafka settings the guarantees rest on: `(key, the values the pass-through may
+/// give, why)`. An empty list: idempipe sets it and it cannot be given at all.
+pub const GUARDED_KAFKA_SETTINGS: [(&str, &[&str], &str); 7] = [
+    ("enable.idempotence", &["true"], "without it a retried produce can write a record twice or out of order"),
+    ("acks", &["all", "-1"], "a record acknowledged by fewer replicas than all in sync can be lost"),
+    ("request.required.acks", &["all", "-1"], "a record acknowledged by fewer replicas than all in sync can be lost"),
+    ("isolation.level", &["read_committed"], "records of aborted or open transactions are not events"),
+    (
+        "enable.auto.commit",
+        &["false"],
+        "the processor's offsets live in the Delta table, the ClickHouse sink commits only after ClickHouse has its rows",
+    ),
+    ("enable.auto.offset.store", &["false"], "offsets are stored only for records that were handled"),
+    ("auto.offset.reset", &[], "where a partition starts is decided from the Delta table's offsets"),
+];
+
 /// librdkafka's default `message.max.bytes`.
 pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
@@ -340,6 +356,17 @@ impl Settings {
                 "the built-in sink and `clickhouse_ingest = \"kafka-engine\"` would both load ClickHouse; pick one",
             );
         }
+        for (key, value) in &self.kafka.values {
+            if let Some((_, allowed, why)) = GUARDED_KAFKA_SETTINGS.iter().find(|(k, _, _)| k == key)
+                && !allowed.contains(&value.trim())
+            {
+                let reason = match allowed {
+                    [] => format!("idempipe sets it itself: {why}"),
+                    _ => format!("{value:?} is refused ({}): {why}", allowed.join(" or ")),
+                };
+                return Err(ConfigError::InvalidKafka { key: key.clone(), reason });
+            }
+        }
         // librdkafka checks each name and value as it is set, without connecting.
         let mut kafka = rdkafka::ClientConfig::new();
         for (k, v) in &self.kafka.values {
@@ -430,6 +457,24 @@ mod tests {
         assert_eq!(s.topics.dlq, "raw_events_dlq");
         assert_eq!(s.brokers, DEFAULT_BROKERS);
         assert_eq!(s.batch.trigger, DEFAULT_TRIGGER);
+    }
+
+    #[test]
+    fn settings_the_guarantees_rest_on_cannot_be_turned_off() {
+        for (setting, key) in [
+            ("enable.idempotence=false", "kafka.enable.idempotence"),
+            ("acks=1", "kafka.acks"),
+            ("isolation.level=read_uncommitted", "kafka.isolation.level"),
+            ("enable.auto.commit=true", "kafka.enable.auto.commit"),
+            ("auto.offset.reset=earliest", "kafka.auto.offset.reset"),
+        ] {
+            let err = resolve("", &["idempipe", "--kafka", setting, "verify"]).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")) && err.contains(": "), "{setting}: {err}");
+        }
+        // The values they already have are accepted; so is everything else.
+        for setting in ["acks=all", "enable.idempotence=true", "isolation.level=read_committed", "linger.ms=20"] {
+            resolve("", &["idempipe", "--kafka", setting, "verify"]).unwrap();
+        }
     }
 
     #[test]

@@ -168,7 +168,9 @@ impl Source {
                 // Only used if a stored start is out of range (topic recreated, retention):
                 // then re-reading from the start is safe, the MERGE drops what is stored.
                 ("auto.offset.reset", "earliest"),
-                ("isolation.level", "read_uncommitted"),
+                // Records of aborted or open transactions are never events (the
+                // pass-through cannot change it: `config::GUARDED_KAFKA_SETTINGS`).
+                ("isolation.level", "read_committed"),
                 // End-of-partition events tell `--until-idle` that a partition is caught up.
                 ("enable.partition.eof", "true"),
                 ("fetch.wait.max.ms", "50"),
