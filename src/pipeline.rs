@@ -138,7 +138,7 @@ impl Pipeline {
         let output = Output::new(&settings)?;
         let source = Source::subscribe(&settings, runtime.clone())?;
         let log = BatchLog::new(settings.batch_log.clone());
-        let upkeep = Schedule::new(settings.maintenance, table.version());
+        let upkeep = Schedule::new(settings.maintenance, runtime.block_on(table.last_checkpoint_version()));
         metrics::table_state(table.version(), table.live_files(), table.key_index().map(|i| i.len()));
         Ok(Self { settings, source, output, table, log, runtime, shutdown, upkeep })
     }

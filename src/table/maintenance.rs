@@ -186,6 +186,17 @@ impl EventTable {
         deltalake::checkpoints::create_checkpoint(&self.table, None).await.map_err(|e| self.error(e))
     }
 
+    /// The version of the table's last checkpoint, whoever wrote it (from
+    /// `_delta_log/_last_checkpoint`); `None` if it has none (or the hint is unreadable:
+    /// then a checkpoint is simply due sooner).
+    pub async fn last_checkpoint_version(&self) -> Option<u64> {
+        let log_store = self.table.log_store();
+        let hint = log_store.log_path().clone().join("_last_checkpoint");
+        use deltalake::logstore::object_store::ObjectStoreExt as _;
+        let bytes = log_store.object_store(None).get(&hint).await.ok()?.bytes().await.ok()?;
+        serde_json::from_slice::<serde_json::Value>(&bytes).ok()?["version"].as_u64()
+    }
+
     /// Deletes commit log entries older than `retention` that lie behind a checkpoint;
     /// returns how many.
     pub async fn cleanup_log(&self, retention: std::time::Duration) -> Result<usize> {
@@ -241,8 +252,9 @@ fn with_date(batch: RecordBatch, day: i32) -> std::result::Result<RecordBatch, d
 #[derive(Debug)]
 pub struct Schedule {
     settings: Maintenance,
-    /// The version of the last checkpoint this process wrote (or the version it started
-    /// at): the next is due `checkpoint_every` versions later.
+    /// The version of the table's last checkpoint (by any writer, as of start-up, or
+    /// this process's last): the next is due `checkpoint_every` versions later, so a
+    /// process that restarts often still writes them.
     checkpointed: u64,
     last_compact: Instant,
     last_vacuum: Instant,
@@ -260,11 +272,13 @@ pub struct Done {
 }
 
 impl Schedule {
-    /// A schedule for a table loaded at `version`; the first compaction and vacuum are
-    /// due one interval from now.
-    pub fn new(settings: Maintenance, version: u64) -> Self {
+    /// A schedule for a table whose last checkpoint is at `last_checkpoint` (`None`:
+    /// none yet, so one is due at version `checkpoint_every`); the first compaction and
+    /// vacuum are due one interval from now.
+    pub fn new(settings: Maintenance, last_checkpoint: Option<u64>) -> Self {
         let now = Instant::now();
-        Self { settings, checkpointed: version, last_compact: now, last_vacuum: now, tombstones_set: false }
+        let checkpointed = last_checkpoint.unwrap_or(0);
+        Self { settings, checkpointed, last_compact: now, last_vacuum: now, tombstones_set: false }
     }
 
     /// Runs whatever is due on `table` (loaded at its latest version by the caller).
@@ -380,6 +394,32 @@ mod table_tests {
         assert!(err.is_lost_compaction_race(), "{err}");
         let counts = EventTable::open(&path).await.unwrap().counts().await.unwrap();
         assert_eq!((counts.rows, counts.distinct_keys, counts.files), (30, 30, 1));
+    }
+
+    #[tokio::test]
+    async fn checkpoints_follow_the_table_version_across_restarts() {
+        let (_dir, path) = new_table().await;
+        let settings = Maintenance {
+            checkpoint_every: std::num::NonZeroU64::new(3).unwrap(),
+            log_retention: std::time::Duration::from_secs(3600),
+            compact_every: None,
+            vacuum_every: None,
+            vacuum_retention: std::time::Duration::from_secs(3600),
+        };
+        // A process that restarts after every batch: a fresh schedule each time.
+        let mut checkpoints = Vec::new();
+        for i in 0..7 {
+            let mut t = indexed(&path).await;
+            let mut upkeep = Schedule::new(settings, t.last_checkpoint_version().await);
+            check_and_insert(&mut t, &rows(i * 10..i * 10 + 10, 100, 0), 0).await.unwrap();
+            t.reload().await.unwrap();
+            if upkeep.run_due(&mut t).await.checkpoint {
+                checkpoints.push(t.version());
+            }
+        }
+        let table = EventTable::open(&path).await.unwrap();
+        assert_eq!(checkpoints, [3, 6], "checkpoints every 3 table versions, whoever restarted");
+        assert_eq!(table.last_checkpoint_version().await, Some(6));
     }
 
     #[tokio::test]
