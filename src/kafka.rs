@@ -235,12 +235,6 @@ pub struct TopicReport {
     pub max_message_bytes: Option<u64>,
 }
 
-/// The largest request idempipe's producer sends ([`Settings::max_request_bytes`]): a
-/// topic it writes to must take a record batch that large.
-pub fn largest_record(settings: &Settings) -> u64 {
-    settings.max_request_bytes() as u64
-}
-
 /// Kafka's default `max.message.bytes` of a topic (`message.max.bytes` of the broker).
 pub const KAFKA_DEFAULT_MAX_MESSAGE_BYTES: u64 = 1_048_588;
 
@@ -270,21 +264,23 @@ pub fn check_record_limit(spec: &TopicSpec<'_>, accepts: Option<u64>, sends: u64
 /// Creates each topic unless it exists (with `replication_factor`, or the broker's
 /// default), then reads every one back: its partitions, replicas and
 /// `max.message.bytes`. Fails if a topic idempipe writes to would refuse its largest
-/// record ([`largest_record`]), naming the topic and both limits.
+/// record ([`Settings::max_request_bytes`]), naming the topic and both limits.
 pub async fn ensure_topics(settings: &Settings, topics: &[TopicSpec<'_>]) -> Result<Vec<TopicReport>> {
     let admin: AdminClient<QuietEof> =
         client_config(settings, Role::Admin, &[]).create_with_context(QuietEof).map_err(client_error(settings))?;
     // Fail fast and clearly when the broker is down, before the admin request's timeout.
     partition_count(settings, admin.inner(), None)?;
     let replication = settings.replication_factor.request();
-    let largest = largest_record(settings).to_string();
+    // A topic idempipe writes to must take a produce request of this size.
+    let sends = settings.max_request_bytes() as u64;
+    let largest = sends.to_string();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
             let topic = NewTopic::new(t.name, t.partitions, TopicReplication::Fixed(replication));
             // Kafka's default limit fits librdkafka's default; a producer allowed more
             // gets topics that take it.
-            match t.written && largest_record(settings) > KAFKA_DEFAULT_MAX_MESSAGE_BYTES {
+            match t.written && sends > KAFKA_DEFAULT_MAX_MESSAGE_BYTES {
                 true => topic.set("max.message.bytes", &largest),
                 false => topic,
             }
@@ -328,7 +324,7 @@ pub async fn ensure_topics(settings: &Settings, topics: &[TopicSpec<'_>]) -> Res
                 "the topic exists with a partition count of its own; `partitions` applies only to topics setup creates"
             );
         }
-        check_record_limit(spec, max_message_bytes, largest_record(settings))?;
+        check_record_limit(spec, max_message_bytes, sends)?;
         reports.push(report);
     }
     Ok(reports)
@@ -374,7 +370,7 @@ pub async fn check_output_topics(settings: &Settings) -> Result<()> {
     ];
     let limits = record_limits(&admin, &topics).await;
     for spec in &topics {
-        check_record_limit(spec, limits.get(spec.name).copied().flatten(), largest_record(settings))?;
+        check_record_limit(spec, limits.get(spec.name).copied().flatten(), settings.max_request_bytes() as u64)?;
     }
     Ok(())
 }

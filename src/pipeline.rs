@@ -158,12 +158,14 @@ impl Pipeline {
         let mut generation = u64::MAX;
         let mut watch = (self.source.mode == ConsumerMode::Group).then(|| OrphanWatch::new(OrphanWatch::PATIENCE));
         let mut last_watch = Instant::now();
+        let limits = crate::batch::Limits::of(&self.settings);
         loop {
             let started_at = EventTime::now();
             let collect_started = Instant::now();
             let mut collecting = Collecting {
                 batch: Batch::default(),
                 settings: &self.settings,
+                limits,
                 source: &self.source,
                 generation: &mut generation,
             };
@@ -439,6 +441,8 @@ async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
 struct Collecting<'a> {
     batch: Batch,
     settings: &'a Settings,
+    /// What makes a message a row or a `too_large` dead letter (derived once per run).
+    limits: crate::batch::Limits,
     source: &'a Source,
     /// The assignment generation the batch belongs to.
     generation: &'a mut u64,
@@ -481,7 +485,7 @@ impl Collector for Collecting<'_> {
             );
             self.batch.offset_gaps += gap;
         }
-        self.batch.add(m.partition(), m.offset(), m.key(), m.payload(), crate::batch::Limits::of(self.settings));
+        self.batch.add(m.partition(), m.offset(), m.key(), m.payload(), self.limits);
     }
 }
 
