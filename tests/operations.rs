@@ -270,23 +270,7 @@ fn maintenance_on_s3_while_the_processor_writes_keeps_exactly_once() {
 fn maintenance_while_writing(p: &Pipeline, vacuum_retention: Option<Duration>) {
     p.setup();
     let (file, expected) = p.generate(4000, 400, 20, 31);
-    let (second, expected_second) = (p.path("more.jsonl"), {
-        let out = p.ok(&[
-            "generate",
-            "--unique",
-            "1500",
-            "--duplicates",
-            "0",
-            "--invalid",
-            "0",
-            "--seed",
-            "32",
-            "--out",
-            p.path("more.jsonl").to_str().unwrap(),
-            "--json",
-        ]);
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()
-    });
+    let (second, expected_second) = p.generate_as("more.jsonl", 1500, 0, 0, 32);
     let retention = vacuum_retention.map(|r| format!("{}s", r.as_secs()));
     let mut args =
         vec!["run", "--trigger", "200ms", "--compact-every", "3s", "--checkpoint-every", "5", "--vacuum-every", "4s"];

@@ -268,16 +268,7 @@ fn kafka_over_tls_and_with_sasl_scram() {
         let kafka = common::PrivateKafka::start(dir.path().join(label), scram);
         let p = Pipeline::with_brokers(&format!("kafka{label}"), &kafka.brokers(), "")
             .with_kafka_settings(&kafka.client_settings());
-        p.setup();
-        let (file, expected) = p.generate(2_000, 200, 10, 5);
-        p.produce(&file);
-        p.run_until_idle(&["--clickhouse-in-run"]);
-        let v = p.verify();
-        let distinct = count(&expected, "distinct_keys");
-        assert_eq!((count(&v, "delta_rows"), count(&v, "delta_distinct_keys")), (distinct, distinct), "{v}");
-        assert_eq!(count(&v, "dlq_records"), count(&expected, "invalid"), "{v}");
-        assert_eq!(count(&v, "processed_distinct_keys"), distinct, "{v}");
-        assert_eq!(count(&v, "clickhouse_final_rows"), distinct, "{v}");
+        p.ingest_generated(2_000, 200, 10, 5);
 
         // The same broker without what it asks for.
         let (key, wrong) = match scram {

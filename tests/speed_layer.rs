@@ -238,12 +238,5 @@ fn clickhouse_over_https_with_a_private_ca() {
         "https",
         &format!("clickhouse_url = \"{https}\"\nclickhouse_ca_file = \"{}\"", ca.display()),
     );
-    p.setup();
-    let (file, expected) = p.generate(2_000, 200, 0, 61);
-    p.produce(&file);
-    p.run_until_idle(&["--clickhouse-in-run"]);
-    let v = p.verify();
-    let distinct = count(&expected, "distinct_keys");
-    assert_eq!(count(&v, "clickhouse_final_rows"), distinct, "{v}");
-    assert_eq!(v["clickhouse_keys_match"], true, "{v}");
+    p.ingest_generated(2_000, 200, 0, 61);
 }

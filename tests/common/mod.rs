@@ -107,10 +107,7 @@ impl Pipeline {
             None => (format!("delta_path = \"{}\"", root.join("delta/events").display()), String::new()),
             Some(endpoint) => (
                 format!("delta_path = \"s3://{S3_BUCKET}/{name}/events\"\nbatch_log = \"{}\"", batch_log.display()),
-                format!(
-                    "\n[storage]\naws_endpoint_url = \"{endpoint}\"\naws_allow_http = \"true\"\n\
-                     aws_region = \"us-east-1\"\naws_access_key_id = \"test\"\naws_secret_access_key = \"test\"\n"
-                ),
+                s3_options(endpoint).iter().fold("\n[storage]\n".to_owned(), |t, (k, v)| t + &format!("{k} = {v:?}\n")),
             ),
         };
         std::fs::write(
@@ -170,16 +167,8 @@ metrics_addr = "127.0.0.1:0"
             None => self.delta_path().as_path().into(),
             Some(endpoint) => {
                 let url = format!("s3://{S3_BUCKET}/{}/events", self.name);
-                let options = [
-                    ("aws_endpoint_url", endpoint.as_str()),
-                    ("aws_allow_http", "true"),
-                    ("aws_region", "us-east-1"),
-                    ("aws_access_key_id", "test"),
-                    ("aws_secret_access_key", "test"),
-                ];
-                idempipe::table::Location::parse(&url)
-                    .unwrap()
-                    .with_options(options.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+                let options = s3_options(endpoint).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                idempipe::table::Location::parse(&url).unwrap().with_options(options)
             }
         }
     }
@@ -221,7 +210,12 @@ metrics_addr = "127.0.0.1:0"
     /// Generates `events.jsonl` in the test's directory and returns it with the
     /// generator's expected counts (`distinct_keys`, `invalid`, …).
     pub fn generate(&self, unique: u64, duplicates: u64, invalid: u64, seed: u64) -> (PathBuf, Value) {
-        let file = self.path("events.jsonl");
+        self.generate_as("events.jsonl", unique, duplicates, invalid, seed)
+    }
+
+    /// [`Pipeline::generate`] into the file `name` of the test's directory.
+    pub fn generate_as(&self, name: &str, unique: u64, duplicates: u64, invalid: u64, seed: u64) -> (PathBuf, Value) {
+        let file = self.path(name);
         let out = self.ok(&[
             "generate",
             "--unique",
@@ -276,6 +270,19 @@ metrics_addr = "127.0.0.1:0"
 
     pub fn setup(&self) {
         self.ok(&["setup"]);
+    }
+
+    /// Sets up, generates a file, produces it and runs the processor with the ClickHouse
+    /// sink until idle; checks that every store holds exactly the generator's counts
+    /// ([`assert_exact`]) and returns the file, those counts and `verify`'s answer.
+    pub fn ingest_generated(&self, unique: u64, duplicates: u64, invalid: u64, seed: u64) -> (PathBuf, Value, Value) {
+        self.setup();
+        let (file, expected) = self.generate(unique, duplicates, invalid, seed);
+        self.produce(&file);
+        self.run_until_idle(&["--clickhouse-in-run"]);
+        let v = self.verify();
+        assert_exact(&v, &expected);
+        (file, expected, v)
     }
 
     pub fn produce(&self, file: &Path) {
@@ -475,16 +482,22 @@ print(json.dumps([o["Key"] for page in pages for o in page.get("Contents", [])])
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// The environment that points AWS tools (the Python `deltalake`, boto3) at the tests'
-/// S3 server.
-pub fn s3_env() -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL", s3_endpoint()),
-        ("AWS_ALLOW_HTTP", "true".into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+/// The storage options (object_store's names) that reach the tests' S3 server through
+/// `endpoint`.
+pub fn s3_options(endpoint: &str) -> [(&'static str, String); 5] {
+    [
+        ("aws_endpoint_url", endpoint.to_owned()),
+        ("aws_allow_http", "true".into()),
+        ("aws_region", "us-east-1".into()),
+        ("aws_access_key_id", "test".into()),
+        ("aws_secret_access_key", "test".into()),
     ]
+}
+
+/// The environment that points AWS tools (the Python `deltalake`, boto3) at the tests'
+/// S3 server: [`s3_options`] as environment variables.
+pub fn s3_env() -> Vec<(String, String)> {
+    s3_options(&s3_endpoint()).into_iter().map(|(k, v)| (k.to_ascii_uppercase(), v)).collect()
 }
 
 /// A loopback port nobody listens on (now).
@@ -734,6 +747,18 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `verify`'s answer `v` holds exactly what the generator's counts `expected` say: each
+/// distinct key once in Delta, in the processed topic and in ClickHouse (key for key),
+/// every invalid message a dead letter.
+pub fn assert_exact(v: &Value, expected: &Value) {
+    let distinct = count(expected, "distinct_keys");
+    assert_eq!((count(v, "delta_rows"), count(v, "delta_distinct_keys")), (distinct, distinct), "{v}");
+    assert_eq!(count(v, "dlq_records"), count(expected, "invalid"), "{v}");
+    assert_eq!(count(v, "processed_distinct_keys"), distinct, "{v}");
+    assert_eq!(count(v, "clickhouse_final_rows"), distinct, "{v}");
+    assert_eq!(v["clickhouse_keys_match"], true, "{v}");
 }
 
 pub fn count(v: &Value, field: &str) -> u64 {
