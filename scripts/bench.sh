@@ -73,6 +73,23 @@ files = sum(l.get("files_added", 0) for l in lines)
 print(f"{events} {secs:.3f} {events / secs:.0f} {len(lines)} {files}")
 PY
 }
+# Phases 3 and 4 on config $1, whose raw topic holds the generated file once: `run` into
+# its (empty) table, then the file again and `run` over it; rates from its batch log $2.
+# Phases are named first_ingest$3 and replay$3, logs $main/$4ingest.log and $4replay.log.
+ingest_and_replay() { # config, batch log, phase suffix, log prefix
+  local events secs rate batches files done_batches
+  timed "$1" run --until-idle 3s >/dev/null 2>"$main/$4ingest.log"
+  read -r events secs rate batches files < <(from_log "$2" 0 100000000)
+  record "first_ingest$3" "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches"
+  done_batches=$batches
+  echo "first ingest$3: $events events in $secs s ($rate/s), $batches batches" >&2
+  "$bin" --config "$1" produce --input "$main/events.jsonl" >/dev/null
+  timed "$1" run --until-idle 3s >/dev/null 2>"$main/$4replay.log"
+  read -r events secs rate batches files < <(from_log "$2" "$done_batches" 100000000)
+  record "replay$3" "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches"
+  echo "replay$3: $events events in $secs s ($rate/s)" >&2
+}
+
 # A copy of config $1 at $2 whose table is s3://idempipe/$3/events on the loopback S3
 # server, with its batch log at $4 and raw topic $5.
 s3_config() { # config, out, table name, batch log, raw topic
@@ -137,18 +154,7 @@ read -r d_secs drain_rate < <(python3 -c "import json;d=json.load(open('$main/dr
 record drain "$messages" "$d_secs" "$drain_rate" "$rss"
 echo "drain: $(cat "$main/drain.json")" >&2
 
-log=$main/delta/events.batches.jsonl
-timed "$cfg" run --until-idle 3s >/dev/null 2>"$main/ingest.log"
-read -r events secs rate batches files < <(from_log "$log" 0 100000000)
-record first_ingest "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches"
-done_batches=$batches
-echo "first ingest: $events events in $secs s ($rate/s), $batches batches" >&2
-
-"$bin" --config "$cfg" produce --input "$main/events.jsonl" >/dev/null
-timed "$cfg" run --until-idle 3s >/dev/null 2>"$main/replay.log"
-read -r events secs rate batches files < <(from_log "$log" "$done_batches" 100000000)
-record replay "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches"
-echo "replay: $events events in $secs s ($rate/s)" >&2
+ingest_and_replay "$cfg" "$main/delta/events.batches.jsonl" "" ""
 "$bin" --config "$cfg" verify --json >"$main/verify.json" 2>/dev/null || true
 
 if [[ $skip != *" large "* ]]; then
@@ -175,16 +181,7 @@ if [[ $skip != *" s3 "* ]]; then
   s3_config "$cfg" "$cfg_s" "$run_id" "$main/s3.batches.jsonl" "$run_id.s3.raw_events"
   "$bin" --config "$cfg_s" setup --skip-clickhouse >/dev/null
   "$bin" --config "$cfg_s" produce --input "$main/events.jsonl" >/dev/null
-  timed "$cfg_s" run --until-idle 3s >/dev/null 2>"$main/s3-ingest.log"
-  read -r events secs rate batches files < <(from_log "$main/s3.batches.jsonl" 0 100000000)
-  record first_ingest_s3 "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches"
-  s3_batches=$batches
-  echo "first ingest on s3: $events events in $secs s ($rate/s), $batches batches" >&2
-  "$bin" --config "$cfg_s" produce --input "$main/events.jsonl" >/dev/null
-  timed "$cfg_s" run --until-idle 3s >/dev/null 2>"$main/s3-replay.log"
-  read -r events secs rate batches files < <(from_log "$main/s3.batches.jsonl" "$s3_batches" 100000000)
-  record replay_s3 "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches"
-  echo "replay on s3: $events events in $secs s ($rate/s)" >&2
+  ingest_and_replay "$cfg_s" "$main/s3.batches.jsonl" _s3 s3-
   # Start-up on each table, nothing new to read: process start to idle exit, and the
   # key index's build (listing the table, reading every file's keys) within it.
   for where in local s3; do
