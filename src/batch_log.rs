@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventTime;
+use crate::source::OffsetReset;
 
 /// Milliseconds spent in each phase of a batch.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -68,6 +69,18 @@ pub struct BatchRecord {
     pub conflicts: u32,
     pub delta_version: u64,
     pub files_added: u64,
+    /// Partitions whose stored offset the broker no longer held and which reading went on
+    /// from its first offset (`fail_on_data_loss = false`). Such a reset is logged as a
+    /// record of its own, with no events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offset_resets: Vec<OffsetReset>,
+}
+
+impl BatchRecord {
+    /// Whether this record logs offset resets only, no batch.
+    pub fn is_reset_only(&self) -> bool {
+        !self.offset_resets.is_empty() && self.events_in == 0
+    }
 }
 
 /// The size at which the log file is rotated: about 90,000 batches (a day at a 1 s

@@ -29,6 +29,8 @@ pub const BATCH_CONFLICTS: &str = "idempipe_batch_conflicts_total";
 pub const BATCH_FAILED_ATTEMPTS: &str = "idempipe_batch_failed_attempts_total";
 pub const BATCH_DURATION: &str = "idempipe_batch_duration_seconds";
 pub const LAST_BATCH: &str = "idempipe_last_batch_timestamp_seconds";
+pub const OFFSET_RESETS: &str = "idempipe_offset_resets_total";
+pub const OFFSETS_LOST: &str = "idempipe_offsets_lost_total";
 pub const CONSUMER_LAG: &str = "idempipe_consumer_lag";
 pub const DELTA_VERSION: &str = "idempipe_delta_version";
 pub const DELTA_LIVE_FILES: &str = "idempipe_delta_live_files";
@@ -77,6 +79,15 @@ fn describe() {
     describe_counter!(BATCH_FAILED_ATTEMPTS, "Batch attempts that failed and were retried.");
     describe_histogram!(BATCH_DURATION, "Seconds from the start of a batch's collection to its Delta commit.");
     describe_gauge!(LAST_BATCH, "Unix time of the last committed batch.");
+    describe_counter!(
+        OFFSET_RESETS,
+        "Raw partitions read on from the broker's first offset because it no longer held the stored one \
+         (fail_on_data_loss = false): kind=truncated (messages deleted unread) or kind=rewound (the topic starts over)."
+    );
+    describe_counter!(
+        OFFSETS_LOST,
+        "Raw-topic messages deleted by the broker before they were read (truncated resets)."
+    );
     describe_gauge!(CONSUMER_LAG, "Messages on the raw topic not yet processed, per partition.");
     describe_gauge!(DELTA_VERSION, "The Delta table version after the last commit.");
     describe_gauge!(DELTA_LIVE_FILES, "Data files in the current Delta snapshot.");
@@ -108,6 +119,12 @@ pub fn batch_committed(record: &BatchRecord, duration: Duration) {
     histogram!(BATCH_DURATION).record(duration.as_secs_f64());
     gauge!(LAST_BATCH).set(crate::event::EventTime::now().micros() as f64 / 1e6);
     gauge!(DELTA_VERSION).set(record.delta_version as f64);
+}
+
+/// A partition read on from the broker's first offset (see [`crate::source::ranges`]).
+pub fn offset_reset(reset: &crate::source::OffsetReset) {
+    counter!(OFFSET_RESETS, "kind" => reset.kind()).increment(1);
+    counter!(OFFSETS_LOST).increment(reset.lost.unwrap_or(0));
 }
 
 /// Records acknowledged on one of the pipeline's output topics (`processed` or `dlq`).

@@ -39,7 +39,7 @@ use crate::metrics;
 use crate::output::{Output, ProduceError};
 use crate::output::{dlq, processed};
 use crate::retry::{self, Backoff};
-use crate::source::{self, Collector, OrphanWatch, Positions, Source};
+use crate::source::{self, Collector, OffsetReset, OrphanWatch, Positions, Source};
 use crate::table::maintenance::Schedule;
 use crate::table::{self, AppIds, DeltaError, EventTable};
 
@@ -59,6 +59,12 @@ pub enum PipelineError {
     Assignment(String),
     #[error("building the Arrow batch failed: {0}")]
     Arrow(#[from] deltalake::arrow::error::ArrowError),
+    #[error(
+        "{0}. Stopping so that no message is skipped silently; to read on from offset {low} and record \
+         the loss, set fail_on_data_loss = false (IDEMPIPE_FAIL_ON_DATA_LOSS=false, --fail-on-data-loss=false)",
+        low = .0.low
+    )]
+    DataLoss(OffsetReset),
     #[error("batch {batch_id} failed after {attempts} attempts; last error: {last}")]
     GaveUp { batch_id: i64, attempts: u32, last: Box<PipelineError> },
 }
@@ -66,6 +72,12 @@ pub enum PipelineError {
 /// How often, in group mode, the processor looks for partitions nobody reads
 /// ([`OrphanWatch`]).
 const ORPHAN_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// How often the processor compares its partitions with the broker's: their number (new
+/// partitions) and the range each holds ([`crate::source::ranges`]). A consumer error
+/// makes it look sooner, but not more than once a second.
+const SOURCE_CHECK_EVERY: Duration = Duration::from_secs(10);
+const SOURCE_CHECK_AFTER_ERROR: Duration = Duration::from_secs(1);
 
 /// How many times one batch is tried before the processor stops (and, restarted, tries
 /// again from what Delta records).
@@ -158,6 +170,8 @@ impl Pipeline {
         let mut generation = u64::MAX;
         let mut watch = (self.source.mode == ConsumerMode::Group).then(|| OrphanWatch::new(OrphanWatch::PATIENCE));
         let mut last_watch = Instant::now();
+        // Checked after the first collect has adopted the assignment.
+        let (mut source_check_due, mut last_source_check) = (true, Instant::now());
         let limits = crate::batch::Limits::of(&self.settings);
         loop {
             let started_at = EventTime::now();
@@ -168,6 +182,7 @@ impl Pipeline {
                 limits,
                 source: &self.source,
                 generation: &mut generation,
+                consumer_error: false,
             };
             source::collect(
                 &self.source.consumer,
@@ -176,6 +191,7 @@ impl Pipeline {
                 collect_started + self.settings.batch.trigger,
                 &self.shutdown,
             )?;
+            source_check_due |= collecting.consumer_error;
             let batch = collecting.batch;
             let collect_time = collect_started.elapsed();
             if let Some(watch) = watch.as_mut()
@@ -191,6 +207,11 @@ impl Pipeline {
                 summary.invalid += record.invalid;
                 summary.duplicates += record.in_batch_duplicates + record.stored_duplicates;
                 summary.inserted += record.inserted.unwrap_or(0);
+            }
+            let since = last_source_check.elapsed();
+            if since >= SOURCE_CHECK_EVERY || (source_check_due && since >= SOURCE_CHECK_AFTER_ERROR) {
+                last_source_check = Instant::now();
+                source_check_due = !self.check_source(&mut positions)?;
             }
             let done = self.runtime.clone().block_on(self.upkeep.run_due(&mut self.table));
             if done != Default::default() {
@@ -239,9 +260,93 @@ impl Pipeline {
         let held: BTreeSet<i32> = held.keys().copied().collect();
         let orphans = watch.observe(Instant::now(), &held, &stored, &ends);
         if !orphans.is_empty() {
-            self.source.rejoin(&orphans).map_err(PipelineError::Consumer)?;
+            let why = "partitions with unread messages have made no progress for a long time and this \
+                       instance does not hold them";
+            self.source.rejoin(&orphans, why).map_err(PipelineError::Consumer)?;
         }
         Ok(())
+    }
+
+    /// Compares the partitions read with the broker's: reads new partitions (assign
+    /// mode; in group mode librdkafka rebalances), and handles partitions whose next
+    /// offset the broker does not hold ([`crate::source::ranges`]): stops, or with
+    /// `fail_on_data_loss = false` records the reset in Delta and reads on from the
+    /// broker's first offset. Returns whether the check is complete (`false`: look again
+    /// soon, after a lost commit race).
+    fn check_source(&mut self, positions: &mut Positions) -> Result<bool, PipelineError> {
+        let known = self.source.partitions;
+        if let Some(now) = self.source.partition_count_now()
+            && now != known
+        {
+            tracing::warn!(topic = %self.source.topic, from = known, to = now, "the raw topic's partition count changed");
+            let added: Vec<i32> = (known..now).collect();
+            match self.source.mode {
+                ConsumerMode::Assign if now > known => {
+                    self.source.add_partitions(&added, positions).map_err(PipelineError::Assignment)?;
+                }
+                // librdkafka rebalances when its metadata shows the new count, but the
+                // leader may assign from an older view (seen with tansu): a rebalance
+                // now, with the new count known, assigns them.
+                ConsumerMode::Group if now > known => {
+                    self.source.rejoin(&added, "the raw topic has new partitions").map_err(PipelineError::Consumer)?;
+                }
+                _ => {}
+            }
+            self.source.partitions = now;
+        }
+        let resets = self.source.out_of_range(&positions.next);
+        let Some(first) = resets.first() else {
+            return Ok(true);
+        };
+        if self.settings.fail_on_data_loss {
+            return Err(PipelineError::DataLoss(first.clone()));
+        }
+        // In Delta first, so that a restart starts from the broker's first offset too.
+        let ids = AppIds::of(&self.settings);
+        let now = EventTime::now();
+        let lowered: BTreeMap<i32, i64> = resets.iter().map(|r| (r.partition, r.low - 1)).collect();
+        let metadata = serde_json::json!({ "idempipe.offset_resets": resets, "idempipe.group": self.settings.group });
+        let rt = self.runtime.clone();
+        let committed = rt.block_on(async {
+            self.table.reload().await?;
+            self.table.record_offsets(&ids.txns(&lowered, now), metadata).await
+        });
+        let version = match committed {
+            Ok(version) => version,
+            Err(e) if e.is_write_conflict() => {
+                tracing::info!(error = %e, "lost a commit race while recording offset resets; looking again");
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for reset in &resets {
+            // Never any other offset: on failure the processor stops, and restarts from
+            // the offset just recorded.
+            self.source.seek(reset.partition, reset.low).map_err(PipelineError::Consumer)?;
+            positions.next.insert(reset.partition, Some(reset.low));
+            positions.at_end.remove(&reset.partition);
+            metrics::offset_reset(reset);
+            tracing::warn!(
+                partition = reset.partition,
+                kind = reset.kind(),
+                lost = reset.lost,
+                delta_version = version,
+                "{reset}; reading on from offset {} (fail_on_data_loss = false)",
+                reset.low
+            );
+        }
+        let record = BatchRecord {
+            batch_id: now.micros(),
+            started_at: Some(now),
+            ended_at: Some(EventTime::now()),
+            delta_version: version,
+            offset_resets: resets,
+            ..BatchRecord::default()
+        };
+        if let Err(e) = self.log.append(&record) {
+            tracing::warn!(error = %e, path = %self.log.path().display(), "cannot write the batch log");
+        }
+        Ok(true)
     }
 
     /// Steps 2 to 7 for one collected batch.
@@ -446,6 +551,8 @@ struct Collecting<'a> {
     source: &'a Source,
     /// The assignment generation the batch belongs to.
     generation: &'a mut u64,
+    /// A consumer error was seen: the collection ends and the partitions are checked.
+    consumer_error: bool,
 }
 
 impl Collector for Collecting<'_> {
@@ -453,7 +560,14 @@ impl Collector for Collecting<'_> {
 
     fn is_full(&self) -> bool {
         let limits = &self.settings.batch;
-        self.batch.messages() >= limits.max_events.get() as u64 || self.batch.bytes >= limits.max_bytes.get()
+        self.consumer_error
+            || self.batch.messages() >= limits.max_events.get() as u64
+            || self.batch.bytes >= limits.max_bytes.get()
+    }
+
+    fn consumer_error(&mut self, error: KafkaError) {
+        tracing::warn!(error = %error, "consumer error; checking the raw topic's partitions");
+        self.consumer_error = true;
     }
 
     fn after_poll(&mut self, positions: &mut Positions) -> Result<(), PipelineError> {

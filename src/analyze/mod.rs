@@ -172,7 +172,9 @@ impl Report {
     /// Computes the report of the records (in log order; sorted here by start time in
     /// case the log interleaves writers).
     pub fn from_records(records: &[BatchRecord]) -> Self {
-        let batches = timeline(records);
+        // Offset resets are logged as records of no batch: not part of the statistics.
+        let records: Vec<BatchRecord> = records.iter().filter(|r| !r.is_reset_only()).cloned().collect();
+        let batches = timeline(&records);
         let summary = summarise(&batches);
         Report { batches, summary }
     }

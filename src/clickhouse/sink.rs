@@ -111,6 +111,9 @@ pub struct ClickHouseSink {
     /// Per partition, the next offset to read (`None`: from the beginning, nothing
     /// committed); after each insert, the first offset not yet loaded.
     positions: Positions,
+    /// The processed topic's partition count when last looked at, and when that was.
+    partitions: i32,
+    partitions_checked: Instant,
 }
 
 impl ClickHouseSink {
@@ -134,36 +137,17 @@ impl ClickHouseSink {
                 ("group.id", settings.clickhouse.group.as_str()),
                 ("enable.auto.commit", "false"),
                 ("enable.partition.eof", "true"),
-                ("auto.offset.reset", "earliest"),
+                // Starts are set explicitly; one the broker does not hold is handled by
+                // `check_partitions` (read on from the first offset held).
+                ("auto.offset.reset", "error"),
                 ("statistics.interval.ms", kafka::STATS_INTERVAL_MS),
             ],
         )
         .create_with_context(LagReporting { topic: topic.clone(), report: crate::metrics::clickhouse_sink_lag })
         .map_err(kafka::client_error(&settings))?;
         let count = kafka::partition_count(&settings, consumer.client(), Some(&topic))? as i32;
-        let partitions: Vec<i32> = (0..count).collect();
-        let mut wanted = TopicPartitionList::new();
-        for p in &partitions {
-            wanted.add_partition(&topic, *p);
-        }
-        let committed =
-            consumer.committed_offsets(wanted, kafka::METADATA_TIMEOUT).map_err(kafka::client_error(&settings))?;
-        let mut tpl = TopicPartitionList::new();
-        let mut next = BTreeMap::new();
-        for p in &partitions {
-            let offset = match committed.find_partition(&topic, *p).map(|e| e.offset()) {
-                Some(Offset::Offset(n)) if n >= 0 => {
-                    next.insert(*p, Some(n));
-                    Offset::Offset(n)
-                }
-                _ => {
-                    next.insert(*p, None);
-                    Offset::Beginning
-                }
-            };
-            tracing::info!(partition = p, ?offset, group = %settings.clickhouse.group, "sink starts");
-            tpl.add_partition_offset(&topic, *p, offset).map_err(kafka::client_error(&settings))?;
-        }
+        let next = committed_starts(&settings, &consumer, 0..count)?;
+        let tpl = assignment(&topic, &next).map_err(kafka::client_error(&settings))?;
         consumer.assign(&tpl).map_err(kafka::client_error(&settings))?;
         tracing::info!(
             server = %clickhouse.version().text,
@@ -189,6 +173,8 @@ impl ClickHouseSink {
             shutdown,
             upstream: None,
             positions: Positions::new(next),
+            partitions: count,
+            partitions_checked: Instant::now(),
         })
     }
 
@@ -262,6 +248,10 @@ impl ClickHouseSink {
             if self.shutdown.load(Ordering::Relaxed) {
                 return Ok(summary);
             }
+            if self.partitions_checked.elapsed() >= PARTITION_CHECK_EVERY {
+                self.partitions_checked = Instant::now();
+                self.check_partitions()?;
+            }
             let last_sent = self.upstream.as_ref().and_then(|u| u.last_sent());
             if upstream_running && last_sent.is_some() {
                 // The idle time counts from now: records sent just before may still come.
@@ -279,6 +269,51 @@ impl ClickHouseSink {
         }
     }
 
+    /// Compares the partitions read with the broker's (between inserts, so nothing
+    /// collected is lost): a partition whose position the broker no longer holds is read
+    /// on from its first offset; new partitions of the processed topic are read from the
+    /// group's committed offsets, or from the beginning, the others staying where they are.
+    fn check_partitions(&mut self) -> Result<(), ClickHouseSinkError> {
+        let topic = &self.settings.topics.processed;
+        // ClickHouse keeps one row per key whatever is loaded twice, so a position the
+        // broker no longer holds is read on from its first offset, with a warning: a
+        // recreated topic is loaded again from its start, a truncated one from what is left
+        // (`reconcile` repairs what retention deleted unread).
+        for reset in source::ranges::out_of_range(&self.consumer, topic, &self.positions.next) {
+            tracing::warn!(
+                partition = reset.partition,
+                kind = reset.kind(),
+                "{reset}; the ClickHouse sink reads on from offset {}",
+                reset.low
+            );
+            self.consumer
+                .seek(topic, reset.partition, Offset::Offset(reset.low), Duration::from_secs(10))
+                .map_err(kafka::client_error(&self.settings))?;
+            self.positions.next.insert(reset.partition, Some(reset.low));
+            self.positions.at_end.remove(&reset.partition);
+        }
+        let Some(now) = self
+            .consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(1))
+            .ok()
+            .and_then(|m| m.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions().len() as i32))
+        else {
+            return Ok(());
+        };
+        if now <= self.partitions {
+            return Ok(());
+        }
+        let added = committed_starts(&self.settings, &self.consumer, self.partitions..now)?;
+        tracing::warn!(topic = %topic, from = self.partitions, to = now, starts = ?added, "the processed topic has new partitions: reading them");
+        let mut next = self.positions.next.clone();
+        next.extend(added.clone());
+        let tpl = assignment(topic, &next).map_err(kafka::client_error(&self.settings))?;
+        self.consumer.assign(&tpl).map_err(kafka::client_error(&self.settings))?;
+        self.positions.next.extend(added);
+        self.partitions = now;
+        Ok(())
+    }
+
     /// Commits the offsets after each range. A failed commit is logged, not fatal: the
     /// records are re-read and re-inserted after a restart, which is harmless.
     fn commit(&self, ranges: &BTreeMap<i32, (i64, i64)>) {
@@ -293,6 +328,42 @@ impl ClickHouseSink {
             tracing::warn!(error = %e, "committing the sink's offsets failed (they will be re-read after a restart)");
         }
     }
+}
+
+/// How often the sink looks for new partitions of the processed topic.
+const PARTITION_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// The next offset to read on each of `partitions`: the group's committed offset, or
+/// `None` (from the beginning) where it has none.
+fn committed_starts(
+    settings: &Settings,
+    consumer: &BaseConsumer<LagReporting>,
+    partitions: std::ops::Range<i32>,
+) -> Result<BTreeMap<i32, Option<i64>>, ClickHouseSinkError> {
+    let topic = &settings.topics.processed;
+    let mut wanted = TopicPartitionList::new();
+    for p in partitions.clone() {
+        wanted.add_partition(topic, p);
+    }
+    let committed =
+        consumer.committed_offsets(wanted, kafka::METADATA_TIMEOUT).map_err(kafka::client_error(settings))?;
+    Ok(partitions
+        .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(n)) if n >= 0 => (p, Some(n)),
+            _ => (p, None),
+        })
+        .collect())
+}
+
+/// The assignment of `topic` that reads each partition of `next` from its offset (`None`:
+/// the beginning).
+fn assignment(topic: &str, next: &BTreeMap<i32, Option<i64>>) -> Result<TopicPartitionList, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for (p, offset) in next {
+        tracing::info!(partition = p, ?offset, "sink reads from");
+        tpl.add_partition_offset(topic, *p, offset.map_or(Offset::Beginning, Offset::Offset))?;
+    }
+    Ok(tpl)
 }
 
 /// One insert under collection.

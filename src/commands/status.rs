@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::batch_log::{BatchLog, BatchRecord};
 use crate::config::{ClickHouseIngest, Settings};
 use crate::kafka::{self, KafkaFailure};
+use crate::source::OffsetReset;
 use crate::table::{AppIds, DeltaError, EventTable};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,9 @@ pub struct Status {
     pub processor: Vec<ProcessorPartition>,
     pub processor_lag: i64,
     pub last_batch: Option<BatchRecord>,
+    /// Partitions read on from the broker's first offset because it no longer held the
+    /// stored one (`fail_on_data_loss = false`), as the batch log records them.
+    pub offset_resets: Vec<OffsetReset>,
     /// Seconds since the last batch ended.
     pub last_batch_age_s: Option<f64>,
     pub processed_topic: String,
@@ -87,7 +91,9 @@ pub async fn status(settings: &Settings) -> Result<Status, StatusError> {
                 }
             })
             .collect();
-    let last_batch = BatchLog::new(settings.batch_log.clone()).last()?;
+    let log = BatchLog::new(settings.batch_log.clone()).read()?;
+    let offset_resets: Vec<OffsetReset> = log.iter().flat_map(|r| r.offset_resets.iter().cloned()).collect();
+    let last_batch = log.into_iter().rev().find(|r| !r.is_reset_only());
     let last_batch_age_s = last_batch
         .as_ref()
         .and_then(|b| b.ended_at)
@@ -101,6 +107,7 @@ pub async fn status(settings: &Settings) -> Result<Status, StatusError> {
         processor,
         last_batch,
         last_batch_age_s,
+        offset_resets,
         processed_topic: settings.topics.processed.clone(),
         clickhouse_group: settings.clickhouse.group.clone(),
         clickhouse_ingest: settings.clickhouse.ingest,
@@ -141,6 +148,10 @@ impl Status {
             (None, _) => {
                 let _ = writeln!(out, "last batch       none logged");
             }
+        }
+        for reset in &self.offset_resets {
+            let lost = reset.lost.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+            let _ = writeln!(out, "offset reset     ({}, {lost} lost) {reset}", reset.kind());
         }
         let _ = writeln!(out, "\nprocessor on {} (lag {})", self.raw_topic, self.processor_lag);
         let _ = writeln!(out, "{:>9} {:>12} {:>14} {:>10}", "partition", "end", "stored offset", "lag");

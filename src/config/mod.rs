@@ -207,6 +207,9 @@ pub struct Settings {
     pub max_message_bytes: usize,
     pub batch: BatchLimits,
     pub consumer_mode: ConsumerMode,
+    /// Whether a stored offset the broker no longer holds stops the processor (`true`) or
+    /// is skipped from, the loss recorded ([`crate::source::ranges`]).
+    pub fail_on_data_loss: bool,
     pub key_check: KeyCheck,
     pub log_format: LogFormat,
     /// Where `run` and `sink-clickhouse` serve `/metrics`, `/healthz` and `/readyz`;
@@ -287,6 +290,7 @@ impl Settings {
             max_message_bytes: o.max_message_bytes.get(),
             batch: BatchLimits { trigger: o.trigger, max_events: o.max_batch_events, max_bytes: o.max_batch_bytes },
             consumer_mode: o.consumer_mode,
+            fail_on_data_loss: o.fail_on_data_loss,
             key_check: o.key_check,
             log_format: o.log_format,
             metrics_addr: o.metrics_addr,

@@ -276,6 +276,12 @@ options! {
     /// How the processor gets partitions: `assign` (all of them, no group membership)
     /// or `group` (share them with other instances).
     consumer_mode: ConsumerMode = "assign", env "IDEMPIPE_CONSUMER_MODE";
+    /// When a partition's stored offset lies outside what the broker holds (the raw topic
+    /// was recreated, truncated, or replaced by another cluster's): `true` stops with an
+    /// error naming it; `false` goes on from the earliest offset held and records the
+    /// loss (log, metric, batch log, `status`).
+    #[arg(num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    fail_on_data_loss: bool = "true", env "IDEMPIPE_FAIL_ON_DATA_LOSS";
     /// How the processor finds events the table already holds: `index` (every key in
     /// memory, built from Delta on start; 20 to 40 bytes per key) or `scan` (read the
     /// batch's date partitions each batch; no memory, cost grows with the table).

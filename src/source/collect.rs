@@ -96,6 +96,11 @@ pub trait Collector {
 
     /// Takes one message, `gap` offsets past the one expected on its partition.
     fn take(&mut self, message: &BorrowedMessage<'_>, gap: u64);
+
+    /// Hears of a consumer error (other than a partition's end).
+    fn consumer_error(&mut self, error: KafkaError) {
+        tracing::warn!(error = %error, "consumer error");
+    }
 }
 
 /// Polls `consumer` into `batch` until `deadline`, until the batch is full, or until
@@ -123,7 +128,7 @@ pub fn collect<C: ConsumerContext, B: Collector>(
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 positions.at_end.insert(p);
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            Some(Err(e)) => batch.consumer_error(e),
             None => {}
         }
     }

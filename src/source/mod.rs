@@ -10,6 +10,7 @@
 
 pub mod collect;
 pub mod orphans;
+pub mod ranges;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +26,7 @@ use crate::config::{ConsumerMode, Settings};
 use crate::kafka::{self, KafkaFailure, Role, client_config};
 pub use crate::source::collect::{Collector, Positions, collect};
 pub use crate::source::orphans::OrphanWatch;
+pub use crate::source::ranges::OffsetReset;
 use crate::table::EventTable;
 use crate::table::offsets::{self, AppIds};
 
@@ -148,7 +150,7 @@ pub struct Source {
     pub assignment: Arc<Mutex<Assignment>>,
     pub topic: String,
     pub mode: ConsumerMode,
-    /// The raw topic's partition count at start.
+    /// The raw topic's partition count when last looked at.
     pub partitions: i32,
 }
 
@@ -165,9 +167,13 @@ impl Source {
                 ("group.id", settings.group.as_str()),
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
-                // Only used if a stored start is out of range (topic recreated, retention):
-                // then re-reading from the start is safe, the MERGE drops what is stored.
-                ("auto.offset.reset", "earliest"),
+                // Every start is set explicitly, from Delta; one the broker does not hold
+                // (topic recreated or truncated) is an error the processor decides on
+                // (`ranges`), never a silent jump.
+                ("auto.offset.reset", "error"),
+                // How soon group mode sees new partitions (librdkafka then rebalances);
+                // assign mode looks itself (`Source::partition_count_now`).
+                ("topic.metadata.refresh.interval.ms", "10000"),
                 // Records of aborted or open transactions are never events (the
                 // pass-through cannot change it: `config::GUARDED_KAFKA_SETTINGS`).
                 ("isolation.level", "read_committed"),
@@ -235,16 +241,48 @@ impl Source {
         }
     }
 
-    /// Leaves and joins the group again, forcing a rebalance (see [`OrphanWatch`]).
-    pub fn rejoin(&self, orphans: &[i32]) -> Result<(), KafkaError> {
-        tracing::warn!(
-            topic = %self.topic,
-            ?orphans,
-            "partitions with unread messages have made no progress for a long time and this \
-             instance does not hold them: rejoining the group to force a new assignment"
-        );
+    /// Leaves and joins the group again, forcing a rebalance, because of `partitions`
+    /// (`why`: see [`OrphanWatch`], and new partitions in `Pipeline::check_source`).
+    pub fn rejoin(&self, partitions: &[i32], why: &str) -> Result<(), KafkaError> {
+        tracing::warn!(topic = %self.topic, ?partitions, "{why}: rejoining the group to force a new assignment");
         self.consumer.unsubscribe();
         self.consumer.subscribe(&[&self.topic])
+    }
+
+    /// The raw topic's partition count now; `None` when the broker does not answer within
+    /// a second or does not know the topic (deleted, being recreated).
+    pub fn partition_count_now(&self) -> Option<i32> {
+        let metadata = self.consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(1)).ok()?;
+        let topic = metadata.topics().iter().find(|t| t.name() == self.topic)?;
+        (topic.error().is_none() && !topic.partitions().is_empty()).then(|| topic.partitions().len() as i32)
+    }
+
+    /// Assign mode: starts reading `added` (new partitions of the raw topic) from the
+    /// offsets Delta stores, or from the beginning, keeping every partition already read
+    /// at its position in `positions` (between batches, so nothing collected is lost).
+    pub fn add_partitions(&mut self, added: &[i32], positions: &mut Positions) -> Result<(), String> {
+        let starts = self.consumer.context().starts_from_delta(added)?;
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in positions.next.iter().chain(starts.iter()) {
+            tpl.add_partition_offset(&self.topic, *p, next.map_or(Offset::Beginning, Offset::Offset))
+                .map_err(|e| e.to_string())?;
+        }
+        self.consumer.assign(&tpl).map_err(|e| format!("assigning the new partitions failed: {e}"))?;
+        tracing::info!(?starts, "new partitions of the raw topic assigned; starting after the offsets stored in Delta");
+        positions.next.extend(starts);
+        self.partitions = self.partitions.max(added.iter().max().map_or(0, |p| p + 1));
+        Ok(())
+    }
+
+    /// The partitions in `next` (the next offset expected on each) whose offset lies
+    /// outside what the broker holds; partitions it does not answer for are left out.
+    pub fn out_of_range(&self, next: &BTreeMap<i32, Option<i64>>) -> Vec<OffsetReset> {
+        ranges::out_of_range(&self.consumer, &self.topic, next)
+    }
+
+    /// Moves reading on `partition` to `offset` (after a reset was recorded in Delta).
+    pub fn seek(&self, partition: i32, offset: i64) -> Result<(), KafkaError> {
+        self.consumer.seek(&self.topic, partition, Offset::Offset(offset), Duration::from_secs(10))
     }
 
     /// The end (high watermark) of each partition; partitions the broker does not answer

@@ -269,20 +269,28 @@ impl EventTable {
         }
         if outcome.files_added == 0 && !txns.is_empty() {
             // A merge that writes nothing makes no commit: record the offsets alone.
-            let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
-            CommitBuilder::from(properties())
-                .with_actions(vec![])
-                .build(
-                    Some(snapshot as &dyn TableReference),
-                    self.table.log_store(),
-                    DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None },
-                )
-                .await
-                .map_err(|e| self.error(e))?;
-            self.reload().await?;
+            self.record_offsets(txns, metadata).await?;
         }
         outcome.version = self.version();
         Ok(outcome)
+    }
+
+    /// Commits `txns` alone, no rows (with `metadata`, an object, in the commit info), and
+    /// returns the new version. A txn may move a partition's offset back (a recreated
+    /// topic: see [`crate::source::ranges`]).
+    pub async fn record_offsets(&mut self, txns: &[Transaction], metadata: serde_json::Value) -> Result<u64> {
+        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+        CommitBuilder::from(commit_properties(txns, &metadata))
+            .with_actions(vec![])
+            .build(
+                Some(snapshot as &dyn TableReference),
+                self.table.log_store(),
+                DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None },
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        self.reload().await?;
+        Ok(self.version())
     }
 }
 

@@ -5,7 +5,7 @@
 pub mod browser;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -297,6 +297,13 @@ metrics_addr = "127.0.0.1:0"
 
     /// [`Pipeline::run_until_idle`] with a time limit of the caller's (large runs).
     pub fn run_until_idle_within(&self, extra: &[&str], limit: Duration) {
+        let (status, log) = self.run_until_idle_ending(extra, limit);
+        assert!(status.success(), "`idempipe run` failed ({status}); its log:\n{log}");
+    }
+
+    /// Runs `run --until-idle 2s` with `extra` to its end, successful or not (failing the
+    /// test if that takes longer than `limit`): its exit status and the end of its log.
+    pub fn run_until_idle_ending(&self, extra: &[&str], limit: Duration) -> (ExitStatus, String) {
         let mut args = vec!["run", "--until-idle", "2s"];
         args.extend_from_slice(extra);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -314,7 +321,22 @@ metrics_addr = "127.0.0.1:0"
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        assert!(status.success(), "`idempipe run` failed ({status}); its log:\n{}", self.tail(&name));
+        (status, self.tail(&name))
+    }
+
+    /// The test's raw topic.
+    pub fn raw_topic(&self) -> String {
+        format!("{}_raw", self.name)
+    }
+
+    /// The test's processed topic.
+    pub fn processed_topic(&self) -> String {
+        format!("{}_processed", self.name)
+    }
+
+    /// `status --json`.
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
     }
 
     /// The last lines of a background command's log.
@@ -505,13 +527,15 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A Kafka broker of the test's own (tansu on sqlite storage in `dir`) reached over TLS
-/// only: stunnel in front of it with a certificate from [`make_certificates`], and,
-/// with `scram`, SASL/SCRAM-SHA-512 authentication with that user and password
-/// (`scripts/services.sh` with `KAFKA_TLS_*` and `KAFKA_SCRAM_*`).
+/// A Kafka broker of the test's own (tansu on sqlite storage in `dir`): plain
+/// ([`PrivateKafka::plain`]), or reached over TLS only: stunnel in front of it with a
+/// certificate from [`make_certificates`], and, with `scram`, SASL/SCRAM-SHA-512
+/// authentication with that user and password (`scripts/services.sh` with `KAFKA_TLS_*`
+/// and `KAFKA_SCRAM_*`).
 pub struct PrivateKafka {
     dir: PathBuf,
     port: u16,
+    /// 0: no TLS listener.
     pub tls_port: u16,
     /// The CA that signed the broker's certificate.
     pub ca: PathBuf,
@@ -519,6 +543,14 @@ pub struct PrivateKafka {
 }
 
 impl PrivateKafka {
+    /// A plain broker (no TLS, no authentication): for tests that delete topics, which
+    /// on tansu 0.6.0 deletes every topic of the broker (see [`recreate_topic`]).
+    pub fn plain(dir: PathBuf) -> Self {
+        let this = Self { dir, port: free_port(), tls_port: 0, ca: PathBuf::new(), scram: None };
+        this.script("kafka-fresh", None);
+        this
+    }
+
     pub fn start(dir: PathBuf, scram: Option<(&str, &str)>) -> Self {
         let (ca, cert, key) = make_certificates(&dir.join("tls"));
         let scram = scram.map(|(u, p)| (u.to_owned(), p.to_owned()));
@@ -527,9 +559,41 @@ impl PrivateKafka {
         this
     }
 
-    /// `host:port` of the TLS listener.
+    /// Adds partitions to `topic` until it has `partitions`, in the broker's own storage:
+    /// tansu 0.6.0 refuses `CreatePartitions`, but answers from its sqlite tables, so new
+    /// rows there are new partitions to every client (the existing ones keep their
+    /// records and offsets, as with Kafka's `CreatePartitions`).
+    pub fn add_partitions(&self, topic: &str, partitions: i32) {
+        let script = r#"
+import sqlite3, sys
+db, topic, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = sqlite3.connect(db, timeout=30)
+(tid, old), = c.execute("select id, partitions from topic where name = ?", (topic,)).fetchall()
+for p in range(old, count):
+    c.execute("insert into topition (topic, partition) values (?, ?)", (tid, p))
+    c.execute("insert into watermark (topition) select id from topition where topic = ? and partition = ?", (tid, p))
+c.execute("update topic set partitions = ? where id = ?", (count, tid))
+c.commit()
+"#;
+        let status = Command::new("python3")
+            .args(["-c", script])
+            .arg(self.dir.join("tansu.db"))
+            .arg(topic)
+            .arg(partitions.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "adding partitions to {topic} in tansu's storage");
+        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", self.brokers()).create().unwrap();
+        wait_until(Duration::from_secs(30), "the broker reporting the new partitions", || {
+            consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).is_ok_and(|m| {
+                m.topics().iter().any(|t| t.name() == topic && t.partitions().len() == partitions as usize)
+            })
+        });
+    }
+
+    /// `host:port` of the TLS listener, or of the plain one without TLS.
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.tls_port)
+        format!("127.0.0.1:{}", if self.tls_port == 0 { self.port } else { self.tls_port })
     }
 
     /// The librdkafka settings that reach it: TLS with the test's CA, and SCRAM if on.
@@ -740,6 +804,36 @@ pub fn chdb(args: &[&str], input: Option<&Value>) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Deletes `topic` on the broker at `brokers` and creates it again with `partitions`
+/// partitions, as an operator would with the admin API: its offsets start over at 0.
+///
+/// tansu 0.6.0's DeleteTopics removes every topic of the broker, not just the one named
+/// (its `topic_delete_by.sql` filters by cluster only): use a broker of the test's own
+/// ([`PrivateKafka::plain`]), and run `setup` afterwards for the pipeline's other topics
+/// (which come back empty).
+pub fn recreate_topic(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    futures::executor::block_on(async {
+        for result in admin.delete_topics(&[topic], &options).await.unwrap() {
+            result.unwrap_or_else(|(t, e)| panic!("deleting {t}: {e}"));
+        }
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        for result in admin.create_topics(&[new], &options).await.unwrap() {
+            result.unwrap_or_else(|(t, e)| panic!("creating {t} again: {e}"));
+        }
+    });
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    wait_until(Duration::from_secs(30), "the recreated topic's partitions", || {
+        consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .is_ok_and(|m| m.topics().iter().any(|t| t.name() == topic && t.partitions().len() == partitions as usize))
+    });
+}
+
 /// Polls `f` until it is true or `timeout` passes.
 pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -777,8 +871,13 @@ pub struct Record {
 /// from the beginning until every partition reports its end (EOF, from the high
 /// watermark of fetch responses).
 pub fn read_all(topic: &str) -> Vec<Record> {
+    read_all_from(&brokers(), topic)
+}
+
+/// [`read_all`] on the broker at `brokers`.
+pub fn read_all_from(brokers: &str, topic: &str) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", "test-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")

@@ -1,0 +1,139 @@
+//! Offsets the broker no longer holds.
+//!
+//! A partition's next offset (the one after the offset Delta stores) must lie within what
+//! the broker holds: from the partition's first offset (`low`) to its end (`high`, the
+//! offset the next message will get). Outside it, reading on would skip messages without
+//! a word:
+//! - below `low`: retention or a truncation deleted messages before they were read;
+//! - above `high`: the topic starts over below the stored offsets (deleted and recreated,
+//!   or replaced by another cluster's), and its new messages lie below them.
+//!
+//! The consumer never resets a position by itself (`auto.offset.reset=error`): an
+//! out-of-range fetch is a consumer error, which makes the processor compare each
+//! partition it reads with the broker's range ([`OffsetReset::check`]); it also does so
+//! at start and every few seconds, for brokers that answer such a fetch with nothing.
+//! By default (`fail_on_data_loss = true`) it then stops with an error naming the topic,
+//! partition, stored offset and range. With `fail_on_data_loss = false` it records
+//! `low - 1` as the partition's stored offset in Delta (one commit, so a restart does not
+//! decide again; for a recreated topic this moves the txn version back), reads on from
+//! `low`, and records the reset in the log, the metrics, the batch log and `status`.
+//!
+//! Not detectable from offsets: a recreated topic whose new end has already passed the
+//! stored offset when the processor first looks (it was stopped meanwhile). Its messages
+//! below the stored offset are then skipped as stored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use serde::{Deserialize, Serialize};
+
+/// The partitions of `topic` in `next` (the next offset expected on each) whose offset
+/// lies outside what the broker holds; partitions it does not answer for within a second
+/// (a topic being recreated) are left out.
+pub fn out_of_range<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    next: &BTreeMap<i32, Option<i64>>,
+) -> Vec<OffsetReset> {
+    next.iter()
+        .filter_map(|(p, next)| {
+            let expected = (*next)?;
+            let (low, high) = consumer
+                .fetch_watermarks(topic, *p, Duration::from_secs(1))
+                .map_err(|e| tracing::debug!(partition = p, error = %e, "cannot read the partition's range"))
+                .ok()?;
+            OffsetReset::check(topic, *p, expected, low, high)
+        })
+        .collect()
+}
+
+/// A partition whose next offset lies outside the range the broker holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetReset {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset the processor expected (the one after the offset Delta stores).
+    pub expected: i64,
+    /// The first offset the broker holds.
+    pub low: i64,
+    /// The partition's end: the offset its next message will get.
+    pub high: i64,
+    /// Messages deleted before they were read (`low - expected`) when the partition was
+    /// truncated; `None` when it starts over below the expected offset, where how many of
+    /// the old partition's messages were never read is not known.
+    pub lost: Option<u64>,
+}
+
+impl OffsetReset {
+    /// The reset `expected` calls for on a partition holding `low..high`, if any.
+    pub fn check(topic: &str, partition: i32, expected: i64, low: i64, high: i64) -> Option<Self> {
+        let lost = if expected < low {
+            Some((low - expected) as u64)
+        } else if expected > high {
+            None
+        } else {
+            return None;
+        };
+        Some(Self { topic: topic.to_owned(), partition, expected, low, high, lost })
+    }
+
+    /// `truncated` (messages deleted unread) or `rewound` (the partition starts over
+    /// below the stored offset).
+    pub fn kind(&self) -> &'static str {
+        if self.lost.is_some() { "truncated" } else { "rewound" }
+    }
+}
+
+impl fmt::Display for OffsetReset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (topic, partition, expected) = (&self.topic, self.partition, self.expected);
+        write!(f, "partition {partition} of topic {topic}: the Delta table stores offsets up to {}, ", expected - 1)?;
+        if self.low == self.high {
+            write!(f, "but the broker holds no message there (its end is offset {}): ", self.high)?;
+        } else {
+            write!(f, "but the broker holds offsets {} to {}: ", self.low, self.high - 1)?;
+        }
+        match self.lost {
+            Some(lost) => write!(f, "{lost} messages from offset {expected} were deleted before they were read"),
+            None => write!(
+                f,
+                "the partition starts over below the stored offset (the topic was deleted and \
+                 recreated, or is another cluster's)"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn within_the_range_is_no_reset() {
+        assert_eq!(OffsetReset::check("t", 0, 10, 0, 20), None);
+        assert_eq!(OffsetReset::check("t", 0, 20, 0, 20), None, "at the end: waiting for the next message");
+        assert_eq!(OffsetReset::check("t", 0, 5, 5, 5), None, "an empty partition, all read");
+    }
+
+    #[test]
+    fn below_the_first_offset_held_is_a_counted_loss() {
+        let reset = OffsetReset::check("raw", 2, 10, 25, 40).unwrap();
+        assert_eq!((reset.kind(), reset.lost), ("truncated", Some(15)));
+        assert_eq!(
+            reset.to_string(),
+            "partition 2 of topic raw: the Delta table stores offsets up to 9, but the broker holds offsets \
+             25 to 39: 15 messages from offset 10 were deleted before they were read"
+        );
+    }
+
+    #[test]
+    fn past_the_end_is_a_partition_that_starts_over() {
+        let reset = OffsetReset::check("raw", 1, 251, 0, 0).unwrap();
+        assert_eq!((reset.kind(), reset.lost), ("rewound", None));
+        assert!(reset.to_string().contains("stores offsets up to 250, but the broker holds no message there"));
+        let reset = OffsetReset::check("raw", 1, 251, 0, 75).unwrap();
+        assert!(reset.to_string().contains("holds offsets 0 to 74: the partition starts over"), "{reset}");
+    }
+}

@@ -1,0 +1,177 @@
+//! The promise under conditions real Kafka clusters produce: a raw topic deleted and
+//! recreated under the processor (its offsets start over below the ones Delta stores),
+//! and partitions added while the processor and the ClickHouse sink run. Against the real
+//! broker, ClickHouse and the built binary.
+//!
+//! Each test has a broker of its own, because of two things tansu 0.6.0 does:
+//! - its DeleteTopics deletes every topic of the broker, so a test runs `setup` after a
+//!   recreation, which brings the pipeline's other topics back empty (on Kafka they would
+//!   keep their records); and a client running while a topic is deleted crashes
+//!   (librdkafka 2.12's leader discovery meets a fetch answer naming no topic), so topics
+//!   are recreated only while no idempipe process runs;
+//! - it refuses `CreatePartitions`, so partitions are added in its sqlite storage
+//!   ([`common::PrivateKafka::add_partitions`]), which it reads on every request.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Pipeline, PrivateKafka, RUN_TIMEOUT, assert_exact, count, recreate_topic, wait_until};
+use serde_json::{Value, json};
+
+/// The stored offset `status` reports per raw partition.
+fn stored(status: &Value) -> Vec<(i64, Option<i64>, i64)> {
+    status["processor"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["partition"].as_i64().unwrap(), p["stored"].as_i64(), p["end"].as_i64().unwrap()))
+        .collect()
+}
+
+/// The offset resets the batch log records.
+fn resets(p: &Pipeline) -> Vec<Value> {
+    p.batch_log().iter().flat_map(|r| r["offset_resets"].as_array().cloned().unwrap_or_default()).collect()
+}
+
+/// A raw topic deleted and recreated after 1,000 events were stored: by default `run`
+/// stops with an error naming the topic, a partition, its stored offset and the broker's
+/// range, and stores nothing; with `fail_on_data_loss = false` it records the reset in
+/// Delta, the batch log and `status`, and stores the new topic's events from offset 0.
+#[test]
+fn a_recreated_raw_topic_stops_the_processor_or_with_consent_is_read_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = PrivateKafka::plain(dir.path().join("kafka"));
+    let p = Pipeline::with_brokers("recreated", &kafka.brokers(), "");
+    p.ingest_generated(1_000, 0, 0, 4101);
+    let before = stored(&p.status());
+    assert!(before.iter().all(|(_, s, _)| s.is_some()), "every partition has stored offsets: {before:?}");
+
+    recreate_topic(&kafka.brokers(), &p.raw_topic(), 4);
+    p.setup();
+    let (file, _) = p.generate_as("after", 300, 0, 0, 4102);
+    p.produce(&file);
+
+    // Before: the processor waited for offsets the new topic had not reached, and said
+    // nothing; `--until-idle` never ended.
+    let (status, log) = p.run_until_idle_ending(&[], RUN_TIMEOUT);
+    assert!(!status.success(), "run must stop on the recreated topic; its log:\n{log}");
+    let raw = p.raw_topic();
+    assert!(
+        log.contains(&format!("of topic {raw}: the Delta table stores offsets up to"))
+            && log.contains("starts over below the stored offset")
+            && log.contains("fail_on_data_loss = false"),
+        "the error names the topic, the stored offset and the setting:\n{log}"
+    );
+    assert_eq!(count(&p.verify(), "delta_rows"), 1_000, "nothing stored from the new topic");
+    assert!(resets(&p).is_empty());
+
+    p.run_until_idle(&["--fail-on-data-loss=false", "--clickhouse-in-run"]);
+    let v = p.verify();
+    assert_eq!((count(&v, "delta_rows"), count(&v, "delta_distinct_keys")), (1_300, 1_300), "{v}");
+    // The processed topic came back empty (tansu), so it holds the new events only; the
+    // ClickHouse sink, whose group offsets lay past the new topic's end, read it from 0.
+    assert_eq!(count(&v, "processed_distinct_keys"), 300, "{v}");
+    assert_eq!((count(&v, "clickhouse_final_rows"), &v["clickhouse_keys_match"]), (1_300, &json!(true)), "{v}");
+    let resets = resets(&p);
+    let partitions_with_old_offsets = before.iter().filter(|(_, s, _)| s.is_some()).count();
+    assert_eq!(resets.len(), partitions_with_old_offsets, "one reset per partition: {resets:?}");
+    for reset in &resets {
+        assert_eq!((reset["low"].as_i64(), reset["lost"].as_u64()), (Some(0), None), "rewound: {reset}");
+        let partition = reset["partition"].as_i64().unwrap();
+        let old = before.iter().find(|(p, _, _)| *p == partition).unwrap().1.unwrap();
+        assert_eq!(reset["expected"].as_i64(), Some(old + 1), "{reset}");
+    }
+    // Delta now stores the new topic's offsets (moved back), and status shows the resets.
+    let status = p.status();
+    for (partition, stored, end) in stored(&status) {
+        assert_eq!(stored.map_or(0, |s| s + 1), end, "partition {partition} is read to its end");
+    }
+    assert_eq!(status["offset_resets"].as_array().map(Vec::len), Some(resets.len()), "{status}");
+    let text = p.ok(&["status"]);
+    assert!(text.contains("offset reset") && text.contains("rewound"), "{text}");
+
+    // Decided once: another run reads nothing again and resets nothing.
+    let lines = p.batch_log_lines();
+    p.run_until_idle(&["--fail-on-data-loss=false"]);
+    assert_eq!(p.batch_log_lines(), lines, "no batch and no reset");
+    assert_eq!(count(&p.verify(), "delta_rows"), 1_300);
+}
+
+/// The raw topic grown from 4 partitions to 6 while the processor runs: within a minute
+/// it reads the two new partitions from offset 0, in both consumer modes.
+#[test]
+fn partitions_added_while_the_processor_runs_are_read_in_assign_mode() {
+    partitions_added_while_running("assign");
+}
+
+#[test]
+fn partitions_added_while_the_processor_runs_are_read_in_group_mode() {
+    partitions_added_while_running("group");
+}
+
+fn partitions_added_while_running(mode: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = PrivateKafka::plain(dir.path().join("kafka"));
+    let p = Pipeline::with_brokers(&format!("grown_{mode}"), &kafka.brokers(), &format!("consumer_mode = \"{mode}\""));
+    p.setup();
+    let (file, _) = p.generate(1_000, 0, 0, 4201);
+    p.produce(&file);
+    let run = p.spawn(&["run"], "run");
+    let rows = || p.verify()["delta_rows"].as_u64().unwrap_or(0);
+    let alive = |run: &mut common::Background| {
+        assert_eq!(run.try_wait().unwrap(), None, "the processor exited; its log:\n{}", p.tail("run"))
+    };
+    wait_until(RUN_TIMEOUT, "the first 1,000 events stored", || rows() == 1_000);
+
+    kafka.add_partitions(&p.raw_topic(), 6);
+    let (file, _) = p.generate_as("after", 1_200, 0, 0, 4202);
+    p.produce(&file);
+    let ends = stored(&p.status());
+    assert_eq!(ends.len(), 6);
+    assert!(
+        ends.iter().filter(|(p, _, _)| *p >= 4).all(|(_, _, end)| *end > 0),
+        "new partitions hold events: {ends:?}"
+    );
+
+    // Within a minute of the partitions' appearance (the check runs every 10 s, librdkafka's
+    // metadata refresh too), with room for a slow machine.
+    let mut run = run;
+    wait_until(Duration::from_secs(120), "the events on all six partitions stored", || {
+        alive(&mut run);
+        rows() == 2_200
+    });
+    let status = p.status();
+    for (partition, stored, end) in stored(&status) {
+        assert_eq!(stored.map_or(0, |s| s + 1), end, "partition {partition} read to its end: {status}");
+    }
+    let v = p.verify();
+    assert_eq!((count(&v, "delta_rows"), count(&v, "delta_distinct_keys")), (2_200, 2_200), "{v}");
+    assert_eq!(count(&v, "processed_distinct_keys"), 2_200, "{v}");
+}
+
+/// The processed topic grown from 4 partitions to 6 while the ClickHouse sink runs: the
+/// sink loads the new partitions too.
+#[test]
+fn partitions_added_while_the_clickhouse_sink_runs_are_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = PrivateKafka::plain(dir.path().join("kafka"));
+    let p = Pipeline::with_brokers("sink_grown", &kafka.brokers(), "");
+    p.setup();
+    let _sink = p.spawn(&["sink-clickhouse"], "sink");
+    // The sink has started on the topic's four partitions.
+    wait_until(RUN_TIMEOUT, "the sink started", || {
+        std::fs::read_to_string(p.path("sink.log")).unwrap_or_default().contains("ClickHouse sink ready")
+    });
+    kafka.add_partitions(&p.processed_topic(), 6);
+    let (file, expected) = p.generate(1_500, 100, 0, 4301);
+    p.produce(&file);
+    p.run_until_idle(&[]);
+    let topic = common::read_all_from(&kafka.brokers(), &p.processed_topic());
+    assert!(topic.iter().any(|r| r.partition >= 4), "the processor wrote to the new partitions");
+    let clickhouse_rows = || p.verify()["clickhouse_final_rows"].as_u64().unwrap_or(0);
+    wait_until(Duration::from_secs(120), "every processed record loaded into ClickHouse", || {
+        clickhouse_rows() == 1_500
+    });
+    assert_exact(&p.verify(), &expected);
+}
