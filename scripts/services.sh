@@ -4,7 +4,7 @@
 #   ClickHouse (Debian's clickhouse-server) with HTTP on 127.0.0.1:8123
 #   S3: moto in server mode on 127.0.0.1:9300 (it honours conditional writes, which Delta's
 #       commits need), bucket `idempipe`; from PyPI into the project's virtual environment
-# Usage: scripts/services.sh up|down|status|restart-kafka|kafka-fresh|clickhouse-up|clickhouse-down|s3-up|s3-down|build-deps
+# Usage: scripts/services.sh up|down|status|restart-kafka|kafka-down|kafka-up|kafka-fresh|clickhouse-up|clickhouse-down|s3-up|s3-down|build-deps
 #   kafka-fresh     (re)starts tansu on an empty store (deletes SERVICES_DIR/tansu.db*)
 #   build-deps      installs what the build needs beyond Rust: OpenSSL's headers and pkg-config
 #                   (librdkafka's TLS and SASL/SCRAM), from Debian's packages
@@ -241,6 +241,8 @@ case ${1:-} in
   up) start_tansu; start_clickhouse; start_s3; status ;;
   down) stop stunnel; stop tansu; stop clickhouse; stop s3 ;;
   restart-kafka) stop tansu; start_tansu ;;
+  kafka-down) stop tansu ;;
+  kafka-up) start_tansu ;;
   kafka-fresh)
     stop stunnel
     stop tansu
@@ -255,5 +257,5 @@ case ${1:-} in
   s3-down) stop s3 ;;
   build-deps) install_build_deps ;;
   status) status; kafka_up && clickhouse_up && s3_up ;;
-  *) echo "usage: $0 up|down|status|restart-kafka|kafka-fresh|clickhouse-up|clickhouse-down|s3-up|s3-down|build-deps" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|restart-kafka|kafka-down|kafka-up|kafka-fresh|clickhouse-up|clickhouse-down|s3-up|s3-down|build-deps" >&2; exit 2 ;;
 esac

@@ -125,17 +125,58 @@ impl rdkafka::ClientContext for LagReporting {
 
 impl rdkafka::consumer::ConsumerContext for LagReporting {}
 
-/// The `error` callback shared by idempipe's client contexts.
+/// The `error` callback shared by idempipe's client contexts: logs and counts the error
+/// (persistent errors make the process unready: [`crate::metrics::service_error`]) and
+/// keeps the first fatal one ([`fatal_client_error`]).
 pub(crate) fn log_client_error(error: KafkaError, reason: &str) {
     match error {
         KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
         e => {
-            if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication)) {
+            let code = e.rdkafka_error_code();
+            if matches!(code, Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication)) {
                 *REFUSED_HANDSHAKE.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_owned());
+            }
+            crate::metrics::service_error("kafka", reason);
+            if code.is_some_and(is_fatal) {
+                let mut fatal = FATAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                fatal.get_or_insert_with(|| format!("{e}: {reason}"));
             }
             tracing::error!(error = %e, reason, "librdkafka error")
         }
     }
+}
+
+/// Errors no retry mends: librdkafka's fatal errors (an idempotent producer that can no
+/// longer keep its guarantee) and refused credentials or permissions. The process stops
+/// on the first, naming it, for an operator to fix the cause.
+pub fn is_fatal(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Fatal
+            | RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+    )
+}
+
+/// The first fatal error any Kafka client of this process met ([`is_fatal`]).
+static FATAL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// A consumer's error as a poll returned it: counted like the error callback's, and
+/// kept if fatal.
+pub fn note_consumer_error(error: &KafkaError) {
+    crate::metrics::service_error("kafka", &error.to_string());
+    if error.rdkafka_error_code().is_some_and(is_fatal) {
+        FATAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert_with(|| error.to_string());
+    }
+}
+
+/// The first fatal error any Kafka client of this process met, if any: the processor and
+/// the ClickHouse sink stop on it.
+pub fn fatal_client_error() -> Option<String> {
+    FATAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
 }
 
 /// The last TLS or SASL failure any client of this process met (librdkafka reports them

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -40,6 +40,7 @@ pub const MAINTENANCE_FAILURES: &str = "idempipe_maintenance_failures_total";
 pub const CLICKHOUSE_ROWS: &str = "idempipe_clickhouse_rows_inserted_total";
 pub const CLICKHOUSE_RETRIES: &str = "idempipe_clickhouse_insert_retries_total";
 pub const CLICKHOUSE_SINK_LAG: &str = "idempipe_clickhouse_sink_lag";
+pub const CLIENT_ERRORS: &str = "idempipe_client_errors_total";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -96,6 +97,10 @@ fn describe() {
     describe_counter!(MAINTENANCE_FAILURES, "Delta maintenance runs that failed, by kind.");
     describe_counter!(CLICKHOUSE_ROWS, "Rows the ClickHouse sink inserted.");
     describe_counter!(CLICKHOUSE_RETRIES, "ClickHouse inserts retried.");
+    describe_counter!(
+        CLIENT_ERRORS,
+        "Errors reported by a service's client, by service (kafka, clickhouse); errors that persist make /readyz fail."
+    );
     describe_gauge!(
         CLICKHOUSE_SINK_LAG,
         "Records on the processed topic not yet loaded into ClickHouse, per partition."
@@ -173,7 +178,8 @@ pub fn maintenance(kind: &'static str, ok: bool) {
 }
 
 /// Liveness and readiness as the endpoint reports them: live while the process serves;
-/// ready once the table is open and partitions are assigned, until shutdown begins.
+/// ready once the table is open and partitions are assigned, until shutdown begins, and
+/// while no service's errors persist ([`service_error`]).
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
@@ -184,9 +190,80 @@ impl Health {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+    /// Ready, or why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Err("not started, or stopping".to_owned());
+        }
+        match persistent_errors(Instant::now()) {
+            problems if problems.is_empty() => Ok(()),
+            problems => Err(problems.join("\n")),
+        }
     }
+}
+
+/// Errors that come this close together form one streak.
+const ERROR_STREAK_GAP: Duration = Duration::from_secs(30);
+/// A streak this long makes the process unready.
+const ERROR_STREAK_PERSISTS: Duration = Duration::from_secs(20);
+
+/// One service's current streak of errors.
+#[derive(Debug)]
+struct Streak {
+    first: Instant,
+    last: Instant,
+    reason: String,
+}
+
+static STREAKS: std::sync::Mutex<BTreeMap<&'static str, Streak>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn streaks() -> std::sync::MutexGuard<'static, BTreeMap<&'static str, Streak>> {
+    STREAKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One error of `service`'s client (`kafka`, `clickhouse`): counted, and part of a streak
+/// that makes the process unready once it has lasted [`ERROR_STREAK_PERSISTS`], until
+/// the service answers again ([`service_recovered`]) or no error comes for
+/// [`ERROR_STREAK_GAP`].
+pub fn service_error(service: &'static str, reason: &str) {
+    service_error_at(service, reason, Instant::now());
+}
+
+fn service_error_at(service: &'static str, reason: &str, now: Instant) {
+    counter!(CLIENT_ERRORS, "service" => service).increment(1);
+    let mut streaks = streaks();
+    match streaks.get_mut(service) {
+        Some(streak) if now.saturating_duration_since(streak.last) <= ERROR_STREAK_GAP => {
+            streak.last = now;
+            streak.reason = reason.to_owned();
+        }
+        _ => {
+            streaks.insert(service, Streak { first: now, last: now, reason: reason.to_owned() });
+        }
+    }
+}
+
+/// `service` answered (a batch committed, an insert loaded): its streak ends.
+pub fn service_recovered(service: &'static str) {
+    streaks().remove(service);
+}
+
+/// The services whose errors persist at `now`, each with its last error.
+fn persistent_errors(now: Instant) -> Vec<String> {
+    streaks()
+        .iter()
+        .filter(|(_, s)| {
+            now.saturating_duration_since(s.last) <= ERROR_STREAK_GAP
+                && s.last.saturating_duration_since(s.first) >= ERROR_STREAK_PERSISTS
+        })
+        .map(|(service, s)| {
+            format!(
+                "{service}: errors for {} s, the last: {}",
+                s.last.saturating_duration_since(s.first).as_secs(),
+                s.reason
+            )
+        })
+        .collect()
 }
 
 /// Binds `addr` now (so a bad or taken address fails at start-up) and serves
@@ -252,8 +329,10 @@ async fn answer(mut stream: tokio::net::TcpStream, handle: PrometheusHandle, hea
     let (status, content_type, body) = match (method, path) {
         ("GET" | "HEAD", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", handle.render()),
         ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET" | "HEAD", "/readyz") if health.is_ready() => ("200 OK", "text/plain", "ready\n".to_owned()),
-        ("GET" | "HEAD", "/readyz") => ("503 Service Unavailable", "text/plain", "not ready\n".to_owned()),
+        ("GET" | "HEAD", "/readyz") => match health.readiness() {
+            Ok(()) => ("200 OK", "text/plain", "ready\n".to_owned()),
+            Err(why) => ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n")),
+        },
         ("GET" | "HEAD", _) => {
             ("404 Not Found", "text/plain", "not found: try /metrics, /healthz, /readyz\n".to_owned())
         }
@@ -268,4 +347,38 @@ async fn answer(mut stream: tokio::net::TcpStream, handle: PrometheusHandle, hea
         let _ = stream.write_all(body.as_bytes()).await;
     }
     let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn persists(service: &str, now: Instant) -> bool {
+        persistent_errors(now).iter().any(|p| p.starts_with(&format!("{service}:")))
+    }
+
+    #[test]
+    fn errors_make_the_process_unready_only_while_they_persist() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        service_error_at("test-streak", "refused", at(0));
+        assert!(!persists("test-streak", at(1)), "one error is no trouble");
+        service_error_at("test-streak", "refused", at(10));
+        service_error_at("test-streak", "refused again", at(21));
+        assert!(persists("test-streak", at(22)), "errors over 21 s");
+        assert!(persistent_errors(at(22)).iter().any(|p| p.ends_with("the last: refused again")));
+        assert!(!persists("test-streak", at(52)), "no error for more than 30 s: over");
+        service_error_at("test-streak", "refused", at(60));
+        assert!(!persists("test-streak", at(61)), "a new streak starts");
+    }
+
+    #[test]
+    fn a_service_that_answers_ends_its_streak() {
+        let t0 = Instant::now();
+        service_error_at("test-recovered", "timeout", t0);
+        service_error_at("test-recovered", "timeout", t0 + Duration::from_secs(25));
+        assert!(persists("test-recovered", t0 + Duration::from_secs(26)));
+        service_recovered("test-recovered");
+        assert!(!persists("test-recovered", t0 + Duration::from_secs(26)));
+    }
 }

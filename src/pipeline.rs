@@ -57,6 +57,8 @@ pub enum PipelineError {
     Consumer(KafkaError),
     #[error("partition assignment failed: {0}")]
     Assignment(String),
+    #[error("a Kafka client met an error no retry mends, so the processor stops: {0}")]
+    FatalKafka(String),
     #[error("building the Arrow batch failed: {0}")]
     Arrow(#[from] deltalake::arrow::error::ArrowError),
     #[error(
@@ -417,6 +419,8 @@ impl Pipeline {
         }
         record.conflicts = conflicts;
         record.attempts = attempt;
+        // The broker acknowledged the batch's records: Kafka answers.
+        metrics::service_recovered("kafka");
         metrics::batch_committed(&record, Duration::from_micros((EventTime::now().micros() - batch_id).max(0) as u64));
         metrics::table_state(self.table.version(), self.table.live_files(), self.table.key_index().map(|i| i.len()));
         tracing::debug!(batch_id, "batch phase: group offsets");
@@ -571,6 +575,9 @@ impl Collector for Collecting<'_> {
     }
 
     fn after_poll(&mut self, positions: &mut Positions) -> Result<(), PipelineError> {
+        if let Some(fatal) = crate::kafka::fatal_client_error() {
+            return Err(PipelineError::FatalKafka(fatal));
+        }
         let assignment = self.source.assignment();
         if let Some(failure) = &assignment.failure {
             return Err(PipelineError::Assignment(failure.clone()));

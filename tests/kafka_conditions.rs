@@ -16,7 +16,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pipeline, PrivateKafka, RUN_TIMEOUT, assert_exact, count, recreate_topic, wait_until};
+use common::{
+    Pipeline, PrivateKafka, RUN_TIMEOUT, assert_exact, count, free_port, http_get, recreate_topic, wait_until,
+};
 use serde_json::{Value, json};
 
 /// The stored offset `status` reports per raw partition.
@@ -174,4 +176,63 @@ fn partitions_added_while_the_clickhouse_sink_runs_are_loaded() {
         clickhouse_rows() == 1_500
     });
     assert_exact(&p.verify(), &expected);
+}
+
+/// The broker stopped under a running processor: its clients' errors are counted, and
+/// once they have lasted 20 s `/readyz` answers 503 naming them (it used to stay 200,
+/// errors being warnings); with the broker back and a batch committed it is ready again.
+#[test]
+fn persistent_kafka_errors_make_the_processor_unready_until_the_broker_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = PrivateKafka::plain(dir.path().join("kafka"));
+    let p = Pipeline::with_brokers("unready", &kafka.brokers(), "");
+    p.setup();
+    let (file, _) = p.generate(500, 0, 0, 4401);
+    p.produce(&file);
+    let port = free_port();
+    let _run = p.spawn(&["run", "--metrics-addr", &format!("127.0.0.1:{port}")], "run");
+    let rows = || p.verify()["delta_rows"].as_u64().unwrap_or(0);
+    wait_until(RUN_TIMEOUT, "the first events stored", || rows() == 500);
+    assert_eq!(http_get(port, "/readyz").map(|r| r.0), Some(200));
+
+    kafka.stop();
+    wait_until(Duration::from_secs(120), "/readyz to fail", || http_get(port, "/readyz").is_some_and(|r| r.0 == 503));
+    let (_, body) = http_get(port, "/readyz").unwrap();
+    assert!(body.contains("kafka: errors for"), "{body}");
+    let metrics = http_get(port, "/metrics").unwrap().1;
+    let errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("idempipe_client_errors_total{service=\"kafka\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no kafka error count in:\n{metrics}"));
+    assert!(errors >= 2.0, "{errors}");
+
+    kafka.start_again();
+    let (file, _) = p.generate_as("more", 300, 0, 0, 4402);
+    p.produce(&file);
+    wait_until(RUN_TIMEOUT, "the new events stored", || rows() == 800);
+    wait_until(Duration::from_secs(60), "/readyz to recover", || http_get(port, "/readyz").is_some_and(|r| r.0 == 200));
+}
+
+/// The broker's SCRAM password changed under a running processor: when its connections
+/// drop and it reconnects with the old one, it stops with an error saying that no retry
+/// mends it (it used to log warnings and wait for good).
+#[test]
+fn refused_credentials_stop_the_processor_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kafka = PrivateKafka::start(dir.path().join("kafka"), Some(("idempipe", "first-secret")));
+    let p = Pipeline::with_brokers("refused", &kafka.brokers(), "").with_kafka_settings(&kafka.client_settings());
+    p.setup();
+    let (file, _) = p.generate(300, 0, 0, 4501);
+    p.produce(&file);
+    let mut run = p.spawn(&["run"], "run");
+    wait_until(RUN_TIMEOUT, "the events stored", || p.verify()["delta_rows"].as_u64() == Some(300));
+
+    kafka.change_password("second-secret");
+    wait_until(Duration::from_secs(120), "the processor to stop", || run.try_wait().unwrap().is_some());
+    let status = run.wait().unwrap();
+    let log = p.tail("run");
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("no retry mends") && log.contains("uthentication"), "{log}");
+    assert!(!log.contains("first-secret"), "the password is not logged");
 }

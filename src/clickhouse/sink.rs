@@ -40,6 +40,8 @@ pub enum ClickHouseSinkError {
     NoTable { table: String },
     #[error("consumer failed: {0}")]
     Consumer(KafkaError),
+    #[error("a Kafka client met an error no retry mends, so the ClickHouse sink stops: {0}")]
+    FatalKafka(String),
     #[error("sending unreadable records to the dead-letter topic failed: {0}")]
     DeadLetters(#[from] ProduceError),
     #[error(
@@ -213,6 +215,9 @@ impl ClickHouseSink {
             };
             let deadline = Instant::now() + self.settings.clickhouse.trigger;
             let Ok(()) = source::collect(&self.consumer, &mut self.positions, &mut batch, deadline, &self.shutdown);
+            if let Some(fatal) = kafka::fatal_client_error() {
+                return Err(ClickHouseSinkError::FatalKafka(fatal));
+            }
             let SinkBatch { rows, dead, ranges, .. } = batch;
             if !ranges.is_empty() {
                 if !dead.is_empty() {

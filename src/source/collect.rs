@@ -97,7 +97,8 @@ pub trait Collector {
     /// Takes one message, `gap` offsets past the one expected on its partition.
     fn take(&mut self, message: &BorrowedMessage<'_>, gap: u64);
 
-    /// Hears of a consumer error (other than a partition's end).
+    /// Hears of a consumer error (other than a partition's end), which is already
+    /// counted ([`crate::kafka::note_consumer_error`]).
     fn consumer_error(&mut self, error: KafkaError) {
         tracing::warn!(error = %error, "consumer error");
     }
@@ -128,7 +129,10 @@ pub fn collect<C: ConsumerContext, B: Collector>(
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 positions.at_end.insert(p);
             }
-            Some(Err(e)) => batch.consumer_error(e),
+            Some(Err(e)) => {
+                crate::kafka::note_consumer_error(&e);
+                batch.consumer_error(e);
+            }
             None => {}
         }
     }

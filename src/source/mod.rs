@@ -99,7 +99,13 @@ impl ConsumerContext for SourceContext {
                         for (p, start) in &starts {
                             let offset = start.map_or(Offset::Beginning, Offset::Offset);
                             if let Err(e) = tpl.set_partition_offset(&self.settings.topics.raw, *p, offset) {
-                                tracing::error!(partition = p, error = %e, "cannot set start offset");
+                                // Never any other start than Delta's: take nothing and stop.
+                                let _ =
+                                    if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                                self.state().failure = Some(format!(
+                                    "cannot start partition {p} at the offset Delta gives ({offset:?}): {e}"
+                                ));
+                                return;
                             }
                         }
                         let result = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };

@@ -539,6 +539,8 @@ pub struct PrivateKafka {
     pub tls_port: u16,
     /// The CA that signed the broker's certificate.
     pub ca: PathBuf,
+    /// The broker's certificate and key, with TLS.
+    tls: Option<(PathBuf, PathBuf)>,
     scram: Option<(String, String)>,
 }
 
@@ -546,17 +548,35 @@ impl PrivateKafka {
     /// A plain broker (no TLS, no authentication): for tests that delete topics, which
     /// on tansu 0.6.0 deletes every topic of the broker (see [`recreate_topic`]).
     pub fn plain(dir: PathBuf) -> Self {
-        let this = Self { dir, port: free_port(), tls_port: 0, ca: PathBuf::new(), scram: None };
-        this.script("kafka-fresh", None);
+        let this = Self { dir, port: free_port(), tls_port: 0, ca: PathBuf::new(), tls: None, scram: None };
+        this.script("kafka-fresh");
         this
     }
 
     pub fn start(dir: PathBuf, scram: Option<(&str, &str)>) -> Self {
         let (ca, cert, key) = make_certificates(&dir.join("tls"));
         let scram = scram.map(|(u, p)| (u.to_owned(), p.to_owned()));
-        let this = Self { dir, port: free_port(), tls_port: free_port(), ca, scram };
-        this.script("kafka-fresh", Some((&cert, &key)));
+        let this = Self { dir, port: free_port(), tls_port: free_port(), ca, tls: Some((cert, key)), scram };
+        this.script("kafka-fresh");
         this
+    }
+
+    /// Stops the broker (its storage stays).
+    pub fn stop(&self) {
+        self.script("kafka-down");
+    }
+
+    /// Starts the stopped broker again, on the same storage.
+    pub fn start_again(&self) {
+        self.script("kafka-up");
+    }
+
+    /// Restarts the broker with the SCRAM user's password changed to `password`: every
+    /// connection drops, and a client reconnecting with the old one is refused.
+    pub fn change_password(&mut self, password: &str) {
+        let user = self.scram.as_ref().expect("a broker with SCRAM").0.clone();
+        self.scram = Some((user, password.to_owned()));
+        self.script("restart-kafka");
     }
 
     /// Adds partitions to `topic` until it has `partitions`, in the broker's own storage:
@@ -611,10 +631,10 @@ c.commit()
         settings
     }
 
-    fn script(&self, action: &str, tls: Option<(&Path, &Path)>) {
+    fn script(&self, action: &str) {
         let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"));
         command.arg(action).env("SERVICES_DIR", &self.dir).env("KAFKA_PORT", self.port.to_string());
-        if let Some((cert, key)) = tls {
+        if let Some((cert, key)) = &self.tls {
             command
                 .env("KAFKA_TLS_PORT", self.tls_port.to_string())
                 .env("KAFKA_TLS_CERT", cert)
@@ -630,7 +650,7 @@ c.commit()
 
 impl Drop for PrivateKafka {
     fn drop(&mut self) {
-        self.script("down", None);
+        self.script("down");
     }
 }
 
@@ -832,6 +852,19 @@ pub fn recreate_topic(brokers: &str, topic: &str, partitions: i32) {
             .fetch_metadata(Some(topic), Duration::from_secs(5))
             .is_ok_and(|m| m.topics().iter().any(|t| t.name() == topic && t.partitions().len() == partitions as usize))
     });
+}
+
+/// `GET path` over plain HTTP/1.1: (status code, body); `None` if nothing listens.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
 }
 
 /// Polls `f` until it is true or `timeout` passes.
