@@ -293,8 +293,9 @@ pub fn serve(
         }
     });
     runtime.spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let stream = match listener.accept().await {
+            let mut stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of file descriptors, say: wait rather than spin.
@@ -303,21 +304,52 @@ pub fn serve(
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Every slot taken (slow or stuck clients): answer at once and close.
+                tokio::spawn(async move {
+                    let busy =
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n";
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        stream.write_all(busy.as_bytes()).await?;
+                        stream.shutdown().await?;
+                        // Closing with the request unread would reset the connection
+                        // before the client reads the answer: drain it first.
+                        let mut sink = [0_u8; 1024];
+                        while stream.read(&mut sink).await? > 0 {}
+                        Ok::<_, std::io::Error>(())
+                    })
+                    .await;
+                });
+                continue;
+            };
             let (handle, health) = (handle.clone(), health.clone());
-            tokio::spawn(answer(stream, handle, health));
+            tokio::spawn(async move {
+                // A client that sends or reads slowly is cut off: it holds a slot no longer.
+                let _ = tokio::time::timeout(REQUEST_TIME, answer(stream, handle, health)).await;
+                drop(slot);
+            });
         }
     });
     tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
     Ok(bound)
 }
 
+/// The most connections the endpoint serves at once; more are answered 503 and closed.
+const MAX_CONNECTIONS: usize = 32;
+/// How long a client may take to send its request head.
+const HEAD_TIME: Duration = Duration::from_secs(5);
+/// How long one connection may last in all, the answer included.
+const REQUEST_TIME: Duration = Duration::from_secs(10);
+
 /// Answers one HTTP/1.1 request and closes the connection.
 async fn answer(mut stream: tokio::net::TcpStream, handle: PrometheusHandle, health: Arc<Health>) {
     let mut buf = vec![0_u8; 8192];
     let mut len = 0;
-    // Read up to the end of the request head (a scraper sends no body).
+    // Read up to the end of the request head (a scraper sends no body), within
+    // HEAD_TIME in all.
+    let deadline = tokio::time::Instant::now() + HEAD_TIME;
     while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
-        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf[len..])).await {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf[len..])).await {
             Ok(Ok(n)) if n > 0 => len += n,
             _ => break,
         }

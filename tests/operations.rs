@@ -396,3 +396,91 @@ fn config_show_reports_origins_and_redacts_secrets() {
         assert!(!out.status.success() && err.contains(&format!("`{key}`")), "{args:?}: {err}");
     }
 }
+
+/// Secrets in every place a user puts them (a password in `clickhouse_url`, Kafka's SASL
+/// password and OAuth configuration, an object store's secret key) appear in no output
+/// of any command, errors included: `config show`, `setup` and `run` failing on the
+/// password ClickHouse refuses, `status`, `verify`, with debug logs on.
+#[test]
+fn no_secret_appears_in_any_output() {
+    let secrets = ["url-secret-7f3", "sasl-secret-9b2", "oauth-secret-8a1", "aws-secret-0c3"];
+    let p = Pipeline::with_options("secrets", "clickhouse_url = \"http://default:url-secret-7f3@127.0.0.1:8123\"")
+        .with_kafka_settings(&[
+            ("sasl.password".into(), "sasl-secret-9b2".into()),
+            ("sasl.oauthbearer.config".into(), "clientId=idempipe clientSecret=oauth-secret-8a1".into()),
+        ]);
+    let (file, _) = p.generate(200, 20, 5, 4601);
+    let mut outputs = String::new();
+    let storage = ["--storage", "aws_secret_access_key=aws-secret-0c3"];
+    let commands: [&[&str]; 8] = [
+        &["config", "show"],
+        &["config", "show", "--json"],
+        &["setup"],
+        &["produce", "--input", file.to_str().unwrap()],
+        &["run", "--until-idle", "2s", "--clickhouse-in-run"],
+        &["status"],
+        &["verify"],
+        &["sink-clickhouse", "--until-idle", "1s"],
+    ];
+    for args in commands {
+        let out = p.command(&[&storage[..], args].concat()).env("IDEMPIPE_LOG", "debug").output().unwrap();
+        outputs += &format!(
+            "$ {args:?} ({})\n{}{}\n",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // ClickHouse refused the password (code 193), so the error paths ran.
+    assert!(outputs.contains("193"), "{outputs}");
+    for secret in secrets {
+        assert!(!outputs.contains(secret), "{secret} appears in:\n{outputs}");
+    }
+}
+
+/// A client that trickles its request is cut off within the endpoint's request time, and
+/// clients beyond the endpoint's connection limit get 503 at once, so slow or stuck
+/// clients cannot hold the endpoint (or the process's descriptors) for good.
+#[test]
+fn the_metrics_endpoint_bounds_slow_clients() {
+    use std::io::{Read, Write};
+    let p = Pipeline::new("slow_clients");
+    p.setup();
+    let port = free_port();
+    let _run = p.spawn(&["run", "--metrics-addr", &format!("127.0.0.1:{port}")], "run");
+    wait_until(Duration::from_secs(60), "/healthz to answer", || http_get(port, "/healthz").is_some());
+
+    // One byte every 200 ms of a request head that never ends: the server closes it.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ").unwrap();
+    let started = std::time::Instant::now();
+    let closed = loop {
+        assert!(started.elapsed() < Duration::from_secs(120), "the trickling client is never cut off");
+        if slow.write_all(b"a").is_err() {
+            break true;
+        }
+        let mut byte = [0_u8; 256];
+        match slow.read(&mut byte) {
+            Ok(_) => break true,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break true,
+        }
+    };
+    assert!(closed);
+
+    // Connections that hold every slot: the next client hears 503 "busy" at once. (Held
+    // connections are cut off after the request time; if the machine was too slow to
+    // open them all within it, try again.)
+    let busy = (0..5).any(|_| {
+        let held: Vec<std::net::TcpStream> =
+            (0..40).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+        let answer = http_get(port, "/healthz");
+        drop(held);
+        answer.is_some_and(|(status, body)| status == 503 && body == "busy\n")
+    });
+    assert!(busy, "more clients than the limit are turned away");
+    wait_until(Duration::from_secs(60), "/healthz to answer again", || {
+        http_get(port, "/healthz").is_some_and(|(status, _)| status == 200)
+    });
+}

@@ -19,7 +19,8 @@ use serde::Deserialize;
 
 use crate::cli::CommonArgs;
 pub use crate::config::options::{
-    FileOptions, MAX_MAINTENANCE_DURATION, OPTIONS, Options, REDACTED, ReplicationFactor, is_secret,
+    FileOptions, MAX_MAINTENANCE_DURATION, OPTIONS, Options, REDACTED, ReplicationFactor, is_secret, redact_url,
+    split_url_credentials,
 };
 use crate::table::Location;
 
@@ -163,9 +164,12 @@ pub enum ClickHouseIngest {
     KafkaEngine,
 }
 
-/// Where ClickHouse is, which table holds the events, and how the sink loads it.
-#[derive(Debug, Clone)]
+/// Where ClickHouse is, which table holds the events, and how the sink loads it. Its
+/// `Debug` redacts the password.
+#[derive(Clone)]
 pub struct ClickHouseSettings {
+    /// Without user information: a user and password given in `clickhouse_url` are
+    /// moved to `user` and `password`, so no message that shows the URL shows them.
     pub url: String,
     /// CA certificates (PEM) trusted besides the system's, for `https://`.
     pub ca_file: Option<PathBuf>,
@@ -186,7 +190,27 @@ pub struct ClickHouseSettings {
     pub kafka_brokers: String,
 }
 
-/// The validated, effective configuration shared by every command.
+impl std::fmt::Debug for ClickHouseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseSettings")
+            .field("url", &self.url)
+            .field("ca_file", &self.ca_file)
+            .field("database", &self.database)
+            .field("table", &self.table)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| REDACTED))
+            .field("ingest", &self.ingest)
+            .field("group", &self.group)
+            .field("in_run", &self.in_run)
+            .field("trigger", &self.trigger)
+            .field("max_batch_rows", &self.max_batch_rows)
+            .field("kafka_brokers", &self.kafka_brokers)
+            .finish()
+    }
+}
+
+/// The validated, effective configuration shared by every command. Its `Debug` shows no
+/// secret (each part redacts its own).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub brokers: String,
@@ -265,6 +289,17 @@ impl Settings {
         let delta_path = Location::parse(&o.delta_path)
             .map_err(|reason| ConfigError::Invalid { key: "delta_path", reason })?
             .with_options(storage.given());
+        let (clickhouse_url, url_user, url_password) = split_url_credentials(&o.clickhouse_url);
+        let given_twice = |key| ConfigError::Invalid {
+            key,
+            reason: "is given both here and in `clickhouse_url`'s user information: give it once".into(),
+        };
+        if url_user.is_some() && o.clickhouse_user.is_some() {
+            return Err(given_twice("clickhouse_user"));
+        }
+        if url_password.is_some() && o.clickhouse_password.is_some() {
+            return Err(given_twice("clickhouse_password"));
+        }
         let settings = Settings {
             brokers: o.brokers.clone(),
             topics: Topics { raw: o.raw_topic.clone(), processed: o.processed_topic.clone(), dlq: o.dlq_topic.clone() },
@@ -272,12 +307,12 @@ impl Settings {
             delta_path,
             batch_log: o.batch_log.clone(),
             clickhouse: ClickHouseSettings {
-                url: o.clickhouse_url.clone(),
+                url: clickhouse_url,
                 ca_file: o.clickhouse_ca_file.clone(),
                 database: o.clickhouse_database.clone(),
                 table: o.clickhouse_table.clone(),
-                user: o.clickhouse_user.clone(),
-                password: o.clickhouse_password.clone(),
+                user: o.clickhouse_user.clone().or(url_user),
+                password: o.clickhouse_password.clone().or(url_password),
                 ingest: o.clickhouse_ingest,
                 group: o.clickhouse_group.clone(),
                 in_run: o.clickhouse_in_run,
@@ -391,11 +426,17 @@ impl Settings {
 pub const STORAGE_ENV_PREFIXES: [&str; 3] = ["AWS_", "AZURE_", "GOOGLE_"];
 
 /// Settings passed through by name to a library (librdkafka's, the object store's),
-/// with where each came from.
-#[derive(Debug, Clone, Default)]
+/// with where each came from. Its `Debug` redacts secrets ([`is_secret`]).
+#[derive(Clone, Default)]
 pub struct PassThrough {
     pub values: BTreeMap<String, String>,
     pub origins: BTreeMap<String, Origin>,
+}
+
+impl std::fmt::Debug for PassThrough {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.entries("").map(|(k, v, _)| (k, v))).finish()
+    }
 }
 
 impl PassThrough {
@@ -429,7 +470,7 @@ impl PassThrough {
     /// Every setting as `(<prefix><key>, value, origin)`, secrets redacted.
     fn entries(&self, prefix: &'static str) -> impl Iterator<Item = (String, String, Origin)> + '_ {
         self.values.iter().map(move |(k, v)| {
-            let value = if is_secret(k) { REDACTED.to_owned() } else { v.clone() };
+            let value = if is_secret(k) { REDACTED.to_owned() } else { redact_url(v) };
             let origin = self.origins.get(k).copied().unwrap_or(Origin::Default);
             (format!("{prefix}{k}"), value, origin)
         })
@@ -461,6 +502,49 @@ mod tests {
         assert_eq!(s.topics.dlq, "raw_events_dlq");
         assert_eq!(s.brokers, DEFAULT_BROKERS);
         assert_eq!(s.batch.trigger, DEFAULT_TRIGGER);
+    }
+
+    #[test]
+    fn no_secret_shows_in_debug_output_or_the_settings_report() {
+        let settings = resolve(
+            r#"
+clickhouse_url = "https://reader:url-secret-1@clickhouse.example:8443/"
+delta_path = "s3://bucket/events"
+[kafka]
+"sasl.password" = "kafka-secret-2"
+"sasl.oauthbearer.config" = "clientId=a clientSecret=oauth-secret-3"
+[storage]
+aws_secret_access_key = "aws-secret-4"
+aws_endpoint_url = "http://user:endpoint-secret-5@s3.example"
+"#,
+            &["idempipe", "--clickhouse-password", "", "status"],
+        );
+        // Both a password flag and one in the URL: refused, naming the key.
+        let err = settings.unwrap_err().to_string();
+        assert!(err.contains("clickhouse_password") && !err.contains("url-secret-1"), "{err}");
+
+        let settings = resolve(
+            r#"
+clickhouse_url = "https://reader:url-secret-1@clickhouse.example:8443/"
+delta_path = "s3://bucket/events"
+[kafka]
+"sasl.password" = "kafka-secret-2"
+"sasl.oauthbearer.config" = "clientId=a clientSecret=oauth-secret-3"
+[storage]
+aws_secret_access_key = "aws-secret-4"
+aws_endpoint_url = "http://user:endpoint-secret-5@s3.example"
+"#,
+            &["idempipe", "status"],
+        )
+        .unwrap();
+        assert_eq!(settings.clickhouse.url, "https://clickhouse.example:8443/");
+        assert_eq!(settings.clickhouse.user.as_deref(), Some("reader"));
+        assert_eq!(settings.clickhouse.password.as_deref(), Some("url-secret-1"));
+        let shown = format!("{settings:?}\n{:?}", settings.entries());
+        for secret in ["url-secret-1", "kafka-secret-2", "oauth-secret-3", "aws-secret-4", "endpoint-secret-5"] {
+            assert!(!shown.contains(secret), "{secret} shows in:\n{shown}");
+        }
+        assert!(shown.contains("reader:<redacted>@clickhouse.example"), "{shown}");
     }
 
     #[test]

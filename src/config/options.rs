@@ -141,8 +141,8 @@ macro_rules! options {
         }
 
         /// The resolved options: defaults, then the file, then the environment, then
-        /// flags.
-        #[derive(Debug, Clone)]
+        /// flags. Its `Debug` shows [`Options::entries`], secrets redacted.
+        #[derive(Clone)]
         pub struct Options {
             $(
                 $(#[doc = $doc])+
@@ -193,11 +193,17 @@ macro_rules! options {
                         if is_secret(stringify!($name)) && OptionValue::is_set(&self.$name) {
                             REDACTED.to_owned()
                         } else {
-                            OptionValue::show(&self.$name)
+                            redact_url(&OptionValue::show(&self.$name))
                         },
                         self.origins.get(stringify!($name)).copied().unwrap_or(Origin::Default),
                     ),
                 )+]
+            }
+        }
+
+        impl std::fmt::Debug for Options {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_map().entries(self.entries().into_iter().map(|(k, v, _)| (k, v))).finish()
             }
         }
 
@@ -310,9 +316,64 @@ pub const REDACTED: &str = "<redacted>";
 /// librdkafka setting's.
 pub fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "jaas", "token", "key.pem", "credential", "account_key", "sas_key", "sas_token"]
-        .iter()
-        .any(|s| key.contains(s))
+    [
+        "password",
+        "secret",
+        "jaas",
+        "token",
+        "key.pem",
+        "credential",
+        "account_key",
+        "sas_key",
+        "sas_token",
+        "oauthbearer.config",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+}
+
+/// `text` with the password of a URL's user information (`scheme://user:password@host`)
+/// redacted; other text as it is.
+pub fn redact_url(text: &str) -> String {
+    match url_credentials(text) {
+        Some((_, Some(_), rest)) if text.contains("://") => {
+            let scheme = &text[..text.find("://").unwrap_or(0) + 3];
+            let (user, _) = user_and_password(text);
+            format!("{scheme}{}:{REDACTED}@{rest}", user.unwrap_or_default())
+        }
+        _ => text.to_owned(),
+    }
+}
+
+/// A URL's user and password, if it has user information: `(user, password, the rest
+/// after the `@`)`.
+fn url_credentials(text: &str) -> Option<(String, Option<String>, &str)> {
+    let start = text.find("://")? + 3;
+    let authority_end = text[start..].find(['/', '?', '#']).map_or(text.len(), |i| start + i);
+    let at = text[start..authority_end].rfind('@')? + start;
+    let userinfo = &text[start..at];
+    let (user, password) = match userinfo.split_once(':') {
+        Some((u, p)) => (u.to_owned(), Some(p.to_owned())),
+        None => (userinfo.to_owned(), None),
+    };
+    Some((user, password, &text[at + 1..]))
+}
+
+fn user_and_password(text: &str) -> (Option<String>, Option<String>) {
+    url_credentials(text).map_or((None, None), |(u, p, _)| ((!u.is_empty()).then_some(u), p))
+}
+
+/// Splits a URL's user information off: `(the URL without it, user, password)`, so that
+/// the password reaches the client as a setting and never appears in a URL a message
+/// shows.
+pub fn split_url_credentials(text: &str) -> (String, Option<String>, Option<String>) {
+    match url_credentials(text) {
+        Some((user, password, rest)) => {
+            let scheme = &text[..text.find("://").unwrap_or(0) + 3];
+            (format!("{scheme}{rest}"), (!user.is_empty()).then_some(user), password)
+        }
+        None => (text.to_owned(), None, None),
+    }
 }
 
 /// The replication factor of the topics `setup` creates: `None` leaves it to the broker's
@@ -512,7 +573,7 @@ fn topic_name(topic: &str) -> Result<(), String> {
 fn http_url(url: &str) -> Result<(), String> {
     not_empty(url)?;
     if !url.starts_with("http://") && !url.starts_with("https://") {
-        return Err(format!("{url:?} is not an http:// or https:// URL"));
+        return Err(format!("{:?} is not an http:// or https:// URL", redact_url(url)));
     }
     Ok(())
 }

@@ -23,8 +23,9 @@ use crate::event::EventTime;
 pub const REMOTE_SCHEMES: [&str; 8] = ["s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss"];
 
 /// A table's place: a local directory or an object-store URL, and its storage options
-/// (object_store's and delta-rs's names: `aws_endpoint_url`, `aws_allow_http`, …).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// (object_store's and delta-rs's names: `aws_endpoint_url`, `aws_allow_http`, …). Its
+/// `Debug` redacts the secret options.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Location {
     /// As given (a path or a URL): what messages show.
     text: String,
@@ -47,6 +48,26 @@ fn register_handlers() {
         deltalake::gcp::register_handlers(None);
         deltalake::azure::register_handlers(None);
     });
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options = self.options.iter().map(|(k, v)| {
+            (
+                k,
+                if crate::config::is_secret(k) {
+                    crate::config::REDACTED.to_owned()
+                } else {
+                    crate::config::redact_url(v)
+                },
+            )
+        });
+        f.debug_struct("Location")
+            .field("text", &self.text)
+            .field("place", &self.place)
+            .field("options", &options.collect::<BTreeMap<_, _>>())
+            .finish()
+    }
 }
 
 impl Location {
