@@ -35,8 +35,12 @@ fn parse(c: &mut Criterion) {
             }
         })
     });
-    const LIMITS: idempipe::batch::Limits =
-        idempipe::batch::Limits { message_bytes: event::DEFAULT_MAX_MESSAGE_BYTES, record_bytes: 1_000_000 - 1024 };
+    const LIMITS: idempipe::batch::Limits = idempipe::batch::Limits {
+        message_bytes: event::DEFAULT_MAX_MESSAGE_BYTES,
+        record_bytes: 1_000_000 - 1024,
+        max_age: None,
+        max_future: None,
+    };
     group.bench_function("collect_into_batch", |b| {
         b.iter_batched(
             Batch::default,

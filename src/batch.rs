@@ -37,11 +37,38 @@ pub struct Limits {
     /// a valid event whose processed record would be larger cannot be sent, so it is a
     /// dead letter, decided here, before anything is written.
     pub record_bytes: usize,
+    /// The accepted event times, relative to when a message is read: at most this old
+    /// (`max_event_age`) and this far ahead (`max_event_future`); `None`: no bound.
+    pub max_age: Option<Duration>,
+    pub max_future: Option<Duration>,
 }
 
 impl Limits {
     pub fn of(settings: &crate::config::Settings) -> Self {
-        Self { message_bytes: settings.max_message_bytes, record_bytes: settings.max_record_bytes() }
+        Self {
+            message_bytes: settings.max_message_bytes,
+            record_bytes: settings.max_record_bytes(),
+            max_age: settings.event_window.max_age,
+            max_future: settings.event_window.max_future,
+        }
+    }
+
+    /// A rejection when `time` lies outside the accepted window at `now`.
+    fn outside_window(&self, time: crate::event::EventTime, now: crate::event::EventTime) -> Option<Rejection> {
+        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        let (t, now) = (time.micros(), now.micros());
+        let too = if let Some(age) = self.max_age
+            && t < now.saturating_sub(micros(age))
+        {
+            format!("more than {age:?} before it was read (`max_event_age`)")
+        } else if let Some(ahead) = self.max_future
+            && t > now.saturating_add(micros(ahead))
+        {
+            format!("more than {ahead:?} after it was read (`max_event_future`)")
+        } else {
+            return None;
+        };
+        Some(Rejection::new(RejectClass::EventTimeOutOfWindow, format!("the event time {time} is {too}")))
     }
 
     /// Rows whose message is this small always fit a record: the processed record holds
@@ -74,6 +101,11 @@ impl Batch {
         let length = value.map_or(0, <[u8]>::len);
         let parsed = event::parse(value, limits.message_bytes).map(|e| Row::from_event(e, partition, offset));
         let parsed = parsed.and_then(|row| {
+            if (limits.max_age.is_some() || limits.max_future.is_some())
+                && let Some(rejection) = limits.outside_window(row.time, crate::event::EventTime::now())
+            {
+                return Err(rejection);
+            }
             if limits.surely_fits(length) {
                 return Ok(row);
             }
@@ -153,7 +185,31 @@ impl Batch {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { message_bytes: 1024, record_bytes: 1 << 20 };
+    const LIMITS: Limits = Limits { message_bytes: 1024, record_bytes: 1 << 20, max_age: None, max_future: None };
+
+    #[test]
+    fn event_times_outside_the_window_are_dead_letters_of_their_own_class() {
+        let limits = Limits {
+            max_age: Some(Duration::from_secs(30 * 86_400)),
+            max_future: Some(Duration::from_secs(3_600)),
+            ..LIMITS
+        };
+        let at = |t: &str| format!(r#"{{"user_id":"u","event_type":"e","timestamp":"{t}"}}"#).into_bytes();
+        let now = crate::event::EventTime::now().micros();
+        let iso = |micros: i64| crate::event::EventTime::from_micros(micros).unwrap().to_string();
+        let mut b = Batch::default();
+        b.add(0, 0, None, Some(&at(&iso(now - 29 * 86_400_000_000))), limits);
+        b.add(0, 1, None, Some(&at(&iso(now - 31 * 86_400_000_000))), limits);
+        b.add(0, 2, None, Some(&at(&iso(now + 1_800_000_000))), limits);
+        b.add(0, 3, None, Some(&at("9999-12-31T23:59:59Z")), limits);
+        b.add(0, 4, None, Some(&at("0001-01-01T00:00:00Z")), LIMITS);
+        let kept: Vec<i64> = b.rows.iter().map(|r| r.source_offset).collect();
+        assert_eq!(kept, vec![0, 2, 4], "no window: any year is an event");
+        let dead: Vec<(i64, RejectClass)> = b.dead_letters.iter().map(|d| (d.offset, d.rejection.class)).collect();
+        assert_eq!(dead, vec![(1, RejectClass::EventTimeOutOfWindow), (3, RejectClass::EventTimeOutOfWindow)]);
+        assert!(b.dead_letters[0].rejection.message.contains("`max_event_age`"), "{}", b.dead_letters[0].rejection);
+        assert!(b.dead_letters[1].rejection.message.contains("`max_event_future`"), "{}", b.dead_letters[1].rejection);
+    }
 
     fn msg(n: u32) -> Vec<u8> {
         format!(r#"{{"user_id":"u{n}","event_type":"e","timestamp":{n}}}"#).into_bytes()
@@ -161,7 +217,7 @@ mod tests {
 
     #[test]
     fn a_valid_event_whose_processed_record_would_not_fit_is_a_dead_letter() {
-        let limits = Limits { message_bytes: 1 << 20, record_bytes: 10_000 };
+        let limits = Limits { message_bytes: 1 << 20, record_bytes: 10_000, ..LIMITS };
         let event =
             |field: &str| format!(r#"{{"user_id":"u","event_type":"e","timestamp":1,"note":"{field}"}}"#).into_bytes();
         let mut b = Batch::default();

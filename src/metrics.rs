@@ -38,6 +38,7 @@ pub const KEY_INDEX_KEYS: &str = "idempipe_key_index_keys";
 pub const MAINTENANCE: &str = "idempipe_maintenance_total";
 pub const MAINTENANCE_FAILURES: &str = "idempipe_maintenance_failures_total";
 pub const CLICKHOUSE_ROWS: &str = "idempipe_clickhouse_rows_inserted_total";
+pub const CLICKHOUSE_REFUSED: &str = "idempipe_clickhouse_rows_refused_total";
 pub const CLICKHOUSE_RETRIES: &str = "idempipe_clickhouse_insert_retries_total";
 pub const CLICKHOUSE_SINK_LAG: &str = "idempipe_clickhouse_sink_lag";
 pub const CLIENT_ERRORS: &str = "idempipe_client_errors_total";
@@ -96,6 +97,7 @@ fn describe() {
     describe_counter!(MAINTENANCE, "Delta maintenance runs by kind (checkpoint, log_cleanup, compact, vacuum).");
     describe_counter!(MAINTENANCE_FAILURES, "Delta maintenance runs that failed, by kind.");
     describe_counter!(CLICKHOUSE_ROWS, "Rows the ClickHouse sink inserted.");
+    describe_counter!(CLICKHOUSE_REFUSED, "Rows ClickHouse refused on their own, sent to the dead-letter topic.");
     describe_counter!(CLICKHOUSE_RETRIES, "ClickHouse inserts retried.");
     describe_counter!(
         CLIENT_ERRORS,
@@ -163,6 +165,11 @@ pub fn clickhouse_loaded(rows: usize) {
     counter!(CLICKHOUSE_ROWS).increment(rows as u64);
 }
 
+/// Rows ClickHouse refused on their own (dead letters).
+pub fn clickhouse_refused(rows: usize) {
+    counter!(CLICKHOUSE_REFUSED).increment(rows as u64);
+}
+
 /// One failed ClickHouse insert that will be retried.
 pub fn clickhouse_insert_retried() {
     counter!(CLICKHOUSE_RETRIES).increment(1);
@@ -213,6 +220,8 @@ struct Streak {
     first: Instant,
     last: Instant,
     reason: String,
+    /// The service's client stopped for good ([`service_failed`]).
+    stopped: bool,
 }
 
 static STREAKS: std::sync::Mutex<BTreeMap<&'static str, Streak>> = std::sync::Mutex::new(BTreeMap::new());
@@ -238,14 +247,26 @@ fn service_error_at(service: &'static str, reason: &str, now: Instant) {
             streak.reason = reason.to_owned();
         }
         _ => {
-            streaks.insert(service, Streak { first: now, last: now, reason: reason.to_owned() });
+            streaks.insert(service, Streak { first: now, last: now, reason: reason.to_owned(), stopped: false });
         }
     }
 }
 
+/// `service`'s client stopped with `reason` (the ClickHouse sink inside `run`): the
+/// process stays unready until it ends.
+pub fn service_failed(service: &'static str, reason: &str) {
+    counter!(CLIENT_ERRORS, "service" => service).increment(1);
+    let now = Instant::now();
+    let streak = Streak { first: now, last: now, reason: format!("stopped: {reason}"), stopped: true };
+    streaks().insert(service, streak);
+}
+
 /// `service` answered (a batch committed, an insert loaded): its streak ends.
 pub fn service_recovered(service: &'static str) {
-    streaks().remove(service);
+    let mut streaks = streaks();
+    if streaks.get(service).is_some_and(|s| !s.stopped) {
+        streaks.remove(service);
+    }
 }
 
 /// The services whose errors persist at `now`, each with its last error.
@@ -253,8 +274,9 @@ fn persistent_errors(now: Instant) -> Vec<String> {
     streaks()
         .iter()
         .filter(|(_, s)| {
-            now.saturating_duration_since(s.last) <= ERROR_STREAK_GAP
-                && s.last.saturating_duration_since(s.first) >= ERROR_STREAK_PERSISTS
+            s.stopped
+                || (now.saturating_duration_since(s.last) <= ERROR_STREAK_GAP
+                    && s.last.saturating_duration_since(s.first) >= ERROR_STREAK_PERSISTS)
         })
         .map(|(service, s)| {
             format!(

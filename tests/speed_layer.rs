@@ -240,3 +240,77 @@ fn clickhouse_over_https_with_a_private_ca() {
     );
     p.ingest_generated(2_000, 200, 0, 61);
 }
+
+/// ClickHouse refusing some stored events on its own (here a server-side check on the
+/// table, `throwIf`, code 395): the sink splits the refused inserts until those rows are
+/// alone, sends them to the dead-letter topic with the server's message, and loads the
+/// rest; `run --until-idle` ends. (Before, any such error was retried for ever.)
+#[test]
+fn rows_clickhouse_refuses_are_dead_letters_and_the_rest_load() {
+    let p = Pipeline::new("refused_rows");
+    p.setup();
+    clickhouse_query(
+        &p.clickhouse_url(),
+        &format!(
+            "ALTER TABLE {} ADD COLUMN refuse UInt8 MATERIALIZED throwIf(user_id = 'poison')",
+            p.clickhouse_table()
+        ),
+    )
+    .unwrap();
+    let (file, _) = p.generate(1_000, 0, 0, 4701);
+    let mut lines = std::fs::read_to_string(&file).unwrap();
+    for n in 0..3 {
+        lines += &format!(
+            "{{\"user_id\":\"poison\",\"event_type\":\"view\",\"timestamp\":\"2026-01-0{}T00:00:00Z\"}}\n",
+            n + 1
+        );
+    }
+    std::fs::write(&file, lines).unwrap();
+    p.produce(&file);
+    p.run_until_idle(&["--clickhouse-in-run"]);
+    let v = p.verify();
+    assert_eq!((count(&v, "delta_rows"), count(&v, "processed_distinct_keys")), (1_003, 1_003), "{v}");
+    assert_eq!(count(&v, "clickhouse_final_rows"), 1_000, "{v}");
+    let dead = common::read_all(&format!("{}_dlq", p.name));
+    assert_eq!(dead.len(), 3, "the three refused events are dead letters");
+    for letter in &dead {
+        assert_eq!(letter.headers["error.class"], "clickhouse_refused");
+        assert!(letter.headers["error.message"].contains("395"), "{:?}", letter.headers);
+        assert_eq!(letter.headers["source.topic"], format!("{}_processed", p.name));
+        let value = String::from_utf8(letter.value.clone().unwrap()).unwrap();
+        assert!(value.contains("\"poison\""), "the processed record: {value}");
+    }
+}
+
+/// The ClickHouse table dropped under `run --clickhouse-in-run`: the processor goes on
+/// storing into Delta, the process reports itself unready naming ClickHouse, and once
+/// `setup` recreates the table the sink carries on from its offsets. (Before, the sink's
+/// error stopped the processor too.)
+#[test]
+fn a_dropped_clickhouse_table_stops_nothing_and_loading_resumes_after_setup() {
+    let p = Pipeline::new("dropped_table");
+    p.setup();
+    let port = common::free_port();
+    let _run = p.spawn(&["run", "--clickhouse-in-run", "--metrics-addr", &format!("127.0.0.1:{port}")], "run");
+    let (file, _) = p.generate(500, 0, 0, 4801);
+    p.produce(&file);
+    let clickhouse_rows = || p.verify()["clickhouse_final_rows"].as_u64().unwrap_or(0);
+    wait_until(Duration::from_secs(120), "the first events loaded", || clickhouse_rows() == 500);
+
+    clickhouse_query(&p.clickhouse_url(), &format!("DROP TABLE {}", p.clickhouse_table())).unwrap();
+    let (file, _) = p.generate_as("more", 400, 0, 0, 4802);
+    p.produce(&file);
+    wait_until(Duration::from_secs(120), "the processor storing on", || p.verify()["delta_rows"].as_u64() == Some(900));
+    wait_until(Duration::from_secs(120), "/readyz to name ClickHouse", || {
+        common::http_get(port, "/readyz").is_some_and(|(status, body)| status == 503 && body.contains("clickhouse"))
+    });
+
+    p.setup();
+    wait_until(Duration::from_secs(120), "the sink to resume", || clickhouse_rows() == 400);
+    wait_until(Duration::from_secs(120), "/readyz to recover", || {
+        common::http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
+    });
+    // What the drop took, `reconcile` restores from Delta.
+    p.ok(&["reconcile"]);
+    assert_eq!(clickhouse_rows(), 900);
+}

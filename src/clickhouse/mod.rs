@@ -40,28 +40,72 @@ pub enum ClickHouseError {
     Tls { url: String, source: tls::TlsError },
 }
 
+/// What a failed request calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The server is unreachable, slow or overloaded: try again later.
+    Transient,
+    /// The server refused the request's data (a type or parse error, a server-side
+    /// check, too many partitions in one insert): the same rows fail again, so a batch
+    /// is split until the refused rows are found.
+    Refused,
+    /// Credentials or the table are wrong or missing: only an operator (or `setup`)
+    /// mends it; the sink waits, unready, and resumes when it is mended.
+    Fatal,
+}
+
 impl ClickHouseError {
-    /// Whether waiting and trying again can help: the server is unreachable, slow, or
-    /// answered with an error that is not about credentials or the schema. Those are
-    /// fatal: retrying them would hang a pipeline that can only be fixed by an operator.
-    pub fn is_transient(&self) -> bool {
+    /// Classifies the failure, as Vector's ClickHouse sink does, by the server's error
+    /// code ([`FATAL_CODES`], [`TRANSIENT_CODES`], any other code: refused data).
+    pub fn failure(&self) -> Failure {
         match self {
-            ClickHouseError::Timeout { .. } => true,
-            ClickHouseError::Unexpected { .. } | ClickHouseError::Tls { .. } => false,
+            ClickHouseError::Timeout { .. } => Failure::Transient,
+            ClickHouseError::Unexpected { .. } | ClickHouseError::Tls { .. } => Failure::Fatal,
             ClickHouseError::Request { source, .. } => match source.as_ref() {
-                clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => true,
-                clickhouse::error::Error::BadResponse(text) => {
-                    error_code(text).is_none_or(|c| !FATAL_CODES.contains(&c))
-                }
-                _ => false,
+                clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => Failure::Transient,
+                clickhouse::error::Error::BadResponse(text) => match error_code(text) {
+                    None => Failure::Transient,
+                    Some(code) if FATAL_CODES.contains(&code) => Failure::Fatal,
+                    Some(TOO_MANY_PARTS) if text.contains("partitions for single INSERT") => Failure::Refused,
+                    Some(code) if TRANSIENT_CODES.contains(&code) => Failure::Transient,
+                    Some(_) => Failure::Refused,
+                },
+                _ => Failure::Fatal,
             },
+        }
+    }
+
+    /// Whether waiting and trying again can help ([`Failure::Transient`]).
+    pub fn is_transient(&self) -> bool {
+        self.failure() == Failure::Transient
+    }
+
+    /// The server's own message, when it answered with one.
+    pub fn server_message(&self) -> Option<String> {
+        match self {
+            ClickHouseError::Request { source, .. } => match source.as_ref() {
+                clickhouse::error::Error::BadResponse(text) => Some(text.trim().to_owned()),
+                _ => None,
+            },
+            _ => None,
         }
     }
 }
 
-/// Server error codes that no retry fixes: unknown table (60) or database (81), unknown
-/// user (192), wrong or required password (193, 194), authentication failed (516).
-const FATAL_CODES: [u32; 6] = [60, 81, 192, 193, 194, 516];
+/// Server error codes that no retry fixes and no row causes: a table whose columns are not
+/// ours (10, 16, 47), unknown table (60) or database (81), unknown user (192), wrong or
+/// required password (193, 194), no grant (497), authentication failed (516).
+const FATAL_CODES: [u32; 10] = [10, 16, 47, 60, 81, 192, 193, 194, 497, 516];
+
+/// Server error codes of a busy, slow or restarting server: timeouts (159, 209), read-only
+/// or readonly table (164, 242), too many queries or connections (202, 203), aborted (236),
+/// memory (241), too many parts awaiting merges (252), replicas (285), an insert whose
+/// fate is unknown (319), system and keeper errors (425, 999), network (210, 1000).
+const TRANSIENT_CODES: [u32; 15] = [159, 164, 202, 203, 209, 210, 236, 241, 242, 252, 285, 319, 425, 999, 1000];
+
+/// `TOO_MANY_PARTS`: also what a current server answers to an insert with more
+/// partitions than `max_partitions_per_insert_block` (refused, not transient).
+const TOO_MANY_PARTS: u32 = 252;
 
 /// The server's error code in an error text: `Code: 60, e.displayText() = …` (18.16) or
 /// `Code: 60. DB::Exception: …` (current).
@@ -140,6 +184,29 @@ impl ClickHouse {
     /// `` `db`.`table` `` of the events table.
     pub fn table(&self) -> String {
         schema::qualified(&self.settings.database, &self.settings.table)
+    }
+
+    /// The failure of finding no events table (fatal: `setup` creates it).
+    pub fn missing_table(&self) -> ClickHouseError {
+        self.unexpected(format!("table {} does not exist: run `idempipe setup`", self.table()))
+    }
+
+    /// Whether the server answers a trivial query within a few seconds.
+    pub async fn ping(&self) -> Result<()> {
+        let ping = self.client.query("SELECT 1").fetch_one::<u8>();
+        match tokio::time::timeout(Duration::from_secs(5), ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(source)) => Err(ClickHouseError::Request {
+                url: self.settings.url.clone(),
+                what: "SELECT 1".into(),
+                source: Box::new(source),
+            }),
+            Err(_) => Err(ClickHouseError::Timeout {
+                url: self.settings.url.clone(),
+                what: "SELECT 1".into(),
+                timeout: Duration::from_secs(5),
+            }),
+        }
     }
 
     fn unexpected(&self, what: String) -> ClickHouseError {
@@ -329,6 +396,29 @@ impl ClickHouse {
     }
 }
 
+/// The most partitions one insert touches: current servers refuse an insert into more
+/// than `max_partitions_per_insert_block` (default 100) partitions.
+pub const MAX_PARTITIONS_PER_INSERT: usize = 100;
+
+/// The ClickHouse partition (`toYYYYMM(event_time)`, UTC) a row with this event time lands
+/// in, as `YYYYMM`, in `layout`'s time type (the legacy `DateTime` clamps to 1970-2106).
+pub fn partition_of(layout: Layout, event_time_us: i64) -> i64 {
+    let days = match layout {
+        Layout::Legacy => i64::from(seconds(event_time_us)).div_euclid(86_400),
+        Layout::Current => event_time_us.div_euclid(86_400_000_000),
+    };
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    year * 100 + month
+}
+
 /// Days since the epoch as ClickHouse's `Date` (UInt16, 1970 to 2149): clamped.
 fn date(micros: i64) -> u16 {
     micros.div_euclid(86_400_000_000).clamp(0, i64::from(u16::MAX)) as u16
@@ -422,8 +512,31 @@ mod tests {
         assert!(!bad("Code: 516, e.displayText() = DB::Exception: default: Authentication failed").is_transient());
         assert!(!bad("Code: 60, e.displayText() = DB::Exception: Table idempipe.x doesn't exist.").is_transient());
         assert!(!bad("Code: 81. DB::Exception: Database nope does not exist. (UNKNOWN_DATABASE)").is_transient());
-        assert!(bad("Code: 6000. DB::Exception: a code we do not know").is_transient());
+        assert_eq!(bad("Code: 6000. DB::Exception: a code we do not know").failure(), Failure::Refused);
+        assert_eq!(bad("Code: 53, e.displayText() = DB::Exception: Type mismatch").failure(), Failure::Refused);
+        assert_eq!(bad("Code: 117. DB::Exception: Incorrect data").failure(), Failure::Refused);
+        assert_eq!(
+            bad("Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100).").failure(),
+            Failure::Refused
+        );
+        assert_eq!(
+            bad("Code: 252. DB::Exception: Too many parts (300). Merges are slower").failure(),
+            Failure::Transient
+        );
+        assert_eq!(bad("Code: 60. DB::Exception: Table x doesn't exist.").failure(), Failure::Fatal);
+        assert_eq!(bad("an HTTP 503 with no code").failure(), Failure::Transient);
         assert!(!ClickHouseError::Unexpected { url: "u".into(), what: "w".into() }.is_transient());
+    }
+
+    #[test]
+    fn partitions_are_the_utc_month_of_the_event_time() {
+        let at = |text: &str| crate::event::EventTime::parse(text).unwrap().micros();
+        assert_eq!(partition_of(Layout::Current, at("2026-11-26T23:59:59.999999Z")), 202611);
+        assert_eq!(partition_of(Layout::Current, at("2024-02-29T00:00:00Z")), 202402);
+        assert_eq!(partition_of(Layout::Current, at("0001-01-01T00:00:00Z")), 101);
+        assert_eq!(partition_of(Layout::Current, at("9999-12-31T23:59:59Z")), 999912);
+        assert_eq!(partition_of(Layout::Legacy, at("0001-01-01T00:00:00Z")), 197001, "clamped to DateTime's range");
+        assert_eq!(partition_of(Layout::Legacy, at("1969-12-31T23:59:59Z")), 197001);
     }
 
     #[test]

@@ -1,11 +1,23 @@
 //! The ClickHouse sink: the processed topic into ClickHouse.
 //!
-//! For each batch: collect records until the trigger interval ends or the row limit is
-//! hit; insert them in one request; only after ClickHouse acknowledged it, commit the
-//! offsets to the sink's own consumer group. An insert that fails is retried with
-//! backoff, for as long as it takes, without reading further: nothing is skipped, and a
-//! retry of an insert that did land is harmless (the table collapses copies; where the
-//! server supports it, the deduplication token makes it drop the retry outright).
+//! For each batch: collect records until the trigger interval ends or the row or byte
+//! limit is hit; load them ([`ClickHouseSink::load`]); only after ClickHouse acknowledged
+//! every row (or refused it, and it went to the dead-letter topic), commit the offsets to
+//! the sink's own consumer group. Nothing is skipped, and a retry of an insert that did
+//! land is harmless (the table collapses copies; where the server supports it, the
+//! deduplication token makes it drop the retry outright).
+//!
+//! Loading never stalls on a valid row:
+//! - rows go in inserts of at most [`MAX_PARTITIONS_PER_INSERT`] ClickHouse partitions
+//!   (months), which current servers require;
+//! - a transient failure (unreachable, slow, busy) is retried with backoff for as long
+//!   as it takes; a fatal one (the table dropped, credentials refused) too, the sink
+//!   reporting itself unready meanwhile, so that it resumes once the table is back (with
+//!   `--until-idle` it stops with the error instead);
+//! - an insert ClickHouse refuses (a data error: any other server code), or one that
+//!   times out while the server answers, is split in halves until the refused rows are
+//!   alone; a row refused alone three times goes to the dead-letter topic (class
+//!   `clickhouse_refused`, the server's message) and the others load.
 //!
 //! The sink holds every partition of the processed topic (static assignment) and starts
 //! each from the group's committed offset, or from the beginning when there is none.
@@ -21,7 +33,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
-use crate::clickhouse::{ClickHouse, ClickHouseError, Layout};
+use crate::clickhouse::{ClickHouse, ClickHouseError, Failure, Layout, MAX_PARTITIONS_PER_INSERT, partition_of};
 use crate::config::{ClickHouseIngest, Settings, Topics};
 use crate::kafka::{self, KafkaFailure, LagReporting, Role};
 use crate::output::{OutRecord, Output, ProduceError};
@@ -36,8 +48,6 @@ pub enum ClickHouseSinkError {
     Kafka(#[from] KafkaFailure),
     #[error(transparent)]
     ClickHouse(#[from] ClickHouseError),
-    #[error("ClickHouse table {table} does not exist: run `idempipe setup`")]
-    NoTable { table: String },
     #[error("consumer failed: {0}")]
     Consumer(KafkaError),
     #[error("a Kafka client met an error no retry mends, so the ClickHouse sink stops: {0}")]
@@ -71,6 +81,9 @@ pub struct ClickHouseSinkSummary {
     pub offset_gaps: u64,
     /// Insert attempts that failed and were retried.
     pub retries: u64,
+    /// Rows ClickHouse refused on their own: sent to the dead-letter topic (class
+    /// `clickhouse_refused`), not loaded.
+    pub refused: u64,
 }
 
 /// What the sink waits for when it runs beside the processor (inside `run`): the
@@ -110,6 +123,8 @@ pub struct ClickHouseSink {
     shutdown: Arc<AtomicBool>,
     /// The processor beside it, when the sink runs inside `run`.
     upstream: Option<Arc<Upstream>>,
+    /// Whether a fatal ClickHouse failure is waited out (a service) or ends the sink.
+    patient: bool,
     /// Per partition, the next offset to read (`None`: from the beginning, nothing
     /// committed); after each insert, the first offset not yet loaded.
     positions: Positions,
@@ -121,16 +136,24 @@ pub struct ClickHouseSink {
 impl ClickHouseSink {
     /// Connects to ClickHouse (waiting, with backoff, while it does not answer), checks
     /// the table, and assigns every partition at the group's committed offsets. Blocks;
-    /// call it outside the runtime's workers.
-    pub fn start(settings: Settings, runtime: Handle, shutdown: Arc<AtomicBool>) -> Result<Self, ClickHouseSinkError> {
+    /// call it outside the runtime's workers. `patient`: wait, unready, while the table
+    /// is missing or credentials are refused (a service); else fail at once (a job with
+    /// `--until-idle`).
+    pub fn start(
+        settings: Settings,
+        runtime: Handle,
+        shutdown: Arc<AtomicBool>,
+        patient: bool,
+    ) -> Result<Self, ClickHouseSinkError> {
         if settings.clickhouse.ingest == ClickHouseIngest::KafkaEngine {
             return Err(ClickHouseSinkError::KafkaEngineConfigured);
         }
-        let clickhouse = retrying(&shutdown, "connecting to ClickHouse", || {
+        let clickhouse = retrying(&shutdown, patient, "connecting to ClickHouse", || {
             runtime.block_on(ClickHouse::connect(&settings.clickhouse))
         })?;
-        let layout = retrying(&shutdown, "reading the ClickHouse table", || runtime.block_on(clickhouse.layout()))?
-            .ok_or_else(|| ClickHouseSinkError::NoTable { table: clickhouse.table() })?;
+        let layout = retrying(&shutdown, patient, "reading the ClickHouse table", || {
+            runtime.block_on(clickhouse.layout())?.ok_or_else(|| clickhouse.missing_table())
+        })?;
         let topic = settings.topics.processed.clone();
         let consumer: BaseConsumer<LagReporting> = kafka::client_config(
             &settings,
@@ -174,6 +197,7 @@ impl ClickHouseSink {
             runtime,
             shutdown,
             upstream: None,
+            patient,
             positions: Positions::new(next),
             partitions: count,
             partitions_checked: Instant::now(),
@@ -206,9 +230,12 @@ impl ClickHouseSink {
         loop {
             let mut batch = SinkBatch {
                 rows: Vec::new(),
+                sources: Vec::new(),
+                bytes: 0,
                 dead: Vec::new(),
                 ranges: BTreeMap::new(),
                 max_rows: self.settings.clickhouse.max_batch_rows.get(),
+                max_bytes: self.settings.clickhouse.max_batch_bytes.get(),
                 topics: &self.settings.topics,
                 max_record_bytes: self.settings.max_record_bytes(),
                 summary: &mut summary,
@@ -218,36 +245,32 @@ impl ClickHouseSink {
             if let Some(fatal) = kafka::fatal_client_error() {
                 return Err(ClickHouseSinkError::FatalKafka(fatal));
             }
-            let SinkBatch { rows, dead, ranges, .. } = batch;
+            let SinkBatch { rows, sources, dead, ranges, .. } = batch;
             if !ranges.is_empty() {
                 if !dead.is_empty() {
                     self.runtime.block_on(self.output.send_all(dead))?;
                 }
                 let token = format!("{}/{}", self.token_nonce, dedup_token(&self.settings.topics.processed, &ranges));
-                let mut attempt = 0_u32;
-                loop {
-                    match self.runtime.block_on(self.clickhouse.insert(self.layout, &rows, Some(&token))) {
-                        Ok(()) => break,
-                        Err(e) if !e.is_transient() => return Err(e.into()),
-                        Err(e) => {
-                            if self.shutdown.load(Ordering::Relaxed) {
-                                // Nothing committed: the batch is read again on restart.
-                                tracing::warn!(error = %e, "shutdown during a failing insert: leaving the batch uncommitted");
-                                return Ok(summary);
-                            }
-                            attempt += 1;
-                            summary.retries += 1;
-                            crate::metrics::clickhouse_insert_retried();
-                            let backoff = BACKOFF.delay(attempt);
-                            tracing::warn!(attempt, error = %e, ?backoff, rows = rows.len(), "ClickHouse insert failed; retrying");
-                            BACKOFF.wait(attempt, &self.shutdown);
-                        }
-                    }
+                let (rows, sources) = by_partition(self.layout, rows, sources);
+                let Some(refused) = self.load(&rows, &token, &mut summary)? else {
+                    // Nothing committed: the batch is read again on restart.
+                    tracing::warn!("shutdown during a failing insert: leaving the batch uncommitted");
+                    return Ok(summary);
+                };
+                if !refused.is_empty() {
+                    let topics = &self.settings.topics;
+                    let max = self.settings.max_record_bytes();
+                    let letters: Vec<OutRecord> =
+                        refused.iter().map(|(i, message)| refused_letter(topics, &sources[*i], message, max)).collect();
+                    self.runtime.block_on(self.output.send_all(letters))?;
+                    summary.refused += refused.len() as u64;
+                    crate::metrics::clickhouse_refused(refused.len());
                 }
                 self.commit(&ranges);
-                crate::metrics::clickhouse_loaded(rows.len());
+                let loaded = rows.len() - refused.len();
+                crate::metrics::clickhouse_loaded(loaded);
                 summary.batches += 1;
-                summary.rows += rows.len() as u64;
+                summary.rows += loaded as u64;
                 tracing::debug!(rows = rows.len(), "ClickHouse batch loaded");
             }
             if self.shutdown.load(Ordering::Relaxed) {
@@ -272,6 +295,86 @@ impl ClickHouseSink {
                 return Ok(summary);
             }
         }
+    }
+
+    /// Loads one batch's rows (sorted by ClickHouse partition: [`by_partition`]) as the
+    /// module's doc says. Returns the rows ClickHouse refused alone (index, server
+    /// message), or `None` when shutdown came during a failing insert (nothing may be
+    /// committed then); an error only for a fatal failure when not `patient`.
+    fn load(
+        &self,
+        rows: &[StoredRow],
+        token: &str,
+        summary: &mut ClickHouseSinkSummary,
+    ) -> Result<Option<Vec<(usize, String)>>, ClickHouseSinkError> {
+        let mut pieces = partition_runs(self.layout, rows);
+        pieces.reverse();
+        let mut refused = Vec::new();
+        while let Some(piece) = pieces.pop() {
+            // Pieces are the same for the same batch, so a retry carries the same token.
+            let piece_token = format!("{token}#{}-{}", piece.start, piece.end);
+            let mut failures = 0_u32;
+            loop {
+                let inserted = self.runtime.block_on(self.clickhouse.insert(
+                    self.layout,
+                    &rows[piece.clone()],
+                    Some(&piece_token),
+                ));
+                let e = match inserted {
+                    Ok(()) => {
+                        crate::metrics::service_recovered("clickhouse");
+                        break;
+                    }
+                    Err(e) => e,
+                };
+                crate::metrics::service_error("clickhouse", &e.to_string());
+                summary.retries += 1;
+                crate::metrics::clickhouse_insert_retried();
+                failures += 1;
+                let failure = match e.failure() {
+                    // A server that answers but does not finish this insert in time: it
+                    // is too heavy (or holds a row it chokes on), not an outage.
+                    Failure::Transient
+                        if matches!(e, ClickHouseError::Timeout { .. })
+                            && self.runtime.block_on(self.clickhouse.ping()).is_ok() =>
+                    {
+                        Failure::Refused
+                    }
+                    f => f,
+                };
+                match failure {
+                    Failure::Refused if piece.len() > 1 => {
+                        tracing::warn!(rows = piece.len(), error = %e, "ClickHouse refused an insert: splitting it to find the rows it refuses");
+                        let mid = piece.start + piece.len() / 2;
+                        pieces.push(mid..piece.end);
+                        pieces.push(piece.start..mid);
+                        break;
+                    }
+                    Failure::Refused if failures >= REFUSALS_BEFORE_DEAD_LETTER => {
+                        let row = &rows[piece.start];
+                        let message = e.server_message().unwrap_or_else(|| e.to_string());
+                        tracing::error!(
+                            dedup_key = %row.dedup_key,
+                            partition = row.source_partition,
+                            offset = row.source_offset,
+                            error = %message,
+                            "ClickHouse refuses this event on its own: sent to the dead-letter topic"
+                        );
+                        refused.push((piece.start, message));
+                        break;
+                    }
+                    Failure::Fatal if !self.patient => return Err(e.into()),
+                    _ => {}
+                }
+                if self.shutdown.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                let backoff = BACKOFF.delay(failures);
+                tracing::warn!(attempt = failures, error = %e, ?backoff, rows = piece.len(), "ClickHouse insert failed; retrying");
+                BACKOFF.wait(failures, &self.shutdown);
+            }
+        }
+        Ok(Some(refused))
     }
 
     /// Compares the partitions read with the broker's (between inserts, so nothing
@@ -374,6 +477,11 @@ fn assignment(topic: &str, next: &BTreeMap<i32, Option<i64>>) -> Result<TopicPar
 /// One insert under collection.
 struct SinkBatch<'a> {
     rows: Vec<StoredRow>,
+    /// Where each row came from, for its dead letter should ClickHouse refuse it.
+    sources: Vec<RowSource>,
+    /// Bytes of the records taken.
+    bytes: usize,
+    max_bytes: usize,
     /// Records that are not processed-event JSON, for the dead-letter topic.
     dead: Vec<OutRecord>,
     /// Per partition: (first, last) offset read.
@@ -389,7 +497,7 @@ impl Collector for SinkBatch<'_> {
     type Error = std::convert::Infallible;
 
     fn is_full(&self) -> bool {
-        self.rows.len() >= self.max_rows
+        self.rows.len() >= self.max_rows || self.bytes >= self.max_bytes
     }
 
     fn take(&mut self, m: &BorrowedMessage<'_>, gap: u64) {
@@ -405,8 +513,17 @@ impl Collector for SinkBatch<'_> {
             );
         }
         self.ranges.entry(p).and_modify(|r| r.1 = offset).or_insert((offset, offset));
+        self.bytes += m.payload_len() + m.key().map_or(0, <[u8]>::len);
         match processed::parse(m.payload().unwrap_or_default()) {
-            Ok(record) => self.rows.push(record),
+            Ok(record) => {
+                self.rows.push(record);
+                self.sources.push(RowSource {
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    partition: p,
+                    offset,
+                });
+            }
             Err(e) => {
                 self.summary.unreadable += 1;
                 tracing::error!(
@@ -436,6 +553,63 @@ fn dead_letter(topics: &Topics, m: &BorrowedMessage<'_>, reason: &str, max_recor
     dlq::record(&topics.dlq, &topics.processed, &dead, max_record_bytes)
 }
 
+/// A loaded row's record on the processed topic.
+struct RowSource {
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    partition: i32,
+    offset: i64,
+}
+
+/// How many times a row alone in an insert is refused before it is a dead letter (a
+/// refusal that passes is not the row's fault).
+const REFUSALS_BEFORE_DEAD_LETTER: u32 = 3;
+
+/// The dead letter of a row ClickHouse refused: its processed record, and the server's
+/// message.
+fn refused_letter(topics: &Topics, source: &RowSource, message: &str, max_record_bytes: usize) -> OutRecord {
+    let dead = crate::batch::DeadLetter {
+        key: source.key.clone(),
+        value: Some(source.value.clone()),
+        rejection: crate::event::Rejection::new(
+            crate::event::RejectClass::ClickHouseRefused,
+            format!("ClickHouse refused the event: {message}"),
+        ),
+        partition: source.partition,
+        offset: source.offset,
+    };
+    dlq::record(&topics.dlq, &topics.processed, &dead, max_record_bytes)
+}
+
+/// `rows` and their sources in the order of their ClickHouse partition (stable within one).
+fn by_partition(layout: Layout, rows: Vec<StoredRow>, sources: Vec<RowSource>) -> (Vec<StoredRow>, Vec<RowSource>) {
+    let mut pairs: Vec<(StoredRow, RowSource)> = rows.into_iter().zip(sources).collect();
+    pairs.sort_by_key(|(r, _)| partition_of(layout, r.event_time_us));
+    pairs.into_iter().unzip()
+}
+
+/// Consecutive runs of `rows` (sorted by partition) that each touch at most
+/// [`MAX_PARTITIONS_PER_INSERT`] ClickHouse partitions.
+fn partition_runs(layout: Layout, rows: &[StoredRow]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut partitions, mut last) = (0, 0, None);
+    for (i, row) in rows.iter().enumerate() {
+        let partition = partition_of(layout, row.event_time_us);
+        if last != Some(partition) {
+            if partitions == MAX_PARTITIONS_PER_INSERT {
+                runs.push(start..i);
+                (start, partitions) = (i, 0);
+            }
+            partitions += 1;
+            last = Some(partition);
+        }
+    }
+    if start < rows.len() {
+        runs.push(start..rows.len());
+    }
+    runs
+}
+
 /// The insert's deduplication token: the topic and each partition's offset range, so an
 /// identical retry carries the same token and a different batch never does.
 pub fn dedup_token(topic: &str, ranges: &BTreeMap<i32, (i64, i64)>) -> String {
@@ -443,18 +617,27 @@ pub fn dedup_token(topic: &str, ranges: &BTreeMap<i32, (i64, i64)>) -> String {
     format!("{topic}/{}", parts.join(","))
 }
 
-/// Runs `f` until it succeeds or shutdown is requested, backing off between attempts.
+/// Runs `f` until it succeeds or shutdown is requested, backing off between attempts:
+/// through transient failures, and, when `patient`, through fatal ones too (unready
+/// meanwhile: the table may come back).
 fn retrying<T>(
     shutdown: &AtomicBool,
+    patient: bool,
     what: &str,
     mut f: impl FnMut() -> Result<T, ClickHouseError>,
 ) -> Result<T, ClickHouseSinkError> {
     let mut attempt = 0;
     loop {
         match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if shutdown.load(Ordering::Relaxed) || !e.is_transient() => return Err(e.into()),
+            Ok(v) => {
+                crate::metrics::service_recovered("clickhouse");
+                return Ok(v);
+            }
+            Err(e) if shutdown.load(Ordering::Relaxed) || (!patient && e.failure() == Failure::Fatal) => {
+                return Err(e.into());
+            }
             Err(e) => {
+                crate::metrics::service_error("clickhouse", &e.to_string());
                 attempt += 1;
                 let wait = BACKOFF.delay(attempt);
                 tracing::warn!(attempt, error = %e, ?wait, "{what} failed; retrying");

@@ -75,11 +75,14 @@ pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) 
         let (settings, handle, shutdown) = (settings.clone(), runtime.handle().clone(), shutdown.clone());
         let done = upstream.clone();
         std::thread::Builder::new().name("clickhouse-sink".into()).spawn(move || {
-            let result =
-                ClickHouseSink::start(settings, handle, shutdown.clone()).and_then(|s| s.after(done).run(until_idle));
+            // The speed layer never holds the batch layer back: a failing sink is
+            // unready and (as a service) waits for ClickHouse; if it stops, the processor
+            // goes on, and `run` reports the sink's error at its end.
+            let result = ClickHouseSink::start(settings, handle, shutdown, until_idle.is_none())
+                .and_then(|s| s.after(done).run(until_idle));
             if let Err(e) = &result {
-                tracing::error!(error = %e, "the ClickHouse sink stopped; stopping the processor");
-                shutdown.store(true, Ordering::Relaxed);
+                tracing::error!(error = %e, "the ClickHouse sink stopped; the processor goes on");
+                crate::metrics::service_failed("clickhouse", &e.to_string());
             }
             result
         })

@@ -27,7 +27,8 @@ pub fn sink_clickhouse(
     let health = serve_metrics(&settings, runtime)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     stop_on_signal(runtime, shutdown.clone());
-    let sink = ClickHouseSink::start(settings, runtime.handle().clone(), shutdown)?;
+    // A service waits out a dropped table or refused credentials, unready; a job ends.
+    let sink = ClickHouseSink::start(settings, runtime.handle().clone(), shutdown, until_idle.is_none())?;
     health.set_ready(true);
     let summary = sink.run(until_idle);
     health.set_ready(false);

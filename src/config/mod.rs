@@ -184,8 +184,10 @@ pub struct ClickHouseSettings {
     pub in_run: bool,
     /// How long the sink collects records before an insert.
     pub trigger: Duration,
-    /// The most rows in one insert.
+    /// The most rows in one batch.
     pub max_batch_rows: NonZeroUsize,
+    /// The most record bytes in one batch.
+    pub max_batch_bytes: NonZeroUsize,
     /// The Kafka brokers as ClickHouse's Kafka engine reaches them.
     pub kafka_brokers: String,
 }
@@ -204,9 +206,17 @@ impl std::fmt::Debug for ClickHouseSettings {
             .field("in_run", &self.in_run)
             .field("trigger", &self.trigger)
             .field("max_batch_rows", &self.max_batch_rows)
+            .field("max_batch_bytes", &self.max_batch_bytes)
             .field("kafka_brokers", &self.kafka_brokers)
             .finish()
     }
+}
+
+/// The accepted event times, relative to when a message is read; `None`: no bound.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventWindow {
+    pub max_age: Option<Duration>,
+    pub max_future: Option<Duration>,
 }
 
 /// The validated, effective configuration shared by every command. Its `Debug` shows no
@@ -229,6 +239,8 @@ pub struct Settings {
     /// Replication factor of the topics that `setup` creates.
     pub replication_factor: ReplicationFactor,
     pub max_message_bytes: usize,
+    /// The accepted event times ([`crate::batch::Limits`]).
+    pub event_window: EventWindow,
     pub batch: BatchLimits,
     pub consumer_mode: ConsumerMode,
     /// Whether a stored offset the broker no longer holds stops the processor (`true`) or
@@ -318,11 +330,13 @@ impl Settings {
                 in_run: o.clickhouse_in_run,
                 trigger: o.clickhouse_trigger,
                 max_batch_rows: o.clickhouse_max_batch_rows,
+                max_batch_bytes: o.clickhouse_max_batch_bytes,
                 kafka_brokers: o.clickhouse_kafka_brokers.clone(),
             },
             partitions: o.partitions,
             replication_factor: o.replication_factor,
             max_message_bytes: o.max_message_bytes.get(),
+            event_window: EventWindow { max_age: o.max_event_age, max_future: o.max_event_future },
             batch: BatchLimits { trigger: o.trigger, max_events: o.max_batch_events, max_bytes: o.max_batch_bytes },
             consumer_mode: o.consumer_mode,
             fail_on_data_loss: o.fail_on_data_loss,

@@ -263,6 +263,8 @@ options! {
     clickhouse_trigger: Duration = "1s", env "IDEMPIPE_CLICKHOUSE_TRIGGER", check at_least_10ms;
     /// Most rows in one ClickHouse insert.
     clickhouse_max_batch_rows: NonZeroUsize = "100000", env "IDEMPIPE_CLICKHOUSE_MAX_BATCH_ROWS";
+    /// Most record bytes in one ClickHouse batch.
+    clickhouse_max_batch_bytes: NonZeroUsize = "67108864", env "IDEMPIPE_CLICKHOUSE_MAX_BATCH_BYTES";
     /// Kafka brokers as ClickHouse's Kafka engine reaches them.
     clickhouse_kafka_brokers: String = "<brokers>" => brokers.clone(),
         env "IDEMPIPE_CLICKHOUSE_KAFKA_BROKERS", check not_empty;
@@ -273,6 +275,11 @@ options! {
     replication_factor: ReplicationFactor = "default", env "IDEMPIPE_REPLICATION_FACTOR";
     /// Largest accepted message; larger ones go to the dead-letter topic.
     max_message_bytes: NonZeroUsize = "1048576", env "IDEMPIPE_MAX_MESSAGE_BYTES";
+    /// The oldest accepted event time, as an age when read, e.g. 90days, or `off`: older
+    /// events are dead letters (`event_time_out_of_window`).
+    max_event_age: Interval = "off", env "IDEMPIPE_MAX_EVENT_AGE", check interval;
+    /// How far ahead of the time it is read an event time may be, e.g. 1h, or `off`.
+    max_event_future: Interval = "off", env "IDEMPIPE_MAX_EVENT_FUTURE", check interval;
     /// Micro-batch trigger interval, e.g. 15s or 200ms (at least 100ms).
     trigger: Duration = "15s", env "IDEMPIPE_TRIGGER", check at_least_100ms;
     /// Most messages in one micro-batch.

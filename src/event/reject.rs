@@ -36,10 +36,18 @@ pub enum RejectClass {
     /// Not a raw event: a record of the processed topic that the ClickHouse sink cannot
     /// read (something other than idempipe wrote to that topic).
     UnreadableProcessedRecord,
+    /// A stored event ClickHouse refused on its own (alone in an insert, more than once),
+    /// with the server's message: it is in Delta and the processed topic, not in the
+    /// speed layer. Its source is the processed topic.
+    ClickHouseRefused,
+    /// The event time lies outside the accepted window (`max_event_age`,
+    /// `max_event_future`).
+    EventTimeOutOfWindow,
 }
 
 impl RejectClass {
-    /// Every class the event contract produces (not `UnreadableProcessedRecord`).
+    /// Every class the event contract produces (not the processor's window, nor the
+    /// ClickHouse sink's classes).
     pub const ALL: [RejectClass; 12] = [
         Self::NullValue,
         Self::TooLarge,
@@ -71,6 +79,8 @@ impl RejectClass {
             Self::InvalidTimestamp => "invalid_timestamp",
             Self::TimestampOutOfRange => "timestamp_out_of_range",
             Self::UnreadableProcessedRecord => "unreadable_processed_record",
+            Self::ClickHouseRefused => "clickhouse_refused",
+            Self::EventTimeOutOfWindow => "event_time_out_of_window",
         }
     }
 }
