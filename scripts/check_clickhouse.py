@@ -10,6 +10,10 @@ reader of the Delta table. Modes (JSON in on stdin where noted, one JSON object 
   ddl              stdin {database, table, count_final}: creates the table, inserts three
                    rows (two copies of one key), checks FINAL, the checksum query and the
                    insert deduplication token
+  partitions       stdin {database_ddl, table_ddl, database, table, times: [micros...],
+                   runs: [[start, end]...]}: inserts one row per event time in one insert
+                   (current servers refuse more than 100 partitions), then in the runs the
+                   sink would make; reports the first insert's error and the rows loaded
   kafka-engine     stdin {database, table, kafka_engine: [queue, view], expected_rows,
                    timeout_s}: creates the table and the Kafka-engine objects, waits until
                    FINAL holds expected_rows (ClickHouse consumes the topic itself), and
@@ -110,12 +114,45 @@ def kafka_engine(spec):
         print(json.dumps({"raw_rows": raw, "final_rows": final_rows, "key_checksum": checksum}))
 
 
+def partitions(spec):
+    with tempfile.TemporaryDirectory() as d:
+        s = session.Session(d)
+        s.query(spec["database_ddl"])
+        s.query(spec["table_ddl"])
+        name = f"`{spec['database']}`.`{spec['table']}`"
+        times = spec["times"]
+
+        def insert(rows):
+            values = ", ".join(
+                f"('{i:032x}', 'u', 'click', fromUnixTimestamp64Micro({t}, 'UTC'), toDate(fromUnixTimestamp64Micro({t}, 'UTC')), "
+                f"'{{}}', 0, {i}, 1, fromUnixTimestamp64Micro({t}, 'UTC'), 1)"
+                for i, t in rows
+            )
+            s.query(
+                f"INSERT INTO {name} (dedup_key, user_id, event_type, event_time, event_date, payload, "
+                f"source_partition, source_offset, batch_id, ingested_at, version) VALUES {values}"
+            )
+
+        whole_error = None
+        try:
+            insert(list(enumerate(times)))
+        except Exception as e:  # the server's refusal
+            whole_error = str(e)
+        for start, end in spec["runs"]:
+            insert([(i, times[i]) for i in range(start, end)])
+        rows = scalar_row(s, f"SELECT count() FROM {name}")[0]
+        months = scalar_row(s, f"SELECT uniqExact(toYYYYMM(event_time)) FROM {name}")[0]
+        print(json.dumps({"whole_insert_error": whole_error, "rows": rows, "months": months}))
+
+
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
     if mode == "delta" and len(sys.argv) == 3:
         delta(sys.argv[2])
     elif mode == "ddl":
         ddl(json.load(sys.stdin))
+    elif mode == "partitions":
+        partitions(json.load(sys.stdin))
     elif mode == "kafka-engine":
         kafka_engine(json.load(sys.stdin))
     else:

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Pipeline, PrivateClickHouse, clickhouse_query, count, make_certificates, wait_until};
-use idempipe::clickhouse::{ServerVersion, schema};
+use idempipe::clickhouse::{self, ServerVersion, schema};
 
 #[test]
 fn the_sink_survives_a_clickhouse_outage_without_a_restart() {
@@ -313,4 +313,36 @@ fn a_dropped_clickhouse_table_stops_nothing_and_loading_resumes_after_setup() {
     // What the drop took, `reconcile` restores from Delta.
     p.ok(&["reconcile"]);
     assert_eq!(clickhouse_rows(), 900);
+}
+
+/// Events in 200 different months, as one batch of hostile event times makes: current
+/// ClickHouse (chdb) refuses them in one insert (more than 100 partitions), and accepts
+/// them in the inserts the sink makes of them ([`clickhouse::insert_runs`]). 18.16 has no
+/// such limit.
+#[test]
+fn current_clickhouse_accepts_a_200_month_batch_in_the_sinks_inserts() {
+    let current = ServerVersion::parse("26.9.2.1").unwrap();
+    // The first of each month from January 2000, in order (as the sink sorts them).
+    let times: Vec<i64> = (0..200)
+        .map(|m| {
+            let text = format!("{:04}-{:02}-01T12:00:00Z", 2000 + m / 12, m % 12 + 1);
+            idempipe::event::EventTime::parse(&text).unwrap().micros()
+        })
+        .collect();
+    let runs = clickhouse::insert_runs(clickhouse::Layout::Current, times.iter().copied());
+    assert_eq!(runs, vec![0..100, 100..200]);
+    let seen = chdb(
+        "partitions",
+        &serde_json::json!({
+            "database": "idempipe",
+            "table": "events",
+            "database_ddl": schema::create_database("idempipe"),
+            "table_ddl": schema::create_events(&current, "idempipe", "events"),
+            "times": times,
+            "runs": runs.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
+        }),
+    );
+    let refused = seen["whole_insert_error"].as_str().unwrap_or_default();
+    assert!(refused.contains("Too many partitions for single INSERT block"), "{seen}");
+    assert_eq!((seen["rows"].as_u64(), seen["months"].as_u64()), (Some(200), Some(200)), "{seen}");
 }

@@ -219,12 +219,26 @@ fn bad_input_lands_in_the_dead_letter_topic_and_the_rest_flows() {
     records.push((None, Some(ok("null-key").into_bytes())));
     // A large valid event that fits everywhere is stored like any other.
     records.push((Some(b"k".to_vec()), Some(pad(500_000, "y").into_bytes())));
+    // Hostile event times, all valid: 200 months from year 0001 to 9951 in one batch (200
+    // Delta partitions in one commit; more ClickHouse partitions than a current server
+    // takes in one insert).
+    let hostile: Vec<String> = (0..200)
+        .map(|m| {
+            format!(
+                r#"{{"user_id":"hostile","event_type":"t","timestamp":"{:04}-{:02}-15T00:00:00Z"}}"#,
+                1 + m * 50,
+                m % 12 + 1
+            )
+        })
+        .collect();
+    records.extend(hostile.iter().map(|h| (Some(b"h".to_vec()), Some(h.clone().into_bytes()))));
     send_raw(&raw_topic, &records);
     p.produce(&file);
     p.run_until_idle(&["--clickhouse-in-run"]);
 
-    let v = check_stores(&p, &[&p], valid + 2, bad.len() as u64);
-    eprintln!("torture bad input: {} bad records refused, {} valid stored: {v}", bad.len(), valid + 2);
+    let stored = valid + 2 + hostile.len() as u64;
+    let v = check_stores(&p, &[&p], stored, bad.len() as u64);
+    eprintln!("torture bad input: {} bad records refused, {stored} valid stored: {v}", bad.len());
     let raw = read_all(&raw_topic);
     let dead = read_all(&format!("{}_dlq", p.name));
     for (value, classes) in &bad {

@@ -419,6 +419,29 @@ pub fn partition_of(layout: Layout, event_time_us: i64) -> i64 {
     year * 100 + month
 }
 
+/// Consecutive runs of rows, given their event times sorted by partition, that each touch
+/// at most [`MAX_PARTITIONS_PER_INSERT`] ClickHouse partitions: the inserts the sink makes.
+pub fn insert_runs(layout: Layout, times: impl IntoIterator<Item = i64>) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut partitions, mut last, mut len) = (0, 0, None, 0);
+    for (i, time) in times.into_iter().enumerate() {
+        len = i + 1;
+        let partition = partition_of(layout, time);
+        if last != Some(partition) {
+            if partitions == MAX_PARTITIONS_PER_INSERT {
+                runs.push(start..i);
+                (start, partitions) = (i, 0);
+            }
+            partitions += 1;
+            last = Some(partition);
+        }
+    }
+    if start < len {
+        runs.push(start..len);
+    }
+    runs
+}
+
 /// Days since the epoch as ClickHouse's `Date` (UInt16, 1970 to 2149): clamped.
 fn date(micros: i64) -> u16 {
     micros.div_euclid(86_400_000_000).clamp(0, i64::from(u16::MAX)) as u16

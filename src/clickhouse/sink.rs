@@ -8,7 +8,7 @@
 //! deduplication token makes it drop the retry outright).
 //!
 //! Loading never stalls on a valid row:
-//! - rows go in inserts of at most [`MAX_PARTITIONS_PER_INSERT`] ClickHouse partitions
+//! - rows go in inserts of at most [`crate::clickhouse::MAX_PARTITIONS_PER_INSERT`] ClickHouse partitions
 //!   (months), which current servers require;
 //! - a transient failure (unreachable, slow, busy) is retried with backoff for as long
 //!   as it takes; a fatal one (the table dropped, credentials refused) too, the sink
@@ -33,7 +33,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
-use crate::clickhouse::{ClickHouse, ClickHouseError, Failure, Layout, MAX_PARTITIONS_PER_INSERT, partition_of};
+use crate::clickhouse::{ClickHouse, ClickHouseError, Failure, Layout, insert_runs, partition_of};
 use crate::config::{ClickHouseIngest, Settings, Topics};
 use crate::kafka::{self, KafkaFailure, LagReporting, Role};
 use crate::output::{OutRecord, Output, ProduceError};
@@ -307,7 +307,7 @@ impl ClickHouseSink {
         token: &str,
         summary: &mut ClickHouseSinkSummary,
     ) -> Result<Option<Vec<(usize, String)>>, ClickHouseSinkError> {
-        let mut pieces = partition_runs(self.layout, rows);
+        let mut pieces = insert_runs(self.layout, rows.iter().map(|r| r.event_time_us));
         pieces.reverse();
         let mut refused = Vec::new();
         while let Some(piece) = pieces.pop() {
@@ -586,28 +586,6 @@ fn by_partition(layout: Layout, rows: Vec<StoredRow>, sources: Vec<RowSource>) -
     let mut pairs: Vec<(StoredRow, RowSource)> = rows.into_iter().zip(sources).collect();
     pairs.sort_by_key(|(r, _)| partition_of(layout, r.event_time_us));
     pairs.into_iter().unzip()
-}
-
-/// Consecutive runs of `rows` (sorted by partition) that each touch at most
-/// [`MAX_PARTITIONS_PER_INSERT`] ClickHouse partitions.
-fn partition_runs(layout: Layout, rows: &[StoredRow]) -> Vec<std::ops::Range<usize>> {
-    let mut runs = Vec::new();
-    let (mut start, mut partitions, mut last) = (0, 0, None);
-    for (i, row) in rows.iter().enumerate() {
-        let partition = partition_of(layout, row.event_time_us);
-        if last != Some(partition) {
-            if partitions == MAX_PARTITIONS_PER_INSERT {
-                runs.push(start..i);
-                (start, partitions) = (i, 0);
-            }
-            partitions += 1;
-            last = Some(partition);
-        }
-    }
-    if start < rows.len() {
-        runs.push(start..rows.len());
-    }
-    runs
 }
 
 /// The insert's deduplication token: the topic and each partition's offset range, so an
