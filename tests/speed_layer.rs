@@ -304,6 +304,8 @@ fn a_dropped_clickhouse_table_stops_nothing_and_loading_resumes_after_setup() {
     wait_until(Duration::from_secs(120), "/readyz to name ClickHouse", || {
         common::http_get(port, "/readyz").is_some_and(|(status, body)| status == 503 && body.contains("clickhouse"))
     });
+    let status = p.ok(&["status"]);
+    assert!(status.contains("does not exist: run `idempipe setup`"), "{status}");
 
     p.setup();
     wait_until(Duration::from_secs(120), "the sink to resume", || clickhouse_rows() == 400);

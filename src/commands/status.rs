@@ -64,6 +64,9 @@ pub struct Status {
     pub clickhouse_ingest: ClickHouseIngest,
     pub clickhouse_sink: Vec<SinkPartition>,
     pub clickhouse_sink_lag: i64,
+    /// `ok` when ClickHouse answers and holds the events table; else what is wrong (the
+    /// ClickHouse sink waits, unready, until it is mended).
+    pub clickhouse: String,
 }
 
 pub async fn status(settings: &Settings) -> Result<Status, StatusError> {
@@ -98,7 +101,16 @@ pub async fn status(settings: &Settings) -> Result<Status, StatusError> {
         .as_ref()
         .and_then(|b| b.ended_at)
         .map(|ended| (crate::event::EventTime::now().micros() - ended.micros()) as f64 / 1e6);
+    let clickhouse = match crate::clickhouse::ClickHouse::connect(&settings.clickhouse).await {
+        Ok(c) => match c.layout().await {
+            Ok(Some(_)) => "ok".to_owned(),
+            Ok(None) => c.missing_table().to_string(),
+            Err(e) => e.to_string(),
+        },
+        Err(e) => e.to_string(),
+    };
     Ok(Status {
+        clickhouse,
         delta_path: settings.delta_path.to_string(),
         delta_version: table.version(),
         delta_live_files: table.live_files(),
@@ -163,6 +175,7 @@ impl Status {
             "\nclickhouse sink ({:?}, group {}) on {} (lag {})",
             self.clickhouse_ingest, self.clickhouse_group, self.processed_topic, self.clickhouse_sink_lag
         );
+        let _ = writeln!(out, "clickhouse       {}", self.clickhouse);
         let _ = writeln!(out, "{:>9} {:>12} {:>14} {:>10}", "partition", "end", "committed", "lag");
         for p in &self.clickhouse_sink {
             let _ = writeln!(out, "{:>9} {:>12} {:>14} {:>10}", p.partition, p.end, opt(p.committed), p.lag);
