@@ -150,7 +150,7 @@ impl Pipeline {
             }
         }
         let output = Output::new(&settings)?;
-        let source = Source::subscribe(&settings, runtime.clone())?;
+        let source = Source::subscribe(&settings, runtime.clone(), table.without_index())?;
         let log = BatchLog::new(settings.batch_log.clone());
         let upkeep = Schedule::new(settings.maintenance, runtime.block_on(table.last_checkpoint_version()));
         metrics::table_state(table.version(), table.live_files(), table.key_index().map(|i| i.len()));

@@ -51,6 +51,8 @@ pub struct SourceContext {
     /// The runtime to run the async Delta read on; the hook runs on the consumer's own
     /// thread, never on a runtime worker, so blocking on it is allowed.
     runtime: Handle,
+    /// The table, opened once at start-up and brought up to date on each assignment.
+    table: Mutex<EventTable>,
     state: Arc<Mutex<Assignment>>,
 }
 
@@ -73,9 +75,9 @@ impl SourceContext {
     /// Next offset to read per partition, from the table's txn versions.
     fn starts_from_delta(&self, partitions: &[i32]) -> Result<BTreeMap<i32, Option<i64>>, String> {
         let ids = AppIds::of(&self.settings);
-        let path = self.settings.delta_path.clone();
-        let stored = self.runtime.block_on(async move {
-            let table = EventTable::open(&path).await?;
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = self.runtime.block_on(async {
+            table.reload().await?;
             table.stored_offsets(&ids, partitions.iter().copied()).await
         });
         let stored = stored.map_err(|e| e.to_string())?;
@@ -162,10 +164,13 @@ pub struct Source {
 
 impl Source {
     /// Takes the raw topic's partitions: in [`ConsumerMode::Assign`] all of them at once,
-    /// in [`ConsumerMode::Group`] by joining the group. The topic must exist.
-    pub fn subscribe(settings: &Settings, runtime: Handle) -> Result<Self, KafkaFailure> {
+    /// in [`ConsumerMode::Group`] by joining the group. The topic must exist. `table` is
+    /// the events table as the caller opened it (read for the stored offsets, and kept
+    /// up to date incrementally: never opened again).
+    pub fn subscribe(settings: &Settings, runtime: Handle, table: EventTable) -> Result<Self, KafkaFailure> {
         let state = Arc::new(Mutex::new(Assignment::default()));
-        let context = SourceContext { settings: settings.clone(), runtime, state: state.clone() };
+        let context =
+            SourceContext { settings: settings.clone(), runtime, table: Mutex::new(table), state: state.clone() };
         let consumer: BaseConsumer<SourceContext> = client_config(
             settings,
             Role::Consumer,

@@ -115,6 +115,12 @@ pub struct EventTable {
 }
 
 impl EventTable {
+    /// The same table at the same version, without the key index: for a reader that
+    /// follows the table by [`EventTable::reload`] (incremental) instead of opening it again.
+    pub fn without_index(&self) -> Self {
+        Self { location: self.location.clone(), table: self.table.clone(), index: None }
+    }
+
     /// Creates the table if there is none, with the events schema partitioned by
     /// `event_date`; opens it otherwise. Running it again changes nothing.
     pub async fn create_if_missing(location: impl Into<Location>) -> Result<Self> {
