@@ -88,9 +88,11 @@ pub struct Batch {
     pub bytes: usize,
     /// Time spent parsing and validating, summed over messages.
     pub parse_time: Duration,
-    /// Offsets the broker skipped: the next message on a partition came later than the
-    /// offset expected (the start Delta gave, or the previous message + 1). Legitimate
-    /// after compaction, retention or transaction markers; otherwise a broker fault.
+    /// Offsets the broker skipped inside the partition's range: the next message on a
+    /// partition came later than the offset expected (the start Delta gave, or the
+    /// previous message + 1). Transaction markers, aborted transactions' records
+    /// (read_committed) and compaction: not losses, which are offsets below the
+    /// partition's first ([`crate::source::ranges`]).
     pub offset_gaps: u64,
 }
 

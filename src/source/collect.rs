@@ -8,8 +8,9 @@
 //!   expected there (the start Delta or the group gave, or the previous message + 1), so
 //!   nothing before a partition's start is delivered twice;
 //! - a message after the offset expected is taken and its gap reported to the batch,
-//!   which logs and counts it (offsets the broker skipped: compaction, retention,
-//!   transaction markers, or a fault);
+//!   which counts it (offsets the broker skipped inside the partition: transaction
+//!   markers, aborted transactions' records, compaction; offsets below the partition's
+//!   first are the range check's: [`crate::source::ranges`]);
 //! - a partition is "at its end" from its end-of-partition event until its next message.
 
 use std::collections::{BTreeMap, BTreeSet};
