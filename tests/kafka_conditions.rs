@@ -236,3 +236,38 @@ fn refused_credentials_stop_the_processor_with_a_clear_message() {
     assert!(log.contains("no retry mends") && log.contains("uthentication"), "{log}");
     assert!(!log.contains("first-secret"), "the password is not logged");
 }
+
+/// What the processor's clients actually run with, as librdkafka reports its own
+/// configuration (`debug=conf`): the consumer reads committed records only
+/// (`isolation.level=read_committed`: records of aborted or open transactions are never
+/// events) and the producer is idempotent with acks from all replicas. (tansu refuses
+/// `EndTxn`, so no aborted transaction can be made here to read past.)
+#[test]
+fn the_clients_run_with_read_committed_and_idempotence() {
+    let p = Pipeline::new("client_conf");
+    p.setup();
+    let (file, _) = p.generate(50, 0, 0, 4901);
+    p.produce(&file);
+    let out = p
+        .command(&["run", "--until-idle", "2s", "--kafka", "debug=conf"])
+        .env("IDEMPIPE_LOG", "info,librdkafka=debug")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let dumps: Vec<&str> = log.split("Client configuration:").skip(1).collect();
+    let consumer =
+        dumps.iter().find(|d| d.contains("group.id")).unwrap_or_else(|| panic!("no consumer configuration in:\n{log}"));
+    assert!(consumer.contains("isolation.level = read_committed"), "{consumer}");
+    assert!(
+        consumer.contains("enable.auto.commit = false") && consumer.contains("auto.offset.reset = error"),
+        "{consumer}"
+    );
+    let producer = dumps
+        .iter()
+        .find(|d| d.contains("enable.idempotence = true"))
+        .unwrap_or_else(|| panic!("no idempotent producer in:\n{log}"));
+    // librdkafka lists what differs from its defaults; its acks default is all (-1), which
+    // idempotence requires.
+    assert!(!producer.contains("acks = 0") && !producer.contains("acks = 1"), "{producer}");
+}
