@@ -285,3 +285,30 @@ fn kafka_over_tls_and_with_sasl_scram() {
         assert!(err.contains(reason) && !err.contains("not-the-password"), "{err}");
     }
 }
+
+/// The accepted event-time window: with `max_event_age` and `max_event_future` set, events
+/// outside it are dead letters of their own class (`event_time_out_of_window`) and the
+/// rest flow; without them, the same hostile times are events.
+#[test]
+fn events_outside_the_accepted_time_window_are_dead_letters() {
+    let p = Pipeline::with_options("window", "max_event_age = \"1500days\"\nmax_event_future = \"1h\"");
+    p.setup();
+    // The generator's events lie in 2024: inside a window reaching back 1,500 days.
+    let (file, expected) = p.generate(500, 50, 0, 5001);
+    let mut lines = std::fs::read_to_string(&file).unwrap();
+    for t in ["2020-03-01T00:00:00Z", "0001-01-01T00:00:00Z", "2099-01-01T00:00:00Z", "9999-12-31T23:59:59Z"] {
+        lines += &format!("{{\"user_id\":\"hostile\",\"event_type\":\"t\",\"timestamp\":\"{t}\"}}\n");
+    }
+    std::fs::write(&file, lines).unwrap();
+    p.produce(&file);
+    p.run_until_idle(&[]);
+    let v = p.verify();
+    assert_eq!(count(&v, "delta_rows"), count(&expected, "distinct_keys"), "{v}");
+    let dead = read_all(&format!("{}_dlq", p.name));
+    assert_eq!(dead.len(), 4, "the four events out of the window");
+    for letter in &dead {
+        assert_eq!(letter.headers["error.class"], "event_time_out_of_window", "{:?}", letter.headers);
+        let message = &letter.headers["error.message"];
+        assert!(message.contains("`max_event_age`") || message.contains("`max_event_future`"), "{message}");
+    }
+}
