@@ -60,11 +60,11 @@ impl Limits {
         let too = if let Some(age) = self.max_age
             && t < now.saturating_sub(micros(age))
         {
-            format!("more than {age:?} before it was read (`max_event_age`)")
+            format!("more than {age:?} before the message's Kafka timestamp (`max_event_age`)")
         } else if let Some(ahead) = self.max_future
             && t > now.saturating_add(micros(ahead))
         {
-            format!("more than {ahead:?} after it was read (`max_event_future`)")
+            format!("more than {ahead:?} after the message's Kafka timestamp (`max_event_future`)")
         } else {
             return None;
         };
@@ -99,12 +99,27 @@ pub struct Batch {
 impl Batch {
     /// Parses one message into a row or a dead letter and extends its partition's range.
     pub fn add(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>, limits: Limits) {
+        self.add_at(partition, offset, key, value, limits, crate::event::EventTime::now());
+    }
+
+    /// [`Batch::add`], judging the event-time window against `reference`: the message's
+    /// Kafka timestamp, so that reading the same message again (after a crash between
+    /// the send and the Delta commit) decides the same way.
+    pub fn add_at(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        limits: Limits,
+        reference: crate::event::EventTime,
+    ) {
         let started = std::time::Instant::now();
         let length = value.map_or(0, <[u8]>::len);
         let parsed = event::parse(value, limits.message_bytes).map(|e| Row::from_event(e, partition, offset));
         let parsed = parsed.and_then(|row| {
             if (limits.max_age.is_some() || limits.max_future.is_some())
-                && let Some(rejection) = limits.outside_window(row.time, crate::event::EventTime::now())
+                && let Some(rejection) = limits.outside_window(row.time, reference)
             {
                 return Err(rejection);
             }

@@ -609,7 +609,14 @@ impl Collector for Collecting<'_> {
             );
             self.batch.offset_gaps += gap;
         }
-        self.batch.add(m.partition(), m.offset(), m.key(), m.payload(), self.limits);
+        // The window is judged against the message's own timestamp (the same on every
+        // read), or the time it is read when the broker gives none.
+        let reference = m
+            .timestamp()
+            .to_millis()
+            .and_then(|ms| EventTime::from_micros(ms.saturating_mul(1_000)).ok())
+            .unwrap_or_else(EventTime::now);
+        self.batch.add_at(m.partition(), m.offset(), m.key(), m.payload(), self.limits, reference);
     }
 }
 

@@ -94,14 +94,18 @@ impl ClickHouseError {
 
 /// Server error codes that no retry fixes and no row causes: a table whose columns are not
 /// ours (10, 16, 47), unknown table (60) or database (81), unknown user (192), wrong or
-/// required password (193, 194), no grant (497), authentication failed (516).
-const FATAL_CODES: [u32; 10] = [10, 16, 47, 60, 81, 192, 193, 194, 497, 516];
+/// required password (193, 194), a setting the server's profile forbids (452), no grant
+/// (497), authentication failed (516).
+const FATAL_CODES: [u32; 11] = [10, 16, 47, 60, 81, 192, 193, 194, 452, 497, 516];
 
 /// Server error codes of a busy, slow or restarting server: timeouts (159, 209), read-only
 /// or readonly table (164, 242), too many queries or connections (202, 203), aborted (236),
 /// memory (241), too many parts awaiting merges (252), replicas (285), an insert whose
-/// fate is unknown (319), system and keeper errors (425, 999), network (210, 1000).
-const TRANSIENT_CODES: [u32; 15] = [159, 164, 202, 203, 209, 210, 236, 241, 242, 252, 285, 319, 425, 999, 1000];
+/// fate is unknown (319), a query cancelled (394, a server shutting down), a task the
+/// server cannot schedule (439), no ZooKeeper (225), system and keeper errors (425, 999),
+/// network (210, 1000).
+const TRANSIENT_CODES: [u32; 18] =
+    [159, 164, 202, 203, 209, 210, 225, 236, 241, 242, 252, 285, 319, 394, 425, 439, 999, 1000];
 
 /// `TOO_MANY_PARTS`: also what a current server answers to an insert with more
 /// partitions than `max_partitions_per_insert_block` (refused, not transient).

@@ -118,6 +118,9 @@ pub struct ClickHouseSink {
     /// carries the same token, while the same offsets read again after a restart (or from
     /// a recreated topic) never match an old insert.
     token_nonce: String,
+    /// Positions moved back so far (a recreated topic): part of every insert token, so
+    /// that records read again at the same offsets are never taken for a retry.
+    resets: u64,
     layout: Layout,
     runtime: Handle,
     shutdown: Arc<AtomicBool>,
@@ -193,6 +196,7 @@ impl ClickHouseSink {
             output,
             clickhouse,
             token_nonce,
+            resets: 0,
             layout,
             runtime,
             shutdown,
@@ -250,7 +254,13 @@ impl ClickHouseSink {
                 if !dead.is_empty() {
                     self.runtime.block_on(self.output.send_all(dead))?;
                 }
-                let token = format!("{}/{}", self.token_nonce, dedup_token(&self.settings.topics.processed, &ranges));
+                // The reset count: offsets read again after a reset are other records.
+                let token = format!(
+                    "{}-{}/{}",
+                    self.token_nonce,
+                    self.resets,
+                    dedup_token(&self.settings.topics.processed, &ranges)
+                );
                 let (rows, sources) = by_partition(self.layout, rows, sources);
                 let Some(refused) = self.load(&rows, &token, &mut summary)? else {
                     // Nothing committed: the batch is read again on restart.
@@ -399,6 +409,7 @@ impl ClickHouseSink {
                 .map_err(kafka::client_error(&self.settings))?;
             self.positions.next.insert(reset.partition, Some(reset.low));
             self.positions.at_end.remove(&reset.partition);
+            self.resets += 1;
         }
         let Some(now) = self
             .consumer

@@ -275,10 +275,10 @@ options! {
     replication_factor: ReplicationFactor = "default", env "IDEMPIPE_REPLICATION_FACTOR";
     /// Largest accepted message; larger ones go to the dead-letter topic.
     max_message_bytes: NonZeroUsize = "1048576", env "IDEMPIPE_MAX_MESSAGE_BYTES";
-    /// The oldest accepted event time, as an age when read, e.g. 90days, or `off`: older
-    /// events are dead letters (`event_time_out_of_window`).
+    /// The oldest accepted event time, as an age at the message's Kafka timestamp, e.g.
+    /// 90days, or `off`: older events are dead letters (`event_time_out_of_window`).
     max_event_age: Interval = "off", env "IDEMPIPE_MAX_EVENT_AGE", check interval;
-    /// How far ahead of the time it is read an event time may be, e.g. 1h, or `off`.
+    /// How far ahead of the message's Kafka timestamp an event time may be, e.g. 1h, or `off`.
     max_event_future: Interval = "off", env "IDEMPIPE_MAX_EVENT_FUTURE", check interval;
     /// Micro-batch trigger interval, e.g. 15s or 200ms (at least 100ms).
     trigger: Duration = "15s", env "IDEMPIPE_TRIGGER", check at_least_100ms;
