@@ -99,12 +99,13 @@ pub struct Batch {
 impl Batch {
     /// Parses one message into a row or a dead letter and extends its partition's range.
     pub fn add(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>, limits: Limits) {
-        self.add_at(partition, offset, key, value, limits, crate::event::EventTime::now());
+        self.add_at(partition, offset, key, value, limits, crate::event::EventTime::now);
     }
 
-    /// [`Batch::add`], judging the event-time window against `reference`: the message's
-    /// Kafka timestamp, so that reading the same message again (after a crash between
-    /// the send and the Delta commit) decides the same way.
+    /// [`Batch::add`], judging the event-time window against `reference()` (asked only
+    /// when a window is set): the message's Kafka timestamp, so that reading the same
+    /// message again (after a crash between the send and the Delta commit) decides the
+    /// same way.
     pub fn add_at(
         &mut self,
         partition: i32,
@@ -112,14 +113,14 @@ impl Batch {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         limits: Limits,
-        reference: crate::event::EventTime,
+        reference: impl FnOnce() -> crate::event::EventTime,
     ) {
         let started = std::time::Instant::now();
         let length = value.map_or(0, <[u8]>::len);
         let parsed = event::parse(value, limits.message_bytes).map(|e| Row::from_event(e, partition, offset));
         let parsed = parsed.and_then(|row| {
             if (limits.max_age.is_some() || limits.max_future.is_some())
-                && let Some(rejection) = limits.outside_window(row.time, reference)
+                && let Some(rejection) = limits.outside_window(row.time, reference())
             {
                 return Err(rejection);
             }

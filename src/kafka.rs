@@ -137,10 +137,7 @@ pub(crate) fn log_client_error(error: KafkaError, reason: &str) {
                 *REFUSED_HANDSHAKE.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_owned());
             }
             crate::metrics::service_error("kafka", reason);
-            if code.is_some_and(is_fatal) {
-                let mut fatal = FATAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                fatal.get_or_insert_with(|| format!("{e}: {reason}"));
-            }
+            keep_if_fatal(code, || format!("{e}: {reason}"));
             tracing::error!(error = %e, reason, "librdkafka error")
         }
     }
@@ -168,8 +165,13 @@ static FATAL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 /// kept if fatal.
 pub fn note_consumer_error(error: &KafkaError) {
     crate::metrics::service_error("kafka", &error.to_string());
-    if error.rdkafka_error_code().is_some_and(is_fatal) {
-        FATAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert_with(|| error.to_string());
+    keep_if_fatal(error.rdkafka_error_code(), || error.to_string());
+}
+
+/// Keeps the first fatal error ([`is_fatal`]): `text` describes it.
+fn keep_if_fatal(code: Option<RDKafkaErrorCode>, text: impl FnOnce() -> String) {
+    if code.is_some_and(is_fatal) {
+        FATAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert_with(text);
     }
 }
 

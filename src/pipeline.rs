@@ -611,11 +611,12 @@ impl Collector for Collecting<'_> {
         }
         // The window is judged against the message's own timestamp (the same on every
         // read), or the time it is read when the broker gives none.
-        let reference = m
-            .timestamp()
-            .to_millis()
-            .and_then(|ms| EventTime::from_micros(ms.saturating_mul(1_000)).ok())
-            .unwrap_or_else(EventTime::now);
+        let reference = || {
+            m.timestamp()
+                .to_millis()
+                .and_then(|ms| EventTime::from_micros(ms.saturating_mul(1_000)).ok())
+                .unwrap_or_else(EventTime::now)
+        };
         self.batch.add_at(m.partition(), m.offset(), m.key(), m.payload(), self.limits, reference);
     }
 }

@@ -121,6 +121,9 @@ fn error_code(text: &str) -> Option<u32> {
 
 pub type Result<T, E = ClickHouseError> = std::result::Result<T, E>;
 
+/// How long [`ClickHouse::ping`] waits.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a query or insert may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -197,20 +200,7 @@ impl ClickHouse {
 
     /// Whether the server answers a trivial query within a few seconds.
     pub async fn ping(&self) -> Result<()> {
-        let ping = self.client.query("SELECT 1").fetch_one::<u8>();
-        match tokio::time::timeout(Duration::from_secs(5), ping).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(source)) => Err(ClickHouseError::Request {
-                url: self.settings.url.clone(),
-                what: "SELECT 1".into(),
-                source: Box::new(source),
-            }),
-            Err(_) => Err(ClickHouseError::Timeout {
-                url: self.settings.url.clone(),
-                what: "SELECT 1".into(),
-                timeout: Duration::from_secs(5),
-            }),
-        }
+        self.timed_within(PING_TIMEOUT, "SELECT 1", self.client.query("SELECT 1").fetch_one::<u8>()).await.map(drop)
     }
 
     fn unexpected(&self, what: String) -> ClickHouseError {
@@ -218,18 +208,23 @@ impl ClickHouse {
     }
 
     async fn timed<T>(&self, what: &str, fut: impl Future<Output = clickhouse::error::Result<T>>) -> Result<T> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        self.timed_within(REQUEST_TIMEOUT, what, fut).await
+    }
+
+    async fn timed_within<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        fut: impl Future<Output = clickhouse::error::Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(source)) => Err(ClickHouseError::Request {
                 url: self.settings.url.clone(),
                 what: what.to_owned(),
                 source: Box::new(source),
             }),
-            Err(_) => Err(ClickHouseError::Timeout {
-                url: self.settings.url.clone(),
-                what: what.to_owned(),
-                timeout: REQUEST_TIMEOUT,
-            }),
+            Err(_) => Err(ClickHouseError::Timeout { url: self.settings.url.clone(), what: what.to_owned(), timeout }),
         }
     }
 

@@ -520,8 +520,7 @@ mod tests {
 
     #[test]
     fn no_secret_shows_in_debug_output_or_the_settings_report() {
-        let settings = resolve(
-            r#"
+        const SECRETS: &str = r#"
 clickhouse_url = "https://reader:url-secret-1@clickhouse.example:8443/"
 delta_path = "s3://bucket/events"
 [kafka]
@@ -530,27 +529,13 @@ delta_path = "s3://bucket/events"
 [storage]
 aws_secret_access_key = "aws-secret-4"
 aws_endpoint_url = "http://user:endpoint-secret-5@s3.example"
-"#,
-            &["idempipe", "--clickhouse-password", "", "status"],
-        );
+"#;
+        let settings = resolve(SECRETS, &["idempipe", "--clickhouse-password", "", "status"]);
         // Both a password flag and one in the URL: refused, naming the key.
         let err = settings.unwrap_err().to_string();
         assert!(err.contains("clickhouse_password") && !err.contains("url-secret-1"), "{err}");
 
-        let settings = resolve(
-            r#"
-clickhouse_url = "https://reader:url-secret-1@clickhouse.example:8443/"
-delta_path = "s3://bucket/events"
-[kafka]
-"sasl.password" = "kafka-secret-2"
-"sasl.oauthbearer.config" = "clientId=a clientSecret=oauth-secret-3"
-[storage]
-aws_secret_access_key = "aws-secret-4"
-aws_endpoint_url = "http://user:endpoint-secret-5@s3.example"
-"#,
-            &["idempipe", "status"],
-        )
-        .unwrap();
+        let settings = resolve(SECRETS, &["idempipe", "status"]).unwrap();
         assert_eq!(settings.clickhouse.url, "https://clickhouse.example:8443/");
         assert_eq!(settings.clickhouse.user.as_deref(), Some("reader"));
         assert_eq!(settings.clickhouse.password.as_deref(), Some("url-secret-1"));
