@@ -18,6 +18,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::batch_log::BatchRecord;
+use crate::table::StoredKeys;
 
 pub const EVENTS_IN: &str = "idempipe_events_in_total";
 pub const EVENTS_INVALID: &str = "idempipe_events_invalid_total";
@@ -35,6 +36,10 @@ pub const CONSUMER_LAG: &str = "idempipe_consumer_lag";
 pub const DELTA_VERSION: &str = "idempipe_delta_version";
 pub const DELTA_LIVE_FILES: &str = "idempipe_delta_live_files";
 pub const KEY_INDEX_KEYS: &str = "idempipe_key_index_keys";
+pub const KEY_CACHE_BYTES: &str = "idempipe_key_cache_bytes";
+pub const KEY_CACHE_KEYS: &str = "idempipe_key_cache_keys";
+pub const KEY_CACHE_FILES_READ: &str = "idempipe_key_cache_files_read_total";
+pub const KEY_CACHE_HITS: &str = "idempipe_key_cache_hits_total";
 pub const MAINTENANCE: &str = "idempipe_maintenance_total";
 pub const MAINTENANCE_FAILURES: &str = "idempipe_maintenance_failures_total";
 pub const CLICKHOUSE_ROWS: &str = "idempipe_clickhouse_rows_inserted_total";
@@ -94,6 +99,10 @@ fn describe() {
     describe_gauge!(DELTA_VERSION, "The Delta table version after the last commit.");
     describe_gauge!(DELTA_LIVE_FILES, "Data files in the current Delta snapshot.");
     describe_gauge!(KEY_INDEX_KEYS, "Keys in the in-memory key index.");
+    describe_gauge!(KEY_CACHE_BYTES, "Bytes of keys in the key cache (at most key_cache_bytes).");
+    describe_gauge!(KEY_CACHE_KEYS, "Keys in the key cache.");
+    describe_counter!(KEY_CACHE_FILES_READ, "Data files whose keys the key cache read.");
+    describe_counter!(KEY_CACHE_HITS, "Candidate data files the key cache held when a batch needed them.");
     describe_counter!(MAINTENANCE, "Delta maintenance runs by kind (checkpoint, log_cleanup, compact, vacuum).");
     describe_counter!(MAINTENANCE_FAILURES, "Delta maintenance runs that failed, by kind.");
     describe_counter!(CLICKHOUSE_ROWS, "Rows the ClickHouse sink inserted.");
@@ -140,11 +149,19 @@ pub fn produced(topic: &'static str, records: usize) {
 }
 
 /// The table's state after a commit or maintenance.
-pub fn table_state(version: u64, live_files: usize, index_keys: Option<usize>) {
+pub fn table_state(version: u64, live_files: usize, keys: Option<&StoredKeys>) {
     gauge!(DELTA_VERSION).set(version as f64);
     gauge!(DELTA_LIVE_FILES).set(live_files as f64);
-    if let Some(keys) = index_keys {
-        gauge!(KEY_INDEX_KEYS).set(keys as f64);
+    match keys {
+        Some(StoredKeys::Index(index)) => gauge!(KEY_INDEX_KEYS).set(index.len() as f64),
+        Some(StoredKeys::Cache(cache)) => {
+            gauge!(KEY_CACHE_BYTES).set(cache.bytes() as f64);
+            gauge!(KEY_CACHE_KEYS).set(cache.keys() as f64);
+            let totals = cache.totals();
+            counter!(KEY_CACHE_FILES_READ).absolute(totals.files_read);
+            counter!(KEY_CACHE_HITS).absolute(totals.hits);
+        }
+        None => {}
     }
 }
 

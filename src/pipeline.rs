@@ -136,6 +136,15 @@ impl Pipeline {
         runtime: Handle,
         shutdown: Arc<AtomicBool>,
     ) -> Result<Self, PipelineError> {
+        if settings.key_check == KeyCheck::Cache {
+            table.enable_key_cache(settings.key_cache_bytes)?;
+            tracing::info!(
+                budget_mib = settings.key_cache_bytes >> 20,
+                files = table.live_files(),
+                version = table.version(),
+                "key cache: files listed; keys are read when a batch needs them"
+            );
+        }
         if settings.key_check == KeyCheck::Index {
             let stats = runtime.block_on(table.enable_key_index())?;
             if let Some(index) = table.key_index() {
@@ -153,7 +162,7 @@ impl Pipeline {
         let source = Source::subscribe(&settings, runtime.clone(), table.without_index())?;
         let log = BatchLog::new(settings.batch_log.clone());
         let upkeep = Schedule::new(settings.maintenance, runtime.block_on(table.last_checkpoint_version()));
-        metrics::table_state(table.version(), table.live_files(), table.key_index().map(|i| i.len()));
+        metrics::table_state(table.version(), table.live_files(), table.stored_keys());
         Ok(Self { settings, source, output, table, log, runtime, shutdown, upkeep })
     }
 
@@ -220,7 +229,7 @@ impl Pipeline {
                 metrics::table_state(
                     self.table.version(),
                     self.table.live_files(),
-                    self.table.key_index().map(|i| i.len()),
+                    self.table.stored_keys(),
                 );
             }
             if self.shutdown.load(Ordering::Relaxed) {
@@ -422,7 +431,7 @@ impl Pipeline {
         // The broker acknowledged the batch's records: Kafka answers.
         metrics::service_recovered("kafka");
         metrics::batch_committed(&record, Duration::from_micros((EventTime::now().micros() - batch_id).max(0) as u64));
-        metrics::table_state(self.table.version(), self.table.live_files(), self.table.key_index().map(|i| i.len()));
+        metrics::table_state(self.table.version(), self.table.live_files(), self.table.stored_keys());
         tracing::debug!(batch_id, "batch phase: group offsets");
         self.source.commit_offsets(&last_offsets);
         record.ended_at = Some(EventTime::now());

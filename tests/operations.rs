@@ -143,7 +143,12 @@ fn a_running_pipeline_is_observable_and_its_figures_agree_with_verify() {
     assert!(in_batch > 0.0, "{in_batch} in batch, {stored} stored");
     assert_eq!(value(&s, "idempipe_delta_version", &[]), count(&v, "delta_version") as f64);
     assert_eq!(value(&s, "idempipe_delta_live_files", &[]), count(&v, "delta_files") as f64);
-    assert_eq!(value(&s, "idempipe_key_index_keys", &[]), distinct as f64);
+    // The default key check is the cache: it holds the keys of the files it wrote or
+    // read, all of them stored keys, within its budget.
+    let cached = value(&s, "idempipe_key_cache_keys", &[]);
+    assert!(cached >= 1.0 && cached <= distinct as f64, "{cached} keys cached of {distinct}");
+    let bytes = value(&s, "idempipe_key_cache_bytes", &[]);
+    assert!(bytes >= 16.0 * cached && bytes <= 268_435_456.0, "{bytes} bytes cached");
     let batches = value(&s, "idempipe_batches_total", &[]);
     assert_eq!(value(&s, "idempipe_batch_duration_seconds_count", &[]), batches);
     assert_eq!(batches as usize, p.batch_log_lines());

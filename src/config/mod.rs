@@ -79,11 +79,17 @@ pub enum ConsumerMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyCheck {
+    /// The keys of the live files an event could be in (its date's files whose
+    /// `event_time` statistics cover its time), read when a batch needs them and kept in a
+    /// cache of whole files within `key_cache_bytes`; new rows are appended as with the
+    /// index. Memory and start-up do not grow with the table; a batch of old dates reads
+    /// those dates' files once, then finds them cached.
+    #[default]
+    Cache,
     /// An in-memory index of every key in the table, built from Delta on start and kept
     /// in step with every commit (any writer's); new rows are appended by a commit that
     /// conflicts with any file added to the same dates since the check. Cost per batch
     /// does not grow with the table; memory does (20 to 40 bytes per key as the hash table fills and doubles; 28.5 at 10 M keys).
-    #[default]
     Index,
     /// A semi-join of the batch with its dates' partitions, then an insert-only MERGE:
     /// no memory beyond the batch, but each batch reads those partitions whole.
@@ -247,6 +253,8 @@ pub struct Settings {
     /// is skipped from, the loss recorded ([`crate::source::ranges`]).
     pub fail_on_data_loss: bool,
     pub key_check: KeyCheck,
+    /// Most bytes of keys the key cache keeps between batches.
+    pub key_cache_bytes: usize,
     pub log_format: LogFormat,
     /// Where `run` and `sink-clickhouse` serve `/metrics`, `/healthz` and `/readyz`;
     /// `None`: nowhere.
@@ -341,6 +349,7 @@ impl Settings {
             consumer_mode: o.consumer_mode,
             fail_on_data_loss: o.fail_on_data_loss,
             key_check: o.key_check,
+            key_cache_bytes: o.key_cache_bytes.get(),
             log_format: o.log_format,
             metrics_addr: o.metrics_addr,
             maintenance: Maintenance {

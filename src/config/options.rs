@@ -295,10 +295,14 @@ options! {
     /// loss (log, metric, batch log, `status`).
     #[arg(num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     fail_on_data_loss: bool = "true", env "IDEMPIPE_FAIL_ON_DATA_LOSS";
-    /// How the processor finds events the table already holds: `index` (every key in
-    /// memory, built from Delta on start; 20 to 40 bytes per key) or `scan` (read the
-    /// batch's date partitions each batch; no memory, cost grows with the table).
-    key_check: KeyCheck = "index", env "IDEMPIPE_KEY_CHECK";
+    /// How the processor finds events the table already holds: `cache` (reads the keys
+    /// of the files an event could be in, by its date and time, and keeps them within
+    /// `key_cache_bytes`), `index` (every key in memory, built from Delta on start; 20 to
+    /// 40 bytes per key) or `scan` (reads the batch's date partitions each batch).
+    key_check: KeyCheck = "cache", env "IDEMPIPE_KEY_CHECK";
+    /// Most bytes of keys the key cache keeps between batches (`key_check = cache`):
+    /// 16 bytes a key, plus 256 a file.
+    key_cache_bytes: NonZeroUsize = "268435456", env "IDEMPIPE_KEY_CACHE_BYTES";
     /// Log lines as `text` (for a terminal) or `json` (one object per line).
     log_format: LogFormat = "text", env "IDEMPIPE_LOG_FORMAT";
     /// Where `run` and `sink-clickhouse` serve /metrics, /healthz and /readyz, or `off`.

@@ -223,10 +223,10 @@ async fn removals(table: &DeltaTable, gone: &[String]) -> Result<Removals, Delta
 
 /// Adds the `dedup_key` column of one data file to `keys`; returns the rows read.
 #[allow(deprecated)]
-async fn read_keys(
+pub(crate) async fn read_keys(
     store: std::sync::Arc<dyn ObjectStore>,
     location: deltalake::Path,
-    keys: &mut HashSet<DedupKey>,
+    keys: &mut impl KeySink,
 ) -> Result<u64, DeltaTableError> {
     let mut stream = data_file_stream(store, location.clone(), Some("dedup_key")).await?;
     let mut rows = 0_u64;
@@ -240,13 +240,30 @@ async fn read_keys(
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| DeltaTableError::Generic(format!("dedup_key in {location} is not a string column")))?;
-        keys.reserve(strings.len());
+        keys.reserve_keys(strings.len());
         // A value that is not a key's hex form can never equal one computed by the
         // contract, so leaving it out keeps the check exact.
         keys.extend(strings.iter().flatten().filter_map(DedupKey::from_hex));
         rows += strings.len() as u64;
     }
     Ok(rows)
+}
+
+/// Where [`read_keys`] puts a file's keys.
+pub(crate) trait KeySink: Extend<DedupKey> {
+    fn reserve_keys(&mut self, additional: usize);
+}
+
+impl KeySink for HashSet<DedupKey> {
+    fn reserve_keys(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+}
+
+impl KeySink for Vec<DedupKey> {
+    fn reserve_keys(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 //! `verify` and `reconcile`), [`maintenance`] (compaction, vacuum, checkpoints, log
 //! cleanup, and their schedule), [`key_index`] (the in-memory index of stored keys).
 
+pub mod key_cache;
 pub mod key_index;
 pub mod location;
 pub mod maintenance;
@@ -36,6 +37,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::table::schema::delta_columns;
 
+pub use crate::table::key_cache::{CheckStats, KeyCache};
 pub use crate::table::key_index::{KeyIndex, SyncStats};
 pub use crate::table::location::{Location, ProbeError};
 pub use crate::table::maintenance::{CompactOutcome, VacuumOutcome};
@@ -108,17 +110,52 @@ pub type Result<T, E = DeltaError> = std::result::Result<T, E>;
 pub struct EventTable {
     location: Location,
     table: DeltaTable,
-    /// With a key index, the already-stored check is a lookup and new rows are appended
-    /// by a commit that declares the partitions it checked; without, the check is a
-    /// semi-join and new rows go in by an insert-only MERGE.
-    index: Option<KeyIndex>,
+    /// With a key index or a key cache, the already-stored check is a lookup and new
+    /// rows are appended by a commit that declares the partitions it checked; with
+    /// neither, the check is a semi-join and new rows go in by an insert-only MERGE.
+    keys: Option<StoredKeys>,
+}
+
+/// What the already-stored check knows of the table's keys.
+pub enum StoredKeys {
+    /// Every key, in memory ([`KeyIndex`]).
+    Index(KeyIndex),
+    /// The keys of the files a batch's events could be in, read on demand into a cache
+    /// with a byte budget ([`KeyCache`]).
+    Cache(KeyCache),
+}
+
+impl StoredKeys {
+    /// The table version the check reflects, once synced.
+    pub fn version(&self) -> Option<u64> {
+        match self {
+            StoredKeys::Index(index) => index.version(),
+            StoredKeys::Cache(cache) => cache.version(),
+        }
+    }
+
+    /// Keys held in memory.
+    pub fn keys_held(&self) -> usize {
+        match self {
+            StoredKeys::Index(index) => index.len(),
+            StoredKeys::Cache(cache) => cache.keys(),
+        }
+    }
+
+    /// Approximate heap bytes of the keys held.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            StoredKeys::Index(index) => index.heap_bytes(),
+            StoredKeys::Cache(cache) => cache.bytes(),
+        }
+    }
 }
 
 impl EventTable {
     /// The same table at the same version, without the key index: for a reader that
     /// follows the table by [`EventTable::reload`] (incremental) instead of opening it again.
     pub fn without_index(&self) -> Self {
-        Self { location: self.location.clone(), table: self.table.clone(), index: None }
+        Self { location: self.location.clone(), table: self.table.clone(), keys: None }
     }
 
     /// Creates the table if there is none, with the events schema partitioned by
@@ -148,7 +185,7 @@ impl EventTable {
             // Two `setup`s racing: the loser's version 0 conflicts; the winner's table is fine.
             Err(_) => deltalake::open_table_with_storage_options(url, location.option_map()).await.map_err(err)?,
         };
-        let this = Self { location, table, index: None };
+        let this = Self { location, table, keys: None };
         this.check_schema()?;
         Ok(this)
     }
@@ -172,7 +209,7 @@ impl EventTable {
                 DeltaTableError::NotATable(_) => DeltaError::Missing { location: location.to_string() },
                 e => err(e),
             })?;
-        let this = Self { location, table, index: None };
+        let this = Self { location, table, keys: None };
         this.check_schema()?;
         Ok(this)
     }
@@ -197,7 +234,7 @@ impl EventTable {
             .load()
             .await
             .map_err(err)?;
-        let this = Self { location, table, index: None };
+        let this = Self { location, table, keys: None };
         this.check_schema()?;
         Ok(this)
     }
@@ -240,13 +277,39 @@ impl EventTable {
     pub async fn enable_key_index(&mut self) -> Result<SyncStats> {
         let mut index = KeyIndex::new();
         let stats = index.sync(&self.table).await.map_err(|e| self.error(e))?;
-        self.index = Some(index);
+        self.keys = Some(StoredKeys::Index(index));
         Ok(stats)
+    }
+
+    /// Switches the already-stored check to a cache of the keys of the files a batch's
+    /// events could be in (see [`KeyCache`]), keeping at most `budget` bytes of keys
+    /// between batches, and lists the loaded version's files (no key is read yet).
+    pub fn enable_key_cache(&mut self, budget: usize) -> Result<()> {
+        let mut cache = KeyCache::new(budget);
+        cache.sync(&self.table).map_err(|e| self.error(e))?;
+        self.keys = Some(StoredKeys::Cache(cache));
+        Ok(())
     }
 
     /// The key index, when enabled.
     pub fn key_index(&self) -> Option<&KeyIndex> {
-        self.index.as_ref()
+        match &self.keys {
+            Some(StoredKeys::Index(index)) => Some(index),
+            _ => None,
+        }
+    }
+
+    /// The key cache, when enabled.
+    pub fn key_cache(&self) -> Option<&KeyCache> {
+        match &self.keys {
+            Some(StoredKeys::Cache(cache)) => Some(cache),
+            _ => None,
+        }
+    }
+
+    /// What the already-stored check holds, unless it is the scan.
+    pub fn stored_keys(&self) -> Option<&StoredKeys> {
+        self.keys.as_ref()
     }
 
     fn unexpected(&self, what: &str) -> DeltaError {

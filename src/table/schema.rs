@@ -154,6 +154,12 @@ pub(crate) fn key_column(batch: &RecordBatch) -> Option<Vec<DedupKey>> {
     keys.iter().map(|k| k.and_then(DedupKey::from_hex)).collect()
 }
 
+/// The `event_date` of each row of a batch built by [`to_record_batch`].
+pub(crate) fn date_column(batch: &RecordBatch) -> Option<Vec<i32>> {
+    let dates = batch.column_by_name(PARTITION_COLUMN)?.as_any().downcast_ref::<Date32Array>()?;
+    dates.iter().collect()
+}
+
 /// `'YYYY-MM-DD', …` for a SQL IN list, distinct and sorted.
 pub(crate) fn date_list(days: impl Iterator<Item = i32>) -> String {
     let days: BTreeSet<i32> = days.collect();

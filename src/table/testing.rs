@@ -27,8 +27,8 @@ pub(crate) fn rows(range: std::ops::Range<u32>, day: i32, partition: i32) -> Vec
     range.map(|n| row(n, day, partition)).collect()
 }
 
-pub(crate) fn probe(rows: &[Row]) -> Vec<(DedupKey, i32)> {
-    rows.iter().map(|r| (r.key, r.time.days_since_epoch())).collect()
+pub(crate) fn probe(rows: &[Row]) -> Vec<(DedupKey, EventTime)> {
+    rows.iter().map(|r| (r.key, r.time)).collect()
 }
 
 pub(crate) fn keys(rows: &[Row]) -> HashSet<DedupKey> {

@@ -24,10 +24,10 @@ use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 
-use crate::event::DedupKey;
-use crate::table::key_index::KeyIndex;
-use crate::table::schema::{COLUMNS, PARTITION_COLUMN, batch_dates, date_list, key_column};
-use crate::table::{DeltaError, EventTable, Result, Row, upkeep_free};
+use crate::event::{DedupKey, EventTime};
+use crate::table::key_cache::parse_date;
+use crate::table::schema::{COLUMNS, PARTITION_COLUMN, batch_dates, date_column, date_list, key_column};
+use crate::table::{DeltaError, EventTable, Result, Row, StoredKeys, upkeep_free};
 
 /// A batch's new rows on their way into the table: written as data files, not yet
 /// committed (index), or held for the MERGE (scan).
@@ -59,40 +59,61 @@ pub struct InsertOutcome {
 }
 
 impl EventTable {
-    /// Which of `keys` (with their dates) the table already holds, at the loaded version.
-    /// With the key index, a lookup per key (after reading the files added since the
-    /// index's version); without, a semi-join that reads only the partitions of those
-    /// dates.
-    pub async fn existing_keys(&mut self, keys: &[(DedupKey, i32)]) -> Result<HashSet<DedupKey>> {
-        if let Some(index) = self.index.as_mut() {
-            let stats = index
-                .sync(&self.table)
-                .await
-                .map_err(|e| DeltaError::Table { location: self.location.to_string(), source: Box::new(e) })?;
-            if stats.files_read > 0 || stats.rebuilt {
-                tracing::debug!(
-                    files_read = stats.files_read,
-                    keys_read = stats.keys_read,
-                    rebuilt = stats.rebuilt,
-                    elapsed = ?stats.elapsed,
-                    "key index: read files added by others"
-                );
+    /// Which of `probes` (key and event time) the table already holds, at the loaded
+    /// version. With the key index, a lookup per key (after reading the files added since
+    /// the index's version); with the key cache, a lookup in the keys of the files each
+    /// event could be in (read if not cached); without either, a semi-join that reads only
+    /// the partitions of the events' dates.
+    pub async fn existing_keys(&mut self, probes: &[(DedupKey, EventTime)]) -> Result<HashSet<DedupKey>> {
+        let location = self.location.to_string();
+        let error = |e| DeltaError::Table { location: location.clone(), source: Box::new(e) };
+        match self.keys.as_mut() {
+            Some(StoredKeys::Index(index)) => {
+                let stats = index.sync(&self.table).await.map_err(error)?;
+                if stats.files_read > 0 || stats.rebuilt {
+                    tracing::debug!(
+                        files_read = stats.files_read,
+                        keys_read = stats.keys_read,
+                        rebuilt = stats.rebuilt,
+                        elapsed = ?stats.elapsed,
+                        "key index: read files added by others"
+                    );
+                }
+                Ok(probes.iter().map(|(k, _)| *k).filter(|k| index.contains(k)).collect())
             }
-            return Ok(keys.iter().map(|(k, _)| *k).filter(|k| index.contains(k)).collect());
+            Some(StoredKeys::Cache(cache)) => {
+                cache.sync(&self.table).map_err(error)?;
+                let (mut found, to_scan, stats) =
+                    cache.check(self.table.object_store(), probes).await.map_err(error)?;
+                if stats.files_read > 0 {
+                    tracing::debug!(
+                        hits = stats.hits,
+                        files_read = stats.files_read,
+                        keys_read = stats.keys_read,
+                        cached_mib = cache.bytes() >> 20,
+                        elapsed = ?stats.elapsed,
+                        "key cache: read the keys of candidate files"
+                    );
+                }
+                if !to_scan.is_empty() {
+                    found.extend(self.scan_existing_keys(&to_scan).await?);
+                }
+                Ok(found)
+            }
+            None => self.scan_existing_keys(probes).await,
         }
-        self.scan_existing_keys(keys).await
     }
 
     /// The already-stored check of a batch: the rows of `rows` (no key twice) whose key
     /// the loaded version does not hold.
     pub async fn new_rows<'r>(&mut self, rows: &'r [Row]) -> Result<Vec<&'r Row>> {
-        let probe: Vec<(DedupKey, i32)> = rows.iter().map(|r| (r.key, r.time.days_since_epoch())).collect();
+        let probe: Vec<(DedupKey, EventTime)> = rows.iter().map(|r| (r.key, r.time)).collect();
         let existing = self.existing_keys(&probe).await?;
         Ok(rows.iter().filter(|r| !existing.contains(&r.key)).collect())
     }
 
     /// [`EventTable::existing_keys`] by a semi-join of the batch's dates' partitions.
-    pub(crate) async fn scan_existing_keys(&self, keys: &[(DedupKey, i32)]) -> Result<HashSet<DedupKey>> {
+    pub(crate) async fn scan_existing_keys(&self, keys: &[(DedupKey, EventTime)]) -> Result<HashSet<DedupKey>> {
         if keys.is_empty() {
             return Ok(HashSet::new());
         }
@@ -104,14 +125,14 @@ impl EventTable {
             probe_schema,
             vec![
                 Arc::new(keys.iter().map(|(k, _)| Some(k.to_string())).collect::<StringArray>()),
-                Arc::new(Date32Array::from_iter_values(keys.iter().map(|(_, d)| *d))),
+                Arc::new(Date32Array::from_iter_values(keys.iter().map(|(_, t)| t.days_since_epoch()))),
             ],
         )
         .map_err(|e| self.error(e.into()))?;
         let sql = format!(
             "SELECT t.dedup_key FROM t JOIN probe ON t.dedup_key = probe.k AND t.event_date = probe.d \
              WHERE t.event_date IN ({})",
-            date_list(keys.iter().map(|(_, d)| *d))
+            date_list(keys.iter().map(|(_, t)| t.days_since_epoch()))
         );
         let mut found = HashSet::new();
         for batch in self.query_with(&sql, Some(("probe", probe))).await? {
@@ -126,14 +147,14 @@ impl EventTable {
     /// yet part of the table; without, holds it for the MERGE. Independent of the output
     /// topics, so the pipeline runs it while their acks come in.
     pub async fn prepare(&mut self, batch: RecordBatch) -> Result<PendingWrite> {
-        if self.index.is_none() {
+        let Some(keys) = self.keys.as_ref() else {
             return Ok(PendingWrite::Merge(batch));
-        }
-        let index_version = self.index.as_ref().and_then(KeyIndex::version);
-        if index_version != Some(self.version()) {
+        };
+        let checked_version = keys.version();
+        if checked_version != Some(self.version()) {
             // The check must have been made on the version the commit will read from.
             return Err(self.unexpected(&format!(
-                "the key index is at version {index_version:?}, the table at {}: check the batch first",
+                "the key check is at version {checked_version:?}, the table at {}: check the batch first",
                 self.version()
             )));
         }
@@ -145,11 +166,23 @@ impl EventTable {
         };
         if batch.num_rows() > 0 {
             let keys = key_column(&batch).ok_or_else(|| self.unexpected("the batch has no dedup_key column"))?;
+            let dates = date_column(&batch).ok_or_else(|| self.unexpected("the batch has no event_date column"))?;
             let mut writer = RecordBatchWriter::for_table(&self.table).map_err(|e| self.error(e))?;
             writer.write(batch).await.map_err(|e| self.error(e))?;
             staged.adds = writer.flush().await.map_err(|e| self.error(e))?;
-            if let Some(index) = self.index.as_mut() {
-                index.expect_commit(staged.adds.iter().map(|a| a.path.clone()).collect(), keys);
+            match self.keys.as_mut() {
+                Some(StoredKeys::Index(index)) => {
+                    index.expect_commit(staged.adds.iter().map(|a| a.path.clone()).collect(), keys);
+                }
+                Some(StoredKeys::Cache(cache)) => {
+                    let files = staged
+                        .adds
+                        .iter()
+                        .filter_map(|a| Some((a.path.clone(), staged_date(a)?)))
+                        .collect();
+                    cache.expect_commit(files, keys.into_iter().zip(dates).collect());
+                }
+                None => {}
             }
         }
         Ok(PendingWrite::Staged(staged))
@@ -219,11 +252,14 @@ impl EventTable {
             .map_err(|e| self.error(e))?;
         self.reload().await?;
         outcome.version = self.version();
-        if let Some(index) = self.index.as_mut()
-            && let Err(e) = index.sync(&self.table).await
-        {
+        let synced = match self.keys.as_mut() {
+            Some(StoredKeys::Index(index)) => index.sync(&self.table).await.map(drop),
+            Some(StoredKeys::Cache(cache)) => cache.sync(&self.table),
+            None => Ok(()),
+        };
+        if let Err(e) = synced {
             // The commit landed; the next check syncs again.
-            tracing::warn!(error = %e, "cannot bring the key index to the new version yet");
+            tracing::warn!(error = %e, "cannot bring the key check to the new version yet");
         }
         Ok(outcome)
     }
@@ -292,6 +328,11 @@ impl EventTable {
         self.reload().await?;
         Ok(self.version())
     }
+}
+
+/// The `event_date` of a data file this process wrote, from its add action.
+fn staged_date(add: &Add) -> Option<i32> {
+    parse_date(add.partition_values.get(PARTITION_COLUMN)?.as_deref()?)
 }
 
 /// The properties of a batch's commit: its txns, and `metadata` (an object) in the
