@@ -14,43 +14,21 @@
 #      each of the two tables (local disk, S3) with nothing new to read: the key index's
 #      start-up time, then the same on two tables prefilled with 10 x N rows (restart-large).
 # Prints one table and writes it as JSON ($work/bench.json, or BENCH_JSON=FILE).
-# Usage: scripts/bench.sh [N]   (default 1000000). BENCH_KEY_CHECK=scan measures the
-# old scan-and-MERGE path instead of the key index; BENCH_SKIP="large latency s3 restart-large" skips phases.
+# Usage: scripts/bench.sh [N]   (default 1000000). BENCH_KEY_CHECK=index (every key in
+# memory) or scan (the scan-and-MERGE path) measures another key check than the default
+# cache; BENCH_SKIP="large latency s3 restart-large" skips phases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000000}
 dups=$((n / 10))
 skip=" ${BENCH_SKIP:-} "
-key_check=${BENCH_KEY_CHECK:-index}
+key_check=${BENCH_KEY_CHECK:-cache}
 
-# A fresh broker of its own, on tansu's memory storage: its sqlite storage fetches a
-# record range with a running sum over the partition, far too slow to drain a million
-# records. (The memory storage cannot resume inside a stored batch, see
-# docs/OPERATIONS.md; a benchmark reads each topic front to back, so it never does.) Fresh
-# each run, because tansu's memory storage slows down as it fills: with the ~14 M records
-# of a previous run in it, deliveries stall for seconds at a time.
-port=${BENCH_KAFKA_PORT:-19092}
-tansu_bin=${TANSU_BIN:-$HOME/.cargo/bin/tansu}
-mkdir -p data/services
-if [[ -f data/services/bench-tansu.pid ]]; then
-  kill "$(cat data/services/bench-tansu.pid)" 2>/dev/null || true
-  while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.2; done
-fi
-if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-  echo "bench: port $port is taken by something else; set BENCH_KAFKA_PORT" >&2
-  exit 1
-fi
-[[ -x $tansu_bin ]] || scripts/services.sh up >/dev/null   # installs tansu if missing
-setsid nohup "$tansu_bin" broker --listener-url "tcp://127.0.0.1:$port" \
-  --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/ \
-  >data/services/bench-tansu.log 2>&1 </dev/null &
-echo $! >data/services/bench-tansu.pid
-trap 'kill "$(cat data/services/bench-tansu.pid)" 2>/dev/null || true' EXIT
-until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.2; done
+source scripts/lib.sh
+bench_broker
 export IDEMPIPE_BROKERS=127.0.0.1:$port IDEMPIPE_KEY_CHECK=$key_check
 cargo build --locked --release --bin idempipe 2>&1 | tail -1
 bin=$PWD/target/release/idempipe
-source scripts/lib.sh
 
 # Peak RSS (KiB) and wall seconds of one command, from GNU time, into $rss and $secs.
 timed() { # config, args...

@@ -25,3 +25,32 @@ metrics_addr = "127.0.0.1:0"
 "heartbeat.interval.ms" = "1000"
 TOML
 }
+
+# bench_broker: a fresh tansu of the benchmark's own on $BENCH_KAFKA_PORT (default 19092),
+# stopped when the script exits; sets $port.
+bench_broker() {
+  # A fresh broker of its own, on tansu's memory storage: its sqlite storage fetches a
+  # record range with a running sum over the partition, far too slow to drain a million
+  # records. (The memory storage cannot resume inside a stored batch, see
+  # docs/OPERATIONS.md; a benchmark reads each topic front to back, so it never does.) Fresh
+  # each run, because tansu's memory storage slows down as it fills: with the ~14 M records
+  # of a previous run in it, deliveries stall for seconds at a time.
+  port=${BENCH_KAFKA_PORT:-19092}
+  tansu_bin=${TANSU_BIN:-$HOME/.cargo/bin/tansu}
+  mkdir -p data/services
+  if [[ -f data/services/bench-tansu.pid ]]; then
+    kill "$(cat data/services/bench-tansu.pid)" 2>/dev/null || true
+    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.2; done
+  fi
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "bench: port $port is taken by something else; set BENCH_KAFKA_PORT" >&2
+    exit 1
+  fi
+  [[ -x $tansu_bin ]] || scripts/services.sh up >/dev/null   # installs tansu if missing
+  setsid nohup "$tansu_bin" broker --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/ \
+    >data/services/bench-tansu.log 2>&1 </dev/null &
+  echo $! >data/services/bench-tansu.pid
+  trap 'kill "$(cat data/services/bench-tansu.pid)" 2>/dev/null || true' EXIT
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.2; done
+}

@@ -5,6 +5,9 @@
 # processor's memory. At the end every store must hold exactly the generated counts.
 #
 # Usage: scripts/soak.sh [MINUTES (30)] [EVENTS_PER_SEC (200)]
+# SOAK_HEAPTRACK=1 runs the processor under heaptrack (its profile in
+# data/soak<time>/heaptrack.*; read it with heaptrack_print): slower, for finding what
+# holds memory, not for the RSS figures.
 # Writes data/soak<time>/samples.csv and prints a summary. Uses the ClickHouse of
 # scripts/services.sh (started if needed) and a fresh broker of its own (tansu on sqlite,
 # port SOAK_KAFKA_PORT, default 19192), so what earlier runs left in the main broker's
@@ -39,8 +42,16 @@ idem setup >&2
 
 # Started without the shell function, so that $! is the processor itself (its memory
 # is sampled).
-"$bin" --config "$work/idempipe.toml" run --clickhouse-in-run "${maint[@]}" 2>"$work/run.log" &
-run_pid=$!
+if [[ -n ${SOAK_HEAPTRACK:-} ]]; then
+  heaptrack -o "$PWD/$work/heaptrack" "$bin" --config "$work/idempipe.toml" run --clickhouse-in-run "${maint[@]}" \
+    2>"$work/run.log" >"$work/heaptrack.out" &
+  wrapper=$!
+  # heaptrack runs the processor as its child: sample that one.
+  until run_pid=$(pgrep -P "$wrapper" -f "$bin --config"); do sleep 0.2; done
+else
+  "$bin" --config "$work/idempipe.toml" run --clickhouse-in-run "${maint[@]}" 2>"$work/run.log" &
+  run_pid=$!
+fi
 produce_pid=
 # Under `set -e` a failing command ends a trap early: every step here succeeds.
 trap 'kill $run_pid 2>/dev/null || true; kill ${produce_pid:-} 2>/dev/null || true; stop_broker' EXIT
@@ -79,7 +90,7 @@ for _ in $(seq 1 120); do
 done
 sample end
 kill -TERM $run_pid
-wait $run_pid || true
+wait "${wrapper:-$run_pid}" || true
 
 idem verify --json >"$work/verify.json"
 idem analyze --html "$work/batches.html" >"$work/analyze.txt"

@@ -92,6 +92,9 @@ pub enum Command {
     /// Benchmarks: write generated rows straight into the Delta table.
     #[command(hide = true)]
     BenchPrefill(BenchPrefillArgs),
+    /// Benchmarks: write events of a prefill's history (or new ones on its dates) to a file.
+    #[command(hide = true)]
+    BenchEvents(BenchEventsArgs),
     /// Benchmarks: trickle probe events and report produce-to-visible-in-Delta latency
     /// (a processor must be running).
     #[command(hide = true)]
@@ -148,12 +151,34 @@ pub struct BenchPrefillArgs {
     /// Rows per commit.
     #[arg(long, default_value_t = 1_000_000)]
     pub chunk: u64,
-    /// Generator seed of the first commit (each commit uses the next one).
+    /// Generator seed.
     #[arg(long, default_value_t = 1_000_003)]
     pub seed: u64,
-    /// Days of event time the rows spread over (as `generate --days`).
+    /// Days of event time the rows spread over, from 2024-01-01 (as `generate --days`).
     #[arg(long, default_value_t = 3)]
     pub days: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchEventsArgs {
+    /// The prefill's `--rows`, `--days` and `--seed`: the history the events belong to.
+    #[arg(long)]
+    pub rows: u64,
+    #[arg(long, default_value_t = 3)]
+    pub days: u32,
+    #[arg(long, default_value_t = 1_000_003)]
+    pub seed: u64,
+    /// `h`: events the prefill wrote; anything else: new events on the same dates.
+    #[arg(long, default_value = "h")]
+    pub namespace: String,
+    /// The days to draw from (0 = 2024-01-01), e.g. `10,20,30`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub on_days: Vec<u32>,
+    /// Events to write (distinct).
+    #[arg(long)]
+    pub count: u64,
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -122,6 +122,10 @@ fn main_inner() -> anyhow::Result<()> {
             &runtime.block_on(bench::prefill(&settings, args.rows, args.chunk.max(1), args.seed, args.days))?,
             json,
         ),
+        Command::BenchEvents(args) => {
+            let history = bench::History { total: args.rows, days: args.days, seed: args.seed };
+            emit(&bench::events(history, &args.namespace, &args.on_days, args.count, &args.out)?, json)
+        }
         Command::BenchLatency(args) => emit(&bench::latency(&settings, &runtime, args.rate, args.seconds)?, json),
         Command::Verify(_) => emit(&runtime.block_on(verify::verify(&settings)), json),
     }

@@ -40,7 +40,7 @@ use crate::output::{Output, ProduceError};
 use crate::output::{dlq, processed};
 use crate::retry::{self, Backoff};
 use crate::source::{self, Collector, OffsetReset, OrphanWatch, Positions, Source};
-use crate::table::maintenance::Schedule;
+use crate::table::maintenance::Upkeep;
 use crate::table::{self, AppIds, DeltaError, EventTable};
 
 /// Why the processor stopped with an error. Nothing is lost in any case: whatever was
@@ -112,8 +112,8 @@ pub struct Pipeline {
     log: BatchLog,
     runtime: Handle,
     shutdown: Arc<AtomicBool>,
-    /// Checkpoints, compaction and vacuum, between batches.
-    upkeep: Schedule,
+    /// Checkpoints, compaction and vacuum, beside the batch loop.
+    upkeep: Upkeep,
 }
 
 impl Pipeline {
@@ -161,7 +161,9 @@ impl Pipeline {
         let output = Output::new(&settings)?;
         let source = Source::subscribe(&settings, runtime.clone(), table.without_index())?;
         let log = BatchLog::new(settings.batch_log.clone());
-        let upkeep = Schedule::new(settings.maintenance, runtime.block_on(table.last_checkpoint_version()));
+        let upkeep = Upkeep::start(settings.maintenance, table.without_index(), &runtime);
+        // It may have changed the table's properties.
+        runtime.block_on(table.reload())?;
         metrics::table_state(table.version(), table.live_files(), table.stored_keys());
         Ok(Self { settings, source, output, table, log, runtime, shutdown, upkeep })
     }
@@ -224,14 +226,7 @@ impl Pipeline {
                 last_source_check = Instant::now();
                 source_check_due = !self.check_source(&mut positions)?;
             }
-            let done = self.runtime.clone().block_on(self.upkeep.run_due(&mut self.table));
-            if done != Default::default() {
-                metrics::table_state(
-                    self.table.version(),
-                    self.table.live_files(),
-                    self.table.stored_keys(),
-                );
-            }
+            self.upkeep.committed(self.table.version());
             if self.shutdown.load(Ordering::Relaxed) {
                 tracing::info!("shutdown requested: stopping after the last committed batch");
                 return Ok(summary);

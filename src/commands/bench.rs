@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use deltalake::kernel::Transaction;
 
-use crate::commands::generate::{self, Spec};
+pub use crate::commands::generate::History;
+
+use crate::commands::generate;
 use crate::commands::produce::{ProduceFileError, RawSender};
 use crate::config::Settings;
 use crate::dedup;
@@ -48,9 +50,10 @@ pub struct PrefillSummary {
     pub version: u64,
 }
 
-/// Writes `rows` generated events (seed `seed`, over `days` days) into the table in
-/// commits of `chunk` rows, each checked against the table like a pipeline batch (so a
-/// key that happens to exist already is not written twice).
+/// Writes the first `rows` events of a [`History`] of `rows` events over `days` days
+/// (seed `seed`) into the table, in time order, in commits of `chunk` rows, each checked
+/// against the table like a pipeline batch with the key cache (a chunk's times follow
+/// the last's, so the check reads almost nothing).
 pub async fn prefill(
     settings: &Settings,
     rows: u64,
@@ -61,22 +64,25 @@ pub async fn prefill(
     let started = Instant::now();
     settings.delta_path.check_put_if_absent().await.map_err(DeltaError::from)?;
     let mut table = EventTable::open(&settings.delta_path).await?;
-    table.enable_key_index().await?;
+    table.enable_key_cache(settings.key_cache_bytes)?;
+    let history = History { total: rows, days, seed };
     let (mut written, mut commits) = (0_u64, 0_u64);
     while written < rows {
         let n = chunk.min(rows - written);
-        // Each chunk its own seed: the generator keeps keys distinct within one spec.
-        let spec = Spec { unique: n, duplicates: 0, invalid: 0, seed: seed.wrapping_add(commits), days };
-        let (lines, _) = generate::generate(&spec);
-        let parsed: Vec<Row> = lines
-            .iter()
-            .enumerate()
-            .filter_map(|(i, line)| {
-                let e = event::parse(Some(line), usize::MAX).ok()?;
-                Some(Row::from_event(e, -1, (written + i as u64) as i64))
+        let parsed: Vec<Row> = (written..written + n)
+            .map(|i| {
+                let e = history.event("h", i);
+                Row {
+                    key: event::DedupKey::compute(&e.user_id, e.event_type, e.time),
+                    user_id: e.user_id,
+                    event_type: e.event_type.to_owned(),
+                    time: e.time,
+                    payload: e.line,
+                    source_partition: -1,
+                    source_offset: i as i64,
+                }
             })
             .collect();
-        drop(lines);
         let (parsed, _) = dedup::first_of_each_key(parsed, |r| r.key);
         let new = table.new_rows(&parsed).await?;
         let batch = table::to_record_batch(&new, -1, EventTime::now())?;
@@ -88,6 +94,51 @@ pub async fn prefill(
         tracing::info!(written, rows, "prefill");
     }
     Ok(PrefillSummary { rows: written, commits, seconds: started.elapsed().as_secs_f64(), version: table.version() })
+}
+
+/// What `bench-events` wrote.
+#[derive(Debug, serde::Serialize)]
+pub struct EventsSummary {
+    pub events: u64,
+    pub dates: u32,
+}
+
+/// Writes `count` distinct events of namespace `namespace` of a [`History`] to `out` as
+/// JSON lines, in random order: indices drawn from the days `days_chosen`. `h`, the
+/// prefill's namespace, gives events the table holds (at most all of those days'); any
+/// other gives new events on the same dates, as many as asked (when the days hold fewer
+/// indices, each is used again under the namespace followed by a round number).
+pub fn events(
+    history: History,
+    namespace: &str,
+    days_chosen: &[u32],
+    count: u64,
+    out: &std::path::Path,
+) -> Result<EventsSummary, std::io::Error> {
+    use std::io::Write;
+    let ranges: Vec<std::ops::Range<u64>> = days_chosen.iter().map(|d| history.day(*d)).collect();
+    let indices: Vec<u64> = ranges.iter().flat_map(Clone::clone).collect();
+    let available = indices.len() as u64;
+    let mut rng = generate::SplitMix64(history.seed ^ 0x5EED);
+    let count = if namespace == "h" { count.min(available) } else { count };
+    // (round, position in `indices`), drawn without repeats.
+    let mut chosen: HashSet<(u64, u64)> = HashSet::new();
+    let rounds = count.div_ceil(available.max(1));
+    while (chosen.len() as u64) < count && available > 0 {
+        chosen.insert((rng.below(rounds), rng.below(available)));
+    }
+    let mut order: Vec<(u64, u64)> = chosen.into_iter().collect();
+    order.sort_unstable();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let mut file = std::io::BufWriter::new(std::fs::File::create(out)?);
+    for (round, k) in &order {
+        let namespace = if *round == 0 { namespace.to_owned() } else { format!("{namespace}{round}_") };
+        writeln!(file, "{}", history.event(&namespace, indices[*k as usize]).line)?;
+    }
+    file.flush()?;
+    Ok(EventsSummary { events: order.len() as u64, dates: days_chosen.len() as u32 })
 }
 
 /// Produce-to-visible latency of a trickle, in milliseconds.
@@ -236,4 +287,4 @@ macro_rules! json_display {
         }
     )+};
 }
-json_display!(PrefillSummary, LatencySummary);
+json_display!(PrefillSummary, EventsSummary, LatencySummary);

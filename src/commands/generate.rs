@@ -160,6 +160,68 @@ pub fn generate(spec: &Spec) -> (Vec<Vec<u8>>, Expected) {
     (lines, expected)
 }
 
+/// A table's history for benchmarks: `total` events spread evenly, in index order, over
+/// `days` days from 2024-01-01, so that the events of consecutive indices are close in
+/// time, as a stream writes them. Event `i` of a namespace is the same on every call
+/// (its user, type and time come from `seed`, the namespace and `i`), so a benchmark can
+/// write the history straight into a table and later send some of its events again, or
+/// new events of another namespace on the same dates.
+#[derive(Debug, Clone, Copy)]
+pub struct History {
+    pub total: u64,
+    pub days: u32,
+    pub seed: u64,
+}
+
+/// One event of a [`History`].
+#[derive(Debug, Clone)]
+pub struct HistoryEvent {
+    pub user_id: String,
+    pub event_type: &'static str,
+    pub time: EventTime,
+    /// The event as a JSON line.
+    pub line: String,
+}
+
+impl History {
+    const START_US: i64 = 1_704_067_200_000_000; // 2024-01-01T00:00:00Z
+    const DAY_US: i64 = 86_400_000_000;
+
+    fn slot_us(&self) -> i64 {
+        (i64::from(self.days.max(1)) * Self::DAY_US / i64::try_from(self.total.max(1)).unwrap_or(i64::MAX)).max(1)
+    }
+
+    /// Event `i` of `namespace` (a prefix of its user ids: `h` for the history itself).
+    pub fn event(&self, namespace: &str, i: u64) -> HistoryEvent {
+        let salt = namespace.bytes().fold(self.seed, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let mut rng = SplitMix64(salt ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let slot = self.slot_us();
+        let micros = Self::START_US + i as i64 * slot + rng.below(slot as u64) as i64;
+        // A history reaching past year 9999 (millions of days) repeats the epoch there.
+        let time = EventTime::from_micros(micros).unwrap_or_else(|_| time_zero());
+        let user_id = format!("{namespace}{}", rng.below((self.total / 8).max(1)));
+        let event_type = EVENT_TYPES[rng.below(EVENT_TYPES.len() as u64) as usize];
+        let canonical = time.canonical();
+        let line = format!(
+            r#"{{"user_id":"{user_id}","event_type":"{event_type}","timestamp":"{}","value":{}}}"#,
+            String::from_utf8_lossy(&canonical),
+            rng.below(100_000)
+        );
+        HistoryEvent { user_id, event_type, time, line }
+    }
+
+    /// The indices of the events of day `day` (0 = 2024-01-01), by their slots' start.
+    pub fn day(&self, day: u32) -> std::ops::Range<u64> {
+        let slot = self.slot_us() as u64;
+        let start = |d: u32| (u64::from(d) * Self::DAY_US as u64).div_ceil(slot).min(self.total);
+        start(day)..start(day + 1)
+    }
+}
+
+fn time_zero() -> EventTime {
+    EventTime::from_micros(0).unwrap_or_else(|_| unreachable!("the epoch is within years 0001 to 9999"))
+}
+
 const EVENT_TYPES: [&str; 6] = ["click", "view", "purchase", "signup", "add_to_cart", "logout"];
 
 /// One of the contract's spellings of `time`: epoch millis (style 0), RFC 3339 with

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use deltalake::DeltaTableError;
 use deltalake::arrow::array::{ArrayRef, Date32Array, RecordBatch};
@@ -281,9 +281,26 @@ impl Schedule {
         Self { settings, checkpointed, last_compact: now, last_vacuum: now, tombstones_set: false }
     }
 
-    /// Runs whatever is due on `table` (loaded at its latest version by the caller).
-    pub async fn run_due(&mut self, table: &mut EventTable) -> Done {
-        let mut done = Done::default();
+    /// Whether anything is due, with the table at `version`.
+    pub fn is_due(&self, version: u64) -> bool {
+        let elapsed = |every: Option<Duration>, last: Instant| every.is_some_and(|every| last.elapsed() >= every);
+        elapsed(self.settings.compact_every, self.last_compact)
+            || elapsed(self.settings.vacuum_every, self.last_vacuum)
+            || version >= self.checkpointed + self.settings.checkpoint_every.get()
+    }
+
+    /// How long until a compaction or vacuum is due (checkpoints are due by version).
+    pub fn next_timed(&self) -> Option<Duration> {
+        let left = |every: Option<Duration>, last: Instant| every.map(|every| every.saturating_sub(last.elapsed()));
+        match (left(self.settings.compact_every, self.last_compact), left(self.settings.vacuum_every, self.last_vacuum)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What must happen before the first batch: the table's tombstone retention, a
+    /// metadata change that would make a batch's commit racing it fail.
+    pub async fn prepare(&mut self, table: &mut EventTable) {
         if let (false, Some(every)) = (self.tombstones_set, self.settings.vacuum_every) {
             // A removed file's tombstone must outlive the vacuum that deletes the file
             // (or the file is forgotten on disk), and no longer: checkpoints carry
@@ -299,8 +316,15 @@ impl Schedule {
                 Err(e) => tracing::warn!(error = %e, "cannot set the table's tombstone retention; trying again later"),
             }
         }
+    }
+
+    /// Runs whatever is due on `table` (loaded at its latest version by the caller).
+    pub async fn run_due(&mut self, table: &mut EventTable) -> Done {
+        let mut done = Done::default();
+        self.prepare(table).await;
         if self.settings.compact_every.is_some_and(|every| self.last_compact.elapsed() >= every) {
             self.last_compact = Instant::now();
+            let started = Instant::now();
             match table.compact().await {
                 Ok(outcome) => {
                     metrics::maintenance("compact", true);
@@ -311,6 +335,7 @@ impl Schedule {
                             files_added = outcome.files_added,
                             partitions = outcome.partitions,
                             version = outcome.version,
+                            elapsed = ?started.elapsed(),
                             "compacted the Delta table"
                         );
                     }
@@ -372,6 +397,71 @@ impl Schedule {
             }
         }
         done
+    }
+}
+
+/// The maintenance schedule, run beside the batch loop: a task with its own handle on
+/// the table, woken by the batch loop's commits (for checkpoints, due by version) and by
+/// the compaction and vacuum intervals. It never holds a batch back; it stops when the
+/// [`Upkeep`] is dropped (a compaction cut short commits nothing: its files are never
+/// part of the table, and `vacuum --full` deletes them).
+pub struct Upkeep {
+    version: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upkeep {
+    /// Prepares the table (see [`Schedule::prepare`]: callers reload their own handle
+    /// after) and starts the task on `runtime`, with `table` (a handle of its own: see
+    /// [`EventTable::without_index`]). Blocks: must run outside the runtime's workers.
+    pub fn start(settings: Maintenance, mut table: EventTable, runtime: &tokio::runtime::Handle) -> Self {
+        let mut schedule = runtime.block_on(async {
+            let mut schedule = Schedule::new(settings, table.last_checkpoint_version().await);
+            schedule.prepare(&mut table).await;
+            schedule
+        });
+        let (version, mut seen) = tokio::sync::watch::channel(table.version());
+        let task = runtime.spawn(async move {
+            loop {
+                let wait = schedule.next_timed().unwrap_or(Duration::from_secs(3600));
+                tokio::select! {
+                    changed = seen.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(wait) => {}
+                }
+                let latest = *seen.borrow_and_update();
+                if !schedule.is_due(latest) {
+                    continue;
+                }
+                if let Err(e) = table.reload().await {
+                    tracing::warn!(error = %e, "maintenance cannot load the table; trying again later");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                let started = Instant::now();
+                let done = schedule.run_due(&mut table).await;
+                if done != Done::default() {
+                    tracing::debug!(?done, elapsed = ?started.elapsed(), "maintenance ran beside the batch loop");
+                }
+            }
+        });
+        Self { version, task }
+    }
+
+    /// Tells the task the table reached `version` (a checkpoint may be due).
+    pub fn committed(&self, version: u64) {
+        self.version.send_if_modified(|seen| {
+            let newer = version > *seen;
+            if newer {
+                *seen = version;
+            }
+            newer
+        });
+    }
+}
+
+impl Drop for Upkeep {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
