@@ -185,6 +185,9 @@ impl Pipeline {
         let mut last_watch = Instant::now();
         // Checked after the first collect has adopted the assignment.
         let (mut source_check_due, mut last_source_check) = (true, Instant::now());
+        // Whether the consumer reported an error since the last check (see
+        // `ranges::out_of_range`).
+        let mut errors_since_check = false;
         let limits = crate::batch::Limits::of(&self.settings);
         loop {
             let started_at = EventTime::now();
@@ -205,6 +208,7 @@ impl Pipeline {
                 &self.shutdown,
             )?;
             source_check_due |= collecting.consumer_error;
+            errors_since_check |= collecting.consumer_error;
             let batch = collecting.batch;
             let collect_time = collect_started.elapsed();
             if let Some(watch) = watch.as_mut()
@@ -224,7 +228,8 @@ impl Pipeline {
             let since = last_source_check.elapsed();
             if since >= SOURCE_CHECK_EVERY || (source_check_due && since >= SOURCE_CHECK_AFTER_ERROR) {
                 last_source_check = Instant::now();
-                source_check_due = !self.check_source(&mut positions)?;
+                source_check_due = !self.check_source(&mut positions, !errors_since_check)?;
+                errors_since_check = false;
             }
             self.upkeep.committed(self.table.version());
             if self.shutdown.load(Ordering::Relaxed) {
@@ -279,7 +284,7 @@ impl Pipeline {
     /// `fail_on_data_loss = false` records the reset in Delta and reads on from the
     /// broker's first offset. Returns whether the check is complete (`false`: look again
     /// soon, after a lost commit race).
-    fn check_source(&mut self, positions: &mut Positions) -> Result<bool, PipelineError> {
+    fn check_source(&mut self, positions: &mut Positions, fetches_agree: bool) -> Result<bool, PipelineError> {
         let known = self.source.partitions;
         if let Some(now) = self.source.partition_count_now()
             && now != known
@@ -300,7 +305,7 @@ impl Pipeline {
             }
             self.source.partitions = now;
         }
-        let resets = self.source.out_of_range(&positions.next);
+        let resets = self.source.out_of_range(&positions.next, fetches_agree.then_some(&positions.read_to));
         let Some(first) = resets.first() else {
             return Ok(true);
         };

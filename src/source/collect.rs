@@ -36,11 +36,14 @@ pub struct Positions {
     pub at_end: BTreeSet<i32>,
     /// When the last message was taken.
     pub last_message: Instant,
+    /// Per partition, the offset after the last message this assignment read: how far
+    /// the broker's fetches have shown the partition to reach.
+    pub read_to: BTreeMap<i32, i64>,
 }
 
 impl Default for Positions {
     fn default() -> Self {
-        Self { next: BTreeMap::new(), at_end: BTreeSet::new(), last_message: Instant::now() }
+        Self { next: BTreeMap::new(), at_end: BTreeSet::new(), last_message: Instant::now(), read_to: BTreeMap::new() }
     }
 }
 
@@ -54,6 +57,7 @@ impl Positions {
     pub fn restart(&mut self, next: BTreeMap<i32, Option<i64>>) {
         self.next = next;
         self.at_end.clear();
+        self.read_to.clear();
     }
 
     /// Whether a message at `offset` of `partition` is to be taken, and if so how many
@@ -66,6 +70,7 @@ impl Positions {
             None => return None,
         };
         self.next.insert(partition, Some(offset + 1));
+        self.read_to.insert(partition, offset + 1);
         self.at_end.remove(&partition);
         self.last_message = Instant::now();
         Some(gap)

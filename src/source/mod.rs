@@ -287,8 +287,14 @@ impl Source {
 
     /// The partitions in `next` (the next offset expected on each) whose offset lies
     /// outside what the broker holds; partitions it does not answer for are left out.
-    pub fn out_of_range(&self, next: &BTreeMap<i32, Option<i64>>) -> Vec<OffsetReset> {
-        ranges::out_of_range(&self.consumer, &self.topic, next)
+    /// `read_to`: how far this consumer read each partition, when no consumer error came
+    /// since the last look (see [`ranges::out_of_range`]).
+    pub fn out_of_range(
+        &self,
+        next: &BTreeMap<i32, Option<i64>>,
+        read_to: Option<&BTreeMap<i32, i64>>,
+    ) -> Vec<OffsetReset> {
+        ranges::out_of_range(&self.consumer, &self.topic, next, read_to)
     }
 
     /// Moves reading on `partition` to `offset` (after a reset was recorded in Delta).

@@ -32,10 +32,21 @@ use serde::{Deserialize, Serialize};
 /// The partitions of `topic` in `next` (the next offset expected on each) whose offset
 /// lies outside what the broker holds; partitions it does not answer for within a second
 /// (a topic being recreated) are left out.
+///
+/// With `fetched_ends` (per partition, the offset after the last message this consumer
+/// read; passed only when no consumer error came since the last look), an end the
+/// broker's offset listing puts below the expected offset is not believed when the
+/// consumer's own fetches reached that offset: the two answers of one broker disagree,
+/// and the fetches are the ones the data came through. Seen with tansu's memory storage,
+/// whose listing answers with the first stored batch when batches share a modification
+/// time. A topic recreated under the consumer makes its fetches fail (an error, so no
+/// `fetched_ends`), and one recreated before it started has nothing read yet: both are
+/// still found.
 pub fn out_of_range<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     next: &BTreeMap<i32, Option<i64>>,
+    fetched_ends: Option<&BTreeMap<i32, i64>>,
 ) -> Vec<OffsetReset> {
     next.iter()
         .filter_map(|(p, next)| {
@@ -44,7 +55,19 @@ pub fn out_of_range<C: ConsumerContext>(
                 .fetch_watermarks(topic, *p, Duration::from_secs(1))
                 .map_err(|e| tracing::debug!(partition = p, error = %e, "cannot read the partition's range"))
                 .ok()?;
-            OffsetReset::check(topic, *p, expected, low, high)
+            let reset = OffsetReset::check(topic, *p, expected, low, high)?;
+            if reset.contradicted_by(fetched_ends) {
+                tracing::warn!(
+                    topic,
+                    partition = p,
+                    listed_end = high,
+                    expected,
+                    "the broker's offset listing puts the partition's end below what this consumer read from it: \
+                     believing the reads"
+                );
+                return None;
+            }
+            Some(reset)
         })
         .collect()
 }
@@ -77,6 +100,13 @@ impl OffsetReset {
             return None;
         };
         Some(Self { topic: topic.to_owned(), partition, expected, low, high, lost })
+    }
+
+    /// Whether this consumer's own reads (`read_to`: per partition, the offset after the
+    /// last message read) reached past the end the listing gave: only a partition that
+    /// starts over can be contradicted so (a truncation moves the start, not the end).
+    pub fn contradicted_by(&self, read_to: Option<&BTreeMap<i32, i64>>) -> bool {
+        self.lost.is_none() && read_to.and_then(|r| r.get(&self.partition)).is_some_and(|&read| read >= self.expected)
     }
 
     /// `truncated` (messages deleted unread) or `rewound` (the partition starts over
@@ -126,6 +156,18 @@ mod tests {
             "partition 2 of topic raw: the Delta table stores offsets up to 9, but the broker holds offsets \
              25 to 39: 15 messages from offset 10 were deleted before they were read"
         );
+    }
+
+    #[test]
+    fn reads_past_the_listed_end_contradict_a_start_over_but_not_a_truncation() {
+        let rewound = OffsetReset::check("raw", 1, 2_477, 0, 1).unwrap();
+        let read: BTreeMap<i32, i64> = [(1, 2_477), (2, 10)].into();
+        assert!(rewound.contradicted_by(Some(&read)), "this consumer read up to the expected offset");
+        assert!(!rewound.contradicted_by(None), "a consumer error since: the listing is believed");
+        assert!(!rewound.contradicted_by(Some(&[(1, 2_000)].into())), "read less far than expected");
+        assert!(!rewound.contradicted_by(Some(&[(2, 9_999)].into())), "another partition's reads");
+        let truncated = OffsetReset::check("raw", 1, 10, 25, 40).unwrap();
+        assert!(!truncated.contradicted_by(Some(&[(1, 10)].into())));
     }
 
     #[test]
