@@ -56,12 +56,6 @@ struct FileInfo {
     deletion_vector: bool,
 }
 
-impl FileInfo {
-    fn covers(&self, time: i64) -> bool {
-        self.range.is_none_or(|(lo, hi)| (lo..=hi).contains(&time))
-    }
-}
-
 /// One cached file's keys, sorted.
 struct Entry {
     keys: Box<[DedupKey]>,
@@ -256,18 +250,32 @@ impl KeyCache {
         let mut stats = CheckStats::default();
         let mut found = HashSet::new();
         let mut to_scan = Vec::new();
-        // Candidate files, each with the probes it could hold.
-        let mut candidates: HashMap<&str, Vec<usize>> = HashMap::new();
+        // Candidate files, each with the probes it could hold: per date, the probes sorted
+        // by time, and for each of the date's files the run of them its range covers (a
+        // date may hold thousands of small files between compactions).
+        let mut by_date: HashMap<i32, Vec<usize>> = HashMap::new();
         for (i, (_, time)) in probes.iter().enumerate() {
-            let date = time.days_since_epoch();
+            by_date.entry(time.days_since_epoch()).or_default().push(i);
+        }
+        let mut candidates: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (date, mut indices) in by_date {
             let Some(paths) = self.by_date.get(&date) else { continue };
             if paths.iter().any(|p| self.files[p].deletion_vector) {
-                to_scan.push(probes[i]);
+                to_scan.extend(indices.iter().map(|i| probes[*i]));
                 continue;
             }
+            indices.sort_unstable_by_key(|i| probes[*i].1);
             for path in paths {
-                if self.files[path].covers(time.micros()) {
-                    candidates.entry(path.as_str()).or_default().push(i);
+                let covered = match self.files[path].range {
+                    None => &indices[..],
+                    Some((lo, hi)) => {
+                        let from = indices.partition_point(|i| probes[*i].1.micros() < lo);
+                        let to = indices.partition_point(|i| probes[*i].1.micros() <= hi);
+                        &indices[from..to.max(from)]
+                    }
+                };
+                if !covered.is_empty() {
+                    candidates.entry(path.as_str()).or_default().extend_from_slice(covered);
                 }
             }
         }
