@@ -499,14 +499,14 @@ impl Pipeline {
             .filter(|d| !sent.dead_letters.contains(&(d.partition, d.offset)))
             .map(|d| dlq::record(&settings.topics.dlq, &settings.topics.raw, d, settings.max_record_bytes()))
             .collect::<Vec<_>>();
-        let events = new_rows
-            .iter()
-            .filter(|r| !sent.events.contains(&r.key))
-            .map(|r| processed::record(&settings.topics.processed, r, batch_id, ingested_at))
-            .collect::<Vec<_>>();
+        // Encoded one by one as they are sent: librdkafka copies each record, so a whole
+        // batch of encoded records is never held beside its copies.
+        let unsent = || new_rows.iter().filter(|r| !sent.events.contains(&r.key));
+        let event_count = unsent().count();
+        let events = unsent().map(|r| processed::record(&settings.topics.processed, r, batch_id, ingested_at));
         record.phases.produce_ms += ms(encode.elapsed());
         let rows = table::to_record_batch(&new_rows, batch_id, ingested_at)?;
-        let (dead_letter_count, event_count) = (dead_letters.len(), events.len());
+        let dead_letter_count = dead_letters.len();
         let records = dead_letters.into_iter().chain(events);
         // The phase lines let the torture tests aim their kills (tests/torture.rs).
         tracing::debug!(batch_id, "batch phase: produce");
