@@ -228,8 +228,11 @@ impl Pipeline {
             let since = last_source_check.elapsed();
             if since >= SOURCE_CHECK_EVERY || (source_check_due && since >= SOURCE_CHECK_AFTER_ERROR) {
                 last_source_check = Instant::now();
-                source_check_due = !self.check_source(&mut positions, !errors_since_check)?;
-                errors_since_check = false;
+                let settled = self.check_source(&mut positions, !errors_since_check)?;
+                source_check_due = !settled;
+                // After a consumer error the broker's listing decides until a check has
+                // had every partition's answer and found them all in range.
+                errors_since_check &= !settled;
             }
             self.upkeep.committed(self.table.version());
             if self.shutdown.load(Ordering::Relaxed) {
@@ -283,7 +286,7 @@ impl Pipeline {
     /// offset the broker does not hold ([`crate::source::ranges`]): stops, or with
     /// `fail_on_data_loss = false` records the reset in Delta and reads on from the
     /// broker's first offset. Returns whether the check is complete (`false`: look again
-    /// soon, after a lost commit race).
+    /// soon, after a lost commit race or when a partition's range was not answered).
     fn check_source(&mut self, positions: &mut Positions, fetches_agree: bool) -> Result<bool, PipelineError> {
         let known = self.source.partitions;
         if let Some(now) = self.source.partition_count_now()
@@ -305,9 +308,9 @@ impl Pipeline {
             }
             self.source.partitions = now;
         }
-        let resets = self.source.out_of_range(&positions.next, fetches_agree.then_some(&positions.read_to));
+        let (resets, answered) = self.source.out_of_range(&positions.next, fetches_agree.then_some(&positions.read_to));
         let Some(first) = resets.first() else {
-            return Ok(true);
+            return Ok(answered);
         };
         if self.settings.fail_on_data_loss {
             return Err(PipelineError::DataLoss(first.clone()));
@@ -335,6 +338,7 @@ impl Pipeline {
             // the offset just recorded.
             self.source.seek(reset.partition, reset.low).map_err(PipelineError::Consumer)?;
             positions.next.insert(reset.partition, Some(reset.low));
+            positions.read_to.remove(&reset.partition);
             positions.at_end.remove(&reset.partition);
             metrics::offset_reset(reset);
             tracing::warn!(

@@ -397,7 +397,7 @@ impl ClickHouseSink {
         // broker no longer holds is read on from its first offset, with a warning: a
         // recreated topic is loaded again from its start, a truncated one from what is left
         // (`reconcile` repairs what retention deleted unread).
-        for reset in source::ranges::out_of_range(&self.consumer, topic, &self.positions.next, None) {
+        for reset in source::ranges::out_of_range(&self.consumer, topic, &self.positions.next, None).0 {
             tracing::warn!(
                 partition = reset.partition,
                 kind = reset.kind(),

@@ -293,7 +293,7 @@ impl Source {
         &self,
         next: &BTreeMap<i32, Option<i64>>,
         read_to: Option<&BTreeMap<i32, i64>>,
-    ) -> Vec<OffsetReset> {
+    ) -> (Vec<OffsetReset>, bool) {
         ranges::out_of_range(&self.consumer, &self.topic, next, read_to)
     }
 

@@ -30,8 +30,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use serde::{Deserialize, Serialize};
 
 /// The partitions of `topic` in `next` (the next offset expected on each) whose offset
-/// lies outside what the broker holds; partitions it does not answer for within a second
-/// (a topic being recreated) are left out.
+/// lies outside what the broker holds, and whether every partition was answered for:
+/// partitions it does not answer for within a second (a topic being recreated) are left
+/// out.
 ///
 /// With `fetched_ends` (per partition, the offset after the last message this consumer
 /// read; passed only when no consumer error came since the last look), an end the
@@ -42,20 +43,38 @@ use serde::{Deserialize, Serialize};
 /// time. A topic recreated under the consumer makes its fetches fail (an error, so no
 /// `fetched_ends`), and one recreated before it started has nothing read yet: both are
 /// still found.
-pub fn out_of_range<C: ConsumerContext>(
+pub fn out_of_range<C: ConsumerContext + Sync>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     next: &BTreeMap<i32, Option<i64>>,
     fetched_ends: Option<&BTreeMap<i32, i64>>,
-) -> Vec<OffsetReset> {
-    next.iter()
-        .filter_map(|(p, next)| {
-            let expected = (*next)?;
-            let (low, high) = consumer
-                .fetch_watermarks(topic, *p, Duration::from_secs(1))
-                .map_err(|e| tracing::debug!(partition = p, error = %e, "cannot read the partition's range"))
-                .ok()?;
-            let reset = OffsetReset::check(topic, *p, expected, low, high)?;
+) -> (Vec<OffsetReset>, bool) {
+    // Asked of every partition at once: one at a time, a slow broker (tansu's memory
+    // storage lists its stored batches to answer) held the batch loop for seconds.
+    // (partition, expected offset, the broker's range if it answered)
+    type Asked = (i32, i64, Option<(i64, i64)>);
+    let ranges: Vec<Asked> = std::thread::scope(|scope| {
+        let asks: Vec<_> = next
+            .iter()
+            .filter_map(|(p, next)| Some((*p, (*next)?)))
+            .map(|(p, expected)| {
+                let ask = scope.spawn(move || {
+                    consumer
+                        .fetch_watermarks(topic, p, Duration::from_secs(1))
+                        .map_err(|e| tracing::debug!(partition = p, error = %e, "cannot read the partition's range"))
+                        .ok()
+                });
+                (p, expected, ask)
+            })
+            .collect();
+        asks.into_iter().map(|(p, expected, ask)| (p, expected, ask.join().ok().flatten())).collect()
+    });
+    let answered = ranges.iter().all(|(_, _, range)| range.is_some());
+    let resets = ranges
+        .into_iter()
+        .filter_map(|(p, expected, range)| {
+            let (low, high) = range?;
+            let reset = OffsetReset::check(topic, p, expected, low, high)?;
             if reset.contradicted_by(fetched_ends) {
                 tracing::warn!(
                     topic,
@@ -69,7 +88,8 @@ pub fn out_of_range<C: ConsumerContext>(
             }
             Some(reset)
         })
-        .collect()
+        .collect();
+    (resets, answered)
 }
 
 /// A partition whose next offset lies outside the range the broker holds.

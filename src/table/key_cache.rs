@@ -177,12 +177,21 @@ impl KeyCache {
         let mut live: HashSet<String> = HashSet::with_capacity(self.files.len() + 16);
         for file in snapshot.log_data().iter() {
             let path = file.path().into_owned();
+            // Another engine deletes rows by giving a file a deletion vector under the same
+            // path: its raw keys are no longer all stored.
+            let deletion_vector = file.deletion_vector_descriptor().is_some();
+            if let Some(info) = self.files.get_mut(&path)
+                && info.deletion_vector != deletion_vector
+            {
+                info.deletion_vector = deletion_vector;
+                self.forget(&path);
+            }
             if !self.files.contains_key(&path) {
                 let info = FileInfo {
                     location: file.object_store_path(),
                     date: file.partition_values_map().get(crate::table::PARTITION_COLUMN).and_then(|v| parse_date(v.as_deref()?)),
                     range: file.stats().as_deref().and_then(time_range),
-                    deletion_vector: file.deletion_vector_descriptor().is_some(),
+                    deletion_vector,
                 };
                 if let Some(date) = info.date {
                     self.by_date.entry(date).or_default().push(path.clone());

@@ -67,7 +67,9 @@ impl EventTable {
         // Per date, the files below the target, smallest first, greedily packed.
         let mut by_date: BTreeMap<String, Vec<(i64, deltalake::Path, Remove)>> = BTreeMap::new();
         for file in snapshot.log_data().iter() {
-            if file.size() as u64 >= COMPACT_TARGET_BYTES {
+            // A file with a deletion vector is left alone: read raw, its deleted rows
+            // would come back.
+            if file.size() as u64 >= COMPACT_TARGET_BYTES || file.deletion_vector_descriptor().is_some() {
                 continue;
             }
             let date = file.partition_values_map().get(PARTITION_COLUMN).cloned().flatten().unwrap_or_default();
