@@ -380,9 +380,7 @@ impl KeyCache {
 
 /// A Delta partition value of a date column (`2024-01-31`) as days since the epoch.
 pub(crate) fn parse_date(value: &str) -> Option<i32> {
-    let date = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d").ok()?;
-    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
-    i32::try_from(date.signed_duration_since(epoch).num_days()).ok()
+    EventTime::parse_date(value).ok().map(EventTime::days_since_epoch)
 }
 
 /// The `event_time` bounds in a file's statistics (JSON, as in an add action), in
