@@ -39,7 +39,7 @@ use crate::metrics;
 use crate::output::{Output, ProduceError};
 use crate::output::{dlq, processed};
 use crate::retry::{self, Backoff};
-use crate::source::{self, Collector, OffsetReset, OrphanWatch, Positions, Source};
+use crate::source::{self, Collector, OffsetReset, OrphanWatch, Positions, Source, SourceAnswer};
 use crate::table::maintenance::Upkeep;
 use crate::table::{self, AppIds, DeltaError, EventTable};
 
@@ -183,7 +183,7 @@ impl Pipeline {
         let mut generation = u64::MAX;
         let mut watch = (self.source.mode == ConsumerMode::Group).then(|| OrphanWatch::new(OrphanWatch::PATIENCE));
         let mut last_watch = Instant::now();
-        // Checked after the first collect has adopted the assignment.
+        // Checked once the first collection has adopted the assignment.
         let (mut source_check_due, mut last_source_check) = (true, Instant::now());
         // Whether the consumer reported an error since the last check (see
         // `ranges::out_of_range`).
@@ -192,6 +192,19 @@ impl Pipeline {
         loop {
             let started_at = EventTime::now();
             let collect_started = Instant::now();
+            // The source check is asked while the batch is collected: a broker may take a
+            // second to answer (librdkafka queues the request behind the connection's
+            // long-polling fetch), and asked between batches it held the loop. Positions
+            // not known yet (before the first collection adopts the assignment) are
+            // looked at after it (below).
+            let since = last_source_check.elapsed();
+            let generation_before = generation;
+            let look = (generation != u64::MAX
+                && (since >= SOURCE_CHECK_EVERY || (source_check_due && since >= SOURCE_CHECK_AFTER_ERROR)))
+                .then(|| {
+                    last_source_check = Instant::now();
+                    SourceLook::of(&positions, errors_since_check, generation)
+                });
             let mut collecting = Collecting {
                 batch: Batch::default(),
                 settings: &self.settings,
@@ -200,15 +213,22 @@ impl Pipeline {
                 generation: &mut generation,
                 consumer_error: false,
             };
-            source::collect(
-                &self.source.consumer,
-                &mut positions,
-                &mut collecting,
-                collect_started + self.settings.batch.trigger,
-                &self.shutdown,
-            )?;
-            source_check_due |= collecting.consumer_error;
-            errors_since_check |= collecting.consumer_error;
+            let source = &self.source;
+            let (collected, answer) = std::thread::scope(|scope| {
+                let asked = look.as_ref().map(|look| scope.spawn(|| source.look(&look.next, look.read_to.as_ref())));
+                let collected = source::collect(
+                    &source.consumer,
+                    &mut positions,
+                    &mut collecting,
+                    collect_started + self.settings.batch.trigger,
+                    &self.shutdown,
+                );
+                (collected, asked.map(|asked| asked.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))))
+            });
+            collected?;
+            let consumer_error = collecting.consumer_error;
+            source_check_due |= consumer_error;
+            errors_since_check |= consumer_error;
             let batch = collecting.batch;
             let collect_time = collect_started.elapsed();
             if let Some(watch) = watch.as_mut()
@@ -225,13 +245,25 @@ impl Pipeline {
                 summary.duplicates += record.in_batch_duplicates + record.stored_duplicates;
                 summary.inserted += record.inserted.unwrap_or(0);
             }
-            let since = last_source_check.elapsed();
-            if since >= SOURCE_CHECK_EVERY || (source_check_due && since >= SOURCE_CHECK_AFTER_ERROR) {
-                last_source_check = Instant::now();
-                let settled = self.check_source(&mut positions, !errors_since_check)?;
+            let looked = match (look, answer) {
+                (Some(look), Some(answer)) if generation == generation_before => Some((look, answer)),
+                // An assignment adopted in this collection (the first, or a rebalance):
+                // its positions, read from Delta, are looked at before the next batch,
+                // and an answer about the previous assignment's is dropped.
+                _ if generation != generation_before => {
+                    last_source_check = Instant::now();
+                    let look = SourceLook::of(&positions, errors_since_check, generation);
+                    let answer = self.source.look(&look.next, look.read_to.as_ref());
+                    Some((look, answer))
+                }
+                _ => None,
+            };
+            if let Some((look, answer)) = looked {
+                // A consumer error during the collection leaves the check unsettled: the
+                // broker's listing decides until a later check has had every
+                // partition's answer and found them all in range.
+                let settled = self.check_source(&mut positions, generation, consumer_error, look, answer)? && !consumer_error;
                 source_check_due = !settled;
-                // After a consumer error the broker's listing decides until a check has
-                // had every partition's answer and found them all in range.
                 errors_since_check &= !settled;
             }
             self.upkeep.committed(self.table.version());
@@ -281,15 +313,26 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Compares the partitions read with the broker's: reads new partitions (assign
-    /// mode; in group mode librdkafka rebalances), and handles partitions whose next
-    /// offset the broker does not hold ([`crate::source::ranges`]): stops, or with
+    /// Acts on what the broker said of the raw topic ([`SourceLook`], asked while the
+    /// batch was collected, or after an assignment was adopted): reads new partitions
+    /// (assign mode; in group mode librdkafka rebalances), and handles partitions whose
+    /// next offset the broker does not hold ([`crate::source::ranges`]): stops, or with
     /// `fail_on_data_loss = false` records the reset in Delta and reads on from the
-    /// broker's first offset. Returns whether the check is complete (`false`: look again
-    /// soon, after a lost commit race or when a partition's range was not answered).
-    fn check_source(&mut self, positions: &mut Positions, fetches_agree: bool) -> Result<bool, PipelineError> {
+    /// broker's first offset. An answer is acted on only where it still applies
+    /// ([`SourceLook::still_applies`]; `consumer_error`: one came during the
+    /// collection). Returns whether the check is complete (`false`: look again soon,
+    /// after a lost commit race, an answer that no longer applies, a rebalance or a
+    /// partition whose range was not answered).
+    fn check_source(
+        &mut self,
+        positions: &mut Positions,
+        generation: u64,
+        consumer_error: bool,
+        look: SourceLook,
+        answer: SourceAnswer,
+    ) -> Result<bool, PipelineError> {
         let known = self.source.partitions;
-        if let Some(now) = self.source.partition_count_now()
+        if let Some(now) = answer.partitions
             && now != known
         {
             tracing::warn!(topic = %self.source.topic, from = known, to = now, "the raw topic's partition count changed");
@@ -308,9 +351,16 @@ impl Pipeline {
             }
             self.source.partitions = now;
         }
-        let (resets, answered) = self.source.out_of_range(&positions.next, fetches_agree.then_some(&positions.read_to));
+        let asked = answer.resets.len();
+        let trust_reads = look.read_to.is_some() && !consumer_error;
+        let resets: Vec<OffsetReset> = answer
+            .resets
+            .into_iter()
+            .filter(|r| look.still_applies(generation, &positions.next, trust_reads, r))
+            .collect();
+        let current = answer.answered && resets.len() == asked && generation == look.generation;
         let Some(first) = resets.first() else {
-            return Ok(answered);
+            return Ok(current);
         };
         if self.settings.fail_on_data_loss {
             return Err(PipelineError::DataLoss(first.clone()));
@@ -361,7 +411,7 @@ impl Pipeline {
         if let Err(e) = self.log.append(&record) {
             tracing::warn!(error = %e, path = %self.log.path().display(), "cannot write the batch log");
         }
-        Ok(true)
+        Ok(current)
     }
 
     /// Steps 2 to 7 for one collected batch.
@@ -559,6 +609,43 @@ async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
     (f.await, started.elapsed())
 }
 
+/// The positions a source check asks the broker about, while a batch is collected.
+struct SourceLook {
+    next: BTreeMap<i32, Option<i64>>,
+    /// How far this consumer read each partition, when no consumer error came since the
+    /// last settled check ([`crate::source::ranges::out_of_range`]).
+    read_to: Option<BTreeMap<i32, i64>>,
+    /// The assignment generation the positions belong to.
+    generation: u64,
+}
+
+impl SourceLook {
+    /// The current positions; how far each partition was read only if no consumer error
+    /// came since the last settled check.
+    fn of(positions: &Positions, errors_since_check: bool, generation: u64) -> Self {
+        Self { next: positions.next.clone(), read_to: (!errors_since_check).then(|| positions.read_to.clone()), generation }
+    }
+
+    /// Whether the broker's answer `reset` still speaks of its partition now (`next`,
+    /// in assignment `generation`). Not after a rebalance, which replaced every
+    /// position. If something was read from the partition since the look, the broker's
+    /// fetches served the offset asked about: a truncation no longer applies, and
+    /// neither does a start-over while the consumer's reads are believed over the
+    /// broker's listing (`trust_reads`: no consumer error since the last settled check,
+    /// see [`crate::source::ranges::out_of_range`]). After an error the listing decides,
+    /// as it did when the look was asked.
+    fn still_applies(
+        &self,
+        generation: u64,
+        next: &BTreeMap<i32, Option<i64>>,
+        trust_reads: bool,
+        reset: &OffsetReset,
+    ) -> bool {
+        let moved = next.get(&reset.partition) != self.next.get(&reset.partition);
+        generation == self.generation && (!moved || (reset.lost.is_none() && !trust_reads))
+    }
+}
+
 /// The batch under collection, and the assignment it is collected under.
 struct Collecting<'a> {
     batch: Batch,
@@ -650,4 +737,26 @@ fn jitter() -> u64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_answer_applies_to_a_partition_read_since_only_if_it_starts_over_and_reads_are_not_believed() {
+        let look = SourceLook { next: BTreeMap::from([(0, Some(10)), (1, Some(20))]), read_to: None, generation: 3 };
+        let now = BTreeMap::from([(0, Some(10)), (1, Some(25))]);
+        let truncated = |p, expected| OffsetReset::check("t", p, expected, expected + 5, expected + 50).unwrap();
+        let rewound = |p, expected| OffsetReset::check("t", p, expected, 0, expected - 5).unwrap();
+        for trust_reads in [true, false] {
+            assert!(look.still_applies(3, &now, trust_reads, &truncated(0, 10)), "nothing read from it since");
+            assert!(look.still_applies(3, &now, trust_reads, &rewound(0, 10)), "nothing read from it since");
+            assert!(!look.still_applies(3, &now, trust_reads, &truncated(1, 20)), "read since: the offset was served");
+            assert!(!look.still_applies(4, &now, trust_reads, &truncated(0, 10)), "a rebalance since the look");
+            assert!(!look.still_applies(4, &now, trust_reads, &rewound(0, 10)), "a rebalance since the look");
+        }
+        assert!(!look.still_applies(3, &now, true, &rewound(1, 20)), "read since, and reads are believed");
+        assert!(look.still_applies(3, &now, false, &rewound(1, 20)), "read since, but after an error the listing decides");
+    }
 }

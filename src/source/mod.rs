@@ -152,6 +152,17 @@ impl ConsumerContext for SourceContext {
     }
 }
 
+/// What the broker said of the raw topic ([`Source::look`]).
+#[derive(Debug)]
+pub struct SourceAnswer {
+    /// Its partition count, if the broker answered.
+    pub partitions: Option<i32>,
+    /// The partitions asked about whose offset lies outside what the broker holds.
+    pub resets: Vec<OffsetReset>,
+    /// Whether every partition's range was answered.
+    pub answered: bool,
+}
+
 /// The raw-topic consumer and the assignment state its hook maintains.
 pub struct Source {
     pub consumer: BaseConsumer<SourceContext>,
@@ -297,6 +308,19 @@ impl Source {
         ranges::out_of_range(&self.consumer, &self.topic, next, read_to)
     }
 
+    /// What the broker says of the raw topic now: its partition count, and the
+    /// partitions of `next` whose offset lies outside what it holds
+    /// ([`ranges::out_of_range`]), both asked at once. Asked beside a batch's
+    /// collection.
+    pub fn look(&self, next: &BTreeMap<i32, Option<i64>>, read_to: Option<&BTreeMap<i32, i64>>) -> SourceAnswer {
+        std::thread::scope(|scope| {
+            let partitions = scope.spawn(|| self.partition_count_now());
+            let (resets, answered) = self.out_of_range(next, read_to);
+            let partitions = partitions.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            SourceAnswer { partitions, resets, answered }
+        })
+    }
+
     /// Moves reading on `partition` to `offset` (after a reset was recorded in Delta).
     pub fn seek(&self, partition: i32, offset: i64) -> Result<(), KafkaError> {
         self.consumer.seek(&self.topic, partition, Offset::Offset(offset), Duration::from_secs(10))
@@ -305,15 +329,9 @@ impl Source {
     /// The end (high watermark) of each partition; partitions the broker does not answer
     /// for (within a second: the caller is the batch loop) are left out.
     pub fn ends(&self, partitions: impl IntoIterator<Item = i32>) -> BTreeMap<i32, i64> {
-        partitions
+        ranges::watermarks(&self.consumer, &self.topic, partitions)
             .into_iter()
-            .filter_map(|p| {
-                self.consumer
-                    .fetch_watermarks(&self.topic, p, Duration::from_secs(1))
-                    .map(|(_, high)| (p, high))
-                    .map_err(|e| tracing::debug!(partition = p, error = %e, "cannot read the partition's end"))
-                    .ok()
-            })
+            .filter_map(|(p, range)| Some((p, range?.1)))
             .collect()
     }
 }

@@ -49,31 +49,13 @@ pub fn out_of_range<C: ConsumerContext + Sync>(
     next: &BTreeMap<i32, Option<i64>>,
     fetched_ends: Option<&BTreeMap<i32, i64>>,
 ) -> (Vec<OffsetReset>, bool) {
-    // Asked of every partition at once: one at a time, a slow broker (tansu's memory
-    // storage lists its stored batches to answer) held the batch loop for seconds.
-    // (partition, expected offset, the broker's range if it answered)
-    type Asked = (i32, i64, Option<(i64, i64)>);
-    let ranges: Vec<Asked> = std::thread::scope(|scope| {
-        let asks: Vec<_> = next
-            .iter()
-            .filter_map(|(p, next)| Some((*p, (*next)?)))
-            .map(|(p, expected)| {
-                let ask = scope.spawn(move || {
-                    consumer
-                        .fetch_watermarks(topic, p, Duration::from_secs(1))
-                        .map_err(|e| tracing::debug!(partition = p, error = %e, "cannot read the partition's range"))
-                        .ok()
-                });
-                (p, expected, ask)
-            })
-            .collect();
-        asks.into_iter().map(|(p, expected, ask)| (p, expected, ask.join().ok().flatten())).collect()
-    });
-    let answered = ranges.iter().all(|(_, _, range)| range.is_some());
-    let resets = ranges
+    let expected: BTreeMap<i32, i64> = next.iter().filter_map(|(p, next)| Some((*p, (*next)?))).collect();
+    let listed = watermarks(consumer, topic, expected.keys().copied());
+    let answered = listed.values().all(Option::is_some);
+    let resets = expected
         .into_iter()
-        .filter_map(|(p, expected, range)| {
-            let (low, high) = range?;
+        .filter_map(|(p, expected)| {
+            let (low, high) = listed.get(&p).copied().flatten()?;
             let reset = OffsetReset::check(topic, p, expected, low, high)?;
             if reset.contradicted_by(fetched_ends) {
                 tracing::warn!(
@@ -91,6 +73,44 @@ pub fn out_of_range<C: ConsumerContext + Sync>(
         .collect();
     (resets, answered)
 }
+
+/// Per partition, the range the broker holds (its first offset and its end), or `None`
+/// if it does not answer within a second. The partitions are asked at once (by up to
+/// [`MAX_ASKING`] threads, each asking its share in turn): one at a time, a slow broker
+/// held the batch loop for seconds (tansu's memory storage lists its stored batches to
+/// answer, and librdkafka queues the request behind the connection's long-polling
+/// fetch).
+pub fn watermarks<C: ConsumerContext + Sync>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+) -> BTreeMap<i32, Option<(i64, i64)>> {
+    let partitions: Vec<i32> = partitions.into_iter().collect();
+    let share = partitions.len().div_ceil(MAX_ASKING).max(1);
+    std::thread::scope(|scope| {
+        let asks: Vec<_> = partitions
+            .chunks(share)
+            .map(|share| {
+                scope.spawn(move || {
+                    share
+                        .iter()
+                        .map(|&p| {
+                            let range = consumer
+                                .fetch_watermarks(topic, p, Duration::from_secs(1))
+                                .map_err(|e| tracing::debug!(partition = p, error = %e, "cannot read the partition's range"))
+                                .ok();
+                            (p, range)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        asks.into_iter().flat_map(|ask| ask.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
+}
+
+/// The most threads [`watermarks`] asks with.
+pub const MAX_ASKING: usize = 16;
 
 /// A partition whose next offset lies outside the range the broker holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
