@@ -67,6 +67,8 @@ pub enum PipelineError {
         low = .0.low
     )]
     DataLoss(OffsetReset),
+    #[error(transparent)]
+    Maintenance(#[from] crate::table::maintenance::UpkeepStopped),
     #[error("batch {batch_id} failed after {attempts} attempts; last error: {last}")]
     GaveUp { batch_id: i64, attempts: u32, last: Box<PipelineError> },
 }
@@ -266,7 +268,7 @@ impl Pipeline {
                 source_check_due = !settled;
                 errors_since_check &= !settled;
             }
-            self.upkeep.committed(self.table.version());
+            self.upkeep.committed(self.table.version())?;
             if self.shutdown.load(Ordering::Relaxed) {
                 tracing::info!("shutdown requested: stopping after the last committed batch");
                 return Ok(summary);

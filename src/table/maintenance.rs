@@ -449,8 +449,15 @@ impl Upkeep {
         Self { version, task }
     }
 
-    /// Tells the task the table reached `version` (a checkpoint may be due).
-    pub fn committed(&self, version: u64) {
+    /// Tells the task the table reached `version` (a checkpoint may be due). Fails if
+    /// the task is gone: it ends only when the [`Upkeep`] is dropped, so it panicked (the
+    /// panic is in the log). The processor then stops, rather than run on with nothing
+    /// compacting the table, checkpointing or cleaning its log; a restart starts the
+    /// task again.
+    pub fn committed(&self, version: u64) -> Result<(), UpkeepStopped> {
+        if self.task.is_finished() {
+            return Err(UpkeepStopped);
+        }
         self.version.send_if_modified(|seen| {
             let newer = version > *seen;
             if newer {
@@ -458,8 +465,14 @@ impl Upkeep {
             }
             newer
         });
+        Ok(())
     }
 }
+
+/// The maintenance task ended while the processor ran ([`Upkeep::committed`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the table's maintenance (compaction, checkpoints, log cleanup, vacuum) stopped: its task panicked (see the log above)")]
+pub struct UpkeepStopped;
 
 impl Drop for Upkeep {
     fn drop(&mut self) {
@@ -471,6 +484,19 @@ impl Drop for Upkeep {
 mod table_tests {
     use super::*;
     use crate::table::testing::*;
+
+    #[tokio::test]
+    async fn a_maintenance_task_that_panicked_stops_the_processor_at_its_next_commit() {
+        let (version, _seen) = tokio::sync::watch::channel(0);
+        let upkeep = Upkeep { version, task: tokio::spawn(std::future::pending()) };
+        assert!(upkeep.committed(1).is_ok(), "a task still running");
+        let (version, _seen) = tokio::sync::watch::channel(0);
+        let upkeep = Upkeep { version, task: tokio::spawn(async { panic!("a bug in maintenance") }) };
+        while !upkeep.task.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        assert!(upkeep.committed(1).is_err());
+    }
 
     #[tokio::test]
     async fn a_second_compaction_of_the_same_version_conflicts_instead_of_doubling_the_rows() {
