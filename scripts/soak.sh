@@ -71,10 +71,19 @@ sample() { # minute
   data_files=$(find "$table" -path "$table/_delta_log" -prune -o -type f -name '*.parquet' -print 2>/dev/null | wc -l || true)
   data_bytes=$( (du -sb --exclude=_delta_log "$table" 2>/dev/null || true) | cut -f1)
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$run_pid/status" 2>/dev/null || echo -)
+  # The key cache's own accounting (keys of the files read, bounded by key_cache_bytes),
+  # from the processor's metrics: what of the RSS is the cache.
+  cache=$( (curl -s "http://$metrics/metrics" 2>/dev/null || true) | awk '/^idempipe_key_cache_bytes / {print $2}')
   read -r live_files lag version <<<"$live"
-  echo "$1,$version,$live_files,$lag,$log_files,${log_bytes:--},$data_files,${data_bytes:--},${rss:--}" | tee -a "$work/samples.csv"
+  echo "$1,$version,$live_files,$lag,$log_files,${log_bytes:--},$data_files,${data_bytes:--},${rss:--},${cache:--}" | tee -a "$work/samples.csv"
 }
-echo "minute,delta_version,live_files,processor_lag,log_files,log_bytes,data_files_on_disk,data_bytes_on_disk,run_rss_kib" | tee "$work/samples.csv"
+# The processor's metrics address (any free port), from its log.
+until serving=$(grep -m1 -o 'serving /metrics.*addr=[0-9.:]*' "$work/run.log" 2>/dev/null); do
+  kill -0 "$run_pid" 2>/dev/null || { echo "soak: the processor stopped: $(tail -3 "$work/run.log")" >&2; exit 1; }
+  sleep 0.2
+done
+metrics=${serving##*addr=}
+echo "minute,delta_version,live_files,processor_lag,log_files,log_bytes,data_files_on_disk,data_bytes_on_disk,run_rss_kib,key_cache_bytes" | tee "$work/samples.csv"
 minute=0
 while kill -0 $produce_pid 2>/dev/null; do
   sleep 60
@@ -108,7 +117,7 @@ checks = [
 ]
 bad = [(k, want, v.get(k)) for k, want in checks if v.get(k) != want]
 print(f"\nsoak {work}: {e['lines']} lines ({e['distinct_keys']} distinct keys, {e['invalid']} invalid)")
-for name in ["live_files", "log_files", "log_bytes", "data_files_on_disk", "data_bytes_on_disk", "run_rss_kib"]:
+for name in ["live_files", "log_files", "log_bytes", "data_files_on_disk", "data_bytes_on_disk", "run_rss_kib", "key_cache_bytes"]:
     c = col(name)
     if c:
         half = c[len(c) // 2:]
