@@ -10,8 +10,9 @@
 # holds memory, not for the RSS figures.
 # Writes data/soak<time>/samples.csv and prints a summary. Uses the ClickHouse of
 # scripts/services.sh (started if needed) and a fresh broker of its own (tansu on sqlite,
-# port SOAK_KAFKA_PORT, default 19192), so what earlier runs left in the main broker's
-# store does not slow it down; the broker is stopped at the end.
+# port SOAK_KAFKA_PORT, default 19192, its store in SOAK_SERVICES_DIR, default
+# data/soak-services), so what earlier runs left in the main broker's store does not slow
+# it down; the broker is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-30}
@@ -19,7 +20,7 @@ rate=${2:-200}
 
 scripts/services.sh up >&2
 port=${SOAK_KAFKA_PORT:-19192}
-SERVICES_DIR=data/soak-services KAFKA_PORT=$port scripts/services.sh kafka-fresh >&2
+SERVICES_DIR=${SOAK_SERVICES_DIR:-data/soak-services} KAFKA_PORT=$port scripts/services.sh kafka-fresh >&2
 stop_broker() { pkill -f "tansu broker --listener-url tcp://127.0.0.1:$port" || true; }
 export IDEMPIPE_BROKERS=127.0.0.1:$port
 cargo build --locked --release --bin idempipe >&2
@@ -64,7 +65,7 @@ table=$work/delta/events
 # Files come and go while they are counted (compaction, vacuum, log cleanup): a sample
 # never fails the run.
 sample() { # minute
-  local live log_files log_bytes data_files data_bytes rss
+  local live log_files log_bytes data_files data_bytes rss cache
   live=$(idem status --json 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["delta_live_files"], s["processor_lag"], s["delta_version"])' 2>/dev/null || echo "- - -")
   log_files=$(find "$table/_delta_log" -type f 2>/dev/null | wc -l || true)
   log_bytes=$( (du -sb "$table/_delta_log" 2>/dev/null || true) | cut -f1)
@@ -73,16 +74,24 @@ sample() { # minute
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$run_pid/status" 2>/dev/null || echo -)
   # The key cache's own accounting (keys of the files read, bounded by key_cache_bytes),
   # from the processor's metrics: what of the RSS is the cache.
-  cache=$( (curl -s "http://$metrics/metrics" 2>/dev/null || true) | awk '/^idempipe_key_cache_bytes / {print $2}')
+  cache=
+  [[ -z $metrics ]] || cache=$( (curl -s -m 5 "http://$metrics/metrics" 2>/dev/null || true) | awk '/^idempipe_key_cache_bytes / {print $2}')
   read -r live_files lag version <<<"$live"
   echo "$1,$version,$live_files,$lag,$log_files,${log_bytes:--},$data_files,${data_bytes:--},${rss:--},${cache:--}" | tee -a "$work/samples.csv"
 }
-# The processor's metrics address (any free port), from its log.
-until serving=$(grep -m1 -o 'serving /metrics.*addr=[0-9.:]*' "$work/run.log" 2>/dev/null); do
+# The processor's metrics address (any free port), from its log line; none (the cache
+# column then reads `-`) if the environment turns the line off or changes its format
+# (IDEMPIPE_METRICS_ADDR, IDEMPIPE_LOG, IDEMPIPE_LOG_FORMAT).
+metrics=
+for _ in $(seq 1 300); do
   kill -0 "$run_pid" 2>/dev/null || { echo "soak: the processor stopped: $(tail -3 "$work/run.log")" >&2; exit 1; }
+  if serving=$(grep -m1 -o 'serving /metrics.*addr=[0-9.:]*' "$work/run.log" 2>/dev/null); then
+    metrics=${serving##*addr=}
+    break
+  fi
   sleep 0.2
 done
-metrics=${serving##*addr=}
+[[ -n $metrics ]] || echo "soak: no metrics address in the processor's log: key_cache_bytes not sampled" >&2
 echo "minute,delta_version,live_files,processor_lag,log_files,log_bytes,data_files_on_disk,data_bytes_on_disk,run_rss_kib,key_cache_bytes" | tee "$work/samples.csv"
 minute=0
 while kill -0 $produce_pid 2>/dev/null; do
