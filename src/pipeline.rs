@@ -264,7 +264,8 @@ impl Pipeline {
                 // A consumer error during the collection leaves the check unsettled: the
                 // broker's listing decides until a later check has had every
                 // partition's answer and found them all in range.
-                let settled = self.check_source(&mut positions, generation, consumer_error, look, answer)? && !consumer_error;
+                let settled =
+                    self.check_source(&mut positions, generation, consumer_error, look, answer)? && !consumer_error;
                 source_check_due = !settled;
                 errors_since_check &= !settled;
             }
@@ -625,7 +626,11 @@ impl SourceLook {
     /// The current positions; how far each partition was read only if no consumer error
     /// came since the last settled check.
     fn of(positions: &Positions, errors_since_check: bool, generation: u64) -> Self {
-        Self { next: positions.next.clone(), read_to: (!errors_since_check).then(|| positions.read_to.clone()), generation }
+        Self {
+            next: positions.next.clone(),
+            read_to: (!errors_since_check).then(|| positions.read_to.clone()),
+            generation,
+        }
     }
 
     /// Whether the broker's answer `reset` still speaks of its partition now (`next`,
@@ -759,6 +764,9 @@ mod tests {
             assert!(!look.still_applies(4, &now, trust_reads, &rewound(0, 10)), "a rebalance since the look");
         }
         assert!(!look.still_applies(3, &now, true, &rewound(1, 20)), "read since, and reads are believed");
-        assert!(look.still_applies(3, &now, false, &rewound(1, 20)), "read since, but after an error the listing decides");
+        assert!(
+            look.still_applies(3, &now, false, &rewound(1, 20)),
+            "read since, but after an error the listing decides"
+        );
     }
 }

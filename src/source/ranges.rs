@@ -97,7 +97,9 @@ pub fn watermarks<C: ConsumerContext + Sync>(
                         .map(|&p| {
                             let range = consumer
                                 .fetch_watermarks(topic, p, Duration::from_secs(1))
-                                .map_err(|e| tracing::debug!(partition = p, error = %e, "cannot read the partition's range"))
+                                .map_err(
+                                    |e| tracing::debug!(partition = p, error = %e, "cannot read the partition's range"),
+                                )
                                 .ok();
                             (p, range)
                         })

@@ -189,7 +189,10 @@ impl KeyCache {
             if !self.files.contains_key(&path) {
                 let info = FileInfo {
                     location: file.object_store_path(),
-                    date: file.partition_values_map().get(crate::table::PARTITION_COLUMN).and_then(|v| parse_date(v.as_deref()?)),
+                    date: file
+                        .partition_values_map()
+                        .get(crate::table::PARTITION_COLUMN)
+                        .and_then(|v| parse_date(v.as_deref()?)),
                     range: file.stats().as_deref().and_then(time_range),
                     deletion_vector,
                 };
@@ -465,8 +468,8 @@ mod tests {
 mod table_tests {
     use std::collections::BTreeSet;
 
-    use deltalake::kernel::transaction::{CommitBuilder, TableReference};
     use deltalake::kernel::Action;
+    use deltalake::kernel::transaction::{CommitBuilder, TableReference};
     use deltalake::protocol::{DeltaOperation, SaveMode};
     use deltalake::writer::{DeltaWriter, RecordBatchWriter};
     use proptest::prelude::*;
@@ -532,7 +535,11 @@ mod table_tests {
         let outcome = check_and_insert(&mut a, &first, 0).await.unwrap();
         assert_eq!((outcome.inserted, outcome.files_added), (80, 2));
         let own = a.key_cache().unwrap();
-        assert_eq!((own.cached_files(), own.keys(), own.totals().files_read), (2, 80, 0), "own files are not read back");
+        assert_eq!(
+            (own.cached_files(), own.keys(), own.totals().files_read),
+            (2, 80, 0),
+            "own files are not read back"
+        );
 
         b.reload().await.unwrap();
         let everything: Vec<Row> = first.iter().cloned().chain((80..120).map(|n| spread(n, 101))).collect();

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deltalake::DeltaTableError;
 use deltalake::arrow::array::{ArrayRef, Date32Array, RecordBatch};
 use deltalake::kernel::transaction::{CommitBuilder, TableReference};
 use deltalake::kernel::{Action, Remove, Transaction};
@@ -105,7 +104,11 @@ impl EventTable {
         for (day, files) in bins {
             outcome.partitions += 1;
             for (location, remove) in files {
-                for batch in read_data_file(store.clone(), location).await.map_err(|e| self.error(e))? {
+                // Batch by batch: a whole input file decoded at once (up to 64 MiB of
+                // Parquet) would cost several times its size.
+                let mut batches = data_file_stream(store.clone(), location, None).await.map_err(|e| self.error(e))?;
+                while let Some(batch) = futures::StreamExt::next(&mut batches).await {
+                    let batch = batch.map_err(|e| self.error(e.into()))?;
                     let batch = with_date(batch, day).map_err(|e| self.error(e.into()))?;
                     writer.write(batch).await.map_err(|e| self.error(e))?;
                 }
@@ -217,16 +220,6 @@ pub const COMPACT_TARGET_BYTES: u64 = 64 << 20;
 /// both commit (see [`EventTable::compact`]).
 pub const COMPACTION_APP_ID: &str = "idempipe-compaction";
 
-/// Every row of one data file (without the partition column, which lives in the path).
-async fn read_data_file(
-    store: Arc<dyn deltalake::ObjectStore>,
-    location: deltalake::Path,
-) -> std::result::Result<Vec<RecordBatch>, DeltaTableError> {
-    use futures::TryStreamExt;
-    let stream = data_file_stream(store, location, None).await?;
-    Ok(stream.try_collect().await?)
-}
-
 /// A data file's batch with the partition column put back, in the table's column order.
 fn with_date(batch: RecordBatch, day: i32) -> std::result::Result<RecordBatch, deltalake::arrow::error::ArrowError> {
     let schema = arrow_schema();
@@ -294,7 +287,8 @@ impl Schedule {
     /// How long until a compaction or vacuum is due (checkpoints are due by version).
     pub fn next_timed(&self) -> Option<Duration> {
         let left = |every: Option<Duration>, last: Instant| every.map(|every| every.saturating_sub(last.elapsed()));
-        match (left(self.settings.compact_every, self.last_compact), left(self.settings.vacuum_every, self.last_vacuum)) {
+        match (left(self.settings.compact_every, self.last_compact), left(self.settings.vacuum_every, self.last_vacuum))
+        {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -471,7 +465,9 @@ impl Upkeep {
 
 /// The maintenance task ended while the processor ran ([`Upkeep::committed`]).
 #[derive(Debug, thiserror::Error)]
-#[error("the table's maintenance (compaction, checkpoints, log cleanup, vacuum) stopped: its task panicked (see the log above)")]
+#[error(
+    "the table's maintenance (compaction, checkpoints, log cleanup, vacuum) stopped: its task panicked (see the log above)"
+)]
 pub struct UpkeepStopped;
 
 impl Drop for Upkeep {

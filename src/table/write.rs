@@ -175,11 +175,7 @@ impl EventTable {
                     index.expect_commit(staged.adds.iter().map(|a| a.path.clone()).collect(), keys);
                 }
                 Some(StoredKeys::Cache(cache)) => {
-                    let files = staged
-                        .adds
-                        .iter()
-                        .filter_map(|a| Some((a.path.clone(), staged_date(a)?)))
-                        .collect();
+                    let files = staged.adds.iter().filter_map(|a| Some((a.path.clone(), staged_date(a)?))).collect();
                     cache.expect_commit(files, keys.into_iter().zip(dates).collect());
                 }
                 None => {}
