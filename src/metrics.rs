@@ -103,7 +103,10 @@ fn describe() {
     describe_gauge!(KEY_CACHE_KEYS, "Keys in the key cache.");
     describe_counter!(KEY_CACHE_FILES_READ, "Data files whose keys the key cache read.");
     describe_counter!(KEY_CACHE_HITS, "Candidate data files the key cache held when a batch needed them.");
-    describe_counter!(MAINTENANCE, "Delta maintenance runs by kind (checkpoint, log_cleanup, compact, vacuum).");
+    describe_counter!(
+        MAINTENANCE,
+        "Delta maintenance runs by kind (checkpoint, log_cleanup, compact, compact_lost_race, vacuum)."
+    );
     describe_counter!(MAINTENANCE_FAILURES, "Delta maintenance runs that failed, by kind.");
     describe_counter!(CLICKHOUSE_ROWS, "Rows the ClickHouse sink inserted.");
     describe_counter!(CLICKHOUSE_REFUSED, "Rows ClickHouse refused on their own, sent to the dead-letter topic.");
@@ -148,7 +151,7 @@ pub fn produced(topic: &'static str, records: usize) {
     counter!(RECORDS_PRODUCED, "topic" => topic).increment(records as u64);
 }
 
-/// The table's state after a commit or maintenance.
+/// The table's state after a batch's commit (a compaction shows at the next batch).
 pub fn table_state(version: u64, live_files: usize, keys: Option<&StoredKeys>) {
     gauge!(DELTA_VERSION).set(version as f64);
     gauge!(DELTA_LIVE_FILES).set(live_files as f64);
@@ -192,7 +195,8 @@ pub fn clickhouse_insert_retried() {
     counter!(CLICKHOUSE_RETRIES).increment(1);
 }
 
-/// One maintenance run of `kind` (checkpoint, log_cleanup, compact, vacuum).
+/// One maintenance run of `kind` (checkpoint, log_cleanup, compact, compact_lost_race: another
+/// compaction committed first, vacuum).
 pub fn maintenance(kind: &'static str, ok: bool) {
     if ok {
         counter!(MAINTENANCE, "kind" => kind).increment(1);

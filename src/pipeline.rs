@@ -8,7 +8,7 @@
 //!    or our own commit that reported an error but happened);
 //! 4. check which keys the table already holds;
 //! 5. send dead letters and the new events to their topics and wait for every ack
-//!    (meanwhile, with the key index, write the new rows' data files);
+//!    (meanwhile, with the key cache or index, write the new rows' data files);
 //! 6. commit the new events to Delta in one commit carrying each partition's last
 //!    offset (txn, [`crate::table::offsets`]): the batch is done when, and only when,
 //!    this commit exists;
@@ -567,7 +567,7 @@ impl Pipeline {
         let records = dead_letters.into_iter().chain(events);
         // The phase lines let the torture tests aim their kills (tests/torture.rs).
         tracing::debug!(batch_id, "batch phase: produce");
-        // The data files do not depend on the acks: with the key index they are written
+        // The data files do not depend on the acks: with the key cache or index they are written
         // meanwhile (the commit that makes them part of the table still waits for every ack).
         let (output, table) = (&self.output, &mut self.table);
         let ((sent_result, send_time), (pending, write_time)) =

@@ -11,7 +11,7 @@
 //! The consumer never resets a position by itself (`auto.offset.reset=error`): an
 //! out-of-range fetch is a consumer error, which makes the processor compare each
 //! partition it reads with the broker's range ([`OffsetReset::check`]); it also does so
-//! at start and every few seconds, for brokers that answer such a fetch with nothing.
+//! at start and every 10 s, for brokers that answer such a fetch with nothing.
 //! By default (`fail_on_data_loss = true`) it then stops with an error naming the topic,
 //! partition, stored offset and range. With `fail_on_data_loss = false` it records
 //! `low - 1` as the partition's stored offset in Delta (one commit, so a restart does not

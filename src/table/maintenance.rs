@@ -1,10 +1,10 @@
 //! Table maintenance: checkpoints (and log cleanup behind them), compaction of small
-//! files, vacuum of removed ones, the tombstone retention; and [`Schedule`], which runs
-//! them between batches.
+//! files, vacuum of removed ones, the tombstone retention; [`Schedule`], which decides
+//! what is due; and [`Upkeep`], the task that runs it beside the batch loop.
 //!
-//! `run` calls [`Schedule::run_due`] between batches, never during one, so maintenance
-//! cannot race the processor's own commits; racing another process (a second instance,
-//! an operator's `compact`) is safe because none of it changes rows: a compaction's
+//! `run` runs [`Schedule::run_due`] in that task, never in the batch loop, so its
+//! commits race the processor's own like any other writer's (a second instance, an
+//! operator's `compact`). That is safe because none of it changes rows: a compaction's
 //! files carry `dataChange = false`, a vacuum deletes only files no snapshot within the
 //! retention uses, and a checkpoint or log cleanup rewrites no data. A failure is logged
 //! and counted, never fatal: the batch loop's exactly-once bookkeeping does not depend on
@@ -48,7 +48,9 @@ pub struct VacuumOutcome {
 }
 
 impl EventTable {
-    /// Bin-packs each date's small data files into files of up to [`COMPACT_TARGET_BYTES`].
+    /// Bin-packs each date's small data files into files of about [`COMPACT_TARGET_BYTES`]
+    /// (a bin closes once it holds two files or more and the next would pass the target,
+    /// so a bin of two can reach nearly twice that).
     ///
     /// Not delta-rs's `optimize`: two of those running at once both commit, each removing
     /// the same files and adding its own copy of their rows (delta-rs 1.1's conflict
@@ -60,7 +62,8 @@ impl EventTable {
     /// The rows do not change (removes and adds say `dataChange = false`), so a writer
     /// racing it keeps its exactly-once bookkeeping: its append conflicts if the
     /// compaction added a file to one of its dates, and is then redone (see
-    /// `is_write_conflict`); the key index keeps its keys (see [`KeyIndex::sync`]).
+    /// `is_write_conflict`); the key cache reads the new file when a batch needs it, and
+    /// the key index keeps its keys (see [`KeyIndex::sync`]).
     ///
     /// Compacts the loaded version (callers reload first if they want the latest).
     pub async fn compact(&mut self) -> Result<CompactOutcome> {
@@ -103,8 +106,9 @@ impl EventTable {
         let store = self.table.object_store();
         let mut actions = Vec::new();
         // Row groups of at most COMPACT_ROW_GROUP_ROWS: the writer holds the one in
-        // progress decoded (with parquet's default of 1 M rows, a compaction of 36 MB
-        // files peaked at 386 MiB), and the rest of the file encoded until the flush.
+        // progress in memory (with parquet's default of 1 M rows, a compaction of 36 MB
+        // files peaked at 386 MiB); each finished group goes to the store (delta-rs
+        // streams the file as a multipart upload of 5 MiB parts).
         let properties = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(COMPACT_ROW_GROUP_ROWS))
@@ -125,7 +129,7 @@ impl EventTable {
                 actions.push(Action::Remove(remove));
                 outcome.files_removed += 1;
             }
-            // One date at a time: no more than one bin's rows in memory.
+            // One bin at a time: one output file per bin.
             for mut add in writer.flush().await.map_err(|e| self.error(e))? {
                 add.data_change = false;
                 actions.push(Action::Add(add));
@@ -222,12 +226,12 @@ impl EventTable {
     }
 }
 
-/// Data files grow to about this size (on disk) through compaction; a compaction holds
-/// up to this much of one date's output in memory, encoded, until the file is written.
+/// Data files grow to about this size (on disk) through compaction; files this large
+/// or larger are left alone.
 pub const COMPACT_TARGET_BYTES: u64 = 64 << 20;
 
 /// The rows of a row group in a compacted file: the writer holds the group in progress
-/// decoded. (Parquet's default, 1,048,576 rows, is about 200 MiB of events.)
+/// in memory. (Parquet's default, 1,048,576 rows, cost about 150 MiB more.)
 pub const COMPACT_ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// The txn app id every compaction's commit carries, so that two compactions never

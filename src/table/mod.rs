@@ -1,8 +1,8 @@
 //! The Delta Lake table of events: the source of truth.
 //!
 //! Invariants kept by this module and its parts:
-//! - a row is inserted only after the already-stored check ([`write`]): an index lookup
-//!   with a commit that declares the batch's `event_date` partitions as read, or an
+//! - a row is inserted only after the already-stored check ([`write`]): a lookup in the
+//!   stored keys (cache or index) with a commit that declares the batch's `event_date` partitions as read, or an
 //!   insert-only MERGE on `dedup_key` reading those partitions; either way a concurrent
 //!   writer inserting into the same dates makes a commit conflict, never a duplicate;
 //! - the commit that inserts a batch also records, per Kafka partition, the last offset
@@ -16,7 +16,8 @@
 //! Parts: [`schema`] (columns, rows, Arrow encoding), [`write`] (check, stage, commit,
 //! MERGE), [`offsets`] (Kafka offsets as txn actions), [`read`] (reading back for
 //! `verify` and `reconcile`), [`maintenance`] (compaction, vacuum, checkpoints, log
-//! cleanup, and their schedule), [`key_index`] (the in-memory index of stored keys).
+//! cleanup, and their schedule), [`key_cache`] (the keys of the files a batch could
+//! touch, read on demand within a byte budget), [`key_index`] (every stored key in memory).
 
 pub mod key_cache;
 pub mod key_index;

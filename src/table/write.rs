@@ -1,8 +1,11 @@
 //! Writing a batch: the already-stored check, then one commit with the new rows and the
 //! Kafka offsets.
 //!
-//! Two ways, chosen once, by whether the table has a key index:
-//! - **index**: the check is a lookup in the [`KeyIndex`]; the new rows are written as
+//! Two ways, chosen once, by whether the table keeps stored keys ([`StoredKeys`]):
+//! - **cache or index** (`key_check = cache`, the default, or `index`): the check reads
+//!   the candidate files' keys through the
+//!   [`KeyCache`](crate::table::key_cache::KeyCache), or looks them up in the
+//!   [`KeyIndex`]; the new rows are written as
 //!   data files ([`EventTable::prepare`], while the output topics' acks come in) and
 //!   appended by a commit that declares it read their `event_date` partitions at the
 //!   checked version, so a file another writer added there since makes it a conflict;
@@ -142,7 +145,7 @@ impl EventTable {
         Ok(found)
     }
 
-    /// Step one of an insert: with the key index, writes `batch` (the rows
+    /// Step one of an insert: with stored keys (cache or index), writes `batch` (the rows
     /// [`EventTable::existing_keys`] found new at the loaded version) as data files, not
     /// yet part of the table; without, holds it for the MERGE. Independent of the output
     /// topics, so the pipeline runs it while their acks come in.
@@ -211,7 +214,7 @@ impl EventTable {
         self.commit(pending, txns, metadata).await
     }
 
-    /// The index way: one commit with the staged files and `txns`, which declares that
+    /// The cache or index way: one commit with the staged files and `txns`, which declares that
     /// it read the staged rows' `event_date` partitions at the checked version, so a file
     /// another writer added there since makes it a conflict. With no files, records the
     /// txns alone.

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The processor's peak memory when its largest batches and a compaction run at once
+# (BENCHMARKS.md, "A batch and a compaction at once").
+#
+# Usage: scripts/bench_peak.sh [ROWS (3000000)] [EVENTS (1000000)]
+# Prefills a table of ROWS events over 3 days in commits of 50,000 rows (one small file
+# per date per commit: each date's files make a compaction of about 64 MiB at once), and
+# produces EVENTS new events of the same 3 days, so every batch is a full one (200,000
+# events, the default). Then, each on its own copy of the table, under GNU time:
+#   batches:      `run --until-idle 3s`, compaction off;
+#   both:         the same with `--compact-every 1s`, so a compaction of every date starts
+#                 a second in, while the batches run (the log shows its start and end);
+#   compaction:   `idempipe compact` alone.
+# Prints each one's peak RSS and wall time. Other settings are the defaults. Uses a fresh
+# broker of its own (scripts/lib.sh `bench_broker`). Writes data/hpeak<time>/ (its logs; the
+# tables and the events, about 2 GB, are deleted at the end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rows=${1:-3000000}
+events=${2:-1000000}
+source scripts/lib.sh
+bench_broker
+export IDEMPIPE_BROKERS=127.0.0.1:$port
+cargo build --locked --release --bin idempipe >&2
+bin=$PWD/target/release/idempipe
+new_pipeline hpeak 2s
+cfg=$work/idempipe.toml
+"$bin" --config "$cfg" setup --skip-clickhouse >/dev/null
+"$bin" --config "$cfg" bench-prefill --rows "$rows" --chunk 50000 --days 3 >"$work/prefill.json" 2>"$work/prefill.log"
+"$bin" bench-events --rows "$rows" --days 3 --namespace t --count "$events" --on-days 0,1,2 \
+  --out "$work/events.jsonl" >/dev/null
+"$bin" --config "$cfg" produce --input "$work/events.jsonl" >/dev/null
+table=$work/delta/events
+for copy in batches both compaction; do
+  cp -r "$table" "$work/$copy"
+done
+
+# measure NAME ARGS...: runs idempipe with a config of NAME's own (its table copy, its own
+# consumer group, so each run reads the whole topic), prints peak RSS and wall time.
+measure() {
+  local name=$1
+  shift
+  local own=$work/$name.toml
+  { echo "delta_path = \"$PWD/$work/$name\""; echo "group = \"$run_id-$name\""; echo "batch_log = \"$work/$name.batches.jsonl\"";
+    grep -v -e '^delta_path = ' -e '^group = ' "$cfg"; } >"$own"
+  /usr/bin/time -f '%M %e' -o "$work/$name.time" "$bin" --config "$own" "$@" >/dev/null 2>"$work/$name.log"
+  read -r kib wall <"$work/$name.time"
+  printf '%-11s peak RSS %4d MiB, %6.1f s\n' "$name" $((kib / 1024)) "$wall"
+}
+measure batches run --until-idle 3s --compact-every off
+measure both run --until-idle 3s --compact-every 1s
+measure compaction compact
+python3 - "$work" "$events" <<'PY'
+import datetime, json, sys
+work, events = sys.argv[1], int(sys.argv[2])
+at = lambda text: datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+for name in ("batches", "both"):
+    batches = [json.loads(l) for l in open(f"{work}/{name}.batches.jsonl")]
+    batches = [b for b in batches if b.get("events_in")]
+    inserted = sum(b["inserted"] or 0 for b in batches)
+    print(f"{name}: {len(batches)} batches of up to {max(b['events_in'] for b in batches)} events, "
+          f"{inserted} of {events} inserted, from {batches[0]['started_at'][11:23]} to {batches[-1]['ended_at'][11:23]}")
+    if inserted != events:
+        sys.exit(f"MISMATCH: {inserted} inserted, {events} produced")
+for line in open(f"{work}/both.log"):
+    if "compacted the Delta table" in line:
+        end = at(line[:27])
+        text = line.split("elapsed=")[1].split()[0]
+        took = float(text[:-2]) / 1000 if text.endswith("ms") else float(text[:-1])
+        start = end - datetime.timedelta(seconds=took)
+        print(f"both: compaction from {start.time().isoformat()[:12]} to {end.time().isoformat()[:12]}: "
+              + line.split("  INFO ")[-1].strip()[:160])
+PY
+rm -rf "$work/delta" "$work/batches" "$work/both" "$work/compaction" "$work/events.jsonl"
+echo "$work"
