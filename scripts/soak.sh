@@ -12,7 +12,9 @@
 # scripts/services.sh (started if needed) and a fresh broker of its own (tansu on sqlite,
 # port SOAK_KAFKA_PORT, default 19192, its store in SOAK_SERVICES_DIR, default
 # data/soak-services), so what earlier runs left in the main broker's store does not slow
-# it down; the broker is stopped at the end.
+# it down; the broker is stopped at the end. SOAK_TANSU_STORAGE sets that broker's storage
+# (default sqlite://tansu.db; tansu 0.6.0's sqlite storage has panicked about an hour into
+# every two-hour run at 200 events/s: TESTING.md, "The soak test"), e.g. memory://tansu/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-30}
@@ -20,7 +22,8 @@ rate=${2:-200}
 
 scripts/services.sh up >&2
 port=${SOAK_KAFKA_PORT:-19192}
-SERVICES_DIR=${SOAK_SERVICES_DIR:-data/soak-services} KAFKA_PORT=$port scripts/services.sh kafka-fresh >&2
+SERVICES_DIR=${SOAK_SERVICES_DIR:-data/soak-services} KAFKA_PORT=$port TANSU_STORAGE=${SOAK_TANSU_STORAGE:-sqlite://tansu.db} \
+  scripts/services.sh kafka-fresh >&2
 stop_broker() { pkill -f "tansu broker --listener-url tcp://127.0.0.1:$port" || true; }
 export IDEMPIPE_BROKERS=127.0.0.1:$port
 cargo build --locked --release --bin idempipe >&2
