@@ -567,8 +567,9 @@ impl Pipeline {
         let records = dead_letters.into_iter().chain(events);
         // The phase lines let the torture tests aim their kills (tests/torture.rs).
         tracing::debug!(batch_id, "batch phase: produce");
-        // The data files do not depend on the acks: with the key cache or index they are written
-        // meanwhile (the commit that makes them part of the table still waits for every ack).
+        // The data files do not depend on the acks: with the key cache or index they are
+        // written meanwhile (the commit that makes them part of the table still waits for
+        // every ack).
         let (output, table) = (&self.output, &mut self.table);
         let ((sent_result, send_time), (pending, write_time)) =
             rt.block_on(async { tokio::join!(timed(output.send_all(records)), timed(table.prepare(rows))) });

@@ -2,9 +2,10 @@
 //!
 //! Invariants kept by this module and its parts:
 //! - a row is inserted only after the already-stored check ([`write`]): a lookup in the
-//!   stored keys (cache or index) with a commit that declares the batch's `event_date` partitions as read, or an
-//!   insert-only MERGE on `dedup_key` reading those partitions; either way a concurrent
-//!   writer inserting into the same dates makes a commit conflict, never a duplicate;
+//!   stored keys (cache or index) with a commit that declares the batch's `event_date`
+//!   partitions as read, or an insert-only MERGE on `dedup_key` reading those
+//!   partitions; either way a concurrent writer inserting into the same dates makes a
+//!   commit conflict, never a duplicate;
 //! - the commit that inserts a batch also records, per Kafka partition, the last offset
 //!   the batch covered ([`offsets`]); when nothing is new, a commit with only those
 //!   records the progress;

@@ -5,10 +5,10 @@
 //! - **cache or index** (`key_check = cache`, the default, or `index`): the check reads
 //!   the candidate files' keys through the
 //!   [`KeyCache`](crate::table::key_cache::KeyCache), or looks them up in the
-//!   [`KeyIndex`]; the new rows are written as
-//!   data files ([`EventTable::prepare`], while the output topics' acks come in) and
-//!   appended by a commit that declares it read their `event_date` partitions at the
-//!   checked version, so a file another writer added there since makes it a conflict;
+//!   [`KeyIndex`]; the new rows are written as data files ([`EventTable::prepare`],
+//!   while the output topics' acks come in) and appended by a commit that declares it
+//!   read their `event_date` partitions at the checked version, so a file another
+//!   writer added there since makes it a conflict;
 //! - **scan**: the check is a semi-join with the batch's dates' partitions, and the rows
 //!   go in by an insert-only MERGE on `dedup_key` that reads those partitions.
 //!
@@ -214,10 +214,10 @@ impl EventTable {
         self.commit(pending, txns, metadata).await
     }
 
-    /// The cache or index way: one commit with the staged files and `txns`, which declares that
-    /// it read the staged rows' `event_date` partitions at the checked version, so a file
-    /// another writer added there since makes it a conflict. With no files, records the
-    /// txns alone.
+    /// The cache or index way: one commit with the staged files and `txns`, which
+    /// declares that it read the staged rows' `event_date` partitions at the checked
+    /// version, so a file another writer added there since makes it a conflict. With no
+    /// files, records the txns alone.
     async fn commit_staged(
         &mut self,
         staged: Staged,
