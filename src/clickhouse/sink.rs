@@ -131,6 +131,10 @@ pub struct ClickHouseSink {
     /// Per partition, the next offset to read (`None`: from the beginning, nothing
     /// committed); after each insert, the first offset not yet loaded.
     positions: Positions,
+    /// Whether a consumer error came since the last check of the partitions that found
+    /// them all in range: until one does, the broker's offset listing is believed over
+    /// this consumer's reads ([`source::ranges::out_of_range`]).
+    errors_since_check: bool,
     /// The processed topic's partition count when last looked at, and when that was.
     partitions: i32,
     partitions_checked: Instant,
@@ -203,6 +207,7 @@ impl ClickHouseSink {
             upstream: None,
             patient,
             positions: Positions::new(next),
+            errors_since_check: false,
             partitions: count,
             partitions_checked: Instant::now(),
         })
@@ -243,13 +248,15 @@ impl ClickHouseSink {
                 topics: &self.settings.topics,
                 max_record_bytes: self.settings.max_record_bytes(),
                 summary: &mut summary,
+                consumer_error: false,
             };
             let deadline = Instant::now() + self.settings.clickhouse.trigger;
             let Ok(()) = source::collect(&self.consumer, &mut self.positions, &mut batch, deadline, &self.shutdown);
             if let Some(fatal) = kafka::fatal_client_error() {
                 return Err(ClickHouseSinkError::FatalKafka(fatal));
             }
-            let SinkBatch { rows, sources, dead, ranges, .. } = batch;
+            let SinkBatch { rows, sources, dead, ranges, consumer_error, .. } = batch;
+            self.errors_since_check |= consumer_error;
             if !ranges.is_empty() {
                 if !dead.is_empty() {
                     self.runtime.block_on(self.output.send_all(dead))?;
@@ -396,8 +403,14 @@ impl ClickHouseSink {
         // ClickHouse keeps one row per key whatever is loaded twice, so a position the
         // broker no longer holds is read on from its first offset, with a warning: a
         // recreated topic is loaded again from its start, a truncated one from what is left
-        // (`reconcile` repairs what retention deleted unread).
-        for reset in source::ranges::out_of_range(&self.consumer, topic, &self.positions.next, None).0 {
+        // (`reconcile` repairs what retention deleted unread). A listing that puts a
+        // partition's end below what this consumer has read from it, with no consumer
+        // error since, is not believed (tansu's memory storage answers so): a topic
+        // recreated under the sink fails its fetches instead.
+        let read_to = (!self.errors_since_check).then_some(&self.positions.read_to);
+        let (resets, answered) = source::ranges::out_of_range(&self.consumer, topic, &self.positions.next, read_to);
+        self.errors_since_check &= !(answered && resets.is_empty());
+        for reset in resets {
             tracing::warn!(
                 partition = reset.partition,
                 kind = reset.kind(),
@@ -408,6 +421,8 @@ impl ClickHouseSink {
                 .seek(topic, reset.partition, Offset::Offset(reset.low), Duration::from_secs(10))
                 .map_err(kafka::client_error(&self.settings))?;
             self.positions.next.insert(reset.partition, Some(reset.low));
+            // What was read before the seek says nothing of the partition read now.
+            self.positions.read_to.remove(&reset.partition);
             self.positions.at_end.remove(&reset.partition);
             self.resets += 1;
         }
@@ -502,6 +517,8 @@ struct SinkBatch<'a> {
     /// The largest dead letter it may send.
     max_record_bytes: usize,
     summary: &'a mut ClickHouseSinkSummary,
+    /// Whether a consumer error came during the collection.
+    consumer_error: bool,
 }
 
 impl Collector for SinkBatch<'_> {
@@ -509,6 +526,11 @@ impl Collector for SinkBatch<'_> {
 
     fn is_full(&self) -> bool {
         self.rows.len() >= self.max_rows || self.bytes >= self.max_bytes
+    }
+
+    fn consumer_error(&mut self, error: KafkaError) {
+        tracing::warn!(error = %error, "consumer error");
+        self.consumer_error = true;
     }
 
     fn take(&mut self, m: &BorrowedMessage<'_>, gap: u64) {
