@@ -8,10 +8,13 @@
 # produces EVENTS new events of the same 3 days, so every batch is a full one (200,000
 # events, the default). Then, each on its own copy of the table, under GNU time:
 #   batches:      `run --until-idle 3s`, compaction off;
-#   both:         the same with `--compact-every 1s`, so a compaction of every date starts
-#                 a second in, while the batches run (each compaction's end and length are
-#                 printed beside the batches' span);
+#   deferred:     `--compact-every 8s`: the compaction comes due while the batches are full
+#                 and waits for them to end (up to another 8 s: about 12 s of batches);
+#   both:         `--compact-every 1s`: due a second in and put off for a second at most,
+#                 so compactions run beside the full batches (the worst case: batches
+#                 full for longer than one more `compact_every`);
 #   compaction:   `idempipe compact` alone.
+# Each compaction's end and length are printed beside the batches' span.
 # Prints each one's peak RSS and wall time. Other settings are the defaults. Uses a fresh
 # broker of its own (scripts/lib.sh `bench_broker`). Writes data/hpeak<time>/ (its logs; the
 # tables and the events, about 2 GB, are deleted at the end).
@@ -32,7 +35,7 @@ cfg=$work/idempipe.toml
   --out "$work/events.jsonl" >/dev/null
 "$bin" --config "$cfg" produce --input "$work/events.jsonl" >/dev/null
 table=$work/delta/events
-for copy in batches both compaction; do
+for copy in batches deferred both compaction; do
   cp -r "$table" "$work/$copy"
 done
 
@@ -49,12 +52,13 @@ measure() {
   printf '%-11s peak RSS %4d MiB, %6.1f s\n' "$name" $((kib / 1024)) "$wall"
 }
 measure batches run --until-idle 3s --compact-every off
+measure deferred run --until-idle 10s --compact-every 8s
 measure both run --until-idle 3s --compact-every 1s
 measure compaction compact
 python3 - "$work" "$events" <<'PY'
 import json, sys
 work, events = sys.argv[1], int(sys.argv[2])
-for name in ("batches", "both"):
+for name in ("batches", "deferred", "both"):
     batches = [json.loads(l) for l in open(f"{work}/{name}.batches.jsonl")]
     batches = [b for b in batches if b.get("events_in")]
     inserted = sum(b["inserted"] or 0 for b in batches)
@@ -63,9 +67,10 @@ for name in ("batches", "both"):
     if inserted != events:
         sys.exit(f"MISMATCH: {inserted} inserted, {events} produced")
 # Each compaction's end and `elapsed`, beside the batches' span above.
-for line in open(f"{work}/both.log"):
-    if "compacted the Delta table" in line:
-        print(f"both: compaction ended {line[11:23]}: " + line.split("  INFO ")[-1].strip()[:160])
+for name in ("deferred", "both"):
+    for line in open(f"{work}/{name}.log"):
+        if "compacted the Delta table" in line or "compaction due" in line:
+            print(f"{name}: {line[11:23]}: " + line.split("  INFO ")[-1].strip()[:160])
 PY
-rm -rf "$work/delta" "$work/batches" "$work/both" "$work/compaction" "$work/events.jsonl"
+rm -rf "$work/delta" "$work/batches" "$work/deferred" "$work/both" "$work/compaction" "$work/events.jsonl"
 echo "$work"

@@ -105,7 +105,7 @@ fn describe() {
     describe_counter!(KEY_CACHE_HITS, "Candidate data files the key cache held when a batch needed them.");
     describe_counter!(
         MAINTENANCE,
-        "Delta maintenance runs by kind (checkpoint, log_cleanup, compact, compact_lost_race, vacuum)."
+        "Delta maintenance runs by kind (checkpoint, log_cleanup, compact, compact_lost_race, compact_deferred, vacuum)."
     );
     describe_counter!(MAINTENANCE_FAILURES, "Delta maintenance runs that failed, by kind.");
     describe_counter!(CLICKHOUSE_ROWS, "Rows the ClickHouse sink inserted.");
@@ -196,7 +196,7 @@ pub fn clickhouse_insert_retried() {
 }
 
 /// One maintenance run of `kind` (checkpoint, log_cleanup, compact, compact_lost_race: another
-/// compaction committed first, vacuum).
+/// compaction committed first, compact_deferred: a compaction put off for a backlog, vacuum).
 pub fn maintenance(kind: &'static str, ok: bool) {
     if ok {
         counter!(MAINTENANCE, "kind" => kind).increment(1);

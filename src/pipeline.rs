@@ -232,6 +232,10 @@ impl Pipeline {
             source_check_due |= consumer_error;
             errors_since_check |= consumer_error;
             let batch = collecting.batch;
+            // A batch cut at its size limit: more is waiting (a backlog), and a compaction
+            // waits for the loop to catch up (see `Upkeep::committed`).
+            let size = &self.settings.batch;
+            let backlog = batch.messages() >= size.max_events.get() as u64 || batch.bytes >= size.max_bytes.get();
             let collect_time = collect_started.elapsed();
             if let Some(watch) = watch.as_mut()
                 && last_watch.elapsed() >= ORPHAN_CHECK_EVERY
@@ -269,7 +273,7 @@ impl Pipeline {
                 source_check_due = !settled;
                 errors_since_check &= !settled;
             }
-            self.upkeep.committed(self.table.version())?;
+            self.upkeep.committed(self.table.version(), backlog)?;
             if self.shutdown.load(Ordering::Relaxed) {
                 tracing::info!("shutdown requested: stopping after the last committed batch");
                 return Ok(summary);

@@ -311,7 +311,8 @@ options! {
     checkpoint_every: NonZeroU64 = "100", env "IDEMPIPE_CHECKPOINT_EVERY";
     /// How long Delta log entries are kept behind a checkpoint, e.g. 30days (at least 1m).
     log_retention: Duration = "30days", env "IDEMPIPE_LOG_RETENTION", check log_retention_range;
-    /// How often `run` compacts small data files, e.g. 1h, or `off`.
+    /// How often `run` compacts small data files, e.g. 1h, or `off` (while its batches are
+    /// full, a backlog, it waits up to as long again).
     compact_every: Interval = "1h", env "IDEMPIPE_COMPACT_EVERY", check interval;
     /// How often `run` vacuums removed files, e.g. 1day, or `off`.
     vacuum_every: Interval = "1d", env "IDEMPIPE_VACUUM_EVERY", check interval;

@@ -273,6 +273,8 @@ pub struct Schedule {
     last_vacuum: Instant,
     /// Whether the table's tombstone retention has been checked this run.
     tombstones_set: bool,
+    /// Whether the compaction now due was put off for a backlog (logged once).
+    compact_deferred: bool,
 }
 
 /// What one [`Schedule::run_due`] did, for the log and tests.
@@ -291,21 +293,39 @@ impl Schedule {
     pub fn new(settings: Maintenance, last_checkpoint: Option<u64>) -> Self {
         let now = Instant::now();
         let checkpointed = last_checkpoint.unwrap_or(0);
-        Self { settings, checkpointed, last_compact: now, last_vacuum: now, tombstones_set: false }
+        Self {
+            settings,
+            checkpointed,
+            last_compact: now,
+            last_vacuum: now,
+            tombstones_set: false,
+            compact_deferred: false,
+        }
     }
 
-    /// Whether anything is due, with the table at `version`.
-    pub fn is_due(&self, version: u64) -> bool {
+    /// How long after the last compaction the next one runs: `compact_every`, or while
+    /// the batch loop works through a `backlog` (its last batch was full), twice that.
+    /// A compaction beside full batches adds its memory to theirs (BENCHMARKS.md, "A
+    /// batch and a compaction at once"): it waits for the loop to catch up, but no
+    /// longer than one more interval, so a processor that never catches up still
+    /// compacts.
+    fn compact_after(&self, backlog: bool) -> Option<Duration> {
+        self.settings.compact_every.map(|every| if backlog { every.saturating_mul(2) } else { every })
+    }
+
+    /// Whether anything is due, with the table at `version` and the batch loop working
+    /// through a `backlog` or not.
+    pub fn is_due(&self, version: u64, backlog: bool) -> bool {
         let elapsed = |every: Option<Duration>, last: Instant| every.is_some_and(|every| last.elapsed() >= every);
-        elapsed(self.settings.compact_every, self.last_compact)
+        elapsed(self.compact_after(backlog), self.last_compact)
             || elapsed(self.settings.vacuum_every, self.last_vacuum)
             || version >= self.checkpointed + self.settings.checkpoint_every.get()
     }
 
     /// How long until a compaction or vacuum is due (checkpoints are due by version).
-    pub fn next_timed(&self) -> Option<Duration> {
+    pub fn next_timed(&self, backlog: bool) -> Option<Duration> {
         let left = |every: Option<Duration>, last: Instant| every.map(|every| every.saturating_sub(last.elapsed()));
-        match (left(self.settings.compact_every, self.last_compact), left(self.settings.vacuum_every, self.last_vacuum))
+        match (left(self.compact_after(backlog), self.last_compact), left(self.settings.vacuum_every, self.last_vacuum))
         {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -332,12 +352,26 @@ impl Schedule {
         }
     }
 
-    /// Runs whatever is due on `table` (loaded at its latest version by the caller).
-    pub async fn run_due(&mut self, table: &mut EventTable) -> Done {
+    /// Runs whatever is due on `table` (loaded at its latest version by the caller),
+    /// with the batch loop working through a `backlog` or not (see [`Self::is_due`]).
+    pub async fn run_due(&mut self, table: &mut EventTable, backlog: bool) -> Done {
         let mut done = Done::default();
         self.prepare(table).await;
-        if self.settings.compact_every.is_some_and(|every| self.last_compact.elapsed() >= every) {
+        let since = self.last_compact.elapsed();
+        if backlog && !self.compact_deferred && self.settings.compact_every.is_some_and(|every| since >= every) {
+            self.compact_deferred = true;
+            metrics::maintenance("compact_deferred", true);
+            tracing::info!("compaction due: waiting for the batch loop to catch up (its batches are full)");
+        }
+        if self.compact_after(backlog).is_some_and(|after| since >= after) {
+            if backlog {
+                tracing::info!(
+                    waited = %humantime::format_duration(since.saturating_sub(self.settings.compact_every.unwrap_or_default())),
+                    "compaction due: running beside full batches, which have not caught up for a whole interval"
+                );
+            }
             self.last_compact = Instant::now();
+            self.compact_deferred = false;
             let started = Instant::now();
             match table.compact().await {
                 Ok(outcome) => {
@@ -415,12 +449,14 @@ impl Schedule {
 }
 
 /// The maintenance schedule, run beside the batch loop: a task with its own handle on
-/// the table, woken by the batch loop's commits (for checkpoints, due by version) and by
-/// the compaction and vacuum intervals. It never holds a batch back; it stops when the
+/// the table, woken by the batch loop's commits (for checkpoints, due by version), by the
+/// end of a backlog (a compaction waits for it: [`Schedule::is_due`]) and by the
+/// compaction and vacuum intervals. It never holds a batch back; it stops when the
 /// [`Upkeep`] is dropped (a compaction cut short commits nothing: its files are never
 /// part of the table, and `vacuum --full` deletes them).
 pub struct Upkeep {
-    version: tokio::sync::watch::Sender<u64>,
+    /// The table version the batch loop reached, and whether its last batch was full.
+    seen: tokio::sync::watch::Sender<(u64, bool)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -434,16 +470,18 @@ impl Upkeep {
             schedule.prepare(&mut table).await;
             schedule
         });
-        let (version, mut seen) = tokio::sync::watch::channel(table.version());
+        let (sender, mut seen) = tokio::sync::watch::channel((table.version(), false));
         let task = runtime.spawn(async move {
+            let mut backlog = false;
             loop {
-                let wait = schedule.next_timed().unwrap_or(Duration::from_secs(3600));
+                let wait = schedule.next_timed(backlog).unwrap_or(Duration::from_secs(3600));
                 tokio::select! {
                     changed = seen.changed() => if changed.is_err() { return },
                     () = tokio::time::sleep(wait) => {}
                 }
-                let latest = *seen.borrow_and_update();
-                if !schedule.is_due(latest) {
+                let latest;
+                (latest, backlog) = *seen.borrow_and_update();
+                if !schedule.is_due(latest, backlog) {
                     continue;
                 }
                 if let Err(e) = table.reload().await {
@@ -452,30 +490,31 @@ impl Upkeep {
                     continue;
                 }
                 let started = Instant::now();
-                let done = schedule.run_due(&mut table).await;
+                let done = schedule.run_due(&mut table, backlog).await;
                 if done != Done::default() {
                     tracing::debug!(?done, elapsed = ?started.elapsed(), "maintenance ran beside the batch loop");
                 }
             }
         });
-        Self { version, task }
+        Self { seen: sender, task }
     }
 
-    /// Tells the task the table reached `version` (a checkpoint may be due). Fails if
-    /// the task is gone: it ends only when the [`Upkeep`] is dropped, so it panicked (the
-    /// panic is in the log). The processor then stops, rather than run on with nothing
-    /// compacting the table, checkpointing or cleaning its log; a restart starts the
-    /// task again.
-    pub fn committed(&self, version: u64) -> Result<(), UpkeepStopped> {
+    /// Tells the task the table reached `version` (a checkpoint may be due) and whether
+    /// the batch loop's last batch was full, so more is waiting (`backlog`: a compaction
+    /// waits for it to end). Fails if the task is gone: it ends only when the [`Upkeep`]
+    /// is dropped, so it panicked (the panic is in the log). The processor then stops,
+    /// rather than run on with nothing compacting the table, checkpointing or cleaning
+    /// its log; a restart starts the task again.
+    pub fn committed(&self, version: u64, backlog: bool) -> Result<(), UpkeepStopped> {
         if self.task.is_finished() {
             return Err(UpkeepStopped);
         }
-        self.version.send_if_modified(|seen| {
-            let newer = version > *seen;
-            if newer {
-                *seen = version;
+        self.seen.send_if_modified(|seen| {
+            let changed = version > seen.0 || backlog != seen.1;
+            if changed {
+                *seen = (version.max(seen.0), backlog);
             }
-            newer
+            changed
         });
         Ok(())
     }
@@ -501,15 +540,15 @@ mod table_tests {
 
     #[tokio::test]
     async fn a_maintenance_task_that_panicked_stops_the_processor_at_its_next_commit() {
-        let (version, _seen) = tokio::sync::watch::channel(0);
-        let upkeep = Upkeep { version, task: tokio::spawn(std::future::pending()) };
-        assert!(upkeep.committed(1).is_ok(), "a task still running");
-        let (version, _seen) = tokio::sync::watch::channel(0);
-        let upkeep = Upkeep { version, task: tokio::spawn(async { panic!("a bug in maintenance") }) };
+        let (seen, _seen) = tokio::sync::watch::channel((0, false));
+        let upkeep = Upkeep { seen, task: tokio::spawn(std::future::pending()) };
+        assert!(upkeep.committed(1, false).is_ok(), "a task still running");
+        let (seen, _seen) = tokio::sync::watch::channel((0, false));
+        let upkeep = Upkeep { seen, task: tokio::spawn(async { panic!("a bug in maintenance") }) };
         while !upkeep.task.is_finished() {
             tokio::task::yield_now().await;
         }
-        assert!(upkeep.committed(1).is_err());
+        assert!(upkeep.committed(1, false).is_err());
     }
 
     #[tokio::test]
@@ -545,13 +584,53 @@ mod table_tests {
             let mut upkeep = Schedule::new(settings, t.last_checkpoint_version().await);
             check_and_insert(&mut t, &rows(i * 10..i * 10 + 10, 100, 0), 0).await.unwrap();
             t.reload().await.unwrap();
-            if upkeep.run_due(&mut t).await.checkpoint {
+            if upkeep.run_due(&mut t, false).await.checkpoint {
                 checkpoints.push(t.version());
             }
         }
         let table = EventTable::open(&path).await.unwrap();
         assert_eq!(checkpoints, [3, 6], "checkpoints every 3 table versions, whoever restarted");
         assert_eq!(table.last_checkpoint_version().await, Some(6));
+    }
+
+    #[tokio::test]
+    async fn a_due_compaction_waits_for_a_backlog_to_end_but_not_for_longer_than_another_interval() {
+        let (_dir, path) = new_table().await;
+        let mut t = indexed(&path).await;
+        let minute = Duration::from_secs(60);
+        let settings = Maintenance {
+            checkpoint_every: std::num::NonZeroU64::new(1_000).unwrap(),
+            log_retention: minute,
+            compact_every: Some(minute),
+            vacuum_every: None,
+            vacuum_retention: minute,
+        };
+        let mut schedule = Schedule::new(settings, None);
+        let ago = |d: Duration| Instant::now().checked_sub(d).unwrap();
+        for round in 0..2 {
+            for i in 0..3 {
+                let first = (round * 3 + i) * 10;
+                check_and_insert(&mut t, &rows(first..first + 10, 100, 0), 0).await.unwrap();
+            }
+            t.reload().await.unwrap();
+            let files = if round == 0 { 3 } else { 4 };
+            if round == 0 {
+                // Due a minute and a half ago: put off while the batches are full.
+                schedule.last_compact = ago(minute * 3 / 2);
+                assert!(!schedule.is_due(t.version(), true), "the batch loop is behind");
+                assert_eq!(schedule.run_due(&mut t, true).await.compacted_files, 0);
+                assert!(schedule.is_due(t.version(), false), "caught up");
+                assert_eq!(schedule.run_due(&mut t, false).await.compacted_files, files);
+            } else {
+                // Behind for a whole interval more: it runs beside the full batches.
+                schedule.last_compact = ago(minute * 5 / 2);
+                assert!(schedule.is_due(t.version(), true));
+                assert_eq!(schedule.run_due(&mut t, true).await.compacted_files, files);
+            }
+            assert!(!schedule.is_due(t.version(), false), "the next one is an interval away");
+        }
+        let counts = EventTable::open(&path).await.unwrap().counts().await.unwrap();
+        assert_eq!((counts.rows, counts.distinct_keys, counts.files), (60, 60, 1));
     }
 
     #[tokio::test]
