@@ -29,6 +29,13 @@ export IDEMPIPE_BROKERS=127.0.0.1:$port
 cargo build --locked --release --bin idempipe >&2
 source scripts/lib.sh
 new_pipeline soak 1s
+# Producers batch what they send for up to SOAK_LINGER_MS (default 50; the config's
+# `[kafka]` table, so the trickle producer and the processor's output producer alike), as
+# clients of a real pipeline do: `produce --rate` sends each event as its own record batch
+# otherwise, and tansu's storages slow down with the number of batches they hold (at 200
+# events/s its memory storage used a whole core within 30 minutes, and the processor fell
+# behind; TESTING.md, "The soak test").
+echo "\"linger.ms\" = \"${SOAK_LINGER_MS:-50}\"" >>"$work/idempipe.toml"
 # The binary is copied: a rebuild during the soak does not touch the running one.
 cp target/release/idempipe "$work/idempipe"
 bin=$work/idempipe
