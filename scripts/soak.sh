@@ -29,13 +29,12 @@ export IDEMPIPE_BROKERS=127.0.0.1:$port
 cargo build --locked --release --bin idempipe >&2
 source scripts/lib.sh
 new_pipeline soak 1s
-# Producers batch what they send for up to SOAK_LINGER_MS (default 50; the config's
-# `[kafka]` table, so the trickle producer and the processor's output producer alike), as
-# clients of a real pipeline do: `produce --rate` sends each event as its own record batch
-# otherwise, and tansu's storages slow down with the number of batches they hold (at 200
-# events/s its memory storage used a whole core within 30 minutes, and the processor fell
-# behind; TESTING.md, "The soak test").
-echo "\"linger.ms\" = \"${SOAK_LINGER_MS:-50}\"" >>"$work/idempipe.toml"
+# The trickle producer batches what it sends for up to SOAK_LINGER_MS (default 500; its
+# own copy of the config, so the processor's producers keep theirs): `produce --rate`
+# otherwise sends each event as its own record batch, and tansu's storages slow down with
+# the number of batches they hold (at 200 events/s its memory storage used a whole core
+# within 30 minutes and the processor fell behind; TESTING.md, "The soak test").
+{ cat "$work/idempipe.toml"; echo "\"linger.ms\" = \"${SOAK_LINGER_MS:-500}\""; } >"$work/produce.toml"
 # The binary is copied: a rebuild during the soak does not touch the running one.
 cp target/release/idempipe "$work/idempipe"
 bin=$work/idempipe
@@ -67,7 +66,7 @@ produce_pid=
 # Under `set -e` a failing command ends a trap early: every step here succeeds.
 trap 'kill $run_pid 2>/dev/null || true; kill ${produce_pid:-} 2>/dev/null || true; stop_broker' EXIT
 sleep 5
-"$bin" --config "$work/idempipe.toml" produce --input "$work/events.jsonl" --rate "$rate" \
+"$bin" --config "$work/produce.toml" produce --input "$work/events.jsonl" --rate "$rate" \
   >"$work/produce.out" 2>"$work/produce.log" &
 produce_pid=$!
 

@@ -358,15 +358,18 @@ impl Schedule {
         let mut done = Done::default();
         self.prepare(table).await;
         let since = self.last_compact.elapsed();
-        if backlog && !self.compact_deferred && self.settings.compact_every.is_some_and(|every| since >= every) {
+        let due = self.settings.compact_every.is_some_and(|every| since >= every);
+        let runs = self.compact_after(backlog).is_some_and(|after| since >= after);
+        if due && !runs && !self.compact_deferred {
             self.compact_deferred = true;
             metrics::maintenance("compact_deferred", true);
             tracing::info!("compaction due: waiting for the batch loop to catch up (its batches are full)");
         }
-        if self.compact_after(backlog).is_some_and(|after| since >= after) {
+        if runs {
             if backlog {
+                let waited = since.saturating_sub(self.settings.compact_every.unwrap_or_default());
                 tracing::info!(
-                    waited = %humantime::format_duration(since.saturating_sub(self.settings.compact_every.unwrap_or_default())),
+                    waited = %humantime::format_duration(Duration::from_secs(waited.as_secs())),
                     "compaction due: running beside full batches, which have not caught up for a whole interval"
                 );
             }
