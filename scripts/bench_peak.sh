@@ -8,8 +8,9 @@
 # produces EVENTS new events of the same 3 days, so every batch is a full one (200,000
 # events, the default). Then, each on its own copy of the table, under GNU time:
 #   batches:      `run --until-idle 3s`, compaction off;
-#   deferred:     `--compact-every 8s`: the compaction comes due while the batches are full
-#                 and waits for them to end (up to another 8 s: about 12 s of batches);
+#   deferred:     `--compact-every 6s`: the compaction comes due while the batches are full
+#                 and waits for them to end (up to another 6 s; about 6 s of batches from
+#                 about 2 s in);
 #   both:         `--compact-every 1s`: due a second in and put off for a second at most,
 #                 so compactions run beside the full batches (the worst case: batches
 #                 full for longer than one more `compact_every`);
@@ -52,7 +53,7 @@ measure() {
   printf '%-11s peak RSS %4d MiB, %6.1f s\n' "$name" $((kib / 1024)) "$wall"
 }
 measure batches run --until-idle 3s --compact-every off
-measure deferred run --until-idle 10s --compact-every 8s
+measure deferred run --until-idle 10s --compact-every 6s
 measure both run --until-idle 3s --compact-every 1s
 measure compaction compact
 python3 - "$work" "$events" <<'PY'
