@@ -18,6 +18,8 @@ use serde::Serialize;
 /// malloc the processor's resident memory climbed for as long as it ran (116 to 321 MiB
 /// in 15 minutes of a soak) while its live heap stayed at 5 to 10 MiB between batches
 /// (heaptrack: TESTING.md), memory freed into glibc's per-thread arenas and kept there.
+/// Its settings are compiled in (`.cargo/config.toml`: freed memory goes back to the
+/// system after 100 ms, from a background thread); `MALLOC_CONF` overrides them.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
