@@ -162,6 +162,12 @@ impl Batch {
             .or_insert(Range { first: offset, last: offset, messages: 1 });
     }
 
+    /// Whether the batch reached `limits`' size (events or bytes): collection stops, and
+    /// more may be waiting.
+    pub fn is_at_limit(&self, limits: &crate::config::BatchLimits) -> bool {
+        self.messages() >= limits.max_events.get() as u64 || self.bytes >= limits.max_bytes.get()
+    }
+
     pub fn messages(&self) -> u64 {
         self.ranges.values().map(|r| r.messages).sum()
     }

@@ -234,8 +234,7 @@ impl Pipeline {
             let batch = collecting.batch;
             // A batch cut at its size limit: more is waiting (a backlog), and a compaction
             // waits for the loop to catch up (see `Upkeep::committed`).
-            let size = &self.settings.batch;
-            let backlog = batch.messages() >= size.max_events.get() as u64 || batch.bytes >= size.max_bytes.get();
+            let backlog = batch.is_at_limit(&self.settings.batch);
             let collect_time = collect_started.elapsed();
             if let Some(watch) = watch.as_mut()
                 && last_watch.elapsed() >= ORPHAN_CHECK_EVERY
@@ -675,10 +674,7 @@ impl Collector for Collecting<'_> {
     type Error = PipelineError;
 
     fn is_full(&self) -> bool {
-        let limits = &self.settings.batch;
-        self.consumer_error
-            || self.batch.messages() >= limits.max_events.get() as u64
-            || self.batch.bytes >= limits.max_bytes.get()
+        self.consumer_error || self.batch.is_at_limit(&self.settings.batch)
     }
 
     fn consumer_error(&mut self, error: KafkaError) {
