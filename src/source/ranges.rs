@@ -40,9 +40,11 @@ use serde::{Deserialize, Serialize};
 /// consumer's own fetches reached that offset: the two answers of one broker disagree,
 /// and the fetches are the ones the data came through. Seen with tansu's memory storage,
 /// whose listing answers with the first stored batch when batches share a modification
-/// time. A topic recreated under the consumer makes its fetches fail (an error, so no
-/// `fetched_ends`), and one recreated before it started has nothing read yet: both are
-/// still found.
+/// time. A topic recreated under the consumer makes its fetches fail on Kafka
+/// (`OFFSET_OUT_OF_RANGE`, a consumer error, so no `fetched_ends`), and one recreated
+/// before it started has nothing read yet: both are still found. On a broker that answers
+/// a fetch beyond a partition's end with nothing instead, a topic recreated under a
+/// running consumer is not found this way (ARCHITECTURE.md, "What is not here").
 pub fn out_of_range<C: ConsumerContext + Sync>(
     consumer: &BaseConsumer<C>,
     topic: &str,
