@@ -74,19 +74,28 @@ table=$work/delta/events
 # Files come and go while they are counted (compaction, vacuum, log cleanup): a sample
 # never fails the run.
 sample() { # minute
-  local live log_files log_bytes data_files data_bytes rss cache
+  local live log_files log_bytes data_files data_bytes rss rss_parts scrape cache heap
   live=$(idem status --json 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["delta_live_files"], s["processor_lag"], s["delta_version"])' 2>/dev/null || echo "- - -")
   log_files=$(find "$table/_delta_log" -type f 2>/dev/null | wc -l || true)
   log_bytes=$( (du -sb "$table/_delta_log" 2>/dev/null || true) | cut -f1)
   data_files=$(find "$table" -path "$table/_delta_log" -prune -o -type f -name '*.parquet' -print 2>/dev/null | wc -l || true)
   data_bytes=$( (du -sb --exclude=_delta_log "$table" 2>/dev/null || true) | cut -f1)
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$run_pid/status" 2>/dev/null || echo -)
-  # The key cache's own accounting (keys of the files read, bounded by key_cache_bytes),
-  # from the processor's metrics: what of the RSS is the cache.
-  cache=
-  [[ -z $metrics ]] || cache=$( (curl -s -m 5 "http://$metrics/metrics" 2>/dev/null || true) | awk '/^idempipe_key_cache_bytes / {print $2}')
+  # Of it: anonymous memory (the heap, stacks) and file pages (the binary's code and
+  # data as it is paged in: up to its mapped size, given back under memory pressure).
+  rss_parts=$(awk '/^RssAnon/ {a=$2} /^RssFile/ {f=$2} END {print (a == "" ? "-" : a) "," (f == "" ? "-" : f)}' "/proc/$run_pid/status" 2>/dev/null || echo -,-)
+  # From the processor's metrics: the key cache's own accounting (keys of the files read,
+  # bounded by key_cache_bytes), what of the RSS is the cache; and jemalloc's count of
+  # the heap, what the program holds (allocated) against the allocator's pages in memory
+  # (resident): a leak grows the first, memory freed but kept only the second.
+  scrape=
+  [[ -z $metrics ]] || scrape=$(curl -s -m 5 "http://$metrics/metrics" 2>/dev/null || true)
+  metric() { awk -v name="$1" '$1 == name {printf "%d", $2}' <<<"$scrape"; }
+  cache=$(metric idempipe_key_cache_bytes)
+  heap="$(metric idempipe_heap_allocated_bytes),$(metric idempipe_heap_resident_bytes)"
+  [[ $heap != , ]] || heap=-,-
   read -r live_files lag version <<<"$live"
-  echo "$1,$version,$live_files,$lag,$log_files,${log_bytes:--},$data_files,${data_bytes:--},${rss:--},${cache:--}" | tee -a "$work/samples.csv"
+  echo "$1,$version,$live_files,$lag,$log_files,${log_bytes:--},$data_files,${data_bytes:--},${rss:--},$rss_parts,${cache:--},$heap" | tee -a "$work/samples.csv"
 }
 # The processor's metrics address (any free port), from its log line; none (the cache
 # column then reads `-`) if the environment turns the line off or changes its format
@@ -101,7 +110,7 @@ for _ in $(seq 1 300); do
   sleep 0.2
 done
 [[ -n $metrics ]] || echo "soak: no metrics address in the processor's log: key_cache_bytes not sampled" >&2
-echo "minute,delta_version,live_files,processor_lag,log_files,log_bytes,data_files_on_disk,data_bytes_on_disk,run_rss_kib,key_cache_bytes" | tee "$work/samples.csv"
+echo "minute,delta_version,live_files,processor_lag,log_files,log_bytes,data_files_on_disk,data_bytes_on_disk,run_rss_kib,run_rss_anon_kib,run_rss_file_kib,key_cache_bytes,heap_allocated_bytes,heap_resident_bytes" | tee "$work/samples.csv"
 minute=0
 while kill -0 $produce_pid 2>/dev/null; do
   sleep 60
@@ -135,7 +144,8 @@ checks = [
 ]
 bad = [(k, want, v.get(k)) for k, want in checks if v.get(k) != want]
 print(f"\nsoak {work}: {e['lines']} lines ({e['distinct_keys']} distinct keys, {e['invalid']} invalid)")
-for name in ["live_files", "log_files", "log_bytes", "data_files_on_disk", "data_bytes_on_disk", "run_rss_kib", "key_cache_bytes"]:
+for name in ["live_files", "log_files", "log_bytes", "data_files_on_disk", "data_bytes_on_disk", "run_rss_kib",
+             "run_rss_anon_kib", "run_rss_file_kib", "key_cache_bytes", "heap_allocated_bytes", "heap_resident_bytes"]:
     c = col(name)
     if c:
         half = c[len(c) // 2:]

@@ -23,7 +23,20 @@ use serde::Serialize;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's own count of the heap, for `/metrics`: what the program holds against what
+/// the allocator keeps in memory tells a leak from memory freed but not yet returned.
+fn heap_stats() -> Option<idempipe::metrics::HeapStats> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    // The figures are cached by jemalloc and refreshed when its epoch advances.
+    epoch::advance().ok()?;
+    Some(idempipe::metrics::HeapStats {
+        allocated: stats::allocated::read().ok()? as u64,
+        resident: stats::resident::read().ok()? as u64,
+    })
+}
+
 fn main() -> ExitCode {
+    idempipe::metrics::report_heap_with(heap_stats);
     match main_inner() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -149,6 +149,11 @@ fn a_running_pipeline_is_observable_and_its_figures_agree_with_verify() {
     assert!(cached >= 1.0 && cached <= distinct as f64, "{cached} keys cached of {distinct}");
     let bytes = value(&s, "idempipe_key_cache_bytes", &[]);
     assert!(bytes >= 16.0 * cached && bytes <= 268_435_456.0, "{bytes} bytes cached");
+    // jemalloc's count of the heap: it holds at least the cached keys, and its pages in
+    // memory hold at least what is allocated.
+    let allocated = value(&s, "idempipe_heap_allocated_bytes", &[]);
+    let resident = value(&s, "idempipe_heap_resident_bytes", &[]);
+    assert!(allocated >= bytes && allocated <= resident, "{allocated} bytes allocated, {resident} resident");
     let batches = value(&s, "idempipe_batches_total", &[]);
     assert_eq!(value(&s, "idempipe_batch_duration_seconds_count", &[]), batches);
     assert_eq!(batches as usize, p.batch_log_lines());
