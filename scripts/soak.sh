@@ -97,8 +97,8 @@ sample() { # minute
   read -r live_files lag version <<<"$live"
   echo "$1,$version,$live_files,$lag,$log_files,${log_bytes:--},$data_files,${data_bytes:--},${rss:--},$rss_parts,${cache:--},$heap" | tee -a "$work/samples.csv"
 }
-# The processor's metrics address (any free port), from its log line; none (the cache
-# column then reads `-`) if the environment turns the line off or changes its format
+# The processor's metrics address (any free port), from its log line; none (the cache and
+# heap columns then read `-`) if the environment turns the line off or changes its format
 # (IDEMPIPE_METRICS_ADDR, IDEMPIPE_LOG, IDEMPIPE_LOG_FORMAT).
 metrics=
 for _ in $(seq 1 300); do
@@ -109,7 +109,7 @@ for _ in $(seq 1 300); do
   fi
   sleep 0.2
 done
-[[ -n $metrics ]] || echo "soak: no metrics address in the processor's log: key_cache_bytes not sampled" >&2
+[[ -n $metrics ]] || echo "soak: no metrics address in the processor's log: key cache and heap not sampled" >&2
 echo "minute,delta_version,live_files,processor_lag,log_files,log_bytes,data_files_on_disk,data_bytes_on_disk,run_rss_kib,run_rss_anon_kib,run_rss_file_kib,key_cache_bytes,heap_allocated_bytes,heap_resident_bytes" | tee "$work/samples.csv"
 minute=0
 while kill -0 $produce_pid 2>/dev/null; do
