@@ -20,7 +20,7 @@ use idempipe::table::key_index::KeyIndex;
 const BATCH: u64 = 200_000;
 
 fn messages(unique: u64, duplicates: u64) -> Vec<Vec<u8>> {
-    generate(&Spec { unique, duplicates, invalid: 0, seed: 7, days: 3 }).0
+    generate(&Spec { unique, duplicates, invalid: 0, seed: 7, days: 3, time_order: false }).0
 }
 
 fn parse(c: &mut Criterion) {

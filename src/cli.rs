@@ -222,6 +222,10 @@ pub struct GenerateArgs {
     /// Days of event time the events spread over.
     #[arg(long, default_value_t = 3)]
     pub days: u32,
+    /// Lines in event-time order, as live traffic arrives (each re-send within 1% of the
+    /// events after its original); without it they are shuffled through the whole file.
+    #[arg(long)]
+    pub time_order: bool,
     /// The file to write.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,

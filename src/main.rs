@@ -131,6 +131,7 @@ fn main_inner() -> anyhow::Result<()> {
                 invalid: args.invalid,
                 seed: args.seed,
                 days: args.days,
+                time_order: args.time_order,
             };
             emit(&generate::generate_file(&spec, &args.out)?, json)
         }

@@ -23,7 +23,15 @@ pub struct Spec {
     pub seed: u64,
     /// Days of event time the valid events spread over, from 2024-01-01.
     pub days: u32,
+    /// Lines in event-time order, as live traffic arrives: each re-send comes within
+    /// [`RESEND_WINDOW`] of the events after its original, invalid lines anywhere.
+    /// Otherwise the lines are shuffled through the whole file.
+    pub time_order: bool,
 }
+
+/// In time order, how far after its original a re-send may come: this fraction of the
+/// file's distinct events (at least one).
+pub const RESEND_WINDOW: f64 = 0.01;
 
 impl Spec {
     /// Refuses a spec that cannot be generated: re-sends need something to re-send.
@@ -132,10 +140,18 @@ pub fn generate(spec: &Spec) -> (Vec<Vec<u8>>, Expected) {
         );
         lines.push(line.into_bytes());
     }
+    // Where each line goes in time order: the i-th event at i·2^10, a re-send a little
+    // after its original, an invalid line anywhere.
+    let mut at: Vec<u64> = if spec.time_order { (0..spec.unique).map(|i| i << 10).collect() } else { Vec::new() };
+    let mut order_rng = SplitMix64(spec.seed ^ 0x9e37_79b9_7f4a_7c15);
+    let window = ((spec.unique as f64 * RESEND_WINDOW) as u64).max(1) << 10;
     for _ in 0..spec.duplicates {
         // `unique > 0` whenever `duplicates > 0`: checked by `Spec::check`.
         let original = rng.below(spec.unique) as usize;
         lines.push(lines[original].clone());
+        if spec.time_order {
+            at.push(((original as u64) << 10) + 1 + order_rng.below(window));
+        }
     }
     for k in 0..spec.invalid {
         let kind = INVALID_KINDS[(k % INVALID_KINDS.len() as u64) as usize];
@@ -144,11 +160,21 @@ pub fn generate(spec: &Spec) -> (Vec<Vec<u8>>, Expected) {
             line.extend_from_slice(b"\xff\xfe not utf-8"); // the not-UTF-8 kind
         }
         lines.push(line);
+        if spec.time_order {
+            at.push(order_rng.below(spec.unique.max(1) << 10));
+        }
     }
-    // Fisher-Yates, so re-sends and invalid lines are spread through the file.
-    for i in (1..lines.len()).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        lines.swap(i, j);
+    if spec.time_order {
+        let mut order: Vec<usize> = (0..lines.len()).collect();
+        order.sort_by_key(|&i| at[i]);
+        let mut taken: Vec<Option<Vec<u8>>> = lines.into_iter().map(Some).collect();
+        lines = order.into_iter().map(|i| taken[i].take().expect("each line is placed once")).collect();
+    } else {
+        // Fisher-Yates, so re-sends and invalid lines are spread through the file.
+        for i in (1..lines.len()).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            lines.swap(i, j);
+        }
     }
     let expected = Expected {
         lines: total,
@@ -288,7 +314,7 @@ mod tests {
 
     #[test]
     fn the_file_holds_exactly_the_counts_it_claims() {
-        let spec = Spec { unique: 5_000, duplicates: 700, invalid: 130, seed: 7, days: 3 };
+        let spec = Spec { unique: 5_000, duplicates: 700, invalid: 130, seed: 7, days: 3, time_order: false };
         let (lines, expected) = generate(&spec);
         assert_eq!(lines.len() as u64, expected.lines);
         let mut keys = HashSet::new();
@@ -314,7 +340,14 @@ mod tests {
 
     #[test]
     fn every_invalid_kind_is_refused() {
-        let spec = Spec { unique: 0, duplicates: 0, invalid: INVALID_KINDS.len() as u64 * 2, seed: 1, days: 1 };
+        let spec = Spec {
+            unique: 0,
+            duplicates: 0,
+            invalid: INVALID_KINDS.len() as u64 * 2,
+            seed: 1,
+            days: 1,
+            time_order: false,
+        };
         let (lines, _) = generate(&spec);
         let mut classes = HashSet::new();
         for line in &lines {
@@ -325,8 +358,45 @@ mod tests {
     }
 
     #[test]
+    fn time_order_holds_the_same_lines_in_event_time() {
+        let shuffled = Spec { unique: 5_000, duplicates: 700, invalid: 130, seed: 7, days: 3, time_order: false };
+        let (mut a, expected) = generate(&shuffled);
+        let (b, expected_b) = generate(&Spec { time_order: true, ..shuffled });
+        assert_eq!(expected, expected_b);
+        // First sightings come in event time; a re-send after its original, within the window.
+        let window = (shuffled.unique as f64 * RESEND_WINDOW) as usize;
+        let mut first: std::collections::HashMap<_, usize> = std::collections::HashMap::new();
+        let (mut last, mut resends, mut invalid) = (None, 0, 0);
+        for line in &b {
+            let Ok(e) = event::parse(Some(line), DEFAULT_MAX_MESSAGE_BYTES) else {
+                invalid += 1;
+                continue;
+            };
+            match first.get(&e.key) {
+                None => {
+                    assert!(last <= Some(e.time), "{:?} after {last:?}", e.time);
+                    last = Some(e.time);
+                    first.insert(e.key, first.len());
+                }
+                Some(&n) => {
+                    resends += 1;
+                    assert!(first.len() - n <= window + 1, "a re-send {} events after its original", first.len() - n);
+                }
+            }
+        }
+        assert_eq!(
+            (first.len() as u64, resends, invalid),
+            (expected.distinct_keys, expected.duplicates, expected.invalid)
+        );
+        let mut b = b;
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "time order changes the order of the lines, nothing else");
+    }
+
+    #[test]
     fn the_same_seed_gives_the_same_file_and_another_seed_does_not() {
-        let spec = Spec { unique: 300, duplicates: 30, invalid: 12, seed: 42, days: 2 };
+        let spec = Spec { unique: 300, duplicates: 30, invalid: 12, seed: 42, days: 2, time_order: false };
         assert_eq!(generate(&spec).0, generate(&spec).0);
         assert_ne!(generate(&spec).0, generate(&Spec { seed: 43, ..spec }).0);
     }
@@ -334,7 +404,7 @@ mod tests {
     #[test]
     fn dense_files_keep_keys_distinct() {
         // More events than milliseconds in the span: slots stay at least 1 ms wide.
-        let spec = Spec { unique: 20_000, duplicates: 0, invalid: 0, seed: 3, days: 0 };
+        let spec = Spec { unique: 20_000, duplicates: 0, invalid: 0, seed: 3, days: 0, time_order: false };
         let (lines, _) = generate(&spec);
         let keys: HashSet<_> =
             lines.iter().map(|l| event::parse(Some(l), DEFAULT_MAX_MESSAGE_BYTES).unwrap().key).collect();
