@@ -361,7 +361,7 @@ mod tests {
     fn time_order_holds_the_same_lines_in_event_time() {
         let shuffled = Spec { unique: 5_000, duplicates: 700, invalid: 130, seed: 7, days: 3, time_order: false };
         let (mut a, expected) = generate(&shuffled);
-        let (b, expected_b) = generate(&Spec { time_order: true, ..shuffled });
+        let (mut b, expected_b) = generate(&Spec { time_order: true, ..shuffled });
         assert_eq!(expected, expected_b);
         // First sightings come in event time; a re-send after its original, within the window.
         let window = (shuffled.unique as f64 * RESEND_WINDOW) as usize;
@@ -388,7 +388,6 @@ mod tests {
             (first.len() as u64, resends, invalid),
             (expected.distinct_keys, expected.duplicates, expected.invalid)
         );
-        let mut b = b;
         a.sort();
         b.sort();
         assert_eq!(a, b, "time order changes the order of the lines, nothing else");
