@@ -165,10 +165,10 @@ pub fn generate(spec: &Spec) -> (Vec<Vec<u8>>, Expected) {
         }
     }
     if spec.time_order {
-        let mut order: Vec<usize> = (0..lines.len()).collect();
-        order.sort_by_key(|&i| at[i]);
-        let mut taken: Vec<Option<Vec<u8>>> = lines.into_iter().map(Some).collect();
-        lines = order.into_iter().map(|i| taken[i].take().expect("each line is placed once")).collect();
+        // A stable sort: lines at the same place keep the order they were made in.
+        let mut placed: Vec<(u64, Vec<u8>)> = at.into_iter().zip(lines).collect();
+        placed.sort_by_key(|(at, _)| *at);
+        lines = placed.into_iter().map(|(_, line)| line).collect();
     } else {
         // Fisher-Yates, so re-sends and invalid lines are spread through the file.
         for i in (1..lines.len()).rev() {
