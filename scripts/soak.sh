@@ -7,7 +7,11 @@
 # Usage: scripts/soak.sh [MINUTES (30)] [EVENTS_PER_SEC (200)]
 # SOAK_HEAPTRACK=1 runs the processor under heaptrack (its profile in
 # data/soak<time>/heaptrack.*; read it with heaptrack_print): slower, for finding what
-# holds memory, not for the RSS figures.
+# holds memory, not for the RSS figures. SOAK_HEAP_PROFILE=1 instead builds the processor
+# with jemalloc's heap profiler (the `heap-profile` feature) and has it dump a profile for
+# every SOAK_PROF_INTERVAL_LG (default 31: 2 GiB) bytes it allocates and one at exit, into
+# data/soak<time>/jeprof.*.heap, with jemalloc's `jeprof` beside them: `jeprof --base
+# EARLY LATE` shows what the heap gained between two dumps (TESTING.md, "Heap profiles").
 # Writes data/soak<time>/samples.csv and prints a summary. Uses the ClickHouse of
 # scripts/services.sh (started if needed) and a fresh broker of its own (tansu on sqlite,
 # port SOAK_KAFKA_PORT, default 19192, its store in SOAK_SERVICES_DIR, default
@@ -26,7 +30,9 @@ SERVICES_DIR=${SOAK_SERVICES_DIR:-data/soak-services} KAFKA_PORT=$port TANSU_STO
   scripts/services.sh kafka-fresh >&2
 stop_broker() { pkill -f "tansu broker --listener-url tcp://127.0.0.1:$port" || true; }
 export IDEMPIPE_BROKERS=127.0.0.1:$port
-cargo build --locked --release --bin idempipe >&2
+features=()
+[[ -z ${SOAK_HEAP_PROFILE:-} ]] || features=(--features heap-profile)
+cargo build --locked --release --bin idempipe "${features[@]}" >&2
 source scripts/lib.sh
 new_pipeline soak 1s
 # The trickle producer batches what it sends for up to SOAK_LINGER_MS (default 500; its
@@ -68,6 +74,12 @@ if [[ -n ${SOAK_HEAPTRACK:-} ]]; then
   wrapper=$!
   # heaptrack runs the processor as its child: sample that one.
   until run_pid=$(pgrep -P "$wrapper" -f "$bin --config"); do sleep 0.2; done
+elif [[ -n ${SOAK_HEAP_PROFILE:-} ]]; then
+  # One allocation in 2^17 bytes (128 KiB) sampled: finer than jemalloc's default 512 KiB.
+  MALLOC_CONF="prof:true,prof_final:true,lg_prof_sample:17,lg_prof_interval:${SOAK_PROF_INTERVAL_LG:-31},prof_prefix:$PWD/$work/jeprof" \
+    "$bin" --config "$work/idempipe.toml" run --clickhouse-in-run "${maint[@]}" 2>"$work/run.log" &
+  run_pid=$!
+  cp "$(ls -t target/release/build/tikv-jemalloc-sys-*/out/build/bin/jeprof | head -1)" "$work/jeprof"
 else
   "$bin" --config "$work/idempipe.toml" run --clickhouse-in-run "${maint[@]}" 2>"$work/run.log" &
   run_pid=$!
@@ -97,13 +109,14 @@ sample() { # minute
   # From the processor's metrics: the key cache's own accounting (keys of the files read,
   # bounded by key_cache_bytes), what of the RSS is the cache; and jemalloc's count of
   # the heap, what the program holds (allocated) against the allocator's pages in memory
-  # (resident): a leak grows the first, memory freed but kept only the second.
+  # (resident): a leak grows the first, memory freed but kept only the second; of the
+  # allocated bytes, those freed into the threads' caches (thread_cached).
   scrape=
   [[ -z $metrics ]] || scrape=$(curl -s -m 5 "http://$metrics/metrics" 2>/dev/null || true)
   metric() { awk -v name="$1" '$1 == name {printf "%d", $2}' <<<"$scrape"; }
   cache=$(metric idempipe_key_cache_bytes)
-  heap="$(metric idempipe_heap_allocated_bytes),$(metric idempipe_heap_resident_bytes)"
-  [[ $heap != , ]] || heap=-,-
+  heap="$(metric idempipe_heap_allocated_bytes),$(metric idempipe_heap_resident_bytes),$(metric idempipe_heap_thread_cached_bytes)"
+  [[ $heap != ,, ]] || heap=-,-,-
   read -r live_files lag version <<<"$live"
   echo "$1,$version,$live_files,$lag,$log_files,${log_bytes:--},$data_files,${data_bytes:--},${rss:--},$rss_parts,${cache:--},$heap" | tee -a "$work/samples.csv"
 }
@@ -120,7 +133,7 @@ for _ in $(seq 1 300); do
   sleep 0.2
 done
 [[ -n $metrics ]] || echo "soak: no metrics address in the processor's log: key cache and heap not sampled" >&2
-echo "minute,delta_version,live_files,processor_lag,log_files,log_bytes,data_files_on_disk,data_bytes_on_disk,run_rss_kib,run_rss_anon_kib,run_rss_file_kib,key_cache_bytes,heap_allocated_bytes,heap_resident_bytes" | tee "$work/samples.csv"
+echo "minute,delta_version,live_files,processor_lag,log_files,log_bytes,data_files_on_disk,data_bytes_on_disk,run_rss_kib,run_rss_anon_kib,run_rss_file_kib,key_cache_bytes,heap_allocated_bytes,heap_resident_bytes,heap_thread_cached_bytes" | tee "$work/samples.csv"
 minute=0
 while kill -0 $produce_pid 2>/dev/null; do
   sleep 60
@@ -155,7 +168,8 @@ checks = [
 bad = [(k, want, v.get(k)) for k, want in checks if v.get(k) != want]
 print(f"\nsoak {work}: {e['lines']} lines ({e['distinct_keys']} distinct keys, {e['invalid']} invalid)")
 for name in ["live_files", "log_files", "log_bytes", "data_files_on_disk", "data_bytes_on_disk", "run_rss_kib",
-             "run_rss_anon_kib", "run_rss_file_kib", "key_cache_bytes", "heap_allocated_bytes", "heap_resident_bytes"]:
+             "run_rss_anon_kib", "run_rss_file_kib", "key_cache_bytes", "heap_allocated_bytes", "heap_resident_bytes",
+             "heap_thread_cached_bytes"]:
     c = col(name)
     if c:
         first, half = c[:len(c) // 2] or c, c[len(c) // 2:]

@@ -49,6 +49,7 @@ pub const CLICKHOUSE_SINK_LAG: &str = "idempipe_clickhouse_sink_lag";
 pub const CLIENT_ERRORS: &str = "idempipe_client_errors_total";
 pub const HEAP_ALLOCATED: &str = "idempipe_heap_allocated_bytes";
 pub const HEAP_RESIDENT: &str = "idempipe_heap_resident_bytes";
+pub const HEAP_THREAD_CACHED: &str = "idempipe_heap_thread_cached_bytes";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -126,6 +127,10 @@ fn describe() {
         HEAP_RESIDENT,
         "Bytes of the allocator's pages in memory: the allocated ones, freed ones not yet returned, its metadata."
     );
+    describe_gauge!(
+        HEAP_THREAD_CACHED,
+        "Of the allocated bytes, those freed into the threads' caches for reuse: allocated minus these is what the program holds."
+    );
 }
 
 /// The heap as the process's allocator counts it.
@@ -136,13 +141,16 @@ pub struct HeapStats {
     /// Bytes of the allocator's pages in memory (what it holds beyond `allocated` is
     /// freed memory not yet returned to the system, fragmentation and its metadata).
     pub resident: u64,
+    /// Of `allocated`, bytes freed into the threads' caches for their next allocations
+    /// (the program no longer holds them), if the allocator tells.
+    pub thread_cached: Option<u64>,
 }
 
 static HEAP_STATS: OnceLock<fn() -> Option<HeapStats>> = OnceLock::new();
 
 /// Lets the binary, which chooses the allocator, report its figures: read at each scrape
-/// of /metrics as `idempipe_heap_allocated_bytes` and `idempipe_heap_resident_bytes`.
-/// Without it (the library's tests) the two are not reported.
+/// of /metrics as `idempipe_heap_allocated_bytes`, `idempipe_heap_resident_bytes` and
+/// `idempipe_heap_thread_cached_bytes`. Without it (the library's tests) they are not reported.
 pub fn report_heap_with(read: fn() -> Option<HeapStats>) {
     let _ = HEAP_STATS.set(read);
 }
@@ -151,6 +159,9 @@ fn heap_gauges() {
     if let Some(stats) = HEAP_STATS.get().and_then(|read| read()) {
         gauge!(HEAP_ALLOCATED).set(stats.allocated as f64);
         gauge!(HEAP_RESIDENT).set(stats.resident as f64);
+        if let Some(cached) = stats.thread_cached {
+            gauge!(HEAP_THREAD_CACHED).set(cached as f64);
+        }
     }
 }
 

@@ -154,6 +154,9 @@ fn a_running_pipeline_is_observable_and_its_figures_agree_with_verify() {
     let allocated = value(&s, "idempipe_heap_allocated_bytes", &[]);
     let resident = value(&s, "idempipe_heap_resident_bytes", &[]);
     assert!(allocated >= bytes && allocated <= resident, "{allocated} bytes allocated, {resident} resident");
+    // Of the allocated bytes, those in the threads' caches: freed, not the program's.
+    let thread_cached = value(&s, "idempipe_heap_thread_cached_bytes", &[]);
+    assert!(thread_cached < allocated, "{thread_cached} of {allocated} allocated bytes in the threads' caches");
     let batches = value(&s, "idempipe_batches_total", &[]);
     assert_eq!(value(&s, "idempipe_batch_duration_seconds_count", &[]), batches);
     assert_eq!(batches as usize, p.batch_log_lines());
