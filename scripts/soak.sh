@@ -176,8 +176,8 @@ for name in ["live_files", "log_files", "log_bytes", "data_files_on_disk", "data
         # The second half's maximum against the first's: memory that stays bounded keeps
         # this near 1 (issue 16's target for the RSS: at most 1.1 over two hours).
         ratio = f"{max(half) / max(first):.2f}" if max(first) else "-"
-        print(f"{name:<20} max {max(c):>12}  last {c[-1]:>12}  max of second half {max(half):>12}  / first {ratio:>5}")
-print(f"delta versions       {col('delta_version')[-1] if col('delta_version') else '-'}")
+        print(f"{name:<24} max {max(c):>12}  last {c[-1]:>12}  max of second half {max(half):>12}  / first {ratio:>5}")
+print(f"delta versions           {col('delta_version')[-1] if col('delta_version') else '-'}")
 for k, want, got in bad:
     print(f"MISMATCH {k}: expected {want}, got {got}")
 print("exactly once: " + ("no" if bad else "yes"))
