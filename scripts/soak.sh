@@ -74,14 +74,15 @@ if [[ -n ${SOAK_HEAPTRACK:-} ]]; then
   wrapper=$!
   # heaptrack runs the processor as its child: sample that one.
   until run_pid=$(pgrep -P "$wrapper" -f "$bin --config"); do sleep 0.2; done
-elif [[ -n ${SOAK_HEAP_PROFILE:-} ]]; then
-  # One allocation in 2^17 bytes (128 KiB) sampled: finer than jemalloc's default 512 KiB.
-  MALLOC_CONF="prof:true,prof_final:true,lg_prof_sample:17,lg_prof_interval:${SOAK_PROF_INTERVAL_LG:-31},prof_prefix:$PWD/$work/jeprof" \
-    "$bin" --config "$work/idempipe.toml" run --clickhouse-in-run "${maint[@]}" 2>"$work/run.log" &
-  run_pid=$!
-  cp "$(ls -t target/release/build/tikv-jemalloc-sys-*/out/build/bin/jeprof | head -1)" "$work/jeprof"
 else
-  "$bin" --config "$work/idempipe.toml" run --clickhouse-in-run "${maint[@]}" 2>"$work/run.log" &
+  profile=()
+  if [[ -n ${SOAK_HEAP_PROFILE:-} ]]; then
+    # One allocation in 2^17 bytes (128 KiB) sampled: finer than jemalloc's default 512 KiB.
+    profile=("MALLOC_CONF=prof:true,prof_final:true,lg_prof_sample:17,lg_prof_interval:${SOAK_PROF_INTERVAL_LG:-31},prof_prefix:$PWD/$work/jeprof")
+    cp "$(ls -t target/release/build/tikv-jemalloc-sys-*/out/build/bin/jeprof | head -1)" "$work/jeprof"
+  fi
+  # `env` replaces itself with the processor: $! is the processor's pid.
+  env "${profile[@]}" "$bin" --config "$work/idempipe.toml" run --clickhouse-in-run "${maint[@]}" 2>"$work/run.log" &
   run_pid=$!
 fi
 produce_pid=

@@ -25,24 +25,14 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's own count of the heap, for `/metrics`: what the program holds against what
 /// the allocator keeps in memory tells a leak from memory freed but not yet returned.
-fn heap_stats() -> Option<idempipe::metrics::HeapStats> {
-    use tikv_jemalloc_ctl::{epoch, stats};
-    // The figures are cached by jemalloc and refreshed when its epoch advances.
-    epoch::advance().ok()?;
-    Some(idempipe::metrics::HeapStats {
-        allocated: stats::allocated::read().ok()? as u64,
-        resident: stats::resident::read().ok()? as u64,
-        thread_cached: thread_cached(),
-    })
-}
-
-/// Of the allocated bytes, those freed into the threads' caches (jemalloc's tcache: up to
-/// 32 KiB objects, kept for the same thread's next allocations and counted as allocated),
-/// from `tcache_bytes` of the merged arenas in jemalloc's statistics (tikv-jemalloc-ctl
-/// wraps no mallctl for it; its statistics writer is safe). With some 50 threads (tokio's
-/// blocking pool, librdkafka's) they were most of the allocated bytes under load
+/// All three figures come from one snapshot of jemalloc's statistics (its JSON statistics
+/// writer refreshes them once), so the threads' caches are a part of the allocated bytes
+/// counted at the same moment. `tcache_bytes`, of the merged arenas: objects freed into
+/// the threads' caches (up to 32 KiB each, kept for the same thread's next allocations and
+/// counted as allocated); tikv-jemalloc-ctl wraps no mallctl for it. With some 50 threads
+/// (tokio's blocking pool, librdkafka's) they were most of the allocated bytes under load
 /// (TESTING.md, "Heap profiles").
-fn thread_cached() -> Option<u64> {
+fn heap_stats() -> Option<idempipe::metrics::HeapStats> {
     use tikv_jemalloc_ctl::stats_print::{Options, stats_print};
     // Options has a private field: set what is wanted on the default.
     let mut options = Options::default();
@@ -55,7 +45,12 @@ fn thread_cached() -> Option<u64> {
     let mut json = Vec::new();
     stats_print(&mut json, options).ok()?;
     let stats: serde_json::Value = serde_json::from_slice(&json).ok()?;
-    stats.pointer("/jemalloc/stats.arenas/merged/tcache_bytes")?.as_u64()
+    let bytes = |pointer: &str| stats.pointer(pointer).and_then(serde_json::Value::as_u64);
+    Some(idempipe::metrics::HeapStats {
+        allocated: bytes("/jemalloc/stats/allocated")?,
+        resident: bytes("/jemalloc/stats/resident")?,
+        thread_cached: bytes("/jemalloc/stats.arenas/merged/tcache_bytes"),
+    })
 }
 
 fn main() -> ExitCode {
