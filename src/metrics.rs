@@ -122,7 +122,10 @@ fn describe() {
         CLICKHOUSE_SINK_LAG,
         "Records on the processed topic not yet loaded into ClickHouse, per partition."
     );
-    describe_gauge!(HEAP_ALLOCATED, "Bytes the process holds allocated (the allocator's count, read at each scrape).");
+    describe_gauge!(
+        HEAP_ALLOCATED,
+        "Bytes allocated, the threads' caches included (the allocator's count, read at each scrape)."
+    );
     describe_gauge!(
         HEAP_RESIDENT,
         "Bytes of the allocator's pages in memory: the allocated ones, freed ones not yet returned, its metadata."
@@ -136,7 +139,8 @@ fn describe() {
 /// The heap as the process's allocator counts it.
 #[derive(Clone, Copy, Debug)]
 pub struct HeapStats {
-    /// Bytes the program holds.
+    /// Bytes allocated: what the program holds and, in `thread_cached`, what it freed into
+    /// the threads' caches.
     pub allocated: u64,
     /// Bytes of the allocator's pages in memory (what it holds beyond `allocated` is
     /// freed memory not yet returned to the system, fragmentation and its metadata).
