@@ -9,6 +9,9 @@
 #   ingest:  1,000,000 new events of the last 3 days;
 #   replay:  200,000 events of 30 old days, every one already stored (nothing inserted);
 #   new:     100,000 new events on the same 30 old days (all inserted);
+#   wide:    (key cache only) 1,000,000 new events on 120 old days: their keys (33 M at
+#            100 M rows, 526 MiB) overflow the default 128 MiB `key_cache_bytes`, so
+#            every full batch reads them again: the cache's worst case, full all along;
 #   and, for reference, the same 1,000,000-event ingest into an empty table.
 # Prints one table and writes it as JSON ($work/history.json, or BENCH_JSON=FILE). Each
 # size's table is deleted after it is measured (BENCH_KEEP=1 keeps them).
@@ -70,6 +73,7 @@ events() {
 
 last3="$((days - 3)),$((days - 2)),$((days - 1))"
 old30=$(python3 -c "print(','.join(str(d) for d in range(10, 310, 10)))")
+old120=$(python3 -c "print(','.join(str(d) for d in range(1, 361, 3)))")
 largest=$(tr ' ' '\n' <<<"$sizes" | sort -n | tail -1)
 for rows in $sizes; do
   table=$PWD/$root/t$rows/events
@@ -92,6 +96,10 @@ for rows in $sizes; do
       phase replay "$table" "$root/replay.jsonl" "$check" "$rows"
       events "$root/new-$check.jsonl" "n$check" 100000 "$old30" "$rows"
       phase new "$table" "$root/new-$check.jsonl" "$check" "$rows"
+      if [[ $check == cache ]]; then
+        events "$root/wide.jsonl" w 1000000 "$old120" "$rows"
+        phase wide "$table" "$root/wide.jsonl" cache "$rows"
+      fi
     done
     events "$root/ingest-empty.jsonl" "lempty" 1000000 "$last3" "$rows"
     new_pipeline hempty 2s

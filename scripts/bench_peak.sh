@@ -3,6 +3,10 @@
 # (BENCHMARKS.md, "A batch and a compaction at once").
 #
 # Usage: scripts/bench_peak.sh [ROWS (3000000)] [EVENTS (1000000)]
+# BENCH_PAD=BYTES adds a field of that many random hex characters to every new event (the
+# generated ones are about 100 bytes), to see how a batch's memory grows with its events'
+# size: `BENCH_PAD=1000 scripts/bench_peak.sh 3000000 400000`. BENCH_RUN_ARGS: more
+# arguments for every `run`, e.g. "--max-batch-bytes 33554432 --kafka queued.max.messages.kbytes=65536".
 # Prefills a table of ROWS events over 3 days in commits of 50,000 rows (one small file
 # per date per commit: each date's files make a compaction of about 64 MiB at once), and
 # produces EVENTS new events of the same 3 days, so every batch is a full one (200,000
@@ -34,6 +38,17 @@ cfg=$work/idempipe.toml
 "$bin" --config "$cfg" bench-prefill --rows "$rows" --chunk 50000 --days 3 >"$work/prefill.json" 2>"$work/prefill.log"
 "$bin" bench-events --rows "$rows" --days 3 --namespace t --count "$events" --on-days 0,1,2 \
   --out "$work/events.jsonl" >/dev/null
+if [[ -n ${BENCH_PAD:-} ]]; then
+  python3 - "$work/events.jsonl" "$BENCH_PAD" <<'PY'
+import os, sys
+path, pad = sys.argv[1], int(sys.argv[2])
+with open(path) as f, open(path + ".pad", "w") as out:
+    for line in f:
+        out.write(line.rstrip()[:-1] + ',"payload":"' + os.urandom(pad // 2 + 1).hex()[:pad] + '"}\n')
+os.replace(path + ".pad", path)
+PY
+fi
+echo "new events: $(wc -l <"$work/events.jsonl"), $(($(stat -c %s "$work/events.jsonl") / 1048576)) MiB" >&2
 "$bin" --config "$cfg" produce --input "$work/events.jsonl" >/dev/null
 table=$work/delta/events
 for copy in batches deferred both compaction; do
@@ -52,9 +67,12 @@ measure() {
   read -r kib wall <"$work/$name.time"
   printf '%-11s peak RSS %4d MiB, %6.1f s\n' "$name" $((kib / 1024)) "$wall"
 }
-measure batches run --until-idle 3s --compact-every off
-measure deferred run --until-idle 10s --compact-every 6s
-measure both run --until-idle 3s --compact-every 1s
+# shellcheck disable=SC2086 # BENCH_RUN_ARGS is a list of words
+{
+  measure batches run --until-idle 3s --compact-every off ${BENCH_RUN_ARGS:-}
+  measure deferred run --until-idle 10s --compact-every 6s ${BENCH_RUN_ARGS:-}
+  measure both run --until-idle 3s --compact-every 1s ${BENCH_RUN_ARGS:-}
+}
 measure compaction compact
 python3 - "$work" "$events" <<'PY'
 import json, sys

@@ -62,7 +62,7 @@ idem setup >&2
 
 # The key cache's budget (SOAK_KEY_CACHE_BYTES, default 4 MiB, about 23 minutes of keys
 # at 200 events/s) is filled within the first half hour, so the second hour shows whether
-# anything but the cache grows: under the default budget (256 MiB) a two-hour soak's
+# anything but the cache grows: under the default budget (128 MiB) a two-hour soak's
 # 1.3 M keys (20 MiB) never fill it, and the cache growing towards its budget would hide
 # any other growth.
 export IDEMPIPE_KEY_CACHE_BYTES=${SOAK_KEY_CACHE_BYTES:-4194304}

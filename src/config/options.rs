@@ -285,7 +285,7 @@ options! {
     /// Most messages in one micro-batch.
     max_batch_events: NonZeroUsize = "200000", env "IDEMPIPE_MAX_BATCH_EVENTS";
     /// Most message bytes in one micro-batch.
-    max_batch_bytes: NonZeroUsize = "268435456", env "IDEMPIPE_MAX_BATCH_BYTES";
+    max_batch_bytes: NonZeroUsize = "33554432", env "IDEMPIPE_MAX_BATCH_BYTES";
     /// How the processor gets partitions: `assign` (all of them, no group membership)
     /// or `group` (share them with other instances).
     consumer_mode: ConsumerMode = "assign", env "IDEMPIPE_CONSUMER_MODE";
@@ -302,7 +302,7 @@ options! {
     key_check: KeyCheck = "cache", env "IDEMPIPE_KEY_CHECK";
     /// Most bytes of keys the key cache keeps between batches (`key_check = cache`):
     /// 16 bytes a key, plus 256 a file.
-    key_cache_bytes: NonZeroUsize = "268435456", env "IDEMPIPE_KEY_CACHE_BYTES";
+    key_cache_bytes: NonZeroUsize = "134217728", env "IDEMPIPE_KEY_CACHE_BYTES";
     /// Log lines as `text` (for a terminal) or `json` (one object per line).
     log_format: LogFormat = "text", env "IDEMPIPE_LOG_FORMAT";
     /// Where `run` and `sink-clickhouse` serve /metrics, /healthz and /readyz, or `off`.

@@ -204,7 +204,10 @@ impl Source {
                 ("fetch.wait.max.ms", "50"),
                 ("fetch.queue.backoff.ms", "20"),
                 ("max.partition.fetch.bytes", "10485760"),
-                ("queued.max.messages.kbytes", "262144"),
+                // Messages fetched ahead while a batch is processed: 64 MiB keeps the
+                // pipe full (over 600,000 events of 100 bytes) and bounds what it adds to
+                // a batch's memory (BENCHMARKS.md, "Memory as events grow").
+                ("queued.max.messages.kbytes", "65536"),
                 ("statistics.interval.ms", kafka::STATS_INTERVAL_MS),
             ],
         )
