@@ -10,7 +10,7 @@
 #   replay:  200,000 events of 30 old days, every one already stored (nothing inserted);
 #   new:     100,000 new events on the same 30 old days (all inserted);
 #   wide:    (key cache only) 1,000,000 new events on 120 old days: their keys (33 M at
-#            100 M rows, 526 MiB) overflow the default 128 MiB `key_cache_bytes`, so
+#            100 M rows, 502 MiB) overflow the default 128 MiB `key_cache_bytes`, so
 #            every full batch reads them again: the cache's worst case, full all along;
 #   and, for reference, the same 1,000,000-event ingest into an empty table.
 # Prints one table and writes it as JSON ($work/history.json, or BENCH_JSON=FILE). Each
