@@ -23,6 +23,8 @@ pub enum KafkaFailure {
     Client { brokers: String, source: KafkaError },
     #[error("topic {topic} does not exist on {brokers}: run `idempipe setup`")]
     NoTopic { topic: String, brokers: String },
+    #[error("topic {topic} on {brokers} is not available: the broker reports {code}")]
+    TopicUnavailable { topic: String, brokers: String, code: RDKafkaErrorCode },
     #[error("cannot create topic {topic} on {brokers}: {code}")]
     CreateTopic { topic: String, brokers: String, code: RDKafkaErrorCode },
     #[error(
@@ -453,10 +455,45 @@ pub fn partition_count<C: rdkafka::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: Option<&str>,
 ) -> Result<usize> {
-    // A broker that is down fails after one timeout; one that accepts connections but is
-    // slow to answer (overloaded) gets up to SLOW_BROKER_TRIES of them.
     let mut tries = 0;
-    let metadata = loop {
+    loop {
+        tries += 1;
+        let metadata = answered_metadata(settings, client, topic)?;
+        let Some(topic) = topic else { return Ok(0) };
+        let found = metadata.topics().iter().find(|t| t.name() == topic);
+        let error = found.and_then(|t| t.error()).map(RDKafkaErrorCode::from);
+        match (found, error) {
+            (Some(t), None) if !t.partitions().is_empty() => return Ok(t.partitions().len()),
+            (None, _) | (_, Some(RDKafkaErrorCode::UnknownTopicOrPartition)) | (Some(_), None) => {
+                return Err(KafkaFailure::NoTopic { topic: topic.into(), brokers: settings.brokers.clone() });
+            }
+            // Any other error of the topic's (no leader yet, a broker busy) passes: asked
+            // again a second later, up to SLOW_BROKER_TRIES times.
+            (Some(_), Some(code)) if tries < SLOW_BROKER_TRIES => {
+                tracing::warn!(topic, error = %code, "the broker reports an error for the topic; asking again");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            (Some(_), Some(code)) => {
+                return Err(KafkaFailure::TopicUnavailable {
+                    topic: topic.into(),
+                    brokers: settings.brokers.clone(),
+                    code,
+                });
+            }
+        }
+    }
+}
+
+/// The cluster's metadata (of `topic` only, if given). A broker that is down fails after
+/// one timeout; one that accepts connections but is slow to answer (overloaded) gets up
+/// to SLOW_BROKER_TRIES of them.
+fn answered_metadata<C: rdkafka::ClientContext>(
+    settings: &Settings,
+    client: &rdkafka::client::Client<C>,
+    topic: Option<&str>,
+) -> Result<rdkafka::metadata::Metadata> {
+    let mut tries = 0;
+    loop {
         tries += 1;
         let answer = client.fetch_metadata(topic, METADATA_TIMEOUT);
         if answer.is_err()
@@ -465,7 +502,7 @@ pub fn partition_count<C: rdkafka::ClientContext>(
             return Err(KafkaFailure::Handshake { brokers: settings.brokers.clone(), reason });
         }
         match answer {
-            Ok(metadata) => break metadata,
+            Ok(metadata) => return Ok(metadata),
             Err(
                 KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)
                 | KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure),
@@ -484,12 +521,6 @@ pub fn partition_count<C: rdkafka::ClientContext>(
             }
             Err(e) => return Err(KafkaFailure::Client { brokers: settings.brokers.clone(), source: e }),
         }
-    };
-    let Some(topic) = topic else { return Ok(0) };
-    let found = metadata.topics().iter().find(|t| t.name() == topic);
-    match found {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len()),
-        _ => Err(KafkaFailure::NoTopic { topic: topic.into(), brokers: settings.brokers.clone() }),
     }
 }
 
@@ -540,6 +571,12 @@ pub fn partition_offsets(settings: &Settings, topic: &str, group: Option<&str>) 
         .collect()
 }
 
+/// A consumer error that ends [`read_topic`]: one no retry mends ([`is_fatal`]), or the
+/// topic gone.
+fn ends_a_read(code: RDKafkaErrorCode) -> bool {
+    is_fatal(code) || code == RDKafkaErrorCode::UnknownTopicOrPartition
+}
+
 /// Reads every record of `topic` from the beginning up to its current end, calling `f`
 /// on each. Uses manual assignment and commits nothing, so it leaves no trace.
 ///
@@ -554,7 +591,13 @@ pub fn read_topic(settings: &Settings, topic: &str, mut f: impl FnMut(&BorrowedM
     let consumer: BaseConsumer<QuietEof> = client_config(
         settings,
         Role::Consumer,
-        &[("group.id", group.as_str()), ("enable.auto.commit", "false"), ("enable.partition.eof", "true")],
+        &[
+            ("group.id", group.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "true"),
+            // Records retention deletes while the read runs: it goes on from the new start.
+            ("auto.offset.reset", "earliest"),
+        ],
     )
     .create_with_context(QuietEof)
     .map_err(client_error(settings))?;
@@ -578,7 +621,11 @@ pub fn read_topic(settings: &Settings, topic: &str, mut f: impl FnMut(&BorrowedM
                 last_progress = std::time::Instant::now();
                 open.remove(&p);
             }
-            Some(Err(e)) => return Err(client_error(settings)(e)),
+            // librdkafka reports a consumer's errors and retries by itself (a fetch that
+            // timed out, a dropped connection): only one no retry mends ends the read. A
+            // broker that stays away ends it below, after the timeout without progress.
+            Some(Err(e)) if e.rdkafka_error_code().is_some_and(ends_a_read) => return Err(client_error(settings)(e)),
+            Some(Err(e)) => tracing::warn!(topic, error = %e, "reading the topic: a consumer error; retrying"),
             None if last_progress.elapsed() > METADATA_TIMEOUT * 3 => {
                 return Err(KafkaFailure::Unreachable {
                     brokers: settings.brokers.clone(),

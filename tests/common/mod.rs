@@ -346,8 +346,17 @@ metrics_addr = "127.0.0.1:0"
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
+    /// `verify --json`. A count it could not take is null, with the reason on its
+    /// stderr: printed here, so a test that then fails shows why.
     pub fn verify(&self) -> Value {
-        serde_json::from_str(&self.ok(&["verify", "--json"])).unwrap()
+        let out = self.output(&["verify", "--json"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "idempipe verify failed: {stderr}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v.as_object().is_some_and(|o| o.values().any(Value::is_null)) {
+            eprintln!("verify left counts out:\n{stderr}");
+        }
+        v
     }
 
     /// Lines of the batch log.
