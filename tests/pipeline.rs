@@ -312,3 +312,32 @@ fn events_outside_the_accepted_time_window_are_dead_letters() {
         assert!(message.contains("`max_event_age`") || message.contains("`max_event_future`"), "{message}");
     }
 }
+
+/// The three key checks on one table, one after another, each starting from what the
+/// others wrote, the last two after a compaction: a replay inserts nothing and new events
+/// on the stored dates all land, whichever check runs (`cache`, the default, is tested
+/// throughout the suite; `index` and `scan` only here).
+#[test]
+fn every_key_check_keeps_one_table_exact() {
+    let p = Pipeline::new("checks");
+    p.setup();
+    let (stored, expected) = p.generate_as("stored.jsonl", 3000, 300, 0, 61);
+    let mut rows = count(&expected, "distinct_keys");
+    p.produce(&stored);
+    p.run_until_idle(&["--key-check", "cache"]);
+    assert_delta(&p, rows);
+    for (i, check) in ["index", "scan", "index", "cache"].into_iter().enumerate() {
+        if i == 2 {
+            let compacted: serde_json::Value = serde_json::from_str(&p.ok(&["compact", "--json"])).unwrap();
+            assert!(count(&compacted, "live_files_after") < count(&compacted, "live_files_before"), "{compacted}");
+        }
+        // Every generated file spreads over the same days: new keys on stored dates.
+        let (new, e) = p.generate_as(&format!("new-{i}.jsonl"), 400, 40, 0, 62 + i as u64);
+        p.produce(&stored);
+        p.produce(&new);
+        p.run_until_idle(&["--key-check", check]);
+        rows += count(&e, "distinct_keys");
+        let v = assert_delta(&p, rows);
+        assert_eq!(count(&v, "processed_distinct_keys"), rows, "{check}: {v}");
+    }
+}

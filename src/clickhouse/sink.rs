@@ -414,7 +414,8 @@ impl ClickHouseSink {
             tracing::warn!(
                 partition = reset.partition,
                 kind = reset.kind(),
-                "{reset}; the ClickHouse sink reads on from offset {}",
+                "{}; the ClickHouse sink reads on from offset {}",
+                reset.explain(&format!("the ClickHouse sink's next offset is {}", reset.expected)),
                 reset.low
             );
             self.consumer

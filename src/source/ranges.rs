@@ -24,7 +24,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use serde::{Deserialize, Serialize};
@@ -60,20 +61,45 @@ pub fn out_of_range<C: ConsumerContext + Sync>(
             let (low, high) = listed.get(&p).copied().flatten()?;
             let reset = OffsetReset::check(topic, p, expected, low, high)?;
             if reset.contradicted_by(fetched_ends) {
-                tracing::warn!(
-                    topic,
-                    partition = p,
-                    listed_end = high,
-                    expected,
-                    "the broker's offset listing puts the partition's end below what this consumer read from it: \
-                     believing the reads"
-                );
+                warn_disbelieved(topic, p, high, expected);
                 return None;
             }
             Some(reset)
         })
         .collect();
     (resets, answered)
+}
+
+/// Per topic and partition, when the last listing [`out_of_range`] did not believe was
+/// logged, and how many since were not.
+type Disbelieved = BTreeMap<(String, i32), (Option<Instant>, u64)>;
+static DISBELIEVED: Mutex<Disbelieved> = Mutex::new(BTreeMap::new());
+
+/// How often at most the same partition's disbelieved listing is logged: a broker that
+/// answers so does it at every look (every 10 s, by the processor and the sink alike;
+/// 3,477 warnings in two hours of the soak on tansu's memory storage).
+const DISBELIEVED_WARN_EVERY: Duration = Duration::from_secs(600);
+
+fn warn_disbelieved(topic: &str, partition: i32, listed_end: i64, expected: i64) {
+    let mut logged = DISBELIEVED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = Instant::now();
+    let last = logged.entry((topic.to_owned(), partition)).or_insert((None, 0));
+    if last.0.is_some_and(|at| now.duration_since(at) < DISBELIEVED_WARN_EVERY) {
+        last.1 += 1;
+        return;
+    }
+    let not_logged = std::mem::take(&mut last.1);
+    last.0 = Some(now);
+    tracing::warn!(
+        topic,
+        partition,
+        listed_end,
+        expected,
+        not_logged,
+        "the broker's offset listing puts the partition's end below what this consumer read from it: believing \
+         the reads (logged at most every {DISBELIEVED_WARN_EVERY:?} a partition; `not_logged`: the times since \
+         the last line)"
+    );
 }
 
 /// Per partition, the range the broker holds (its first offset and its end), or `None`
@@ -160,10 +186,17 @@ impl OffsetReset {
     }
 }
 
-impl fmt::Display for OffsetReset {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (topic, partition, expected) = (&self.topic, self.partition, self.expected);
-        write!(f, "partition {partition} of topic {topic}: the Delta table stores offsets up to {}, ", expected - 1)?;
+impl OffsetReset {
+    /// The reset as a sentence: `position` says where the reader stands (the processor's
+    /// [`Display`](fmt::Display): what the Delta table stores).
+    pub fn explain(&self, position: &str) -> String {
+        let mut text = format!("partition {} of topic {}: {position}, ", self.partition, self.topic);
+        self.explain_range(&mut text).expect("writing to a String does not fail");
+        text
+    }
+
+    fn explain_range(&self, f: &mut impl fmt::Write) -> fmt::Result {
+        let expected = self.expected;
         if self.low == self.high {
             write!(f, "but the broker holds no message there (its end is offset {}): ", self.high)?;
         } else {
@@ -177,6 +210,12 @@ impl fmt::Display for OffsetReset {
                  recreated, or is another cluster's)"
             ),
         }
+    }
+}
+
+impl fmt::Display for OffsetReset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.explain(&format!("the Delta table stores offsets up to {}", self.expected - 1)))
     }
 }
 
@@ -221,5 +260,11 @@ mod tests {
         assert!(reset.to_string().contains("stores offsets up to 250, but the broker holds no message there"));
         let reset = OffsetReset::check("raw", 1, 251, 0, 75).unwrap();
         assert!(reset.to_string().contains("holds offsets 0 to 74: the partition starts over"), "{reset}");
+        assert_eq!(
+            reset.explain("the sink reads from offset 251"),
+            "partition 1 of topic raw: the sink reads from offset 251, but the broker holds offsets 0 to 74: \
+             the partition starts over below the stored offset (the topic was deleted and recreated, or is \
+             another cluster's)"
+        );
     }
 }
