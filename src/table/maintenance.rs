@@ -112,6 +112,7 @@ impl EventTable {
         let properties = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(COMPACT_ROW_GROUP_ROWS))
+            .set_max_row_group_bytes(Some(COMPACT_ROW_GROUP_BYTES))
             .build();
         let mut writer =
             RecordBatchWriter::for_table(&self.table).map_err(|e| self.error(e))?.with_writer_properties(properties);
@@ -233,6 +234,12 @@ pub const COMPACT_TARGET_BYTES: u64 = 64 << 20;
 /// The rows of a row group in a compacted file: the writer holds the group in progress
 /// in memory. (Parquet's default, 1,048,576 rows, cost about 150 MiB more.)
 pub const COMPACT_ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// The most bytes (encoded, as the writer estimates them) of a row group in a compacted
+/// file, whichever of this and [`COMPACT_ROW_GROUP_ROWS`] comes first: 131,072 events of
+/// about 100 bytes encode to about 9 MiB, but of 1 KiB to over 100 MiB, which the
+/// writer held beside the processor's batches.
+pub const COMPACT_ROW_GROUP_BYTES: usize = 16 << 20;
 
 /// The txn app id every compaction's commit carries, so that two compactions never
 /// both commit (see [`EventTable::compact`]).
