@@ -467,9 +467,9 @@ pub fn partition_count<C: rdkafka::ClientContext>(
             (None, _) | (_, Some(RDKafkaErrorCode::UnknownTopicOrPartition)) | (Some(_), None) => {
                 return Err(KafkaFailure::NoTopic { topic: topic.into(), brokers: settings.brokers.clone() });
             }
-            // Any other error of the topic's (no leader yet, a broker busy) passes: asked
-            // again a second later, up to SLOW_BROKER_TRIES times.
-            (Some(_), Some(code)) if tries < SLOW_BROKER_TRIES => {
+            // An error of the topic's that passes (no leader yet): asked again a second
+            // later, up to SLOW_BROKER_TRIES times.
+            (Some(_), Some(code)) if is_transient(code) && tries < SLOW_BROKER_TRIES => {
                 tracing::warn!(topic, error = %code, "the broker reports an error for the topic; asking again");
                 std::thread::sleep(Duration::from_secs(1));
             }
@@ -571,11 +571,31 @@ pub fn partition_offsets(settings: &Settings, topic: &str, group: Option<&str>) 
         .collect()
 }
 
-/// A consumer error that ends [`read_topic`]: one no retry mends ([`is_fatal`]), or the
-/// topic gone.
-fn ends_a_read(code: RDKafkaErrorCode) -> bool {
-    is_fatal(code) || code == RDKafkaErrorCode::UnknownTopicOrPartition
+/// Errors librdkafka retries by itself and that pass once a broker is back or a leader
+/// is elected: a request or connection that timed out or dropped, a partition between
+/// leaders. Waited out where a command must not fail on the first ([`read_topic`],
+/// [`partition_count`]); every other error is an answer.
+fn is_transient(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::NotLeaderForPartition
+            | RDKafkaErrorCode::ReplicaNotAvailable
+            | RDKafkaErrorCode::KafkaStorageError
+            | RDKafkaErrorCode::FencedLeaderEpoch
+            | RDKafkaErrorCode::UnknownLeaderEpoch
+            | RDKafkaErrorCode::OffsetNotAvailable
+    )
 }
+
+/// How long [`read_topic`] waits without a record or a partition's end before it gives up.
+const READ_STALL: Duration = Duration::from_secs(30);
 
 /// Reads every record of `topic` from the beginning up to its current end, calling `f`
 /// on each. Uses manual assignment and commits nothing, so it leaves no trace.
@@ -591,14 +611,11 @@ pub fn read_topic(settings: &Settings, topic: &str, mut f: impl FnMut(&BorrowedM
     let consumer: BaseConsumer<QuietEof> = client_config(
         settings,
         Role::Consumer,
-        &[
-            ("group.id", group.as_str()),
-            ("enable.auto.commit", "false"),
-            ("enable.partition.eof", "true"),
-            // Records retention deletes while the read runs: it goes on from the new start.
-            ("auto.offset.reset", "earliest"),
-        ],
+        &[("group.id", group.as_str()), ("enable.auto.commit", "false"), ("enable.partition.eof", "true")],
     )
+    // Records retention deletes while the read runs: it goes on from the new start. Set
+    // after the operator's settings, which would otherwise win.
+    .set("auto.offset.reset", "earliest")
     .create_with_context(QuietEof)
     .map_err(client_error(settings))?;
     let partitions = partition_count(settings, consumer.client(), Some(topic))? as i32;
@@ -610,7 +627,18 @@ pub fn read_topic(settings: &Settings, topic: &str, mut f: impl FnMut(&BorrowedM
     let mut open: std::collections::BTreeSet<i32> = (0..partitions).collect();
     let mut count = 0;
     let mut last_progress = std::time::Instant::now();
+    let mut last_error: Option<KafkaError> = None;
     while !open.is_empty() {
+        if last_progress.elapsed() > READ_STALL {
+            return Err(KafkaFailure::Unreachable {
+                brokers: settings.brokers.clone(),
+                timeout: READ_STALL,
+                what: match &last_error {
+                    Some(e) => format!("reading {topic}; the last consumer error: {e}"),
+                    None => format!("reading {topic}"),
+                },
+            });
+        }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 last_progress = std::time::Instant::now();
@@ -621,18 +649,15 @@ pub fn read_topic(settings: &Settings, topic: &str, mut f: impl FnMut(&BorrowedM
                 last_progress = std::time::Instant::now();
                 open.remove(&p);
             }
-            // librdkafka reports a consumer's errors and retries by itself (a fetch that
-            // timed out, a dropped connection): only one no retry mends ends the read. A
-            // broker that stays away ends it below, after the timeout without progress.
-            Some(Err(e)) if e.rdkafka_error_code().is_some_and(ends_a_read) => return Err(client_error(settings)(e)),
-            Some(Err(e)) => tracing::warn!(topic, error = %e, "reading the topic: a consumer error; retrying"),
-            None if last_progress.elapsed() > METADATA_TIMEOUT * 3 => {
-                return Err(KafkaFailure::Unreachable {
-                    brokers: settings.brokers.clone(),
-                    timeout: METADATA_TIMEOUT * 3,
-                    what: format!("reading {topic}"),
-                });
+            // A fetch that timed out or a dropped connection, which librdkafka retries by
+            // itself: waited out (up to READ_STALL without progress). Any other error ends
+            // the read: some (a corrupt record) come with the record skipped, and the
+            // count must be exact or fail.
+            Some(Err(e)) if e.rdkafka_error_code().is_some_and(is_transient) => {
+                tracing::warn!(topic, error = %e, "reading the topic: a consumer error; retrying");
+                last_error = Some(e);
             }
+            Some(Err(e)) => return Err(client_error(settings)(e)),
             None => {}
         }
     }

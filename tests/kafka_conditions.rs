@@ -61,7 +61,7 @@ fn a_recreated_raw_topic_stops_the_processor_or_with_consent_is_read_from_its_st
     let raw = p.raw_topic();
     assert!(
         log.contains(&format!("of topic {raw}: the Delta table stores offsets up to"))
-            && log.contains("starts over below the stored offset")
+            && log.contains("starts over below offset")
             && log.contains("fail_on_data_loss = false"),
         "the error names the topic, the stored offset and the setting:\n{log}"
     );

@@ -97,8 +97,8 @@ fn warn_disbelieved(topic: &str, partition: i32, listed_end: i64, expected: i64)
         expected,
         not_logged,
         "the broker's offset listing puts the partition's end below what this consumer read from it: believing \
-         the reads (logged at most every {DISBELIEVED_WARN_EVERY:?} a partition; `not_logged`: the times since \
-         the last line)"
+         the reads (logged at most once per partition every {DISBELIEVED_WARN_EVERY:?}; `not_logged` counts the \
+         warnings suppressed since the last one)"
     );
 }
 
@@ -206,7 +206,7 @@ impl OffsetReset {
             Some(lost) => write!(f, "{lost} messages from offset {expected} were deleted before they were read"),
             None => write!(
                 f,
-                "the partition starts over below the stored offset (the topic was deleted and \
+                "the partition starts over below offset {expected} (the topic was deleted and \
                  recreated, or is another cluster's)"
             ),
         }
@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(
             reset.explain("the sink reads from offset 251"),
             "partition 1 of topic raw: the sink reads from offset 251, but the broker holds offsets 0 to 74: \
-             the partition starts over below the stored offset (the topic was deleted and recreated, or is \
+             the partition starts over below offset 251 (the topic was deleted and recreated, or is \
              another cluster's)"
         );
     }

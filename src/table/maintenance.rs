@@ -105,7 +105,8 @@ impl EventTable {
         }
         let store = self.table.object_store();
         let mut actions = Vec::new();
-        // Row groups of at most COMPACT_ROW_GROUP_ROWS: the writer holds the one in
+        // Row groups of at most COMPACT_ROW_GROUP_ROWS rows or about COMPACT_ROW_GROUP_BYTES
+        // (the writer's estimate, checked between input batches): it holds the one in
         // progress in memory (with parquet's default of 1 M rows, a compaction of 36 MB
         // files peaked at 386 MiB); each finished group goes to the store (delta-rs
         // streams the file as a multipart upload of 5 MiB parts).
