@@ -190,26 +190,20 @@ impl OffsetReset {
     /// The reset as a sentence: `position` says where the reader stands (the processor's
     /// [`Display`](fmt::Display): what the Delta table stores).
     pub fn explain(&self, position: &str) -> String {
-        let mut text = format!("partition {} of topic {}: {position}, ", self.partition, self.topic);
-        self.explain_range(&mut text).expect("writing to a String does not fail");
-        text
-    }
-
-    fn explain_range(&self, f: &mut impl fmt::Write) -> fmt::Result {
-        let expected = self.expected;
-        if self.low == self.high {
-            write!(f, "but the broker holds no message there (its end is offset {}): ", self.high)?;
+        let (topic, partition, expected) = (&self.topic, self.partition, self.expected);
+        let held = if self.low == self.high {
+            format!("no message there (its end is offset {})", self.high)
         } else {
-            write!(f, "but the broker holds offsets {} to {}: ", self.low, self.high - 1)?;
-        }
-        match self.lost {
-            Some(lost) => write!(f, "{lost} messages from offset {expected} were deleted before they were read"),
-            None => write!(
-                f,
-                "the partition starts over below offset {expected} (the topic was deleted and \
-                 recreated, or is another cluster's)"
+            format!("offsets {} to {}", self.low, self.high - 1)
+        };
+        let what = match self.lost {
+            Some(lost) => format!("{lost} messages from offset {expected} were deleted before they were read"),
+            None => format!(
+                "the partition starts over below offset {expected} (the topic was deleted and recreated, \
+                 or is another cluster's)"
             ),
-        }
+        };
+        format!("partition {partition} of topic {topic}: {position}, but the broker holds {held}: {what}")
     }
 }
 
