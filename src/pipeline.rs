@@ -445,7 +445,10 @@ impl Pipeline {
         record.phases.dedup_ms = ms(t.elapsed());
 
         let last_offsets: BTreeMap<i32, i64> = batch.ranges.iter().map(|(p, r)| (*p, r.last)).collect();
-        let mut sent = Sent::default();
+        // One ingestion time for every attempt: a retry does not send again the records an
+        // earlier attempt sent, so the rows Delta stores must carry the time those carry.
+        let ingested_at = EventTime::now();
+        let mut sent = Sent::new(ingested_at);
         let (mut attempt, mut failures, mut conflicts) = (0_u32, 0_u32, 0_u32);
         loop {
             attempt += 1;
@@ -551,7 +554,7 @@ impl Pipeline {
 
         // Encoding the records counts as produce time.
         let encode = Instant::now();
-        let ingested_at = EventTime::now();
+        let ingested_at = sent.ingested_at;
         let settings = &self.settings;
         let dead_letters = batch
             .dead_letters
@@ -730,11 +733,19 @@ impl Collector for Collecting<'_> {
 }
 
 /// What earlier attempts of a batch already sent, so a retry does not send it again.
-#[derive(Default)]
 struct Sent {
+    /// The batch's ingestion time, taken once: every record sent and every row stored
+    /// carries it, whichever attempt sent or stored it.
+    ingested_at: EventTime,
     dead_letters: HashSet<(i32, i64)>,
     events: BTreeSet<DedupKey>,
     merge_attempted: bool,
+}
+
+impl Sent {
+    fn new(ingested_at: EventTime) -> Self {
+        Self { ingested_at, dead_letters: HashSet::new(), events: BTreeSet::new(), merge_attempted: false }
+    }
 }
 
 /// A few bits of randomness for pauses (the clock's nanoseconds are enough to keep two

@@ -495,3 +495,43 @@ fn the_metrics_endpoint_bounds_slow_clients() {
         http_get(port, "/healthz").is_some_and(|(status, _)| status == 200)
     });
 }
+
+/// The example configuration as a new user starts from it: `setup`, `run` and
+/// `sink-clickhouse` start with it and load a generated file exactly. Only what a test
+/// must own (names, paths, the broker, the metrics port) and the trigger are set, through
+/// the environment. Its `[kafka]` settings once made every consumer refuse to start.
+#[test]
+fn the_example_configuration_starts_run_and_the_clickhouse_sink() {
+    let p = Pipeline::new("example");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("idempipe.example.toml");
+    let env = [
+        ("IDEMPIPE_BROKERS", common::brokers()),
+        ("IDEMPIPE_CLICKHOUSE_KAFKA_BROKERS", common::brokers()),
+        ("IDEMPIPE_RAW_TOPIC", p.raw_topic()),
+        ("IDEMPIPE_PROCESSED_TOPIC", p.processed_topic()),
+        ("IDEMPIPE_DLQ_TOPIC", format!("{}_dlq", p.name)),
+        ("IDEMPIPE_GROUP", p.name.clone()),
+        ("IDEMPIPE_CLICKHOUSE_GROUP", format!("{}-clickhouse", p.name)),
+        ("IDEMPIPE_DELTA_PATH", p.delta_path().display().to_string()),
+        ("IDEMPIPE_CLICKHOUSE_TABLE", p.name.clone()),
+        ("IDEMPIPE_METRICS_ADDR", "127.0.0.1:0".to_owned()),
+        ("IDEMPIPE_TRIGGER", "1s".to_owned()),
+    ];
+    let idempipe = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_idempipe"))
+            .arg("--config")
+            .arg(&example)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "idempipe --config idempipe.example.toml {args:?} failed:\n{stderr}");
+    };
+    idempipe(&["setup"]);
+    let (file, expected) = p.generate(400, 40, 4, 2_929);
+    p.produce(&file);
+    idempipe(&["run", "--until-idle", "2s"]);
+    idempipe(&["sink-clickhouse", "--until-idle", "2s"]);
+    common::assert_exact(&p.verify(), &expected);
+}

@@ -348,3 +348,34 @@ fn current_clickhouse_accepts_a_200_month_batch_in_the_sinks_inserts() {
     assert!(refused.contains("Too many partitions for single INSERT block"), "{seen}");
     assert_eq!((seen["rows"].as_u64(), seen["months"].as_u64()), (Some(200), Some(200)), "{seen}");
 }
+
+/// ClickHouse refusing every insert, whatever its rows (here a check on the table that
+/// fails for every row, code 395, as a full disk or a spent quota would under a code the
+/// sink does not know): no row is dead-lettered and nothing is committed;
+/// `sink-clickhouse --until-idle` stops with an error that says so, and once the server
+/// takes inserts again every row loads. (Before, each row was split out, refused three
+/// times, dead-lettered and committed: ClickHouse lacked them all.)
+#[test]
+fn a_server_that_refuses_every_row_dead_letters_none_and_loading_resumes() {
+    let p = Pipeline::new("refuse_every_row");
+    let (file, expected) = p.generate(300, 30, 0, 4_702);
+    p.setup();
+    let table = p.clickhouse_table();
+    clickhouse_query(
+        &p.clickhouse_url(),
+        &format!("ALTER TABLE {table} ADD COLUMN refuse UInt8 MATERIALIZED throwIf(length(user_id) > 0)"),
+    )
+    .unwrap();
+    p.produce(&file);
+    p.run_until_idle(&[]);
+
+    let out = p.output(&["sink-clickhouse", "--until-idle", "2s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the sink reported success while ClickHouse refused every row:\n{stderr}");
+    assert!(stderr.contains("took no other insert") && stderr.contains("395"), "{stderr}");
+    assert!(common::read_all(&format!("{}_dlq", p.name)).is_empty(), "no valid row is a dead letter");
+
+    clickhouse_query(&p.clickhouse_url(), &format!("ALTER TABLE {table} DROP COLUMN refuse")).unwrap();
+    p.ok(&["sink-clickhouse", "--until-idle", "2s"]);
+    common::assert_exact(&p.verify(), &expected);
+}

@@ -75,13 +75,13 @@ fn kill_at_phase(
     within: Duration,
 ) -> &'static str {
     let deadline = Instant::now() + within;
-    while log_of(p, name).matches(phase).count() < nth && Instant::now() < deadline {
+    while p.log(name).matches(phase).count() < nth && Instant::now() < deadline {
         assert!(run.try_wait().unwrap().is_none(), "{name} exited by itself:\n{}", p.tail(name));
         std::thread::sleep(Duration::from_millis(2));
     }
     run.kill().unwrap();
     run.wait().unwrap();
-    last_phase(&log_of(p, name))
+    last_phase(&p.log(name))
 }
 
 /// Crash loop: the processor (with the ClickHouse sink inside) is killed with SIGKILL
@@ -183,6 +183,14 @@ fn bad_input_lands_in_the_dead_letter_topic_and_the_rest_flows() {
     };
     let nearly_a_mebibyte = pad(999_900 - pad(0, "").len(), "x");
     let quotes = pad(300_000, r#"\""#);
+    // Huge invalid fields: a rejection that quoted the whole field made a dead letter whose
+    // header no broker takes, and the processor stopped for good.
+    let event = |event_type: &str, timestamp: &str| {
+        format!(r#"{{"user_id":"u","event_type":"{event_type}","timestamp":"{timestamp}"}}"#)
+    };
+    let controls = event("t", &"\u{80}".repeat(200_000));
+    let digits = event("t", &"7".repeat(900_000));
+    let quoted_type = event(&r#"\""#.repeat(300_000), "yesterday");
     // (value, the classes that fit it)
     let bad: Vec<(Option<Vec<u8>>, &[&str])> = vec![
         (None, &["null_value"]),
@@ -212,6 +220,9 @@ fn bad_input_lands_in_the_dead_letter_topic_and_the_rest_flows() {
         (Some(b"{\"user_id\":\"u\0\",\"event_type\":\"t\",\"timestamp\":0}".to_vec()), &["invalid_json"]),
         (Some([&b"\xef\xbb\xbf"[..], ok("bom").as_bytes()].concat()), &["invalid_json"]),
         (Some(Vec::new()), &["invalid_json"]),
+        (Some(controls.into_bytes()), &["invalid_timestamp"]),
+        (Some(digits.into_bytes()), &["invalid_timestamp"]),
+        (Some(quoted_type.into_bytes()), &["invalid_timestamp"]),
     ];
     let raw_topic = format!("{}_raw", p.name);
     // Bad records, a valid record with a null key, then the valid file.
@@ -252,7 +263,13 @@ fn bad_input_lands_in_the_dead_letter_topic_and_the_rest_flows() {
             .unwrap_or_else(|| panic!("no dead letter for the record at offset {}", source.offset));
         let class = letter.headers["error.class"].as_str();
         assert!(classes.contains(&class), "class {class} for a record that should be one of {classes:?}");
-        assert!(!letter.headers["error.message"].is_empty());
+        let message = &letter.headers["error.message"];
+        assert!(
+            !message.is_empty() && message.len() <= 4096,
+            "{} bytes: {}",
+            message.len(),
+            message.chars().take(200).collect::<String>()
+        );
         let original = value.as_deref().unwrap_or_default();
         if letter.headers.get("error.truncated").is_some_and(|t| t == "true") {
             // Too big to send whole: a prefix, with the full length.
@@ -448,6 +465,9 @@ mod lost_reply {
         pub(crate) let_through: AtomicU32,
         /// How many replies were lost (0 or 1).
         pub(crate) fired: AtomicU32,
+        /// Whether the commit aimed at is written before its error (a lost reply), or
+        /// not at all (a commit that failed).
+        pub(crate) written: bool,
     }
 
     /// `…/_delta_log/<20 digits>.json`: a commit file.
@@ -481,17 +501,27 @@ mod lost_reply {
     #[async_trait::async_trait]
     impl ObjectStore for LostReply {
         async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
-            let target = is_commit(location) && self.is_target(&payload);
+            let fire = is_commit(location)
+                && self.fired.load(Ordering::SeqCst) == 0
+                && self.is_target(&payload)
+                && (self.let_through.load(Ordering::SeqCst) == 0 || {
+                    self.let_through.fetch_sub(1, Ordering::SeqCst);
+                    false
+                });
+            if fire && !self.written {
+                self.fired.store(1, Ordering::SeqCst);
+                return Err(Error::Generic {
+                    store: "LostReply",
+                    source: format!("injected: writing {location} failed").into(),
+                });
+            }
             let result = self.inner.put_opts(location, payload, opts).await?;
-            if target && self.fired.load(Ordering::SeqCst) == 0 {
-                if self.let_through.load(Ordering::SeqCst) == 0 {
-                    self.fired.store(1, Ordering::SeqCst);
-                    return Err(Error::Generic {
-                        store: "LostReply",
-                        source: format!("injected: {location} was written, then the reply was lost").into(),
-                    });
-                }
-                self.let_through.fetch_sub(1, Ordering::SeqCst);
+            if fire {
+                self.fired.store(1, Ordering::SeqCst);
+                return Err(Error::Generic {
+                    store: "LostReply",
+                    source: format!("injected: {location} was written, then the reply was lost").into(),
+                });
             }
             Ok(result)
         }
@@ -533,8 +563,8 @@ mod lost_reply {
 fn a_commit_that_landed_but_reported_an_error_is_not_written_twice() {
     let seed = seed("lost commit reply");
     let let_through = Rng(seed).below(3) as u32;
-    let (recovered, fired_after) =
-        run_with_a_lost_reply("lostreply", lost_reply::Target::BatchCommit, let_through, seed);
+    let (_, recovered, fired_after) =
+        run_with_a_lost_reply("lostreply", lost_reply::Target::BatchCommit, true, let_through, seed);
     eprintln!("torture lost commit reply: fault after {fired_after} batch commits");
     // The batch whose reply was lost is logged as found in the table, not re-inserted.
     assert_eq!(recovered.len(), 1, "one batch found its own commit after the error: {recovered:?}");
@@ -545,14 +575,48 @@ fn a_commit_that_landed_but_reported_an_error_is_not_written_twice() {
 #[test]
 fn a_lost_reply_to_the_table_property_commit_stops_nothing() {
     let seed = seed("lost property reply");
-    let (recovered, _) = run_with_a_lost_reply("lostprops", lost_reply::Target::PropertyCommit, 0, seed);
+    let (_, recovered, _) = run_with_a_lost_reply("lostprops", lost_reply::Target::PropertyCommit, true, 0, seed);
     assert!(recovered.is_empty(), "no batch commit failed, so none was recovered: {recovered:?}");
 }
 
+/// A batch commit that failed, nothing written: the batch is tried again, and its rows in
+/// Delta carry the ingestion time of the processed records its first attempt sent (which
+/// the retry does not send again), so ClickHouse and Delta agree on every row.
+#[test]
+fn a_retried_batch_keeps_one_ingestion_time() {
+    use std::collections::HashSet;
+
+    let seed = seed("failed commit");
+    let let_through = Rng(seed).below(3) as u32;
+    let (p, _, _) = run_with_a_lost_reply("failedcommit", lost_reply::Target::BatchCommit, false, let_through, seed);
+    let sent: BTreeMap<String, i64> = read_all(&p.processed_topic())
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            (v["dedup_key"].as_str().unwrap().to_owned(), v["ingested_at_us"].as_i64().unwrap())
+        })
+        .collect();
+    let keys: HashSet<String> = sent.keys().cloned().collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let table = runtime.block_on(idempipe::table::EventTable::open(p.table())).unwrap();
+    let rows = runtime.block_on(table.rows_with_keys(&keys)).unwrap();
+    assert_eq!(rows.len(), keys.len());
+    let differ: Vec<_> =
+        rows.iter().filter(|r| sent[&r.dedup_key] != r.ingested_at_us).map(|r| &r.dedup_key).take(5).collect();
+    assert!(differ.is_empty(), "rows whose ingestion time differs between Delta and the processed topic: {differ:?}");
+}
+
 /// Runs a processor whose store loses the reply of the first `target` commit after
-/// `let_through` others, then loads ClickHouse and checks every store. Returns the batch
-/// log's records of batches found already committed, and `let_through`.
-fn run_with_a_lost_reply(name: &str, target: lost_reply::Target, let_through: u32, seed: u64) -> (Vec<Value>, u32) {
+/// `let_through` others (or, unless `written`, fails that commit without writing it), then
+/// loads ClickHouse and checks every store. Returns the pipeline, the batch log's records
+/// of batches found already committed, and `let_through`.
+fn run_with_a_lost_reply(
+    name: &str,
+    target: lost_reply::Target,
+    written: bool,
+    let_through: u32,
+    seed: u64,
+) -> (Pipeline, Vec<Value>, u32) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -574,6 +638,7 @@ fn run_with_a_lost_reply(name: &str, target: lost_reply::Target, let_through: u3
         group: settings.group.clone(),
         let_through: AtomicU32::new(let_through),
         fired: AtomicU32::new(0),
+        written,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let table = runtime.block_on(EventTable::open_with_store(&settings.delta_path, store.clone())).unwrap();
@@ -587,7 +652,7 @@ fn run_with_a_lost_reply(name: &str, target: lost_reply::Target, let_through: u3
     let recovered: Vec<Value> = p.batch_log().into_iter().filter(|b| b["inserted"].is_null()).collect();
     p.ok(&["sink-clickhouse", "--until-idle", "2s"]);
     check_stores(&p, &[&p], count(&expected, "distinct_keys"), count(&expected, "invalid"));
-    (recovered, let_through)
+    (p, recovered, let_through)
 }
 
 /// The raw topic's partitions, as `setup` creates them.
@@ -661,16 +726,12 @@ fn send_paced(topic: String, records: Vec<(i32, Vec<u8>)>, over: Duration) -> st
     })
 }
 
-fn log_of(p: &Pipeline, name: &str) -> String {
-    std::fs::read_to_string(p.path(&format!("{name}.log"))).unwrap_or_default()
-}
-
 /// Waits until `name`'s log contains `needle` at least `n` times; fails if the process
 /// exits first.
 fn wait_for_log(p: &Pipeline, run: &mut Background, name: &str, needle: &str, n: usize, limit: Duration) {
     common::wait_until(limit, &format!("{n} × `{needle}` in {name}'s log"), || {
         assert!(run.try_wait().unwrap().is_none(), "{name} exited by itself:\n{}", p.tail(name));
-        log_of(p, name).matches(needle).count() >= n
+        p.log(name).matches(needle).count() >= n
     });
 }
 
@@ -769,7 +830,7 @@ fn two_instances(scenario: &str, p: &Pipeline, unique: u64) {
         let m = &mut machines[victim];
         // At the phase, or wherever it is after 30 s (no batch in flight: it holds no
         // partition, or nothing is left to read).
-        let seen = log_of(&m.dir, &m.name).matches(phase).count();
+        let seen = m.dir.log(&m.name).matches(phase).count();
         let landed = kill_at_phase(&m.dir, &mut m.run, &m.name, phase, seen + 1, Duration::from_secs(30));
         eprintln!("torture {scenario}: {} killed after `{landed}`", m.name);
         m.name = format!("instance-{}{}", ["a", "b"][victim], round + 2);
@@ -804,7 +865,7 @@ fn two_instances(scenario: &str, p: &Pipeline, unique: u64) {
     eprintln!("torture {scenario}: Delta held each key once at all {} checks while the instances ran", checks + during);
 
     // What the instances met: rebalances, conflicts with the other writer.
-    let logs: String = names.iter().map(|(m, name)| log_of(&machines[*m].dir, name)).collect();
+    let logs: String = names.iter().map(|(m, name)| machines[*m].dir.log(name)).collect();
     let tally = |needle: &str| logs.matches(needle).count();
     eprintln!(
         "torture {scenario}: {} assignments, {} revocations, {} rejoins for orphaned partitions, \

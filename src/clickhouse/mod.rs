@@ -45,9 +45,12 @@ pub enum ClickHouseError {
 pub enum Failure {
     /// The server is unreachable, slow or overloaded: try again later.
     Transient,
-    /// The server refused the request's data (a type or parse error, a server-side
-    /// check, too many partitions in one insert): the same rows fail again, so a batch
-    /// is split until the refused rows are found.
+    /// The server answered but did not take the request, for a reason that may lie in its
+    /// rows: a data error (a type or parse error, a server-side check, too many
+    /// partitions in one insert), a code this list does not know, or an answer without a
+    /// code (a proxy's 413 for a large insert). The ClickHouse sink splits such an insert
+    /// to find the rows, and dead-letters a row only once another part of its batch
+    /// loaded, which shows the refusal is the row's own.
     Refused,
     /// Credentials or the table are wrong or missing: only an operator (or `setup`)
     /// mends it; the sink waits, unready, and resumes when it is mended.
@@ -56,7 +59,7 @@ pub enum Failure {
 
 impl ClickHouseError {
     /// Classifies the failure, as Vector's ClickHouse sink does, by the server's error
-    /// code ([`FATAL_CODES`], [`TRANSIENT_CODES`], any other code: refused data).
+    /// code ([`FATAL_CODES`], [`TRANSIENT_CODES`]; any other code, or none: refused).
     pub fn failure(&self) -> Failure {
         match self {
             ClickHouseError::Timeout { .. } => Failure::Transient,
@@ -64,7 +67,9 @@ impl ClickHouseError {
             ClickHouseError::Request { source, .. } => match source.as_ref() {
                 clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => Failure::Transient,
                 clickhouse::error::Error::BadResponse(text) => match error_code(text) {
-                    None => Failure::Transient,
+                    // Not the server's own answer (a proxy's page): it says nothing of
+                    // whether the rows or the server are at fault.
+                    None => Failure::Refused,
                     Some(code) if FATAL_CODES.contains(&code) => Failure::Fatal,
                     Some(TOO_MANY_PARTS) if text.contains("partitions for single INSERT") => Failure::Refused,
                     Some(code) if TRANSIENT_CODES.contains(&code) => Failure::Transient,
@@ -98,14 +103,17 @@ impl ClickHouseError {
 /// (497), authentication failed (516).
 const FATAL_CODES: [u32; 11] = [10, 16, 47, 60, 81, 192, 193, 194, 452, 497, 516];
 
-/// Server error codes of a busy, slow or restarting server: timeouts (159, 209), read-only
-/// or readonly table (164, 242), too many queries or connections (202, 203), aborted (236),
-/// memory (241), too many parts awaiting merges (252), replicas (285), an insert whose
-/// fate is unknown (319), a query cancelled (394, a server shutting down), a task the
-/// server cannot schedule (439), no ZooKeeper (225), system and keeper errors (425, 999),
-/// network (210, 1000).
-const TRANSIENT_CODES: [u32; 18] =
-    [159, 164, 202, 203, 209, 210, 225, 236, 241, 242, 252, 285, 319, 394, 425, 439, 999, 1000];
+/// Server error codes of a busy, slow, full or restarting server, whatever the rows:
+/// timeouts (159, 209), too slow (160), read-only or readonly table (164, 242), a quota
+/// spent (201), too many queries or connections (202, 203), aborted (236), memory (241),
+/// no disk space (243), too many parts awaiting merges (252), replicas (285), a write
+/// quorum not reached (286), an insert whose fate is unknown (319), a query cancelled
+/// (394, a server shutting down), a task the server cannot schedule (439), no ZooKeeper
+/// (225), system and keeper errors (425, 999), network (210, 1000), a C++ exception the
+/// server did not name (1001).
+const TRANSIENT_CODES: [u32; 23] = [
+    159, 160, 164, 201, 202, 203, 209, 210, 225, 236, 241, 242, 243, 252, 285, 286, 319, 394, 425, 439, 999, 1000, 1001,
+];
 
 /// `TOO_MANY_PARTS`: also what a current server answers to an insert with more
 /// partitions than `max_partitions_per_insert_block` (refused, not transient).
@@ -546,7 +554,19 @@ mod tests {
             Failure::Transient
         );
         assert_eq!(bad("Code: 60. DB::Exception: Table x doesn't exist.").failure(), Failure::Fatal);
-        assert_eq!(bad("an HTTP 503 with no code").failure(), Failure::Transient);
+        // Server-wide conditions: no row is at fault, so none may be dead-lettered.
+        for text in [
+            "Code: 243. DB::Exception: Cannot reserve 1.00 MiB, not enough space. (NOT_ENOUGH_SPACE)",
+            "Code: 201, e.displayText() = DB::Exception: Quota for user default for 3600s has been exceeded",
+            "Code: 286. DB::Exception: Number of alive replicas (1) is less than requested quorum (2)",
+            "Code: 160. DB::Exception: Estimated query execution time is too long. (TOO_SLOW)",
+            "Code: 1001. DB::Exception: std::exception. Code: 1001, type: std::bad_alloc",
+        ] {
+            assert_eq!(bad(text).failure(), Failure::Transient, "{text}");
+        }
+        // An answer without a code (a proxy's): split to find out, never retried whole
+        // for ever.
+        assert_eq!(bad("<html><title>413 Request Entity Too Large</title></html>").failure(), Failure::Refused);
         assert!(!ClickHouseError::Unexpected { url: "u".into(), what: "w".into() }.is_transient());
     }
 

@@ -14,10 +14,18 @@
 //!   as it takes; a fatal one (the table dropped, credentials refused) too, the sink
 //!   reporting itself unready meanwhile, so that it resumes once the table is back (with
 //!   `--until-idle` it stops with the error instead);
-//! - an insert ClickHouse refuses (a data error: any other server code), or one that
-//!   times out while the server answers, is split in halves until the refused rows are
-//!   alone; a row refused alone three times goes to the dead-letter topic (class
-//!   `clickhouse_refused`, the server's message) and the others load.
+//! - an insert ClickHouse refuses (a data error, a code it does not know, an answer
+//!   without a code), or one that times out, while the server answers `SELECT 1`, is
+//!   split in halves until the refused rows are alone (a server that does not answer is
+//!   waited out instead: an outage is no refusal);
+//! - a row refused alone is a dead letter (class `clickhouse_refused`, the server's
+//!   message) only when the refusal is shown to be its own: the server took another
+//!   insert since (another part of the same batch, or, when every part was refused, the
+//!   last row it took before, inserted again, which the table keeps once), and refused
+//!   the row again after. Otherwise (a server-wide condition as likely as a bad row)
+//!   nothing is dead-lettered and nothing committed: the rows not loaded begin the next
+//!   batch, after a backoff, and are tried again with whatever arrives (with
+//!   `--until-idle`, the sink stops with an error naming them instead).
 //!
 //! The sink holds every partition of the processed topic (static assignment) and starts
 //! each from the group's committed offset, or from the beginning when there is none.
@@ -59,6 +67,12 @@ pub enum ClickHouseSinkError {
          group; run the sink only with `clickhouse_ingest = \"sink\"`"
     )]
     KafkaEngineConfigured,
+    #[error(
+        "ClickHouse refuses {rows} rows (the first, {first}: {message}) and took no other insert meanwhile, \
+         so nothing shows the fault is theirs rather than the server's: left uncommitted, they are loaded \
+         again at the next start"
+    )]
+    Unproven { rows: usize, first: String, message: String },
 }
 
 /// The longest wait between two attempts of a failing insert.
@@ -131,6 +145,11 @@ pub struct ClickHouseSink {
     /// Per partition, the next offset to read (`None`: from the beginning, nothing
     /// committed); after each insert, the first offset not yet loaded.
     positions: Positions,
+    /// The last row ClickHouse took: inserted again, it shows whether the server takes
+    /// inserts at all when every row of a batch is refused.
+    last_loaded: Option<StoredRow>,
+    /// Such inserts made so far: part of their tokens, so that none is taken for a retry.
+    probes: u64,
     /// Whether a consumer error came since the last check of the partitions that found
     /// them all in range: until one does, the broker's offset listing is believed over
     /// this consumer's reads ([`source::ranges::out_of_range`]).
@@ -207,6 +226,8 @@ impl ClickHouseSink {
             upstream: None,
             patient,
             positions: Positions::new(next),
+            last_loaded: None,
+            probes: 0,
             errors_since_check: false,
             partitions: count,
             partitions_checked: Instant::now(),
@@ -236,13 +257,19 @@ impl ClickHouseSink {
     pub fn run(mut self, until_idle: Option<Duration>) -> Result<ClickHouseSinkSummary, ClickHouseSinkError> {
         let mut summary = ClickHouseSinkSummary::default();
         let mut upstream_running = self.upstream.is_some();
+        // Rows not loaded for want of proof that ClickHouse refuses them on their own:
+        // the next batch begins with them.
+        let mut carried = Carried::default();
+        // Rounds in a row that left rows not loaded: the backoff's attempt number.
+        let mut unproven_rounds = 0;
         loop {
+            let Carried { rows, sources, bytes, ranges } = std::mem::take(&mut carried);
             let mut batch = SinkBatch {
-                rows: Vec::new(),
-                sources: Vec::new(),
-                bytes: 0,
+                rows,
+                sources,
+                bytes,
                 dead: Vec::new(),
-                ranges: BTreeMap::new(),
+                ranges,
                 max_rows: self.settings.clickhouse.max_batch_rows.get(),
                 max_bytes: self.settings.clickhouse.max_batch_bytes.get(),
                 topics: &self.settings.topics,
@@ -269,28 +296,63 @@ impl ClickHouseSink {
                     dedup_token(&self.settings.topics.processed, &ranges)
                 );
                 let (rows, sources) = by_partition(self.layout, rows, sources);
-                let Some(refused) = self.load(&rows, &token, &mut summary)? else {
+                let Some(loaded) = self.load(&rows, &token, &mut summary)? else {
                     // Nothing committed: the batch is read again on restart.
                     tracing::warn!("shutdown during a failing insert: leaving the batch uncommitted");
                     return Ok(summary);
                 };
-                if !refused.is_empty() {
+                if !loaded.refused.is_empty() {
                     let topics = &self.settings.topics;
                     let max = self.settings.max_record_bytes();
-                    let letters: Vec<OutRecord> =
-                        refused.iter().map(|(i, message)| refused_letter(topics, &sources[*i], message, max)).collect();
+                    let letters: Vec<OutRecord> = loaded
+                        .refused
+                        .iter()
+                        .map(|(i, message)| refused_letter(topics, &sources[*i], message, max))
+                        .collect();
                     self.runtime.block_on(self.output.send_all(letters))?;
-                    summary.refused += refused.len() as u64;
-                    crate::metrics::clickhouse_refused(refused.len());
+                    summary.refused += loaded.refused.len() as u64;
+                    crate::metrics::clickhouse_refused(loaded.refused.len());
                 }
-                self.commit(&ranges);
-                let loaded = rows.len() - refused.len();
-                crate::metrics::clickhouse_loaded(loaded);
-                summary.batches += 1;
-                summary.rows += loaded as u64;
-                tracing::debug!(rows = rows.len(), "ClickHouse batch loaded");
+                let stored = rows.len() - loaded.refused.len() - loaded.unloaded.len();
+                crate::metrics::clickhouse_loaded(stored);
+                summary.rows += stored as u64;
+                if loaded.unloaded.is_empty() {
+                    self.commit(&ranges);
+                    summary.batches += 1;
+                    unproven_rounds = 0;
+                    tracing::debug!(rows = rows.len(), "ClickHouse batch loaded");
+                } else {
+                    unproven_rounds += 1;
+                    let first = &rows[loaded.unloaded[0]];
+                    let first = format!(
+                        "partition {} offset {}, key {}",
+                        first.source_partition, first.source_offset, first.dedup_key
+                    );
+                    let message = loaded.message.clone().unwrap_or_else(|| "not tried alone".into());
+                    let rows_left = loaded.unloaded.len();
+                    carried = Carried::keep(rows, sources, ranges, &loaded.unloaded);
+                    let what = format!(
+                        "ClickHouse refuses {rows_left} rows and took no other insert meanwhile: none is \
+                         dead-lettered, they are tried again with the next rows"
+                    );
+                    crate::metrics::service_error("clickhouse", &what);
+                    tracing::warn!(rows = rows_left, %first, error = %message, rounds = unproven_rounds, "{what}");
+                    if let Some(idle) = until_idle
+                        && !upstream_running
+                        && self.positions.idle_for(idle)
+                    {
+                        return Err(ClickHouseSinkError::Unproven { rows: rows_left, first, message });
+                    }
+                    BACKOFF.wait(unproven_rounds, &self.shutdown);
+                }
             }
             if self.shutdown.load(Ordering::Relaxed) {
+                if !carried.rows.is_empty() {
+                    tracing::warn!(
+                        rows = carried.rows.len(),
+                        "shutdown with rows ClickHouse refused: leaving them uncommitted"
+                    );
+                }
                 return Ok(summary);
             }
             if self.partitions_checked.elapsed() >= PARTITION_CHECK_EVERY {
@@ -305,6 +367,7 @@ impl ClickHouseSink {
             }
             if let Some(idle) = until_idle
                 && !upstream_running
+                && carried.rows.is_empty()
                 && self.upstream_loaded(last_sent.as_ref())
                 && self.positions.idle_for(idle)
             {
@@ -315,83 +378,129 @@ impl ClickHouseSink {
     }
 
     /// Loads one batch's rows (sorted by ClickHouse partition: [`by_partition`]) as the
-    /// module's doc says. Returns the rows ClickHouse refused alone (index, server
-    /// message), or `None` when shutdown came during a failing insert (nothing may be
-    /// committed then); an error only for a fatal failure when not `patient`.
+    /// module's doc says. Returns what became of them, or `None` when shutdown came
+    /// during a failing insert (nothing may be committed then); an error only for a fatal
+    /// failure when not `patient`.
     fn load(
-        &self,
+        &mut self,
         rows: &[StoredRow],
         token: &str,
         summary: &mut ClickHouseSinkSummary,
-    ) -> Result<Option<Vec<(usize, String)>>, ClickHouseSinkError> {
+    ) -> Result<Option<Loaded>, ClickHouseSinkError> {
         let mut pieces = insert_runs(self.layout, rows.iter().map(|r| r.event_time_us));
         pieces.reverse();
-        let mut refused = Vec::new();
-        while let Some(piece) = pieces.pop() {
-            // Pieces are the same for the same batch, so a retry carries the same token.
-            let piece_token = format!("{token}#{}-{}", piece.start, piece.end);
-            let mut failures = 0_u32;
-            loop {
-                let inserted = self.runtime.block_on(self.clickhouse.insert(
-                    self.layout,
-                    &rows[piece.clone()],
-                    Some(&piece_token),
-                ));
-                let e = match inserted {
-                    Ok(()) => {
-                        crate::metrics::service_recovered("clickhouse");
-                        break;
+        // Whether the server took an insert during this load: then a refusal is the rows'.
+        let mut taking = false;
+        // Rows refused alone, with the server's message.
+        let mut alone: Vec<(usize, String)> = Vec::new();
+        loop {
+            while let Some(piece) = pieces.pop() {
+                if !taking && alone.len() >= MAX_ALONE_UNPROVEN {
+                    // Row after row refused and nothing taken: the server may refuse every
+                    // insert. The rest waits, unsplit, until that is known.
+                    pieces.push(piece);
+                    break;
+                }
+                match self.insert_piece(rows, piece.clone(), token, summary)? {
+                    None => return Ok(None),
+                    Some(Inserted::Yes) => {
+                        taking = true;
+                        self.last_loaded = Some(rows[piece.end - 1].clone());
                     }
-                    Err(e) => e,
-                };
-                crate::metrics::service_error("clickhouse", &e.to_string());
-                summary.retries += 1;
-                crate::metrics::clickhouse_insert_retried();
-                failures += 1;
-                let failure = match e.failure() {
-                    // A server that answers but does not finish this insert in time: it
-                    // is too heavy (or holds a row it chokes on), not an outage.
-                    Failure::Transient
-                        if matches!(e, ClickHouseError::Timeout { .. })
-                            && self.runtime.block_on(self.clickhouse.ping()).is_ok() =>
-                    {
-                        Failure::Refused
-                    }
-                    f => f,
-                };
-                match failure {
-                    Failure::Refused if piece.len() > 1 => {
-                        tracing::warn!(rows = piece.len(), error = %e, "ClickHouse refused an insert: splitting it to find the rows it refuses");
+                    Some(Inserted::Refused(message)) if piece.len() > 1 => {
+                        tracing::warn!(rows = piece.len(), error = %message, "ClickHouse refused an insert: splitting it to find the rows it refuses");
                         let mid = piece.start + piece.len() / 2;
                         pieces.push(mid..piece.end);
                         pieces.push(piece.start..mid);
-                        break;
                     }
-                    Failure::Refused if failures >= REFUSALS_BEFORE_DEAD_LETTER => {
-                        let row = &rows[piece.start];
-                        let message = e.server_message().unwrap_or_else(|| e.to_string());
-                        tracing::error!(
-                            dedup_key = %row.dedup_key,
-                            partition = row.source_partition,
-                            offset = row.source_offset,
-                            error = %message,
-                            "ClickHouse refuses this event on its own: sent to the dead-letter topic"
-                        );
-                        refused.push((piece.start, message));
-                        break;
-                    }
-                    Failure::Fatal if !self.patient => return Err(e.into()),
-                    _ => {}
+                    Some(Inserted::Refused(message)) => alone.push((piece.start, message)),
                 }
-                if self.shutdown.load(Ordering::Relaxed) {
-                    return Ok(None);
-                }
-                let backoff = BACKOFF.delay(failures);
-                tracing::warn!(attempt = failures, error = %e, ?backoff, rows = piece.len(), "ClickHouse insert failed; retrying");
-                BACKOFF.wait(failures, &self.shutdown);
+            }
+            if taking || alone.is_empty() {
+                break;
+            }
+            // Nothing of this batch was taken. A row the table took before, inserted again
+            // (harmless: the table keeps one row per key), shows whether it takes any now.
+            let Some(probe) = self.last_loaded.clone() else { break };
+            self.probes += 1;
+            let probe_token = format!("{token}#probe-{}", self.probes);
+            match self.insert_piece(std::slice::from_ref(&probe), 0..1, &probe_token, summary)? {
+                None => return Ok(None),
+                Some(Inserted::Yes) => taking = true,
+                Some(Inserted::Refused(_)) => break,
             }
         }
-        Ok(Some(refused))
+        let mut loaded = Loaded::default();
+        if !taking {
+            loaded.unloaded = alone.iter().map(|(i, _)| *i).chain(pieces.into_iter().flatten()).collect();
+            loaded.unloaded.sort_unstable();
+            loaded.message = alone.into_iter().next().map(|(_, m)| m);
+            return Ok(Some(loaded));
+        }
+        // The server takes inserts now: a row it refuses again is refused for what it holds.
+        for (i, _) in alone {
+            match self.insert_piece(rows, i..i + 1, token, summary)? {
+                None => return Ok(None),
+                Some(Inserted::Yes) => {}
+                Some(Inserted::Refused(message)) => {
+                    let row = &rows[i];
+                    tracing::error!(
+                        dedup_key = %row.dedup_key,
+                        partition = row.source_partition,
+                        offset = row.source_offset,
+                        error = %message,
+                        "ClickHouse refuses this event on its own (it takes other rows): sent to the dead-letter topic"
+                    );
+                    loaded.refused.push((i, message));
+                }
+            }
+        }
+        Ok(Some(loaded))
+    }
+
+    /// Inserts `rows[piece]` until ClickHouse takes it or refuses it while answering
+    /// `SELECT 1`; waits out, with backoff, an unreachable or busy server (and a fatal
+    /// failure when `patient`). `None`: shutdown came first.
+    fn insert_piece(
+        &self,
+        rows: &[StoredRow],
+        piece: std::ops::Range<usize>,
+        token: &str,
+        summary: &mut ClickHouseSinkSummary,
+    ) -> Result<Option<Inserted>, ClickHouseSinkError> {
+        // Pieces are the same for the same batch, so a retry carries the same token.
+        let piece_token = format!("{token}#{}-{}", piece.start, piece.end);
+        let mut failures = 0_u32;
+        loop {
+            let inserted =
+                self.runtime.block_on(self.clickhouse.insert(self.layout, &rows[piece.clone()], Some(&piece_token)));
+            let e = match inserted {
+                Ok(()) => {
+                    crate::metrics::service_recovered("clickhouse");
+                    return Ok(Some(Inserted::Yes));
+                }
+                Err(e) => e,
+            };
+            crate::metrics::service_error("clickhouse", &e.to_string());
+            summary.retries += 1;
+            crate::metrics::clickhouse_insert_retried();
+            failures += 1;
+            // An insert that times out is judged like a refusal: by whether the server
+            // answers meanwhile (then the insert is too heavy, or holds a row it chokes on).
+            let refused = matches!(e.failure(), Failure::Refused) || matches!(e, ClickHouseError::Timeout { .. });
+            if refused && self.runtime.block_on(self.clickhouse.ping()).is_ok() {
+                return Ok(Some(Inserted::Refused(e.server_message().unwrap_or_else(|| e.to_string()))));
+            }
+            if e.failure() == Failure::Fatal && !self.patient {
+                return Err(e.into());
+            }
+            if self.shutdown.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let backoff = BACKOFF.delay(failures);
+            tracing::warn!(attempt = failures, error = %e, ?backoff, rows = piece.len(), "ClickHouse insert failed; retrying");
+            BACKOFF.wait(failures, &self.shutdown);
+        }
     }
 
     /// Compares the partitions read with the broker's (between inserts, so nothing
@@ -595,9 +704,60 @@ struct RowSource {
     offset: i64,
 }
 
-/// How many times a row alone in an insert is refused before it is a dead letter (a
-/// refusal that passes is not the row's fault).
-const REFUSALS_BEFORE_DEAD_LETTER: u32 = 3;
+/// How many rows of a batch may be refused alone, while nothing of it loaded, before the
+/// sink stops splitting it for this round: a server that refuses every insert would
+/// otherwise be sent one insert per row.
+const MAX_ALONE_UNPROVEN: usize = 4;
+
+/// What became of one insert attempt.
+enum Inserted {
+    Yes,
+    /// Refused while the server answers, with its message.
+    Refused(String),
+}
+
+/// What became of a batch's rows: loaded, but for these.
+#[derive(Debug, Default)]
+struct Loaded {
+    /// Rows refused alone after other rows of the batch loaded: (index, server message).
+    refused: Vec<(usize, String)>,
+    /// Rows not loaded while nothing of the batch loaded (ascending indices).
+    unloaded: Vec<usize>,
+    /// The server's message for the first of those refused alone.
+    message: Option<String>,
+}
+
+/// Rows not loaded for want of proof that ClickHouse refuses them on their own, which
+/// begin the next batch, and the offsets read so far (nothing past them is committed).
+#[derive(Default)]
+struct Carried {
+    rows: Vec<StoredRow>,
+    sources: Vec<RowSource>,
+    /// Bytes of their records, as the batch counts them.
+    bytes: usize,
+    ranges: BTreeMap<i32, (i64, i64)>,
+}
+
+impl Carried {
+    /// The rows of `unloaded` (ascending indices into `rows`), and every range read.
+    fn keep(
+        rows: Vec<StoredRow>,
+        sources: Vec<RowSource>,
+        ranges: BTreeMap<i32, (i64, i64)>,
+        unloaded: &[usize],
+    ) -> Self {
+        let mut kept = Self { ranges, ..Self::default() };
+        let mut unloaded = unloaded.iter().copied().peekable();
+        for (i, (row, source)) in rows.into_iter().zip(sources).enumerate() {
+            if unloaded.next_if_eq(&i).is_some() {
+                kept.bytes += source.value.len() + source.key.as_ref().map_or(0, Vec::len);
+                kept.rows.push(row);
+                kept.sources.push(source);
+            }
+        }
+        kept
+    }
+}
 
 /// The dead letter of a row ClickHouse refused: its processed record, and the server's
 /// message.
@@ -669,6 +829,28 @@ mod tests {
         let b = BTreeMap::from([(0, (10, 12))]);
         assert_eq!(dedup_token("processed", &a), "processed/0:5-9,3:0-2");
         assert_ne!(dedup_token("processed", &a), dedup_token("processed", &b));
+    }
+
+    #[test]
+    fn rows_not_loaded_begin_the_next_batch_with_every_range_read() {
+        let row = |offset: i64| StoredRow {
+            dedup_key: format!("k{offset}"),
+            user_id: "u".into(),
+            event_type: "e".into(),
+            event_time_us: 0,
+            payload: "{}".into(),
+            source_partition: 0,
+            source_offset: offset,
+            batch_id: 1,
+            ingested_at_us: 2,
+        };
+        let source = |offset: i64| RowSource { key: Some(vec![b'k'; 2]), value: vec![b'v'; 10], partition: 0, offset };
+        let ranges = BTreeMap::from([(0, (0, 4)), (1, (7, 9))]);
+        let kept = Carried::keep((0..5).map(row).collect(), (0..5).map(source).collect(), ranges.clone(), &[1, 4]);
+        assert_eq!(kept.rows.iter().map(|r| r.source_offset).collect::<Vec<_>>(), [1, 4]);
+        assert_eq!(kept.sources.iter().map(|s| s.offset).collect::<Vec<_>>(), [1, 4]);
+        assert_eq!(kept.bytes, 24);
+        assert_eq!(kept.ranges, ranges, "nothing read is committed while rows wait");
     }
 
     #[test]

@@ -441,8 +441,34 @@ impl Settings {
             };
             return Err(ConfigError::InvalidKafka { key, reason: e.to_string() });
         }
-        Ok(())
+        check_kafka_clients(&kafka)
     }
+}
+
+/// Makes a consumer and an idempotent producer from the pass-through settings, without
+/// brokers (nothing connects), and drops them. Some settings are refused only beside
+/// another, when librdkafka makes a client: a consumer's `max.poll.interval.ms` below its
+/// `session.timeout.ms`, a producer's idempotence beside more than five requests in
+/// flight. Checked here, such a pair fails every command at start-up, naming the settings,
+/// instead of stopping `run` at its first consumer.
+fn check_kafka_clients(passthrough: &rdkafka::ClientConfig) -> Result<(), ConfigError> {
+    use rdkafka::config::RDKafkaLogLevel;
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::producer::BaseProducer;
+
+    let refused = |e: rdkafka::error::KafkaError| {
+        let reason = e.to_string();
+        // librdkafka names the settings in backquotes: the first is the key.
+        let key = reason.split('`').nth(1).unwrap_or("?").to_owned();
+        ConfigError::InvalidKafka { key, reason }
+    };
+    let mut config = passthrough.clone();
+    config.set_log_level(RDKafkaLogLevel::Emerg);
+    config.create::<BaseConsumer>().map_err(refused)?;
+    // What every producer of idempipe sets (the pass-through may only repeat it).
+    config.set("enable.idempotence", "true").set("acks", "all");
+    config.create::<BaseProducer>().map_err(refused)?;
+    Ok(())
 }
 
 /// The environment variables of the object stores, which delta-rs reads itself.
@@ -571,6 +597,20 @@ aws_endpoint_url = "http://user:endpoint-secret-5@s3.example"
         for setting in ["acks=all", "enable.idempotence=true", "isolation.level=read_committed", "linger.ms=20"] {
             resolve("", &["idempipe", "--kafka", setting, "verify"]).unwrap();
         }
+    }
+
+    /// A consumer setting refused only beside another (librdkafka checks the pair when it
+    /// makes a consumer): the example file once set one and `run` stopped at its start.
+    #[test]
+    fn settings_refused_only_together_fail_at_start_up() {
+        let err = resolve("[kafka]\n\"max.poll.interval.ms\" = \"10000\"", &["idempipe", "verify"]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("max.poll.interval.ms") && text.contains("session.timeout.ms"), "{text}");
+        let err =
+            resolve("", &["idempipe", "--kafka", "max.in.flight.requests.per.connection=10", "verify"]).unwrap_err();
+        assert!(err.to_string().contains("max.in.flight"), "{err}");
+        let both = "[kafka]\n\"max.poll.interval.ms\" = \"10000\"\n\"session.timeout.ms\" = \"6000\"";
+        resolve(both, &["idempipe", "verify"]).unwrap();
     }
 
     #[test]

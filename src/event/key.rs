@@ -9,6 +9,8 @@ use std::fmt;
 
 use md5::{Digest, Md5};
 
+use super::reject::quoted;
+
 const MICROS_PER_SEC: i64 = 1_000_000;
 const SECS_PER_DAY: i64 = 86_400;
 /// Byte placed between the key's fields: the ASCII unit separator.
@@ -64,8 +66,9 @@ impl EventTime {
     pub fn parse(text: &str) -> Result<Self, TimeError> {
         let malformed = |why: &str| {
             TimeError::Malformed(format!(
-                "timestamp {text:?} {why}; expected RFC 3339 such as 2024-01-01T00:00:00.000Z, \
-                 `YYYY-MM-DD HH:MM:SS[.fraction]` as UTC, or integer epoch milliseconds"
+                "timestamp {} {why}; expected RFC 3339 such as 2024-01-01T00:00:00.000Z, \
+                 `YYYY-MM-DD HH:MM:SS[.fraction]` as UTC, or integer epoch milliseconds",
+                quoted(text)
             ))
         };
         let b = text.as_bytes();
@@ -85,7 +88,10 @@ impl EventTime {
         let minute = digits(&b[14..16]).ok_or_else(|| malformed("has no two-digit minute"))?;
         let second = digits(&b[17..19]).ok_or_else(|| malformed("has no two-digit second"))?;
         if year == 0 {
-            return Err(TimeError::OutOfRange(format!("timestamp {text:?} is in year 0000; the first year is 0001")));
+            return Err(TimeError::OutOfRange(format!(
+                "timestamp {} is in year 0000; the first year is 0001",
+                quoted(text)
+            )));
         }
         if !(1..=12).contains(&month) {
             return Err(malformed("has a month outside 01 to 12"));
@@ -131,7 +137,10 @@ impl EventTime {
         let local_secs = days * SECS_PER_DAY + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second);
         let utc_micros = (local_secs - offset_secs) * MICROS_PER_SEC + micros_of_second;
         Self::from_micros(utc_micros).map_err(|_| {
-            TimeError::OutOfRange(format!("timestamp {text:?} falls outside the years 0001 to 9999 once taken to UTC"))
+            TimeError::OutOfRange(format!(
+                "timestamp {} falls outside the years 0001 to 9999 once taken to UTC",
+                quoted(text)
+            ))
         })
     }
 
@@ -155,7 +164,7 @@ impl EventTime {
     /// partition value.
     pub fn parse_date(text: &str) -> Result<Self, TimeError> {
         if text.len() != 10 {
-            return Err(TimeError::Malformed(format!("date {text:?} is not shaped YYYY-MM-DD")));
+            return Err(TimeError::Malformed(format!("date {} is not shaped YYYY-MM-DD", quoted(text))));
         }
         Self::parse(&format!("{text}T00:00:00Z"))
     }

@@ -113,3 +113,34 @@ impl fmt::Display for Rejection {
 }
 
 impl std::error::Error for Rejection {}
+
+/// The most characters of an input that a message quotes.
+const QUOTED_CHARS: usize = 64;
+
+/// `text` as a message quotes it: Debug-escaped, at most [`QUOTED_CHARS`] characters, and
+/// when longer, its length in bytes after an ellipsis. A rejection travels in a Kafka
+/// header, and a whole 400 KB field escaped to three times its size would make a dead
+/// letter no broker takes; the whole input is in the record's value anyway.
+pub(crate) fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_CHARS) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &text[..cut], text.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_input_is_quoted_by_a_short_prefix_and_its_length() {
+        assert_eq!(quoted("2024-13-01"), "\"2024-13-01\"");
+        let long = "\u{80}".repeat(200_000);
+        let q = quoted(&long);
+        // At most ten bytes an escaped character (`\u{10ffff}`), and the length.
+        assert!(q.len() <= 10 * QUOTED_CHARS + 32, "{} bytes", q.len());
+        assert!(q.ends_with("… (400000 bytes)"), "{q}");
+        let exact = "x".repeat(QUOTED_CHARS);
+        assert_eq!(quoted(&exact), format!("{exact:?}"));
+    }
+}

@@ -10,7 +10,10 @@
 //! ([`crate::config::Settings::max_record_bytes`]) and marked `error.truncated: true` with
 //! its full length in `source.value_bytes`: a dead letter that cannot be sent would stop
 //! the pipeline, and the whole message is still in the source topic at
-//! `source.partition`/`source.offset`. A key longer than a sixteenth of that is cut too.
+//! `source.partition`/`source.offset`. A key longer than a sixteenth of that is cut too,
+//! and so is an `error.message` longer than [`MAX_MESSAGE_HEADER_BYTES`] (a server's
+//! message may quote the data it refused): every header is bounded, so a dead letter
+//! always fits.
 
 use rdkafka::message::{Header, OwnedHeaders};
 
@@ -25,14 +28,33 @@ pub const HEADER_OFFSET: &str = "source.offset";
 pub const HEADER_TRUNCATED: &str = "error.truncated";
 pub const HEADER_VALUE_BYTES: &str = "source.value_bytes";
 
+/// The longest `error.message` header: enough for any reason idempipe writes and for a
+/// server's message with the start of what it quotes.
+pub const MAX_MESSAGE_HEADER_BYTES: usize = 4096;
+
+/// `text` cut to at most `max` bytes at a character boundary, marked with an ellipsis and
+/// the full length when cut.
+fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let suffix = format!("… ({} bytes in all)", text.len());
+    let mut cut = max.saturating_sub(suffix.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &text[..cut]).into()
+}
+
 /// The record of one refused message, at most `max_record_bytes` of key, value and
 /// headers.
 pub fn record(dlq_topic: &str, source_topic: &str, dead: &DeadLetter, max_record_bytes: usize) -> OutRecord {
     let partition = dead.partition.to_string();
     let offset = dead.offset.to_string();
+    let message = bounded(&dead.rejection.message, MAX_MESSAGE_HEADER_BYTES.min(max_record_bytes / 16));
     let fields = [
         (HEADER_CLASS, dead.rejection.class.as_str()),
-        (HEADER_MESSAGE, dead.rejection.message.as_str()),
+        (HEADER_MESSAGE, message.as_ref()),
         (HEADER_TOPIC, source_topic),
         (HEADER_PARTITION, partition.as_str()),
         (HEADER_OFFSET, offset.as_str()),
@@ -119,5 +141,32 @@ mod tests {
         let both = record("dlq", "raw", &dead, LIMIT);
         assert_eq!(both.key.as_ref().unwrap().len(), LIMIT / 16);
         assert!(size(&both) <= LIMIT, "{}", size(&both));
+    }
+
+    /// A reason that quotes a whole 400 KB field, escaped to 1.2 MB, once made a header no
+    /// broker takes, and the batch failed on every attempt.
+    #[test]
+    fn a_reason_of_any_length_fits_the_record() {
+        let long = format!("timestamp {:?} is malformed", "\u{80}".repeat(200_000));
+        assert!(long.len() > 1_000_000);
+        let dead = DeadLetter {
+            key: Some(b"k".to_vec()),
+            value: Some(vec![b'x'; 400_000]),
+            rejection: Rejection::new(RejectClass::InvalidTimestamp, long.clone()),
+            partition: 2,
+            offset: 9,
+        };
+        let r = record("dlq", "raw", &dead, LIMIT);
+        assert!(size(&r) <= LIMIT, "{} bytes", size(&r));
+        let message = header(&r, HEADER_MESSAGE).unwrap();
+        assert!(message.len() <= MAX_MESSAGE_HEADER_BYTES, "{} bytes", message.len());
+        assert!(message.starts_with("timestamp \"\\u{80}"), "{message}");
+        assert!(message.ends_with(&format!("… ({} bytes in all)", long.len())), "{message}");
+        assert_eq!(r.value.as_ref().map(Vec::len), Some(400_000), "the value is whole");
+        // A short reason is left as it is, and a cut never splits a character.
+        assert_eq!(bounded("too big", 64), "too big");
+        let accents = "é".repeat(100);
+        let cut = bounded(&accents, 41);
+        assert!(cut.len() <= 41 && cut.starts_with('é'), "{cut}");
     }
 }

@@ -339,9 +339,14 @@ metrics_addr = "127.0.0.1:0"
         serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
     }
 
+    /// A background command's whole log.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
+    }
+
     /// The last lines of a background command's log.
     pub fn tail(&self, name: &str) -> String {
-        let text = std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default();
+        let text = self.log(name);
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
