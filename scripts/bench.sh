@@ -11,12 +11,23 @@
 #      ingested into it (the cost must not grow with the table);
 #   6. s3: phases 3 and 4 again with the table on the loopback S3 server (moto, started
 #      by scripts/services.sh s3-up) on a raw topic of its own, then `run` restarted on
-#      each of the two tables (local disk, S3) with nothing new to read: the key index's
-#      start-up time, then the same on two tables prefilled with 10 x N rows (restart-large).
+#      each of the two tables (local disk, S3) with nothing new to read: the start-up
+#      time (process start to idle exit), then the same on two tables prefilled with
+#      10 x N rows (restart-large).
+# With BENCH_KEY_CHECK=index, the large-table and restart phases also report the key
+# index's size and build time (index_keys, index_build_seconds, index_bytes_per_key);
+# the other key checks build no index, so those fields are left out.
 # Prints one table and writes it as JSON ($work/bench.json, or BENCH_JSON=FILE).
-# Usage: scripts/bench.sh [N]   (default 1000000). BENCH_KEY_CHECK=index (every key in
-# memory) or scan (the scan-and-MERGE path) measures another key check than the default
-# cache; BENCH_SKIP="large latency s3 restart-large" skips phases.
+# Usage: scripts/bench.sh [N]   (default 1000000). Environment:
+#   BENCH_KEY_CHECK    index (every key in memory) or scan (the scan-and-MERGE path)
+#                      measures another key check than the default cache
+#   BENCH_SKIP         phases to skip, e.g. "large latency s3 restart-large"
+#   BENCH_LATENCY_RATE, BENCH_LATENCY_SECONDS   the latency phase's probe events a second
+#                      (default 1000) and how long it sends them (default 60)
+#   BENCH_JSON         where the JSON goes
+#   S3_PORT            the loopback S3 server's port (default 9300)
+#   BENCH_KAFKA_PORT, TANSU_BIN   the benchmark's own broker's port (default 19092) and the
+#                      tansu binary (scripts/lib.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000000}
@@ -81,8 +92,9 @@ s3_config() { # config, out, table name, batch log, raw topic
 }
 
 # The start-up line of `run` in a log: how long the key index took and how big it is,
-# as JSON fields.
+# as JSON fields; nothing unless the key check is the index (no other builds one).
 index_of() { # log
+  [[ $key_check == index ]] || return 0
   python3 - "$1" <<'PY'
 import re, sys
 text = re.sub(r"\x1b\[[0-9;]*m", "", open(sys.argv[1]).read())
@@ -148,8 +160,8 @@ if [[ $skip != *" large "* ]]; then
   timed "$cfg_l" run --until-idle 3s >/dev/null 2>"$large/ingest.log"
   read -r events secs rate batches files < <(from_log "$large/delta/events.batches.jsonl" 0 100000000)
   index_json=$(index_of "$large/ingest.log")
-  record large_table_ingest "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches,\"table_rows_before\":$prefill_rows,$index_json"
-  echo "large-table ingest: $events events in $secs s ($rate/s), peak RSS ${rss} KiB; $index_json" >&2
+  record large_table_ingest "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches,\"table_rows_before\":$prefill_rows${index_json:+,$index_json}"
+  echo "large-table ingest: $events events in $secs s ($rate/s), peak RSS ${rss} KiB${index_json:+; $index_json}" >&2
 fi
 
 if [[ $skip != *" s3 "* ]]; then
@@ -160,16 +172,17 @@ if [[ $skip != *" s3 "* ]]; then
   "$bin" --config "$cfg_s" setup --skip-clickhouse >/dev/null
   "$bin" --config "$cfg_s" produce --input "$main/events.jsonl" >/dev/null
   ingest_and_replay "$cfg_s" "$main/s3.batches.jsonl" _s3 s3-
-  # Start-up on each table, nothing new to read: process start to idle exit, and the
-  # key index's build (listing the table, reading every file's keys) within it.
+  # Start-up on each table, nothing new to read: process start to idle exit (with the
+  # index, its build within it: listing the table, reading every file's keys).
   for where in local s3; do
     c=$cfg; [[ $where == s3 ]] && c=$cfg_s
     timed "$c" run --until-idle 1s >/dev/null 2>"$main/restart-$where.log"
-    record "restart_$where" 0 "$secs" 0 "$rss" "" "$(index_of "$main/restart-$where.log")"
-    echo "restart on $where: ${secs} s to idle exit; $(index_of "$main/restart-$where.log")" >&2
+    index_json=$(index_of "$main/restart-$where.log")
+    record "restart_$where" 0 "$secs" 0 "$rss" "" "$index_json"
+    echo "restart on $where: ${secs} s to idle exit${index_json:+; $index_json}" >&2
   done
   # The same start-up on two tables of 10 x N prefilled rows (local disk, S3), with an
-  # empty raw topic: how the key index's build grows with the table on each store.
+  # empty raw topic: how the start-up grows with the table on each store.
   if [[ $skip != *" restart-large "* ]]; then
     new_pipeline benchrestart 2s
     rl=$work
@@ -180,8 +193,9 @@ if [[ $skip != *" s3 "* ]]; then
       timed "$c" bench-prefill --rows "$((10 * n))" >"$rl/prefill-$where.json"
       echo "prefill on $where: $(cat "$rl/prefill-$where.json") in ${secs} s" >&2
       timed "$c" run --until-idle 1s >/dev/null 2>"$rl/restart-$where.log"
-      record "restart_large_$where" 0 "$secs" 0 "$rss" "" "\"table_rows\":$((10 * n)),$(index_of "$rl/restart-$where.log")"
-      echo "restart on a $((10 * n))-row table on $where: ${secs} s; $(index_of "$rl/restart-$where.log")" >&2
+      index_json=$(index_of "$rl/restart-$where.log")
+      record "restart_large_$where" 0 "$secs" 0 "$rss" "" "\"table_rows\":$((10 * n))${index_json:+,$index_json}"
+      echo "restart on a $((10 * n))-row table on $where: ${secs} s${index_json:+; $index_json}" >&2
     done
   fi
 fi
@@ -209,9 +223,10 @@ for r in rows:
     files = "" if r.get("delta_files") is None else r["delta_files"]
     print(f'| {r["phase"]} | {r["events"]:,} | {float(r["seconds"]):.2f} | {float(r["events_per_sec"]):,.0f} | {r["ratio_to_drain"]:.2f} | {rss} | {files} |')
 if "first_ingest" in by and "large_table_ingest" in by:
-    print(f'\nlarge table / empty table rate: {by["large_table_ingest"]["events_per_sec"] / by["first_ingest"]["events_per_sec"]:.2f}'
-          f' (index: {by["large_table_ingest"].get("index_keys")} keys, {by["large_table_ingest"].get("index_bytes_per_key")} B/key,'
-          f' built in {by["large_table_ingest"].get("index_build_seconds")} s)')
+    large = by["large_table_ingest"]
+    index = (f' (index: {large["index_keys"]} keys, {large.get("index_bytes_per_key")} B/key,'
+             f' built in {large.get("index_build_seconds")} s)') if "index_keys" in large else ""
+    print(f'\nlarge table / empty table rate: {large["events_per_sec"] / by["first_ingest"]["events_per_sec"]:.2f}{index}')
 if "first_ingest_s3" in by:
     for phase in ("first_ingest", "replay"):
         print(f'{phase} on s3 / on local disk: {float(by[phase + "_s3"]["events_per_sec"]) / float(by[phase]["events_per_sec"]):.2f}')
@@ -219,7 +234,9 @@ if "first_ingest_s3" in by:
         for where in ("local", "s3"):
             r = by.get(f"{phase}_{where}")
             if r:
-                print(f'{phase} on {where}: {float(r["seconds"]):.2f} s to idle exit, key index of {r.get("index_keys")} keys built in {r.get("index_build_seconds")} s, peak RSS {r["peak_rss_kib"] / 1024:.0f} MiB')
+                index = (f', key index of {r["index_keys"]} keys built in {r.get("index_build_seconds")} s'
+                         if "index_keys" in r else "")
+                print(f'{phase} on {where}: {float(r["seconds"]):.2f} s to idle exit{index}, peak RSS {r["peak_rss_kib"] / 1024:.0f} MiB')
 if "latency" in by:
     l = by["latency"]
     print(f'latency at {l["rate"]:.0f} events/s, 200 ms trigger: p50 {l["p50_ms"]:.0f} ms, p90 {l["p90_ms"]:.0f} ms, p99 {l["p99_ms"]:.0f} ms, max {l["max_ms"]:.0f} ms ({l["events"]} events, {l["commits"]} commits)')

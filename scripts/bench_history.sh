@@ -13,8 +13,10 @@
 #            100 M rows, 502 MiB) overflow the default 128 MiB `key_cache_bytes`, so
 #            every full batch reads them again: the cache's worst case, full all along;
 #   and, for reference, the same 1,000,000-event ingest into an empty table.
-# Prints one table and writes it as JSON ($work/history.json, or BENCH_JSON=FILE). Each
-# size's table is deleted after it is measured (BENCH_KEEP=1 keeps them).
+# BENCH_CHECKS (default "cache index") names the key checks measured, in that order.
+# Prints one table and writes it as JSON (data/history<time>/history.json, or BENCH_JSON=FILE). Each
+# size's table is deleted after it is measured (BENCH_KEEP=1 keeps them). Uses a fresh
+# broker of its own (scripts/lib.sh `bench_broker`: BENCH_KAFKA_PORT, TANSU_BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes=${BENCH_SIZES:-"10000000 30000000 100000000"}

@@ -21,7 +21,7 @@
 #   compaction:   `idempipe compact` alone.
 # Each compaction's end and length are printed beside the batches' span.
 # Prints each one's peak RSS and wall time. Other settings are the defaults. Uses a fresh
-# broker of its own (scripts/lib.sh `bench_broker`). Writes data/hpeak<time>/ (its logs; the
+# broker of its own (scripts/lib.sh `bench_broker`: BENCH_KAFKA_PORT, TANSU_BIN). Writes data/hpeak<time>/ (its logs; the
 # tables and the events, about 2 GB, are deleted at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -27,7 +27,8 @@ TOML
 }
 
 # bench_broker: a fresh tansu of the benchmark's own on $BENCH_KAFKA_PORT (default 19092),
-# stopped when the script exits; sets $port.
+# stopped when the script exits; sets $port. The binary is $TANSU_BIN (default
+# ~/.cargo/bin/tansu; scripts/services.sh installs it when missing).
 bench_broker() {
   # A fresh broker of its own, on tansu's memory storage: its sqlite storage fetches a
   # record range with a running sum over the partition, far too slow to drain a million

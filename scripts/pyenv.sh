@@ -1,6 +1,7 @@
 # Sourced by the scripts that need Python packages: makes (once) and reuses a virtual
 # environment of the project's own, so nothing is installed into the system Python
-# (Debian's refuses it: "externally managed"; some lack pip altogether).
+# (Debian's refuses it: "externally managed"; some lack pip altogether). It lives in
+# data/venv, or in IDEMPIPE_VENV when set.
 #
 # pyenv_ready PACKAGE...: each PACKAGE is "module=requirement" (e.g. "chdb=chdb>=3");
 # installs the requirements whose module does not import, then sets $IDEMPIPE_PYTHON to

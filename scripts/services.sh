@@ -5,15 +5,32 @@
 #   S3: moto in server mode on 127.0.0.1:9300 (it honours conditional writes, which Delta's
 #       commits need), bucket `idempipe`; from PyPI into the project's virtual environment
 # Usage: scripts/services.sh up|down|status|restart-kafka|kafka-down|kafka-up|kafka-fresh|clickhouse-up|clickhouse-down|s3-up|s3-down|build-deps
-#   kafka-fresh     (re)starts tansu on an empty store (deletes SERVICES_DIR/tansu.db*)
+#   up              starts tansu, ClickHouse and the S3 server (each installed if missing; one
+#                   that answers is left alone, but a tansu on another storage is replaced),
+#                   then prints `status`
+#   down            stops stunnel, tansu, ClickHouse and the S3 server (those whose pid file
+#                   is in SERVICES_DIR)
+#   status          prints whether each of the three answers; exits non-zero unless all do
+#   restart-kafka   stops tansu and starts it again on the same storage
+#   kafka-down      stops tansu (stunnel, if running, stays)
+#   kafka-up        starts tansu on its storage (installed if missing)
+#   kafka-fresh     (re)starts tansu on an empty store (stops stunnel and any tansu on
+#                   KAFKA_PORT, deletes SERVICES_DIR/tansu.db*)
+#   clickhouse-up   starts ClickHouse alone (installed if missing); clickhouse-down stops it
+#   s3-up           starts the S3 server alone (installed if missing; makes the bucket);
+#                   s3-down stops it
 #   build-deps      installs what the build needs beyond Rust: OpenSSL's headers and pkg-config
 #                   (librdkafka's TLS and SASL/SCRAM), from Debian's packages
 # Environment:
 #   TANSU_STORAGE   tansu storage URL (default sqlite://tansu.db, under SERVICES_DIR; not memory://,
 #                   whose fetch cannot resume inside a stored batch: see docs/OPERATIONS.md, Services)
+#   TANSU_BIN       the tansu binary (default ~/.cargo/bin/tansu, installed there from
+#                   crates.io when missing)
 #   SERVICES_DIR    where data, logs and pid files live (default: data/services in the checkout)
 #   KAFKA_PORT      tansu's port (default 9092)
 #   S3_PORT         the S3 server's port (default 9300)
+#   IDEMPIPE_VENV   the virtual environment moto is installed into (default data/venv:
+#                   scripts/pyenv.sh)
 #   KAFKA_TLS_PORT, KAFKA_TLS_CERT, KAFKA_TLS_KEY   with all three, tansu (which has no TLS
 #                   of its own) is reached over TLS only: stunnel (Debian's stunnel4) on that
 #                   port with that certificate in front of it, and tansu advertises that port

@@ -19,6 +19,10 @@
 # it down; the broker is stopped at the end. SOAK_TANSU_STORAGE sets that broker's storage
 # (default sqlite://tansu.db; tansu 0.6.0's sqlite storage has panicked about an hour into
 # every two-hour run at 200 events/s: TESTING.md, "The soak test"), e.g. memory://tansu/.
+# SOAK_DAYS: the dates the generated events span, a new one every 5 minutes of the file
+# (default MINUTES / 5, at least 2). SOAK_KEY_CACHE_BYTES: the processor's key cache
+# budget (default 4194304, 4 MiB). SOAK_LINGER_MS: how long the trickle producer batches
+# what it sends (default 500).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-30}
@@ -175,7 +179,7 @@ for name in ["live_files", "log_files", "log_bytes", "data_files_on_disk", "data
     if c:
         first, half = c[:len(c) // 2] or c, c[len(c) // 2:]
         # The second half's maximum against the first's: memory that stays bounded keeps
-        # this near 1 (issue 16's target for the RSS: at most 1.1 over two hours).
+        # this near 1 (the key cache's target for the RSS: at most 1.1 over two hours).
         ratio = f"{max(half) / max(first):.2f}" if max(first) else "-"
         print(f"{name:<24} max {max(c):>12}  last {c[-1]:>12}  max of second half {max(half):>12}  / first {ratio:>5}")
 print(f"delta versions           {col('delta_version')[-1] if col('delta_version') else '-'}")

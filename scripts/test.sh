@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
 # The test command: services up (installing them if missing), then every test.
-# Tests use the broker named by IDEMPIPE_TEST_BROKERS (default 127.0.0.1:9092).
+# The tests' broker is a tansu of their own that this script starts on 127.0.0.1:9192,
+# on an empty store each run (data/test-services): it exports
+# IDEMPIPE_TEST_BROKERS=127.0.0.1:9192 and IDEMPIPE_TEST_S3 (the S3 server) for the
+# tests, replacing any value they had. (A bare `cargo test` reads both: default
+# 127.0.0.1:9092 and http://127.0.0.1:9300, the services' own.)
 # Usage: scripts/test.sh [extra cargo test arguments]
+# Environment:
+#   SERVICES_DIR    where ClickHouse's and the S3 server's data, logs and pid files live
+#                   (default data/services; the tests' broker is always in data/test-services)
+#   S3_PORT         the S3 server's port (default 9300)
+#   IDEMPIPE_VENV   the Python virtual environment (default data/venv; scripts/pyenv.sh)
+# The tests themselves read IDEMPIPE_TEST_KEEP and the TORTURE_* settings (TESTING.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
