@@ -106,7 +106,7 @@ impl Batch {
     /// when a window is set): the message's Kafka timestamp, so that reading the same
     /// message again (after a crash between the send and the Delta commit) decides the
     /// same way.
-    pub fn add_at(
+    pub(crate) fn add_at(
         &mut self,
         partition: i32,
         offset: i64,
@@ -164,7 +164,7 @@ impl Batch {
 
     /// Whether the batch reached `limits`' size (events or bytes): collection stops, and
     /// more may be waiting.
-    pub fn is_at_limit(&self, limits: &crate::config::BatchLimits) -> bool {
+    pub(crate) fn is_at_limit(&self, limits: &crate::config::BatchLimits) -> bool {
         self.messages() >= limits.max_events.get() as u64 || self.bytes >= limits.max_bytes.get()
     }
 
@@ -178,7 +178,7 @@ impl Batch {
 
     /// Drops what another writer already stored: on each partition, every offset up to
     /// and including `stored[p]`. Returns the number of messages dropped.
-    pub fn drop_stored(&mut self, stored: &BTreeMap<i32, i64>) -> u64 {
+    pub(crate) fn drop_stored(&mut self, stored: &BTreeMap<i32, i64>) -> u64 {
         let done = |p: i32, offset: i64| stored.get(&p).is_some_and(|s| offset <= *s);
         let before = self.messages();
         self.rows.retain(|r| !done(r.source_partition, r.source_offset));
@@ -200,7 +200,7 @@ impl Batch {
     }
 
     /// Messages per partition, for the batch log.
-    pub fn per_partition(&self) -> BTreeMap<i32, u64> {
+    pub(crate) fn per_partition(&self) -> BTreeMap<i32, u64> {
         self.ranges.iter().map(|(p, r)| (*p, r.messages)).collect()
     }
 }

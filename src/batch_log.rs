@@ -102,7 +102,7 @@ impl BatchLog {
     }
 
     /// Appends one line and flushes it.
-    pub fn append(&self, record: &BatchRecord) -> std::io::Result<()> {
+    pub(crate) fn append(&self, record: &BatchRecord) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }

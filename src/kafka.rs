@@ -15,6 +15,8 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::Settings;
+use crate::retry::{self, Backoff, OnShutdown, Policy, Step, Stopped};
+use crate::shutdown::Shutdown;
 
 /// Kafka failures, with the broker and topic they concern.
 #[derive(Debug, thiserror::Error)]
@@ -49,12 +51,13 @@ pub type Result<T, E = KafkaFailure> = std::result::Result<T, E>;
 /// How long a metadata or watermark request may take before the broker counts as down.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A client context that logs librdkafka's errors, except partition EOF, which is
-/// how idempipe learns that a partition is caught up, not a failure.
+/// The client context of admin clients and plain consumers: librdkafka's errors and log
+/// lines go to `tracing` ([`log_client_error`], [`log_client_line`]); partition EOF,
+/// which is how idempipe learns that a partition is caught up, is no error.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct QuietEof;
+pub struct LoggingContext;
 
-impl rdkafka::ClientContext for QuietEof {
+impl rdkafka::ClientContext for LoggingContext {
     fn error(&self, error: KafkaError, reason: &str) {
         log_client_error(error, reason);
     }
@@ -82,7 +85,7 @@ pub(crate) fn log_client_line(level: rdkafka::config::RDKafkaLogLevel, fac: &str
     }
 }
 
-impl rdkafka::consumer::ConsumerContext for QuietEof {}
+impl rdkafka::consumer::ConsumerContext for LoggingContext {}
 
 /// How often consumers report statistics: the lag gauges come from them, computed by
 /// librdkafka from the high watermarks of its fetch responses (no extra requests).
@@ -104,7 +107,7 @@ pub(crate) fn lag_from_stats(stats: &rdkafka::Statistics, topic: &str) -> std::c
         .unwrap_or_default()
 }
 
-/// The context of a consumer whose lag is a metric: it logs errors as [`QuietEof`] does
+/// The context of a consumer whose lag is a metric: it logs errors as [`LoggingContext`] does
 /// and hands each statistics report's lag on `topic` to `report`.
 pub struct LagReporting {
     pub topic: String,
@@ -191,7 +194,8 @@ static REFUSED_HANDSHAKE: std::sync::Mutex<Option<String>> = std::sync::Mutex::n
 /// so. (A client's errors reach its context only when its main queue is served, which
 /// an admin client's or a consumer's metadata request does not do.)
 fn diagnose_handshake(settings: &Settings) -> Option<String> {
-    let probe: BaseConsumer<QuietEof> = client_config(settings, Role::Admin, &[]).create_with_context(QuietEof).ok()?;
+    let probe: BaseConsumer<LoggingContext> =
+        client_config(settings, Role::Admin, &[]).create_with_context(LoggingContext).ok()?;
     let _ = probe.fetch_metadata(None, Duration::from_secs(3));
     // Serves the queued events (the failure's log line among them), one per poll.
     for _ in 0..200 {
@@ -311,8 +315,9 @@ pub fn check_record_limit(spec: &TopicSpec<'_>, accepts: Option<u64>, sends: u64
 /// `max.message.bytes`. Fails if a topic idempipe writes to would refuse its largest
 /// record ([`Settings::max_request_bytes`]), naming the topic and both limits.
 pub async fn ensure_topics(settings: &Settings, topics: &[TopicSpec<'_>]) -> Result<Vec<TopicReport>> {
-    let admin: AdminClient<QuietEof> =
-        client_config(settings, Role::Admin, &[]).create_with_context(QuietEof).map_err(client_error(settings))?;
+    let admin: AdminClient<LoggingContext> = client_config(settings, Role::Admin, &[])
+        .create_with_context(LoggingContext)
+        .map_err(client_error(settings))?;
     // Fail fast and clearly when the broker is down, before the admin request's timeout.
     partition_count(settings, admin.inner(), None)?;
     let replication = settings.replication_factor.request();
@@ -377,7 +382,7 @@ pub async fn ensure_topics(settings: &Settings, topics: &[TopicSpec<'_>]) -> Res
 
 /// Each topic's `max.message.bytes` as the broker describes it (`None`: not described).
 async fn record_limits<'a>(
-    admin: &AdminClient<QuietEof>,
+    admin: &AdminClient<LoggingContext>,
     topics: &[TopicSpec<'a>],
 ) -> std::collections::BTreeMap<&'a str, Option<u64>> {
     let specifiers: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t.name)).collect();
@@ -406,8 +411,9 @@ async fn record_limits<'a>(
 /// idempipe sends (see [`check_record_limit`]); `setup` checked them too, but a topic's
 /// limit can change after it.
 pub async fn check_output_topics(settings: &Settings) -> Result<()> {
-    let admin: AdminClient<QuietEof> =
-        client_config(settings, Role::Admin, &[]).create_with_context(QuietEof).map_err(client_error(settings))?;
+    let admin: AdminClient<LoggingContext> = client_config(settings, Role::Admin, &[])
+        .create_with_context(LoggingContext)
+        .map_err(client_error(settings))?;
     partition_count(settings, admin.inner(), None)?;
     let topics = [
         TopicSpec { name: &settings.topics.processed, partitions: settings.partitions, written: true },
@@ -422,14 +428,22 @@ pub async fn check_output_topics(settings: &Settings) -> Result<()> {
 
 /// Fails with [`KafkaFailure::Unreachable`] unless the broker answers a metadata request.
 pub fn check_reachable(settings: &Settings) -> Result<()> {
-    let admin: AdminClient<QuietEof> =
-        client_config(settings, Role::Admin, &[]).create_with_context(QuietEof).map_err(client_error(settings))?;
+    let admin: AdminClient<LoggingContext> = client_config(settings, Role::Admin, &[])
+        .create_with_context(LoggingContext)
+        .map_err(client_error(settings))?;
     partition_count(settings, admin.inner(), None).map(|_| ())
 }
 
-/// How many metadata timeouts a broker that accepts TCP connections gets before it
-/// counts as down (a broken one that accepts nothing fails after the first).
-const SLOW_BROKER_TRIES: u32 = 6;
+/// A broker that accepts TCP connections gets six metadata timeouts before it counts as
+/// down (a broken one that accepts nothing fails after the first); each request's own
+/// timeout is the wait between them.
+const SLOW_BROKER: Policy =
+    Policy { backoff: Backoff { base: Duration::ZERO, cap: Duration::ZERO }, max_failures: Some(6) };
+
+/// A topic error that passes (no leader yet) is asked about again a second later, six
+/// times in all.
+const TOPIC_ERRORS: Policy =
+    Policy { backoff: Backoff { base: Duration::from_secs(1), cap: Duration::from_secs(1) }, max_failures: Some(6) };
 
 /// Whether any bootstrap broker accepts a TCP connection within a second.
 fn accepts_connections(brokers: &str) -> bool {
@@ -455,73 +469,74 @@ pub fn partition_count<C: rdkafka::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: Option<&str>,
 ) -> Result<usize> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let metadata = answered_metadata(settings, client, topic)?;
-        let Some(topic) = topic else { return Ok(0) };
+    let Some(topic) = topic else {
+        answered_metadata(settings, client, None)?;
+        return Ok(0);
+    };
+    retry::retry(&Shutdown::new(), OnShutdown::Stop, |tries| {
+        let metadata = match answered_metadata(settings, client, Some(topic)) {
+            Ok(metadata) => metadata,
+            Err(e) => return Step::Stop(e),
+        };
         let found = metadata.topics().iter().find(|t| t.name() == topic);
         let error = found.and_then(|t| t.error()).map(RDKafkaErrorCode::from);
         match (found, error) {
-            (Some(t), None) if !t.partitions().is_empty() => return Ok(t.partitions().len()),
+            (Some(t), None) if !t.partitions().is_empty() => Step::Done(t.partitions().len()),
             (None, _) | (_, Some(RDKafkaErrorCode::UnknownTopicOrPartition)) | (Some(_), None) => {
-                return Err(KafkaFailure::NoTopic { topic: topic.into(), brokers: settings.brokers.clone() });
-            }
-            // An error of the topic's that passes (no leader yet): asked again a second
-            // later, up to SLOW_BROKER_TRIES times.
-            (Some(_), Some(code)) if is_transient(code) && tries < SLOW_BROKER_TRIES => {
-                tracing::warn!(topic, error = %code, "the broker reports an error for the topic; asking again");
-                std::thread::sleep(Duration::from_secs(1));
+                Step::Stop(KafkaFailure::NoTopic { topic: topic.into(), brokers: settings.brokers.clone() })
             }
             (Some(_), Some(code)) => {
-                return Err(KafkaFailure::TopicUnavailable {
-                    topic: topic.into(),
-                    brokers: settings.brokers.clone(),
-                    code,
-                });
+                let failure =
+                    KafkaFailure::TopicUnavailable { topic: topic.into(), brokers: settings.brokers.clone(), code };
+                if !is_transient(code) {
+                    return Step::Stop(failure);
+                }
+                // An error of the topic's that passes (no leader yet): asked again.
+                tracing::warn!(topic, error = %code, "the broker reports an error for the topic; asking again");
+                TOPIC_ERRORS.step(tries, failure)
             }
         }
-    }
+    })
+    .map_err(Stopped::into_error)
 }
 
 /// The cluster's metadata (of `topic` only, if given). A broker that is down fails after
 /// one timeout; one that accepts connections but is slow to answer (overloaded) gets up
-/// to SLOW_BROKER_TRIES of them.
+/// to [`SLOW_BROKER`]'s attempts, each its own timeout long. Both are checks at start or
+/// between batches, bounded by their policies: no shutdown cuts them short.
 fn answered_metadata<C: rdkafka::ClientContext>(
     settings: &Settings,
     client: &rdkafka::client::Client<C>,
     topic: Option<&str>,
 ) -> Result<rdkafka::metadata::Metadata> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
+    retry::retry(&Shutdown::new(), OnShutdown::Stop, |tries| {
         let answer = client.fetch_metadata(topic, METADATA_TIMEOUT);
         if answer.is_err()
             && let Some(reason) = refused_handshake().or_else(|| diagnose_handshake(settings))
         {
-            return Err(KafkaFailure::Handshake { brokers: settings.brokers.clone(), reason });
+            return Step::Stop(KafkaFailure::Handshake { brokers: settings.brokers.clone(), reason });
         }
         match answer {
-            Ok(metadata) => return Ok(metadata),
-            Err(
-                KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)
-                | KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure),
-            ) if tries < SLOW_BROKER_TRIES && accepts_connections(&settings.brokers) => {
-                tracing::warn!(brokers = %settings.brokers, waited = ?METADATA_TIMEOUT * tries, "the broker accepts connections but has not answered a metadata request yet; waiting");
-            }
+            Ok(metadata) => Step::Done(metadata),
             Err(
                 KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)
                 | KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure),
             ) => {
-                return Err(KafkaFailure::Unreachable {
+                let failure = KafkaFailure::Unreachable {
                     brokers: settings.brokers.clone(),
                     timeout: METADATA_TIMEOUT * tries,
                     what: "metadata".into(),
-                });
+                };
+                if !accepts_connections(&settings.brokers) {
+                    return Step::Stop(failure);
+                }
+                tracing::warn!(brokers = %settings.brokers, waited = ?METADATA_TIMEOUT * tries, "the broker accepts connections but has not answered a metadata request yet; waiting");
+                SLOW_BROKER.step(tries, failure)
             }
-            Err(e) => return Err(KafkaFailure::Client { brokers: settings.brokers.clone(), source: e }),
+            Err(e) => Step::Stop(KafkaFailure::Client { brokers: settings.brokers.clone(), source: e }),
         }
-    }
+    })
+    .map_err(Stopped::into_error)
 }
 
 /// One partition's offsets as the broker reports them, and a group's committed offset.
@@ -540,12 +555,12 @@ pub struct PartitionOffsets {
 /// group's committed offsets. Reads only: joins no group and commits nothing.
 pub fn partition_offsets(settings: &Settings, topic: &str, group: Option<&str>) -> Result<Vec<PartitionOffsets>> {
     let reader = format!("idempipe-status-{}", std::process::id());
-    let consumer: BaseConsumer<QuietEof> = client_config(
+    let consumer: BaseConsumer<LoggingContext> = client_config(
         settings,
         Role::Consumer,
         &[("group.id", group.unwrap_or(&reader)), ("enable.auto.commit", "false")],
     )
-    .create_with_context(QuietEof)
+    .create_with_context(LoggingContext)
     .map_err(client_error(settings))?;
     let partitions = partition_count(settings, consumer.client(), Some(topic))? as i32;
     let committed = match group {
@@ -608,7 +623,7 @@ pub fn read_topic(settings: &Settings, topic: &str, mut f: impl FnMut(&BorrowedM
     // tansu 0.6.0 lets a shared reader group disturb other groups' assignments.
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let group = format!("idempipe-reader-{}-{nanos}", std::process::id());
-    let consumer: BaseConsumer<QuietEof> = client_config(
+    let consumer: BaseConsumer<LoggingContext> = client_config(
         settings,
         Role::Consumer,
         &[("group.id", group.as_str()), ("enable.auto.commit", "false"), ("enable.partition.eof", "true")],
@@ -616,7 +631,7 @@ pub fn read_topic(settings: &Settings, topic: &str, mut f: impl FnMut(&BorrowedM
     // Records retention deletes while the read runs: it goes on from the new start. Set
     // after the operator's settings, which would otherwise win.
     .set("auto.offset.reset", "earliest")
-    .create_with_context(QuietEof)
+    .create_with_context(LoggingContext)
     .map_err(client_error(settings))?;
     let partitions = partition_count(settings, consumer.client(), Some(topic))? as i32;
     let mut tpl = TopicPartitionList::new();

@@ -27,7 +27,8 @@
 //!   Kafka offsets as txn actions, reading back, maintenance, the key index.
 //! - [`output`]: the processed and dead-letter topics and their producer.
 //! - [`clickhouse`]: the speed layer: client, DDL, and the ClickHouse sink.
-//! - [`pipeline`]: the batch loop; [`retry`]: the one backoff policy.
+//! - [`pipeline`]: the batch loop; [`retry`]: the one retry driver and its policies;
+//!   [`shutdown`]: the one shutdown request, from signals or a caller.
 //! - [`batch_log`]: per-batch records; [`analyze`]: their statistics, text table and
 //!   HTML page; [`metrics`]: Prometheus metrics and health endpoints.
 //! - [`commands`]: one module per command, each returning a report.
@@ -50,5 +51,6 @@ pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod retry;
+pub mod shutdown;
 pub mod source;
 pub mod table;

@@ -14,10 +14,10 @@ use idempipe::commands::{
 use idempipe::config::{FileConfig, LogFormat, Settings};
 use serde::Serialize;
 
-/// jemalloc serves every allocation of the process, Rust's and librdkafka's: with glibc's
-/// malloc the processor's resident memory climbed for as long as it ran (116 to 321 MiB
-/// in 15 minutes of a soak) while its live heap stayed at 5 to 10 MiB between batches
-/// (heaptrack: TESTING.md), memory freed into glibc's per-thread arenas and kept there.
+/// jemalloc serves every allocation of the process, Rust's and librdkafka's: glibc's
+/// malloc keeps memory freed into its per-thread arenas, so under it the processor's
+/// resident memory climbs for as long as it runs while its live heap stays at a few MiB
+/// between batches (TESTING.md says how to measure both).
 /// Its settings are compiled in (`.cargo/config.toml`: freed memory goes back to the
 /// system after 100 ms, from a background thread); `MALLOC_CONF` overrides them.
 #[global_allocator]
@@ -30,8 +30,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// counted at the same moment. `tcache_bytes`, of the merged arenas: objects freed into
 /// the threads' caches (up to 32 KiB each, kept for the same thread's next allocations and
 /// counted as allocated); tikv-jemalloc-ctl wraps no mallctl for it. With some 50 threads
-/// (tokio's blocking pool, librdkafka's) they were most of the allocated bytes under load
-/// (TESTING.md, "Heap profiles").
+/// (tokio's blocking pool, librdkafka's) they can be most of the allocated bytes under
+/// load (TESTING.md, "Heap profiles").
 fn heap_stats() -> Option<idempipe::metrics::HeapStats> {
     use tikv_jemalloc_ctl::stats_print::{Options, stats_print};
     // Options has a private field: set what is wanted on the default.

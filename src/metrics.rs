@@ -170,12 +170,12 @@ fn heap_gauges() {
 }
 
 /// One failed attempt at a batch (counted as it fails, so an outage shows while it lasts).
-pub fn batch_attempt_failed() {
+pub(crate) fn batch_attempt_failed() {
     counter!(BATCH_FAILED_ATTEMPTS).increment(1);
 }
 
 /// One committed batch.
-pub fn batch_committed(record: &BatchRecord, duration: Duration) {
+pub(crate) fn batch_committed(record: &BatchRecord, duration: Duration) {
     counter!(EVENTS_IN).increment(record.events_in);
     counter!(EVENTS_INVALID).increment(record.invalid);
     counter!(DUPLICATES, "kind" => "in_batch").increment(record.in_batch_duplicates);
@@ -189,18 +189,18 @@ pub fn batch_committed(record: &BatchRecord, duration: Duration) {
 }
 
 /// A partition read on from the broker's first offset (see [`crate::source::ranges`]).
-pub fn offset_reset(reset: &crate::source::OffsetReset) {
+pub(crate) fn offset_reset(reset: &crate::source::OffsetReset) {
     counter!(OFFSET_RESETS, "kind" => reset.kind()).increment(1);
     counter!(OFFSETS_LOST).increment(reset.lost.unwrap_or(0));
 }
 
 /// Records acknowledged on one of the pipeline's output topics (`processed` or `dlq`).
-pub fn produced(topic: &'static str, records: usize) {
+pub(crate) fn produced(topic: &'static str, records: usize) {
     counter!(RECORDS_PRODUCED, "topic" => topic).increment(records as u64);
 }
 
 /// The table's state after a batch's commit (a compaction shows at the next batch).
-pub fn table_state(version: u64, live_files: usize, keys: Option<&StoredKeys>) {
+pub(crate) fn table_state(version: u64, live_files: usize, keys: Option<&StoredKeys>) {
     gauge!(DELTA_VERSION).set(version as f64);
     gauge!(DELTA_LIVE_FILES).set(live_files as f64);
     match keys {
@@ -229,7 +229,7 @@ pub fn clickhouse_sink_lag(lag: &BTreeMap<i32, i64>) {
     }
 }
 
-pub fn clickhouse_loaded(rows: usize) {
+pub(crate) fn clickhouse_loaded(rows: usize) {
     counter!(CLICKHOUSE_ROWS).increment(rows as u64);
 }
 
@@ -239,7 +239,7 @@ pub fn clickhouse_refused(rows: usize) {
 }
 
 /// One failed ClickHouse insert that will be retried.
-pub fn clickhouse_insert_retried() {
+pub(crate) fn clickhouse_insert_retried() {
     counter!(CLICKHOUSE_RETRIES).increment(1);
 }
 
@@ -323,7 +323,7 @@ fn service_error_at(service: &'static str, reason: &str, now: Instant) {
 
 /// `service`'s client stopped with `reason` (the ClickHouse sink inside `run`): the
 /// process stays unready until it ends.
-pub fn service_failed(service: &'static str, reason: &str) {
+pub(crate) fn service_failed(service: &'static str, reason: &str) {
     counter!(CLIENT_ERRORS, "service" => service).increment(1);
     let now = Instant::now();
     let streak = Streak { first: now, last: now, reason: format!("stopped: {reason}"), stopped: true };
@@ -357,10 +357,23 @@ fn persistent_errors(now: Instant) -> Vec<String> {
         .collect()
 }
 
+/// The process's health, served with its metrics at `addr` when one is set
+/// (`metrics_addr`, see [`serve`]).
+pub(crate) fn serve_if(
+    addr: Option<SocketAddr>,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Arc<Health>, MetricsError> {
+    let health = Arc::new(Health::default());
+    if let Some(addr) = addr {
+        serve(addr, runtime, health.clone())?;
+    }
+    Ok(health)
+}
+
 /// Binds `addr` now (so a bad or taken address fails at start-up) and serves
 /// `/metrics`, `/healthz` and `/readyz` on `runtime` until the process ends. Returns the
 /// bound address (`:0` picks a free port).
-pub fn serve(
+pub(crate) fn serve(
     addr: SocketAddr,
     runtime: &tokio::runtime::Handle,
     health: Arc<Health>,

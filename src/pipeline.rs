@@ -20,8 +20,6 @@
 //! re-reads Delta rather than assuming the failed step did not happen.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::Message;
@@ -38,9 +36,10 @@ use crate::kafka::KafkaFailure;
 use crate::metrics;
 use crate::output::{Output, ProduceError};
 use crate::output::{dlq, processed};
-use crate::retry::{self, Backoff};
-use crate::source::{self, Collector, OffsetReset, OrphanWatch, Positions, Source, SourceAnswer};
-use crate::table::maintenance::Upkeep;
+use crate::retry::{self, Backoff, OnShutdown, Policy, Step};
+use crate::shutdown::Shutdown;
+use crate::source::{self, BrokerView, Collector, OffsetReset, OrphanWatch, Positions, Source};
+use crate::table::maintenance::MaintenanceTask;
 use crate::table::{self, AppIds, DeltaError, EventTable};
 
 /// Why the processor stopped with an error. Nothing is lost in any case: whatever was
@@ -68,7 +67,7 @@ pub enum PipelineError {
     )]
     DataLoss(OffsetReset),
     #[error(transparent)]
-    Maintenance(#[from] crate::table::maintenance::UpkeepStopped),
+    Maintenance(#[from] crate::table::maintenance::MaintenanceStopped),
     #[error("batch {batch_id} failed after {attempts} attempts; last error: {last}")]
     GaveUp { batch_id: i64, attempts: u32, last: Box<PipelineError> },
 }
@@ -79,17 +78,18 @@ const ORPHAN_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// How often the processor compares its partitions with the broker's: their number (new
 /// partitions) and the range each holds ([`crate::source::ranges`]). A consumer error
-/// makes it look sooner, but not more than once a second.
+/// makes it check sooner, but not more than once a second.
 const SOURCE_CHECK_EVERY: Duration = Duration::from_secs(10);
 const SOURCE_CHECK_AFTER_ERROR: Duration = Duration::from_secs(1);
 
-/// How many times one batch is tried before the processor stops (and, restarted, tries
-/// again from what Delta records).
-const MAX_ATTEMPTS: u32 = 8;
-
-/// The wait between failed attempts at one batch: 400 ms doubling to at most 3 s, well
-/// below `max.poll.interval.ms`, so retries do not cost the group membership as well.
-const ATTEMPT_BACKOFF: Backoff = Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(3) };
+/// The retries of one batch: 8 failed attempts before the processor stops (and,
+/// restarted, tries again from what Delta records), 400 ms doubling to at most 3 s between
+/// them, well below `max.poll.interval.ms`, so retries do not cost the group membership
+/// as well.
+const ATTEMPTS: Policy = Policy {
+    backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(3) },
+    max_failures: Some(8),
+};
 
 /// How many lost commit races one batch accepts before they count as failures: each
 /// means another writer made progress, so only a pathological contention reaches it.
@@ -113,15 +113,15 @@ pub struct Pipeline {
     table: EventTable,
     log: BatchLog,
     runtime: Handle,
-    shutdown: Arc<AtomicBool>,
+    shutdown: Shutdown,
     /// Checkpoints, compaction and vacuum, beside the batch loop.
-    upkeep: Upkeep,
+    maintenance: MaintenanceTask,
 }
 
 impl Pipeline {
     /// Opens the table and joins the group. Must run outside the runtime's workers
     /// (it blocks), with `runtime` a handle to a multi-thread runtime.
-    pub fn start(settings: Settings, runtime: Handle, shutdown: Arc<AtomicBool>) -> Result<Self, PipelineError> {
+    pub fn start(settings: Settings, runtime: Handle, shutdown: Shutdown) -> Result<Self, PipelineError> {
         let table = runtime.block_on(async {
             // Before the first write: a store without put-if-absent loses commits.
             settings.delta_path.check_put_if_absent().await?;
@@ -136,7 +136,7 @@ impl Pipeline {
         settings: Settings,
         mut table: EventTable,
         runtime: Handle,
-        shutdown: Arc<AtomicBool>,
+        shutdown: Shutdown,
     ) -> Result<Self, PipelineError> {
         if settings.key_check == KeyCheck::Cache {
             table.enable_key_cache(settings.key_cache_bytes)?;
@@ -161,13 +161,13 @@ impl Pipeline {
             }
         }
         let output = Output::new(&settings)?;
-        let source = Source::subscribe(&settings, runtime.clone(), table.without_index())?;
+        let source = Source::subscribe(&settings, runtime.clone(), table.without_stored_keys())?;
         let log = BatchLog::new(settings.batch_log.clone());
-        let upkeep = Upkeep::start(settings.maintenance, table.without_index(), &runtime);
+        let maintenance = MaintenanceTask::start(settings.maintenance, table.without_stored_keys(), &runtime);
         // It may have changed the table's properties.
         runtime.block_on(table.reload())?;
         metrics::table_state(table.version(), table.live_files(), table.stored_keys());
-        Ok(Self { settings, source, output, table, log, runtime, shutdown, upkeep })
+        Ok(Self { settings, source, output, table, log, runtime, shutdown, maintenance })
     }
 
     /// The highest offsets the processor's producer has had acknowledged, per topic and
@@ -198,14 +198,14 @@ impl Pipeline {
             // second to answer (librdkafka queues the request behind the connection's
             // long-polling fetch), and asked between batches it held the loop. Positions
             // not known yet (before the first collection adopts the assignment) are
-            // looked at after it (below).
+            // to_act_on at after it (below).
             let since = last_source_check.elapsed();
             let generation_before = generation;
-            let look = (generation != u64::MAX
+            let check = (generation != u64::MAX
                 && (since >= SOURCE_CHECK_EVERY || (source_check_due && since >= SOURCE_CHECK_AFTER_ERROR)))
                 .then(|| {
                     last_source_check = Instant::now();
-                    SourceLook::of(&positions, errors_since_check, generation)
+                    SourceCheck::of(&positions, errors_since_check, generation)
                 });
             let mut collecting = Collecting {
                 batch: Batch::default(),
@@ -216,8 +216,9 @@ impl Pipeline {
                 consumer_error: false,
             };
             let source = &self.source;
-            let (collected, answer) = std::thread::scope(|scope| {
-                let asked = look.as_ref().map(|look| scope.spawn(|| source.look(&look.next, look.read_to.as_ref())));
+            let (collected, view) = std::thread::scope(|scope| {
+                let asked =
+                    check.as_ref().map(|check| scope.spawn(|| source.broker_view(&check.next, check.read_to.as_ref())));
                 let collected = source::collect(
                     &source.consumer,
                     &mut positions,
@@ -233,7 +234,7 @@ impl Pipeline {
             errors_since_check |= consumer_error;
             let batch = collecting.batch;
             // A batch cut at its size limit: more is waiting (a backlog), and a compaction
-            // waits for the loop to catch up (see `Upkeep::committed`).
+            // waits for the loop to catch up (see `MaintenanceTask::committed`).
             let backlog = batch.is_at_limit(&self.settings.batch);
             let collect_time = collect_started.elapsed();
             if let Some(watch) = watch.as_mut()
@@ -250,30 +251,30 @@ impl Pipeline {
                 summary.duplicates += record.in_batch_duplicates + record.stored_duplicates;
                 summary.inserted += record.inserted.unwrap_or(0);
             }
-            let looked = match (look, answer) {
-                (Some(look), Some(answer)) if generation == generation_before => Some((look, answer)),
+            let to_act_on = match (check, view) {
+                (Some(check), Some(view)) if generation == generation_before => Some((check, view)),
                 // An assignment adopted in this collection (the first, or a rebalance):
-                // its positions, read from Delta, are looked at before the next batch,
-                // and an answer about the previous assignment's is dropped.
+                // its positions, read from Delta, are to_act_on at before the next batch,
+                // and a view of the previous assignment's is dropped.
                 _ if generation != generation_before => {
                     last_source_check = Instant::now();
-                    let look = SourceLook::of(&positions, errors_since_check, generation);
-                    let answer = self.source.look(&look.next, look.read_to.as_ref());
-                    Some((look, answer))
+                    let check = SourceCheck::of(&positions, errors_since_check, generation);
+                    let view = self.source.broker_view(&check.next, check.read_to.as_ref());
+                    Some((check, view))
                 }
                 _ => None,
             };
-            if let Some((look, answer)) = looked {
-                // A consumer error during the collection leaves the check unsettled: the
+            if let Some((check, view)) = to_act_on {
+                // A consumer error during the collection leaves the check incomplete: the
                 // broker's listing decides until a later check has had every
-                // partition's answer and found them all in range.
-                let settled =
-                    self.check_source(&mut positions, generation, consumer_error, look, answer)? && !consumer_error;
-                source_check_due = !settled;
-                errors_since_check &= !settled;
+                // partition's range answered and found them all in range.
+                let complete =
+                    self.check_source(&mut positions, generation, consumer_error, check, view)? && !consumer_error;
+                source_check_due = !complete;
+                errors_since_check &= !complete;
             }
-            self.upkeep.committed(self.table.version(), backlog)?;
-            if self.shutdown.load(Ordering::Relaxed) {
+            self.maintenance.committed(self.table.version(), backlog)?;
+            if self.shutdown.is_requested() {
                 tracing::info!("shutdown requested: stopping after the last committed batch");
                 return Ok(summary);
             }
@@ -319,26 +320,26 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Acts on what the broker said of the raw topic ([`SourceLook`], asked while the
+    /// Acts on what the broker said of the raw topic ([`SourceCheck`], asked while the
     /// batch was collected, or after an assignment was adopted): reads new partitions
     /// (assign mode; in group mode librdkafka rebalances), and handles partitions whose
     /// next offset the broker does not hold ([`crate::source::ranges`]): stops, or with
     /// `fail_on_data_loss = false` records the reset in Delta and reads on from the
-    /// broker's first offset. An answer is acted on only where it still applies
-    /// ([`SourceLook::still_applies`]; `consumer_error`: one came during the
-    /// collection). Returns whether the check is complete (`false`: look again soon,
-    /// after a lost commit race, an answer that no longer applies, a rebalance or a
+    /// broker's first offset. A view is acted on only where it still applies
+    /// ([`SourceCheck::still_applies`]; `consumer_error`: one came during the
+    /// collection). Returns whether the check is complete (`false`: check again soon,
+    /// after a lost commit race, a view that no longer applies, a rebalance or a
     /// partition whose range was not answered).
     fn check_source(
         &mut self,
         positions: &mut Positions,
         generation: u64,
         consumer_error: bool,
-        look: SourceLook,
-        answer: SourceAnswer,
+        check: SourceCheck,
+        view: BrokerView,
     ) -> Result<bool, PipelineError> {
         let known = self.source.partitions;
-        if let Some(now) = answer.partitions
+        if let Some(now) = view.partitions
             && now != known
         {
             tracing::warn!(topic = %self.source.topic, from = known, to = now, "the raw topic's partition count changed");
@@ -357,14 +358,14 @@ impl Pipeline {
             }
             self.source.partitions = now;
         }
-        let asked = answer.resets.len();
-        let trust_reads = look.read_to.is_some() && !consumer_error;
-        let resets: Vec<OffsetReset> = answer
+        let asked = view.resets.len();
+        let trust_reads = check.read_to.is_some() && !consumer_error;
+        let resets: Vec<OffsetReset> = view
             .resets
             .into_iter()
-            .filter(|r| look.still_applies(generation, &positions.next, trust_reads, r))
+            .filter(|r| check.still_applies(generation, &positions.next, trust_reads, r))
             .collect();
-        let current = answer.answered && resets.len() == asked && generation == look.generation;
+        let current = view.answered && resets.len() == asked && generation == check.generation;
         let Some(first) = resets.first() else {
             return Ok(current);
         };
@@ -449,16 +450,19 @@ impl Pipeline {
         // earlier attempt sent, so the rows Delta stores must carry the time those carry.
         let ingested_at = EventTime::now();
         let mut sent = Sent::new(ingested_at);
-        let (mut attempt, mut failures, mut conflicts) = (0_u32, 0_u32, 0_u32);
-        loop {
-            attempt += 1;
+        let (mut attempts, mut failures, mut conflicts) = (0_u32, 0_u32, 0_u32);
+        // A wait cut short by shutdown is followed by one more attempt: the batch in
+        // progress is committed (or given up) before the processor stops.
+        let shutdown = self.shutdown.clone();
+        let outcome = retry::retry(&shutdown, OnShutdown::Finish, |attempt| {
+            attempts = attempt;
             match self.attempt(&mut batch, batch_id, &mut sent, &mut record) {
-                Ok(()) => break,
+                Ok(()) => Step::Done(()),
                 Err(PipelineError::Delta(e)) if e.is_write_conflict() && conflicts < MAX_CONFLICTS => {
-                    // Another writer (an instance sharing the table) committed first:
-                    // it made progress, so this is no failure. Redo the attempt on the
-                    // new version after a short random pause, so that two instances do
-                    // not keep colliding in step.
+                    // Another writer (an instance sharing the table) committed first: it
+                    // made progress, so this is no failure. Redo the attempt on the new
+                    // version after a short random pause, so that two instances do not
+                    // keep colliding in step.
                     conflicts += 1;
                     // Another version took ours: on a store with a definite conditional
                     // put (local files, S3 with conditional writes) this commit did not
@@ -467,10 +471,9 @@ impl Pipeline {
                     sent.merge_attempted = false;
                     let pause = Duration::from_millis(50 + jitter() % 450);
                     tracing::info!(batch_id, conflicts, ?pause, error = %e, "lost a commit race to another writer; redoing the batch on the new version");
-                    // Cut short on shutdown: the attempt that follows commits the batch.
-                    retry::sleep_unless_shutdown(&self.shutdown, pause);
+                    Step::Retry(PipelineError::Delta(e), pause)
                 }
-                Err(e) if failures + 1 < MAX_ATTEMPTS => {
+                Err(e) => {
                     failures += 1;
                     metrics::batch_attempt_failed();
                     if matches!(e, PipelineError::Produce(_))
@@ -478,19 +481,18 @@ impl Pipeline {
                     {
                         tracing::warn!(error = %reset, "cannot replace the producer after a failed send");
                     }
-                    let backoff = ATTEMPT_BACKOFF.delay(failures);
-                    tracing::warn!(batch_id, attempt, error = %e, ?backoff, "batch attempt failed; reloading the table and retrying");
-                    // Cut short on shutdown: the batch in progress is still tried (the
-                    // processor stops after it commits, or gives up).
-                    ATTEMPT_BACKOFF.wait(failures, &self.shutdown);
-                }
-                Err(e) => {
-                    return Err(PipelineError::GaveUp { batch_id, attempts: attempt, last: Box::new(e) });
+                    if let Some(backoff) = ATTEMPTS.after(failures) {
+                        tracing::warn!(batch_id, attempt, error = %e, ?backoff, "batch attempt failed; reloading the table and retrying");
+                    }
+                    ATTEMPTS.step(failures, e)
                 }
             }
+        });
+        if let Err(stopped) = outcome {
+            return Err(PipelineError::GaveUp { batch_id, attempts, last: Box::new(stopped.into_error()) });
         }
         record.conflicts = conflicts;
-        record.attempts = attempt;
+        record.attempts = attempts;
         // The broker acknowledged the batch's records: Kafka answers.
         metrics::service_recovered("kafka");
         metrics::batch_committed(&record, Duration::from_micros((EventTime::now().micros() - batch_id).max(0) as u64));
@@ -620,18 +622,18 @@ async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
 }
 
 /// The positions a source check asks the broker about, while a batch is collected.
-struct SourceLook {
+struct SourceCheck {
     next: BTreeMap<i32, Option<i64>>,
     /// How far this consumer read each partition, when no consumer error came since the
-    /// last settled check ([`crate::source::ranges::out_of_range`]).
+    /// last complete check ([`crate::source::ranges::out_of_range`]).
     read_to: Option<BTreeMap<i32, i64>>,
     /// The assignment generation the positions belong to.
     generation: u64,
 }
 
-impl SourceLook {
+impl SourceCheck {
     /// The current positions; how far each partition was read only if no consumer error
-    /// came since the last settled check.
+    /// came since the last complete check.
     fn of(positions: &Positions, errors_since_check: bool, generation: u64) -> Self {
         Self {
             next: positions.next.clone(),
@@ -640,14 +642,14 @@ impl SourceLook {
         }
     }
 
-    /// Whether the broker's answer `reset` still speaks of its partition now (`next`,
+    /// Whether the broker's `reset` still speaks of its partition now (`next`,
     /// in assignment `generation`). Not after a rebalance, which replaced every
-    /// position. If something was read from the partition since the look, the broker's
+    /// position. If something was read from the partition since the check, the broker's
     /// fetches served the offset asked about: a truncation no longer applies, and
     /// neither does a start-over while the consumer's reads are believed over the
-    /// broker's listing (`trust_reads`: no consumer error since the last settled check,
+    /// broker's listing (`trust_reads`: no consumer error since the last complete check,
     /// see [`crate::source::ranges::out_of_range`]). After an error the listing decides,
-    /// as it did when the look was asked.
+    /// as it did when the check was asked.
     fn still_applies(
         &self,
         generation: u64,
@@ -764,20 +766,20 @@ mod tests {
 
     #[test]
     fn a_source_answer_applies_to_a_partition_read_since_only_if_it_starts_over_and_reads_are_not_believed() {
-        let look = SourceLook { next: BTreeMap::from([(0, Some(10)), (1, Some(20))]), read_to: None, generation: 3 };
+        let check = SourceCheck { next: BTreeMap::from([(0, Some(10)), (1, Some(20))]), read_to: None, generation: 3 };
         let now = BTreeMap::from([(0, Some(10)), (1, Some(25))]);
         let truncated = |p, expected| OffsetReset::check("t", p, expected, expected + 5, expected + 50).unwrap();
         let rewound = |p, expected| OffsetReset::check("t", p, expected, 0, expected - 5).unwrap();
         for trust_reads in [true, false] {
-            assert!(look.still_applies(3, &now, trust_reads, &truncated(0, 10)), "nothing read from it since");
-            assert!(look.still_applies(3, &now, trust_reads, &rewound(0, 10)), "nothing read from it since");
-            assert!(!look.still_applies(3, &now, trust_reads, &truncated(1, 20)), "read since: the offset was served");
-            assert!(!look.still_applies(4, &now, trust_reads, &truncated(0, 10)), "a rebalance since the look");
-            assert!(!look.still_applies(4, &now, trust_reads, &rewound(0, 10)), "a rebalance since the look");
+            assert!(check.still_applies(3, &now, trust_reads, &truncated(0, 10)), "nothing read from it since");
+            assert!(check.still_applies(3, &now, trust_reads, &rewound(0, 10)), "nothing read from it since");
+            assert!(!check.still_applies(3, &now, trust_reads, &truncated(1, 20)), "read since: the offset was served");
+            assert!(!check.still_applies(4, &now, trust_reads, &truncated(0, 10)), "a rebalance since the look");
+            assert!(!check.still_applies(4, &now, trust_reads, &rewound(0, 10)), "a rebalance since the look");
         }
-        assert!(!look.still_applies(3, &now, true, &rewound(1, 20)), "read since, and reads are believed");
+        assert!(!check.still_applies(3, &now, true, &rewound(1, 20)), "read since, and reads are believed");
         assert!(
-            look.still_applies(3, &now, false, &rewound(1, 20)),
+            check.still_applies(3, &now, false, &rewound(1, 20)),
             "read since, but after an error the listing decides"
         );
     }

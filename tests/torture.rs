@@ -618,11 +618,12 @@ fn run_with_a_lost_reply(
     seed: u64,
 ) -> (Pipeline, Vec<Value>, u32) {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     use deltalake::logstore::object_store::local::LocalFileSystem;
     use idempipe::config::{FileConfig, Settings};
     use idempipe::pipeline::Pipeline as Processor;
+    use idempipe::shutdown::Shutdown;
     use idempipe::table::EventTable;
 
     let p = Pipeline::new(name);
@@ -642,9 +643,7 @@ fn run_with_a_lost_reply(
     });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let table = runtime.block_on(EventTable::open_with_store(&settings.delta_path, store.clone())).unwrap();
-    let processor =
-        Processor::start_with_table(settings, table, runtime.handle().clone(), Arc::new(AtomicBool::new(false)))
-            .unwrap();
+    let processor = Processor::start_with_table(settings, table, runtime.handle().clone(), Shutdown::new()).unwrap();
     let summary = processor.run(Some(Duration::from_secs(2))).unwrap();
     eprintln!("torture lost reply ({target:?}): {summary:?}");
     assert_eq!(store.fired.load(Ordering::SeqCst), 1, "the injected fault fired ({target:?}, after {let_through})");

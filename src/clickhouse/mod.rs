@@ -86,7 +86,7 @@ impl ClickHouseError {
     }
 
     /// The server's own message, when it answered with one.
-    pub fn server_message(&self) -> Option<String> {
+    pub(crate) fn server_message(&self) -> Option<String> {
         match self {
             ClickHouseError::Request { source, .. } => match source.as_ref() {
                 clickhouse::error::Error::BadResponse(text) => Some(text.trim().to_owned()),
@@ -207,7 +207,7 @@ impl ClickHouse {
     }
 
     /// Whether the server answers a trivial query within a few seconds.
-    pub async fn ping(&self) -> Result<()> {
+    pub(crate) async fn ping(&self) -> Result<()> {
         self.timed_within(PING_TIMEOUT, "SELECT 1", self.client.query("SELECT 1").fetch_one::<u8>()).await.map(drop)
     }
 
@@ -249,7 +249,7 @@ impl ClickHouse {
 
     /// Creates the database and events table if missing (and, for the Kafka-engine route,
     /// the Kafka table and view). Running it again changes nothing.
-    pub async fn ensure_schema(&self, brokers: &str, topic: &str) -> Result<SchemaReport> {
+    pub(crate) async fn ensure_schema(&self, brokers: &str, topic: &str) -> Result<SchemaReport> {
         let s = &self.settings;
         self.execute(&schema::create_database(&s.database), "creating the database").await?;
         let existed = self.layout().await?.is_some();
@@ -396,11 +396,6 @@ impl ClickHouse {
         )
         .await
     }
-
-    /// Drops the events table (tests and operators recovering from a bad table).
-    pub async fn drop_table(&self) -> Result<()> {
-        self.execute(&format!("DROP TABLE IF EXISTS {}", self.table()), "dropping the events table").await
-    }
 }
 
 /// The most partitions one insert touches: current servers refuse an insert into more
@@ -409,7 +404,7 @@ pub const MAX_PARTITIONS_PER_INSERT: usize = 100;
 
 /// The ClickHouse partition (`toYYYYMM(event_time)`, UTC) a row with this event time lands
 /// in, as `YYYYMM`, in `layout`'s time type (the legacy `DateTime` clamps to 1970-2106).
-pub fn partition_of(layout: Layout, event_time_us: i64) -> i64 {
+pub(crate) fn partition_of(layout: Layout, event_time_us: i64) -> i64 {
     let days = match layout {
         Layout::Legacy => i64::from(seconds(event_time_us)).div_euclid(86_400),
         Layout::Current => event_time_us.div_euclid(86_400_000_000),

@@ -59,7 +59,7 @@ impl ServerVersion {
 }
 
 /// `` `db`.`table` `` (names are validated plain identifiers, see `config`).
-pub fn qualified(database: &str, table: &str) -> String {
+pub(crate) fn qualified(database: &str, table: &str) -> String {
     format!("`{database}`.`{table}`")
 }
 
@@ -111,10 +111,10 @@ pub fn create_events(server: &ServerVersion, database: &str, table: &str) -> Str
 }
 
 /// Names of the Kafka-engine objects that feed `table`.
-pub fn kafka_queue_name(table: &str) -> String {
+pub(crate) fn kafka_queue_name(table: &str) -> String {
     format!("{table}_kafka_queue")
 }
-pub fn kafka_view_name(table: &str) -> String {
+pub(crate) fn kafka_view_name(table: &str) -> String {
     format!("{table}_kafka_mv")
 }
 

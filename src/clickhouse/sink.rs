@@ -31,7 +31,6 @@
 //! each from the group's committed offset, or from the beginning when there is none.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,7 +45,8 @@ use crate::config::{ClickHouseIngest, Settings, Topics};
 use crate::kafka::{self, KafkaFailure, LagReporting, Role};
 use crate::output::{OutRecord, Output, ProduceError};
 use crate::output::{dlq, processed};
-use crate::retry::Backoff;
+use crate::retry::{self, Backoff, OnShutdown, Policy, Step, Stopped};
+use crate::shutdown::Shutdown;
 use crate::source::{self, Collector, Positions};
 use crate::table::StoredRow;
 
@@ -81,6 +81,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// The wait between attempts of a failing insert or connection: 500 ms doubling to
 /// [`MAX_BACKOFF`].
 const BACKOFF: Backoff = Backoff { base: Duration::from_millis(250), cap: MAX_BACKOFF };
+
+/// Inserts and connections are retried for as long as it takes: ClickHouse is the speed
+/// layer, and nothing is lost while it is away.
+const PATIENCE: Policy = Policy { backoff: BACKOFF, max_failures: None };
 
 /// What a sink run did.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -137,7 +141,7 @@ pub struct ClickHouseSink {
     resets: u64,
     layout: Layout,
     runtime: Handle,
-    shutdown: Arc<AtomicBool>,
+    shutdown: Shutdown,
     /// The processor beside it, when the sink runs inside `run`.
     upstream: Option<Arc<Upstream>>,
     /// Whether a fatal ClickHouse failure is waited out (a service) or ends the sink.
@@ -168,7 +172,7 @@ impl ClickHouseSink {
     pub fn start(
         settings: Settings,
         runtime: Handle,
-        shutdown: Arc<AtomicBool>,
+        shutdown: Shutdown,
         patient: bool,
     ) -> Result<Self, ClickHouseSinkError> {
         if settings.clickhouse.ingest == ClickHouseIngest::KafkaEngine {
@@ -343,10 +347,10 @@ impl ClickHouseSink {
                     {
                         return Err(ClickHouseSinkError::Unproven { rows: rows_left, first, message });
                     }
-                    BACKOFF.wait(unproven_rounds, &self.shutdown);
+                    self.shutdown.sleep(BACKOFF.delay(unproven_rounds));
                 }
             }
-            if self.shutdown.load(Ordering::Relaxed) {
+            if self.shutdown.is_requested() {
                 if !carried.rows.is_empty() {
                     tracing::warn!(
                         rows = carried.rows.len(),
@@ -470,36 +474,36 @@ impl ClickHouseSink {
     ) -> Result<Option<Inserted>, ClickHouseSinkError> {
         // Pieces are the same for the same batch, so a retry carries the same token.
         let piece_token = format!("{token}#{}-{}", piece.start, piece.end);
-        let mut failures = 0_u32;
-        loop {
+        let outcome = retry::retry(&self.shutdown, OnShutdown::Stop, |failures| {
             let inserted =
                 self.runtime.block_on(self.clickhouse.insert(self.layout, &rows[piece.clone()], Some(&piece_token)));
             let e = match inserted {
                 Ok(()) => {
                     crate::metrics::service_recovered("clickhouse");
-                    return Ok(Some(Inserted::Yes));
+                    return Step::Done(Inserted::Yes);
                 }
                 Err(e) => e,
             };
             crate::metrics::service_error("clickhouse", &e.to_string());
             summary.retries += 1;
             crate::metrics::clickhouse_insert_retried();
-            failures += 1;
             // An insert that times out is judged like a refusal: by whether the server
             // answers meanwhile (then the insert is too heavy, or holds a row it chokes on).
             let refused = matches!(e.failure(), Failure::Refused) || matches!(e, ClickHouseError::Timeout { .. });
             if refused && self.runtime.block_on(self.clickhouse.ping()).is_ok() {
-                return Ok(Some(Inserted::Refused(e.server_message().unwrap_or_else(|| e.to_string()))));
+                return Step::Done(Inserted::Refused(e.server_message().unwrap_or_else(|| e.to_string())));
             }
             if e.failure() == Failure::Fatal && !self.patient {
-                return Err(e.into());
-            }
-            if self.shutdown.load(Ordering::Relaxed) {
-                return Ok(None);
+                return Step::Stop(e);
             }
             let backoff = BACKOFF.delay(failures);
             tracing::warn!(attempt = failures, error = %e, ?backoff, rows = piece.len(), "ClickHouse insert failed; retrying");
-            BACKOFF.wait(failures, &self.shutdown);
+            PATIENCE.step(failures, e)
+        });
+        match outcome {
+            Ok(inserted) => Ok(Some(inserted)),
+            Err(Stopped::Shutdown(_)) => Ok(None),
+            Err(Stopped::Failed(e)) => Err(e.into()),
         }
     }
 
@@ -793,30 +797,25 @@ pub fn dedup_token(topic: &str, ranges: &BTreeMap<i32, (i64, i64)>) -> String {
 /// through transient failures, and, when `patient`, through fatal ones too (unready
 /// meanwhile: the table may come back).
 fn retrying<T>(
-    shutdown: &AtomicBool,
+    shutdown: &Shutdown,
     patient: bool,
     what: &str,
     mut f: impl FnMut() -> Result<T, ClickHouseError>,
 ) -> Result<T, ClickHouseSinkError> {
-    let mut attempt = 0;
-    loop {
-        match f() {
-            Ok(v) => {
-                crate::metrics::service_recovered("clickhouse");
-                return Ok(v);
-            }
-            Err(e) if shutdown.load(Ordering::Relaxed) || (!patient && e.failure() == Failure::Fatal) => {
-                return Err(e.into());
-            }
-            Err(e) => {
-                crate::metrics::service_error("clickhouse", &e.to_string());
-                attempt += 1;
-                let wait = BACKOFF.delay(attempt);
-                tracing::warn!(attempt, error = %e, ?wait, "{what} failed; retrying");
-                BACKOFF.wait(attempt, shutdown);
-            }
+    retry::retry(shutdown, OnShutdown::Stop, |attempt| match f() {
+        Ok(v) => {
+            crate::metrics::service_recovered("clickhouse");
+            Step::Done(v)
         }
-    }
+        Err(e) if !patient && e.failure() == Failure::Fatal => Step::Stop(e),
+        Err(e) => {
+            crate::metrics::service_error("clickhouse", &e.to_string());
+            let wait = BACKOFF.delay(attempt);
+            tracing::warn!(attempt, error = %e, ?wait, "{what} failed; retrying");
+            PATIENCE.step(attempt, e)
+        }
+    })
+    .map_err(|stopped| stopped.into_error().into())
 }
 
 #[cfg(test)]

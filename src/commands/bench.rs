@@ -9,8 +9,6 @@
 //! topic's sender.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use deltalake::kernel::Transaction;
@@ -23,6 +21,7 @@ use crate::config::Settings;
 use crate::dedup;
 use crate::event::{self, EventTime};
 use crate::kafka::KafkaFailure;
+use crate::shutdown::Shutdown;
 use crate::table::{self, DeltaError, EventTable, Location, Row};
 
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +165,7 @@ pub fn latency(
     // Checks the rate and that the raw topic exists, before anything starts.
     let mut sender = RawSender::new(settings, Some(rate))?;
     let start_version = runtime.block_on(EventTable::open(&settings.delta_path))?.version();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Shutdown::new();
     let watcher = {
         let (stop, path, handle) = (stop.clone(), settings.delta_path.clone(), runtime.handle().clone());
         std::thread::spawn(move || handle.block_on(watch_versions(&path, start_version, &stop)))
@@ -199,7 +198,7 @@ pub fn latency(
             break rows;
         }
         if waited.elapsed() > Duration::from_secs(120) {
-            stop.store(true, Ordering::Relaxed);
+            stop.request();
             return Err(BenchError::NotVisible {
                 sent: total,
                 missing: total - rows.len() as u64,
@@ -208,7 +207,7 @@ pub fn latency(
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    stop.store(true, Ordering::Relaxed);
+    stop.request();
     let seen = watcher.join().map_err(|_| BenchError::Watcher("panicked".into()))??;
     let batch_ids = runtime.block_on(async {
         let table = EventTable::open(&settings.delta_path).await?;
@@ -254,12 +253,12 @@ pub fn latency(
 /// and notes when each was first seen; ends (after a last look) once `stop` is set. One
 /// entry is asked for each time, not a listing of the log: the watcher shares the
 /// machine with the processor it measures.
-async fn watch_versions(path: &Location, after: u64, stop: &AtomicBool) -> Result<BTreeMap<u64, i64>, BenchError> {
+async fn watch_versions(path: &Location, after: u64, stop: &Shutdown) -> Result<BTreeMap<u64, i64>, BenchError> {
     let table = EventTable::open(path).await?;
     let mut seen = BTreeMap::new();
     let mut next = after + 1;
     loop {
-        let last_round = stop.load(Ordering::Relaxed);
+        let last_round = stop.is_requested();
         if table.has_commit(next).await? {
             seen.insert(next, now_us());
             next += 1;

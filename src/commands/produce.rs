@@ -71,7 +71,7 @@ fn key_of(line: &[u8]) -> Option<String> {
 
 /// Sends lines to the raw topic, each keyed, as fast as the producer takes them or at a
 /// steady rate: the one send loop of `produce` and the latency benchmark.
-pub struct RawSender<'a> {
+pub(crate) struct RawSender<'a> {
     settings: &'a Settings,
     producer: ThreadedProducer<Deliveries>,
     rate: Option<f64>,
@@ -83,7 +83,7 @@ pub struct RawSender<'a> {
 impl<'a> RawSender<'a> {
     /// A producer for the raw topic (which must exist); with `rate`, [`RawSender::send`]
     /// paces the lines to that many a second.
-    pub fn new(settings: &'a Settings, rate: Option<f64>) -> Result<Self, ProduceFileError> {
+    pub(crate) fn new(settings: &'a Settings, rate: Option<f64>) -> Result<Self, ProduceFileError> {
         if let Some(r) = rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
             return Err(ProduceFileError::BadRate(r));
         }
@@ -107,7 +107,7 @@ impl<'a> RawSender<'a> {
 
     /// Queues `line` with `key`, once its time has come (with a rate), waiting while the
     /// producer's queue is full.
-    pub fn send(&mut self, line: &[u8], key: Option<&[u8]>) -> Result<(), ProduceFileError> {
+    pub(crate) fn send(&mut self, line: &[u8], key: Option<&[u8]>) -> Result<(), ProduceFileError> {
         if let Some(rate) = self.rate {
             let due = self.started + Duration::from_secs_f64(self.sent as f64 / rate);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -134,12 +134,12 @@ impl<'a> RawSender<'a> {
     }
 
     /// Bytes queued so far.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
 
     /// Waits for every delivery; fails if any line was not delivered.
-    pub fn finish(self) -> Result<ProduceSummary, ProduceFileError> {
+    pub(crate) fn finish(self) -> Result<ProduceSummary, ProduceFileError> {
         let settings = self.settings;
         self.producer.flush(Duration::from_secs(300)).map_err(kafka::client_error(settings))?;
         let context = self.producer.context();

@@ -2,15 +2,14 @@
 //! with `clickhouse_in_run`, the ClickHouse sink runs beside it in a thread.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::runtime::Runtime;
 
 use crate::clickhouse::sink::{ClickHouseSink, ClickHouseSinkError, Upstream};
 use crate::config::Settings;
-use crate::metrics::Health;
 use crate::pipeline::{Pipeline, PipelineError, RunSummary};
+use crate::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -28,48 +27,13 @@ pub enum RunError {
     Kafka(#[from] crate::kafka::KafkaFailure),
 }
 
-/// Serves the metrics endpoint when `metrics_addr` is set; the returned health says
-/// whether the process is ready.
-pub fn serve_metrics(settings: &Settings, runtime: &Runtime) -> Result<Arc<Health>, crate::metrics::MetricsError> {
-    let health = Arc::new(Health::default());
-    if let Some(addr) = settings.metrics_addr {
-        crate::metrics::serve(addr, runtime.handle(), health.clone())?;
-    }
-    Ok(health)
-}
-
-/// Sets `flag` on SIGINT or SIGTERM.
-pub fn stop_on_signal(runtime: &Runtime, flag: Arc<AtomicBool>) {
-    runtime.spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term => {},
-        }
-        tracing::info!("signal received: finishing the batch in progress");
-        flag.store(true, Ordering::Relaxed);
-    });
-}
-
 /// Runs the processor on the calling thread (it blocks), using `runtime` for the async
 /// parts. SIGINT and SIGTERM stop it after the batch in progress.
 pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) -> Result<RunSummary, RunError> {
     // A topic that would refuse a record stops nothing later: it is refused now.
     runtime.block_on(crate::kafka::check_output_topics(&settings))?;
-    let health = serve_metrics(&settings, runtime)?;
-    let shutdown = Arc::new(AtomicBool::new(false));
-    stop_on_signal(runtime, shutdown.clone());
+    let health = crate::metrics::serve_if(settings.metrics_addr, runtime.handle())?;
+    let shutdown = Shutdown::on_signals(runtime.handle());
     let upstream = Arc::new(Upstream::default());
     let sink = settings.clickhouse.in_run.then(|| {
         let (settings, handle, shutdown) = (settings.clone(), runtime.handle().clone(), shutdown.clone());
@@ -112,7 +76,7 @@ pub fn run(settings: Settings, runtime: &Runtime, until_idle: Option<Duration>) 
         .unwrap_or_default();
     upstream.finish(last_sent);
     if processed.is_err() || until_idle.is_none() {
-        shutdown.store(true, Ordering::Relaxed);
+        shutdown.request();
     }
     // With --until-idle the sink stops by itself once it has loaded everything.
     let sunk = sink.map(|handle| handle.join());

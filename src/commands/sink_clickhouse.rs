@@ -1,15 +1,13 @@
 //! `sink-clickhouse`: the ClickHouse sink, until a signal or (with
 //! `--until-idle`) until caught up.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio::runtime::Runtime;
 
 use crate::clickhouse::sink::{ClickHouseSink, ClickHouseSinkError, ClickHouseSinkSummary};
-use crate::commands::run::{serve_metrics, stop_on_signal};
 use crate::config::Settings;
+use crate::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkClickHouseError {
@@ -24,9 +22,8 @@ pub fn sink_clickhouse(
     runtime: &Runtime,
     until_idle: Option<Duration>,
 ) -> Result<ClickHouseSinkSummary, SinkClickHouseError> {
-    let health = serve_metrics(&settings, runtime)?;
-    let shutdown = Arc::new(AtomicBool::new(false));
-    stop_on_signal(runtime, shutdown.clone());
+    let health = crate::metrics::serve_if(settings.metrics_addr, runtime.handle())?;
+    let shutdown = Shutdown::on_signals(runtime.handle());
     // A service waits out a dropped table or refused credentials, unready; a job ends.
     let sink = ClickHouseSink::start(settings, runtime.handle().clone(), shutdown, until_idle.is_none())?;
     health.set_ready(true);

@@ -107,8 +107,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Delta table upkeep done by `run` between batches (never during one, so it cannot
-/// race the processor's own commits).
+/// The settings of the Delta table's maintenance, which `run` runs in a task beside the
+/// batch loop ([`crate::table::maintenance`]): its commits race the processor's like any
+/// other writer's, which is safe because none of it changes rows.
 #[derive(Debug, Clone, Copy)]
 pub struct Maintenance {
     /// A checkpoint every this many table versions, after which log entries older than
@@ -288,14 +289,14 @@ pub const GUARDED_KAFKA_SETTINGS: [(&str, &[&str], &str); 7] = [
 ];
 
 /// librdkafka's default `message.max.bytes`.
-pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+pub(crate) const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
 /// Room left in a produce request beside one record: the record batch's header (61 bytes)
 /// and the record's own lengths and varints, with a wide margin.
-pub const RECORD_BATCH_OVERHEAD: usize = 1024;
+pub(crate) const RECORD_BATCH_OVERHEAD: usize = 1024;
 
 /// The shortest trigger interval: below it the per-commit cost of Delta dominates.
-pub const MIN_TRIGGER: Duration = Duration::from_millis(100);
+pub(crate) const MIN_TRIGGER: Duration = Duration::from_millis(100);
 
 impl Settings {
     /// Layers defaults, the file (if any), and the environment and flags (which clap has
@@ -370,7 +371,7 @@ impl Settings {
     /// The largest produce request idempipe's producer sends: librdkafka's
     /// `message.max.bytes` (the pass-through's, else its default), which bounds a record
     /// batch and so any record in it.
-    pub fn max_request_bytes(&self) -> usize {
+    pub(crate) fn max_request_bytes(&self) -> usize {
         self.kafka
             .values
             .get("message.max.bytes")

@@ -156,7 +156,7 @@ impl EventTime {
     }
 
     /// The start (00:00:00 UTC) of the day `days` days after 1970-01-01.
-    pub fn from_days(days: i32) -> Result<Self, TimeError> {
+    pub(crate) fn from_days(days: i32) -> Result<Self, TimeError> {
         Self::from_micros(i64::from(days) * SECS_PER_DAY * MICROS_PER_SEC)
     }
 
@@ -260,7 +260,7 @@ impl DedupKey {
 
     /// The first eight bytes as a big-endian integer: the term an order-independent
     /// checksum of a key set adds up.
-    pub fn prefix_u64(&self) -> u64 {
+    pub(crate) fn prefix_u64(&self) -> u64 {
         let mut first = [0_u8; 8];
         first.copy_from_slice(&self.0[..8]);
         u64::from_be_bytes(first)

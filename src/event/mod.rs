@@ -332,9 +332,9 @@ mod tests {
         assert_eq!(neg, key_of(r#"{"user_id":"-7","event_type":"e","timestamp":0}"#));
     }
 
-    /// Found by the `parse` fuzz target: other fields are checked for JSON syntax and
-    /// depth only, so a number beyond f64 there (valid JSON; RFC 8259 sets no range) is
-    /// accepted and kept whole in the payload, which travels as a string everywhere.
+    /// Other fields are checked for JSON syntax and depth only, so a number beyond f64
+    /// there (valid JSON; RFC 8259 sets no range) is accepted and kept whole in the
+    /// payload, which travels as a string everywhere.
     #[test]
     fn an_other_field_may_hold_a_number_beyond_f64() {
         let msg = r#"{"user_id":"u1","event_type":"click","timestamp":"2024-01-01T00:00:00Z","v":4e0347,"w":-1e-999}"#;

@@ -46,23 +46,6 @@ pub enum RejectClass {
 }
 
 impl RejectClass {
-    /// Every class the event contract produces (not the processor's window, nor the
-    /// ClickHouse sink's classes).
-    pub const ALL: [RejectClass; 12] = [
-        Self::NullValue,
-        Self::TooLarge,
-        Self::NotUtf8,
-        Self::InvalidJson,
-        Self::TooDeep,
-        Self::NotObject,
-        Self::DuplicateField,
-        Self::MissingField,
-        Self::WrongType,
-        Self::EmptyField,
-        Self::InvalidTimestamp,
-        Self::TimestampOutOfRange,
-    ];
-
     /// The header value, in snake case.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -22,9 +22,9 @@ use crate::output::OutRecord;
 
 pub const HEADER_CLASS: &str = "error.class";
 pub const HEADER_MESSAGE: &str = "error.message";
-pub const HEADER_TOPIC: &str = "source.topic";
-pub const HEADER_PARTITION: &str = "source.partition";
-pub const HEADER_OFFSET: &str = "source.offset";
+pub(crate) const HEADER_TOPIC: &str = "source.topic";
+pub(crate) const HEADER_PARTITION: &str = "source.partition";
+pub(crate) const HEADER_OFFSET: &str = "source.offset";
 pub const HEADER_TRUNCATED: &str = "error.truncated";
 pub const HEADER_VALUE_BYTES: &str = "source.value_bytes";
 

@@ -14,13 +14,14 @@
 //! - a partition is "at its end" from its end-of-partition event until its next message.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
+
+use crate::shutdown::Shutdown;
 
 /// How long one poll may block: the loop looks at the deadline and shutdown this often.
 const POLL: Duration = Duration::from_millis(100);
@@ -117,9 +118,9 @@ pub fn collect<C: ConsumerContext, B: Collector>(
     positions: &mut Positions,
     batch: &mut B,
     deadline: Instant,
-    shutdown: &AtomicBool,
+    shutdown: &Shutdown,
 ) -> Result<(), B::Error> {
-    while !shutdown.load(Ordering::Relaxed) && !batch.is_full() {
+    while !shutdown.is_requested() && !batch.is_full() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;

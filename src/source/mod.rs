@@ -152,9 +152,9 @@ impl ConsumerContext for SourceContext {
     }
 }
 
-/// What the broker said of the raw topic ([`Source::look`]).
+/// What the broker said of the raw topic ([`Source::broker_view`]).
 #[derive(Debug)]
-pub struct SourceAnswer {
+pub struct BrokerView {
     /// Its partition count, if the broker answered.
     pub partitions: Option<i32>,
     /// The partitions asked about whose offset lies outside what the broker holds.
@@ -315,12 +315,12 @@ impl Source {
     /// partitions of `next` whose offset lies outside what it holds
     /// ([`ranges::out_of_range`]), both asked at once. Asked beside a batch's
     /// collection.
-    pub fn look(&self, next: &BTreeMap<i32, Option<i64>>, read_to: Option<&BTreeMap<i32, i64>>) -> SourceAnswer {
+    pub fn broker_view(&self, next: &BTreeMap<i32, Option<i64>>, read_to: Option<&BTreeMap<i32, i64>>) -> BrokerView {
         std::thread::scope(|scope| {
             let partitions = scope.spawn(|| self.partition_count_now());
             let (resets, answered) = self.out_of_range(next, read_to);
             let partitions = partitions.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            SourceAnswer { partitions, resets, answered }
+            BrokerView { partitions, resets, answered }
         })
     }
 

@@ -39,8 +39,8 @@ use serde::{Deserialize, Serialize};
 /// read; passed only when no consumer error came since the last look), an end the
 /// broker's offset listing puts below the expected offset is not believed when the
 /// consumer's own fetches reached that offset: the two answers of one broker disagree,
-/// and the fetches are the ones the data came through. Seen with tansu's memory storage,
-/// whose listing answers with the first stored batch when batches share a modification
+/// and the fetches are the ones the data came through. tansu's memory storage answers
+/// so: its listing gives the first stored batch when batches share a modification
 /// time. A topic recreated under the consumer makes its fetches fail on Kafka
 /// (`OFFSET_OUT_OF_RANGE`, a consumer error, so no `fetched_ends`), and one recreated
 /// before it started has nothing read yet: both are still found. On a broker that answers
@@ -76,8 +76,9 @@ type Disbelieved = BTreeMap<(String, i32), (Option<Instant>, u64)>;
 static DISBELIEVED: Mutex<Disbelieved> = Mutex::new(BTreeMap::new());
 
 /// How often at most the same partition's disbelieved listing is logged: a broker that
-/// answers so does it at every look (every 10 s, by the processor and the sink alike;
-/// 3,477 warnings in two hours of the soak on tansu's memory storage).
+/// answers so does it at every look (every 10 s, by the processor and the sink alike),
+/// so logging each would bury the log in the same warning, hundreds an hour per
+/// partition.
 const DISBELIEVED_WARN_EVERY: Duration = Duration::from_secs(600);
 
 fn warn_disbelieved(topic: &str, partition: i32, listed_end: i64, expected: i64) {
@@ -105,10 +106,10 @@ fn warn_disbelieved(topic: &str, partition: i32, listed_end: i64, expected: i64)
 /// Per partition, the range the broker holds (its first offset and its end), or `None`
 /// if it does not answer within a second. The partitions are asked at once (by up to
 /// [`MAX_ASKING`] threads, each asking its share in turn): one at a time, a slow broker
-/// held the batch loop for seconds (tansu's memory storage lists its stored batches to
-/// answer, and librdkafka queues the request behind the connection's long-polling
-/// fetch).
-pub fn watermarks<C: ConsumerContext + Sync>(
+/// would hold the batch loop for seconds (tansu's memory storage lists its stored
+/// batches to answer, and librdkafka queues the request behind the connection's
+/// long-polling fetch).
+pub(crate) fn watermarks<C: ConsumerContext + Sync>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     partitions: impl IntoIterator<Item = i32>,
@@ -189,7 +190,7 @@ impl OffsetReset {
 impl OffsetReset {
     /// The reset as a sentence: `position` says where the reader stands (the processor's
     /// [`Display`](fmt::Display): what the Delta table stores).
-    pub fn explain(&self, position: &str) -> String {
+    pub(crate) fn explain(&self, position: &str) -> String {
         let (topic, partition, expected) = (&self.topic, self.partition, self.expected);
         let held = if self.low == self.high {
             format!("no message there (its end is offset {})", self.high)

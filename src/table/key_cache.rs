@@ -476,7 +476,7 @@ mod table_tests {
 
     use super::*;
     use crate::table::testing::*;
-    use crate::table::{EventTable, Row, to_record_batch, upkeep_free};
+    use crate::table::{EventTable, Row, to_record_batch, without_post_commit_maintenance};
 
     async fn cached(path: &std::path::Path, budget: usize) -> EventTable {
         let mut table = EventTable::open(path).await.unwrap();
@@ -509,7 +509,7 @@ mod table_tests {
             }
         }
         let snapshot = table.table.snapshot().unwrap();
-        CommitBuilder::from(upkeep_free())
+        CommitBuilder::from(without_post_commit_maintenance())
             .with_actions(adds.into_iter().map(Action::Add).collect())
             .build(
                 Some(snapshot as &dyn TableReference),

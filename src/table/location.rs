@@ -145,7 +145,7 @@ impl Location {
     /// Where this process keeps things of its own about the table (the batch log) when
     /// not told: beside a local table; for a remote one, under `data/` in the working
     /// directory, named after the bucket and path.
-    pub fn local_sibling(&self, suffix: &str) -> PathBuf {
+    pub(crate) fn local_sibling(&self, suffix: &str) -> PathBuf {
         match &self.place {
             Place::Local(path) => {
                 let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "events".into());

@@ -1,9 +1,10 @@
 //! Table maintenance: checkpoints (and log cleanup behind them), compaction of small
-//! files, vacuum of removed ones, the tombstone retention; [`Schedule`], which decides
-//! what is due; and [`Upkeep`], the task that runs it beside the batch loop.
+//! files, vacuum of removed ones, the tombstone retention; [`MaintenanceSchedule`], which
+//! decides what is due; and [`MaintenanceTask`], the task that runs it beside the batch
+//! loop.
 //!
-//! `run` runs [`Schedule::run_due`] in that task, never in the batch loop, so its
-//! commits race the processor's own like any other writer's (a second instance, an
+//! `run` runs [`MaintenanceSchedule::run_due`] in that task, never in the batch loop, so
+//! its commits race the processor's own like any other writer's (a second instance, an
 //! operator's `compact`). That is safe because none of it changes rows: a compaction's
 //! files carry `dataChange = false`, a vacuum deletes only files no snapshot within the
 //! retention uses, and a checkpoint or log cleanup rewrites no data. A failure is logged
@@ -27,7 +28,7 @@ use crate::event::EventTime;
 use crate::metrics;
 use crate::table::read::data_file_stream;
 use crate::table::schema::{PARTITION_COLUMN, arrow_schema};
-use crate::table::{EventTable, Result, upkeep_free};
+use crate::table::{EventTable, Result, without_post_commit_maintenance};
 
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -106,10 +107,10 @@ impl EventTable {
         let store = self.table.object_store();
         let mut actions = Vec::new();
         // Row groups of at most COMPACT_ROW_GROUP_ROWS rows or about COMPACT_ROW_GROUP_BYTES
-        // (the writer's estimate, checked between input batches): it holds the one in
-        // progress in memory (with parquet's default of 1 M rows, a compaction of 36 MB
-        // files peaked at 386 MiB); each finished group goes to the store (delta-rs
-        // streams the file as a multipart upload of 5 MiB parts).
+        // (the writer's estimate, checked between input batches): the writer holds the one
+        // in progress in memory, so these bound the compaction's memory (parquet's default
+        // of 1 M rows would let it grow to hundreds of MiB); each finished group goes to
+        // the store (delta-rs streams the file as a multipart upload of 5 MiB parts).
         let properties = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(COMPACT_ROW_GROUP_ROWS))
@@ -143,7 +144,7 @@ impl EventTable {
         let operation =
             DeltaOperation::Optimize { predicate: None, target_size: COMPACT_TARGET_BYTES.min(i64::MAX as u64) as i64 };
         let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
-        CommitBuilder::from(upkeep_free().with_application_transactions(vec![claim]))
+        CommitBuilder::from(without_post_commit_maintenance().with_application_transactions(vec![claim]))
             .with_actions(actions)
             .build(Some(snapshot as &dyn TableReference), self.table.log_store(), operation)
             .await
@@ -171,7 +172,7 @@ impl EventTable {
             .with_enforce_retention_duration(false)
             .with_dry_run(dry_run)
             .with_mode(if full { VacuumMode::Full } else { VacuumMode::Lite })
-            .with_commit_properties(upkeep_free())
+            .with_commit_properties(without_post_commit_maintenance())
             .await
             .map_err(|e| self.error(e))?;
         self.table = table;
@@ -194,7 +195,7 @@ impl EventTable {
             .clone()
             .set_tbl_properties()
             .with_properties(std::collections::HashMap::from([(KEY.to_owned(), value)]))
-            .with_commit_properties(upkeep_free())
+            .with_commit_properties(without_post_commit_maintenance())
             .await
             .map_err(|e| self.error(e))?;
         self.table = table;
@@ -233,13 +234,13 @@ impl EventTable {
 pub const COMPACT_TARGET_BYTES: u64 = 64 << 20;
 
 /// The rows of a row group in a compacted file: the writer holds the group in progress
-/// in memory. (Parquet's default, 1,048,576 rows, cost about 150 MiB more.)
+/// in memory, so this is far below Parquet's default (1,048,576 rows).
 pub const COMPACT_ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// The most bytes (encoded, as the writer estimates them) of a row group in a compacted
 /// file, whichever of this and [`COMPACT_ROW_GROUP_ROWS`] comes first: 131,072 events of
 /// about 100 bytes encode to about 9 MiB, but of 1 KiB to over 100 MiB, which the
-/// writer held beside the processor's batches.
+/// writer would hold beside the processor's batches.
 pub const COMPACT_ROW_GROUP_BYTES: usize = 16 << 20;
 
 /// The txn app id every compaction's commit carries, so that two compactions never
@@ -269,9 +270,9 @@ fn with_date(batch: RecordBatch, day: i32) -> std::result::Result<RecordBatch, d
     RecordBatch::try_new(schema, columns)
 }
 
-/// When each kind of upkeep last ran.
+/// When each kind of maintenance last ran, and so what is due next.
 #[derive(Debug)]
-pub struct Schedule {
+pub struct MaintenanceSchedule {
     settings: Maintenance,
     /// The version of the table's last checkpoint (by any writer, as of start-up, or
     /// this process's last): the next is due `checkpoint_every` versions later, so a
@@ -285,16 +286,16 @@ pub struct Schedule {
     compact_deferred: bool,
 }
 
-/// What one [`Schedule::run_due`] did, for the log and tests.
+/// What one [`MaintenanceSchedule::run_due`] did, for the log and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Done {
+pub struct MaintenanceOutcome {
     pub checkpoint: bool,
     pub log_entries_deleted: usize,
     pub compacted_files: u64,
     pub vacuumed_files: usize,
 }
 
-impl Schedule {
+impl MaintenanceSchedule {
     /// A schedule for a table whose last checkpoint is at `last_checkpoint` (`None`:
     /// none yet, so one is due at version `checkpoint_every`); the first compaction and
     /// vacuum are due one interval from now.
@@ -364,8 +365,8 @@ impl Schedule {
 
     /// Runs whatever is due on `table` (loaded at its latest version by the caller),
     /// with the batch loop working through a `backlog` or not (see [`Self::is_due`]).
-    pub async fn run_due(&mut self, table: &mut EventTable, backlog: bool) -> Done {
-        let mut done = Done::default();
+    pub async fn run_due(&mut self, table: &mut EventTable, backlog: bool) -> MaintenanceOutcome {
+        let mut done = MaintenanceOutcome::default();
         self.prepare(table).await;
         let since = self.last_compact.elapsed();
         let due = self.settings.compact_every.is_some_and(|every| since >= every);
@@ -463,23 +464,24 @@ impl Schedule {
 
 /// The maintenance schedule, run beside the batch loop: a task with its own handle on
 /// the table, woken by the batch loop's commits (for checkpoints, due by version), by the
-/// end of a backlog (a compaction waits for it: [`Schedule::is_due`]) and by the
-/// compaction and vacuum intervals. It never holds a batch back; it stops when the
-/// [`Upkeep`] is dropped (a compaction cut short commits nothing: its files are never
-/// part of the table, and `vacuum --full` deletes them).
-pub struct Upkeep {
+/// end of a backlog (a compaction waits for it: [`MaintenanceSchedule::is_due`]) and by
+/// the compaction and vacuum intervals. It never holds a batch back; it stops when the
+/// [`MaintenanceTask`] is dropped (a compaction cut short commits nothing: its files are
+/// never part of the table, and `vacuum --full` deletes them).
+pub(crate) struct MaintenanceTask {
     /// The table version the batch loop reached, and whether its last batch was full.
     seen: tokio::sync::watch::Sender<(u64, bool)>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Upkeep {
-    /// Prepares the table (see [`Schedule::prepare`]: callers reload their own handle
-    /// after) and starts the task on `runtime`, with `table` (a handle of its own: see
-    /// [`EventTable::without_index`]). Blocks: must run outside the runtime's workers.
-    pub fn start(settings: Maintenance, mut table: EventTable, runtime: &tokio::runtime::Handle) -> Self {
+impl MaintenanceTask {
+    /// Prepares the table (see [`MaintenanceSchedule::prepare`]: callers reload their own
+    /// handle after) and starts the task on `runtime`, with `table` (a handle of its own:
+    /// see [`EventTable::without_stored_keys`]). Blocks: must run outside the runtime's
+    /// workers.
+    pub(crate) fn start(settings: Maintenance, mut table: EventTable, runtime: &tokio::runtime::Handle) -> Self {
         let mut schedule = runtime.block_on(async {
-            let mut schedule = Schedule::new(settings, table.last_checkpoint_version().await);
+            let mut schedule = MaintenanceSchedule::new(settings, table.last_checkpoint_version().await);
             schedule.prepare(&mut table).await;
             schedule
         });
@@ -504,7 +506,7 @@ impl Upkeep {
                 }
                 let started = Instant::now();
                 let done = schedule.run_due(&mut table, backlog).await;
-                if done != Done::default() {
+                if done != MaintenanceOutcome::default() {
                     tracing::debug!(?done, elapsed = ?started.elapsed(), "maintenance ran beside the batch loop");
                 }
             }
@@ -514,13 +516,13 @@ impl Upkeep {
 
     /// Tells the task the table reached `version` (a checkpoint may be due) and whether
     /// the batch loop's last batch was full, so more is waiting (`backlog`: a compaction
-    /// waits for it to end). Fails if the task is gone: it ends only when the [`Upkeep`]
-    /// is dropped, so it panicked (the panic is in the log). The processor then stops,
-    /// rather than run on with nothing compacting the table, checkpointing or cleaning
-    /// its log; a restart starts the task again.
-    pub fn committed(&self, version: u64, backlog: bool) -> Result<(), UpkeepStopped> {
+    /// waits for it to end). Fails if the task is gone: it ends only when the
+    /// [`MaintenanceTask`] is dropped, so it panicked (the panic is in the log). The
+    /// processor then stops, rather than run on with nothing compacting the table,
+    /// checkpointing or cleaning its log; a restart starts the task again.
+    pub(crate) fn committed(&self, version: u64, backlog: bool) -> Result<(), MaintenanceStopped> {
         if self.task.is_finished() {
-            return Err(UpkeepStopped);
+            return Err(MaintenanceStopped);
         }
         self.seen.send_if_modified(|seen| {
             let changed = version > seen.0 || backlog != seen.1;
@@ -533,14 +535,14 @@ impl Upkeep {
     }
 }
 
-/// The maintenance task ended while the processor ran ([`Upkeep::committed`]).
+/// The maintenance task ended while the processor ran ([`MaintenanceTask::committed`]).
 #[derive(Debug, thiserror::Error)]
 #[error(
     "the table's maintenance (compaction, checkpoints, log cleanup, vacuum) stopped: its task panicked (see the log above)"
 )]
-pub struct UpkeepStopped;
+pub struct MaintenanceStopped;
 
-impl Drop for Upkeep {
+impl Drop for MaintenanceTask {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -554,14 +556,14 @@ mod table_tests {
     #[tokio::test]
     async fn a_maintenance_task_that_panicked_stops_the_processor_at_its_next_commit() {
         let (seen, _seen) = tokio::sync::watch::channel((0, false));
-        let upkeep = Upkeep { seen, task: tokio::spawn(std::future::pending()) };
-        assert!(upkeep.committed(1, false).is_ok(), "a task still running");
+        let maintenance = MaintenanceTask { seen, task: tokio::spawn(std::future::pending()) };
+        assert!(maintenance.committed(1, false).is_ok(), "a task still running");
         let (seen, _seen) = tokio::sync::watch::channel((0, false));
-        let upkeep = Upkeep { seen, task: tokio::spawn(async { panic!("a bug in maintenance") }) };
-        while !upkeep.task.is_finished() {
+        let maintenance = MaintenanceTask { seen, task: tokio::spawn(async { panic!("a bug in maintenance") }) };
+        while !maintenance.task.is_finished() {
             tokio::task::yield_now().await;
         }
-        assert!(upkeep.committed(1, false).is_err());
+        assert!(maintenance.committed(1, false).is_err());
     }
 
     #[tokio::test]
@@ -594,10 +596,10 @@ mod table_tests {
         let mut checkpoints = Vec::new();
         for i in 0..7 {
             let mut t = indexed(&path).await;
-            let mut upkeep = Schedule::new(settings, t.last_checkpoint_version().await);
+            let mut schedule = MaintenanceSchedule::new(settings, t.last_checkpoint_version().await);
             check_and_insert(&mut t, &rows(i * 10..i * 10 + 10, 100, 0), 0).await.unwrap();
             t.reload().await.unwrap();
-            if upkeep.run_due(&mut t, false).await.checkpoint {
+            if schedule.run_due(&mut t, false).await.checkpoint {
                 checkpoints.push(t.version());
             }
         }
@@ -618,7 +620,7 @@ mod table_tests {
             vacuum_every: None,
             vacuum_retention: minute,
         };
-        let mut schedule = Schedule::new(settings, None);
+        let mut schedule = MaintenanceSchedule::new(settings, None);
         let ago = |d: Duration| Instant::now().checked_sub(d).unwrap();
         for round in 0..2 {
             for i in 0..3 {

@@ -66,7 +66,7 @@ pub enum DeltaError {
 impl DeltaError {
     /// Whether a compaction lost to another compaction that committed first (the
     /// guard of [`EventTable::compact`]): nothing changed, nothing to repair.
-    pub fn is_lost_compaction_race(&self) -> bool {
+    pub(crate) fn is_lost_compaction_race(&self) -> bool {
         use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
         matches!(
             self,
@@ -135,28 +135,14 @@ impl StoredKeys {
             StoredKeys::Cache(cache) => cache.version(),
         }
     }
-
-    /// Keys held in memory.
-    pub fn keys_held(&self) -> usize {
-        match self {
-            StoredKeys::Index(index) => index.len(),
-            StoredKeys::Cache(cache) => cache.keys(),
-        }
-    }
-
-    /// Approximate heap bytes of the keys held.
-    pub fn heap_bytes(&self) -> usize {
-        match self {
-            StoredKeys::Index(index) => index.heap_bytes(),
-            StoredKeys::Cache(cache) => cache.bytes(),
-        }
-    }
 }
 
 impl EventTable {
-    /// The same table at the same version, without the key index: for a reader that
-    /// follows the table by [`EventTable::reload`] (incremental) instead of opening it again.
-    pub fn without_index(&self) -> Self {
+    /// The same table at the same version, without its stored keys (key index or key
+    /// cache), so its already-stored check is the scan: for a reader or a maintenance task
+    /// that follows the table by [`EventTable::reload`] (incremental) instead of opening it
+    /// again, and checks no keys.
+    pub(crate) fn without_stored_keys(&self) -> Self {
         Self { location: self.location.clone(), table: self.table.clone(), keys: None }
     }
 
@@ -310,7 +296,7 @@ impl EventTable {
     }
 
     /// What the already-stored check holds, unless it is the scan.
-    pub fn stored_keys(&self) -> Option<&StoredKeys> {
+    pub(crate) fn stored_keys(&self) -> Option<&StoredKeys> {
         self.keys.as_ref()
     }
 
@@ -324,10 +310,10 @@ impl EventTable {
     }
 }
 
-/// Commit properties without delta-rs's post-commit upkeep: checkpoints and log cleanup
-/// are the maintenance's, on its own schedule (`checkpoint_every`, `log_retention`);
-/// left on, delta-rs would also list the whole log after every commit.
-pub(crate) fn upkeep_free() -> CommitProperties {
+/// Commit properties without delta-rs's post-commit maintenance: checkpoints and log
+/// cleanup are [`maintenance`]'s, on its own schedule (`checkpoint_every`,
+/// `log_retention`); left on, delta-rs would also list the whole log after every commit.
+pub(crate) fn without_post_commit_maintenance() -> CommitProperties {
     CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false))
 }
 

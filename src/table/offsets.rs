@@ -36,7 +36,7 @@ impl AppIds {
     }
 
     /// The app id that records progress on `partition`: `<group>-<topic>-<partition>`.
-    pub fn for_partition(&self, partition: i32) -> String {
+    pub(crate) fn for_partition(&self, partition: i32) -> String {
         format!("{}-{}-{partition}", self.group, self.topic)
     }
 

@@ -32,7 +32,7 @@ pub struct TableCounts {
 impl EventTable {
     /// Whether commit `version` exists, asked of the log store for that one entry (no
     /// listing of the log, and nothing loaded).
-    pub async fn has_commit(&self, version: u64) -> Result<bool> {
+    pub(crate) async fn has_commit(&self, version: u64) -> Result<bool> {
         let entry = self.table.log_store().read_commit_entry(version).await.map_err(|e| self.error(e))?;
         Ok(entry.is_some())
     }

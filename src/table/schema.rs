@@ -79,7 +79,7 @@ pub struct Row {
 
 impl Row {
     /// The row of a validated event read at `partition` and `offset`.
-    pub fn from_event(event: crate::event::Event<'_>, partition: i32, offset: i64) -> Self {
+    pub(crate) fn from_event(event: crate::event::Event<'_>, partition: i32, offset: i64) -> Self {
         Self {
             key: event.key,
             user_id: event.user_id.into_owned(),

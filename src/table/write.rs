@@ -30,7 +30,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use crate::event::{DedupKey, EventTime};
 use crate::table::key_cache::parse_date;
 use crate::table::schema::{COLUMNS, PARTITION_COLUMN, batch_dates, date_column, date_list, key_column};
-use crate::table::{DeltaError, EventTable, Result, Row, StoredKeys, upkeep_free};
+use crate::table::{DeltaError, EventTable, Result, Row, StoredKeys, without_post_commit_maintenance};
 
 /// A batch's new rows on their way into the table: written as data files, not yet
 /// committed (index), or held for the MERGE (scan).
@@ -313,7 +313,7 @@ impl EventTable {
     /// Commits `txns` alone, no rows (with `metadata`, an object, in the commit info), and
     /// returns the new version. A txn may move a partition's offset back (a recreated
     /// topic: see [`crate::source::ranges`]).
-    pub async fn record_offsets(&mut self, txns: &[Transaction], metadata: serde_json::Value) -> Result<u64> {
+    pub(crate) async fn record_offsets(&mut self, txns: &[Transaction], metadata: serde_json::Value) -> Result<u64> {
         let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
         CommitBuilder::from(commit_properties(txns, &metadata))
             .with_actions(vec![])
@@ -337,7 +337,7 @@ fn staged_date(add: &Add) -> Option<i32> {
 /// The properties of a batch's commit: its txns, and `metadata` (an object) in the
 /// commit info.
 fn commit_properties(txns: &[Transaction], metadata: &serde_json::Value) -> CommitProperties {
-    let properties = upkeep_free().with_application_transactions(txns.to_vec());
+    let properties = without_post_commit_maintenance().with_application_transactions(txns.to_vec());
     match metadata {
         serde_json::Value::Object(map) => properties.with_metadata(map.clone()),
         _ => properties,
