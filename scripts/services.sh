@@ -1,42 +1,51 @@
 #!/usr/bin/env bash
 # Installs (if missing) and runs the services idempipe needs, on loopback only:
-#   Kafka protocol: tansu 0.6.0 on 127.0.0.1:9092
+#   Kafka: tansu 0.6.0 on KAFKA_PORT (9092); with KAFKA_IMPL=apache, Apache Kafka instead
+#       (scripts/kafka.sh, jars from Maven Central pinned by scripts/kafka/pom.xml): a KRaft
+#       controller on KAFKA_PORT+1 and two brokers on KAFKA_PORT and KAFKA_PORT+2, topics
+#       with 4 partitions and 2 replicas
 #   ClickHouse (Debian's clickhouse-server) with HTTP on 127.0.0.1:8123
 #   S3: moto in server mode on 127.0.0.1:9300 (it honours conditional writes, which Delta's
 #       commits need), bucket `idempipe`; from PyPI into the project's virtual environment
-# Usage: scripts/services.sh up|down|status|restart-kafka|kafka-down|kafka-up|kafka-fresh|clickhouse-up|clickhouse-down|s3-up|s3-down|build-deps
-#   up              starts tansu, ClickHouse and the S3 server (each installed if missing; one
+# Usage: scripts/services.sh up|down|status|restart-kafka|kafka-down|kafka-up|kafka-fresh|kafka-install|kafka-stop-broker N|kafka-start-broker N|kafka-stop-controller|kafka-start-controller|clickhouse-up|clickhouse-down|s3-up|s3-down|build-deps
+#   up              starts Kafka, ClickHouse and the S3 server (each installed if missing; one
 #                   that answers is left alone, but a tansu on another storage is replaced),
 #                   then prints `status`
-#   down            stops stunnel, tansu, ClickHouse and the S3 server (those whose pid file
-#                   is in SERVICES_DIR)
+#   down            stops Kafka (and stunnel), ClickHouse and the S3 server (those whose pid
+#                   file is in SERVICES_DIR)
 #   status          prints whether each of the three answers; exits non-zero unless all do
-#   restart-kafka   stops tansu and starts it again on the same storage
-#   kafka-down      stops tansu (stunnel, if running, stays)
-#   kafka-up        starts tansu on its storage (installed if missing)
-#   kafka-fresh     (re)starts tansu on an empty store (stops stunnel and any tansu on
-#                   KAFKA_PORT, deletes SERVICES_DIR/tansu.db*)
+#   restart-kafka   stops Kafka and starts it again on the same storage
+#   kafka-down      stops Kafka (with tansu, stunnel, if running, stays)
+#   kafka-up        starts Kafka on its storage (installed if missing)
+#   kafka-fresh     (re)starts Kafka on empty storage (Apache: a new cluster; tansu: stops
+#                   stunnel and any tansu on KAFKA_PORT, deletes SERVICES_DIR/tansu.db*)
+#   kafka-install   installs Kafka only (Apache's jars, or tansu from crates.io)
+#   kafka-stop-broker N, kafka-start-broker N, kafka-stop-controller, kafka-start-controller
+#                   Apache Kafka only: stops or starts broker N (1 or 2; KILL=1 kills it) or
+#                   the controller, for failover
 #   clickhouse-up   starts ClickHouse alone (installed if missing); clickhouse-down stops it
 #   s3-up           starts the S3 server alone (installed if missing; makes the bucket);
 #                   s3-down stops it
 #   build-deps      installs what the build needs beyond Rust: OpenSSL's headers and pkg-config
 #                   (librdkafka's TLS and SASL/SCRAM), from Debian's packages
 # Environment:
+#   KAFKA_IMPL      tansu (default) or apache
+#   KAFKA_PORT      the (first) broker's port (default 9092); Apache Kafka's other settings
+#                   (the other ports, TLS, SCRAM, timeouts) are scripts/kafka.sh's
 #   TANSU_STORAGE   tansu storage URL (default sqlite://tansu.db, under SERVICES_DIR; not memory://,
 #                   whose fetch cannot resume inside a stored batch: see docs/OPERATIONS.md, Services)
 #   TANSU_BIN       the tansu binary (default ~/.cargo/bin/tansu, installed there from
 #                   crates.io when missing)
 #   SERVICES_DIR    where data, logs and pid files live (default: data/services in the checkout)
-#   KAFKA_PORT      tansu's port (default 9092)
 #   S3_PORT         the S3 server's port (default 9300)
 #   IDEMPIPE_VENV   the virtual environment moto is installed into (default data/venv:
 #                   scripts/pyenv.sh)
-#   KAFKA_TLS_PORT, KAFKA_TLS_CERT, KAFKA_TLS_KEY   with all three, tansu (which has no TLS
-#                   of its own) is reached over TLS only: stunnel (Debian's stunnel4) on that
-#                   port with that certificate in front of it, and tansu advertises that port
-#   KAFKA_SCRAM_USER, KAFKA_SCRAM_PASSWORD   with both, tansu requires SASL/SCRAM-SHA-512
-#                   authentication (its --authentication; it has no PLAIN), and that user
-#                   is created first
+#   KAFKA_TLS_PORT, KAFKA_TLS_CERT, KAFKA_TLS_KEY   tansu: with all three, tansu (which has no
+#                   TLS of its own) is reached over TLS only: stunnel (Debian's stunnel4) on
+#                   that port with that certificate in front of it, and tansu advertises that
+#                   port. Apache Kafka: see scripts/kafka.sh (its own TLS listeners)
+#   KAFKA_SCRAM_USER, KAFKA_SCRAM_PASSWORD   with both, the brokers require SASL/SCRAM-SHA-512
+#                   authentication and that user is created first
 #   CLICKHOUSE_HTTPS_PORT, CLICKHOUSE_TLS_CERT, CLICKHOUSE_TLS_KEY   with all three, a
 #                   private ClickHouse also serves HTTPS on that port with that certificate
 #   CLICKHOUSE_HTTP_PORT, CLICKHOUSE_TCP_PORT   ClickHouse ports (default 8123, 9000); with
@@ -50,6 +59,7 @@ dir=${SERVICES_DIR:-$root/data/services}
 tansu_bin=${TANSU_BIN:-$HOME/.cargo/bin/tansu}
 storage=${TANSU_STORAGE:-sqlite://tansu.db}
 kafka_port=${KAFKA_PORT:-9092}
+kafka_impl=${KAFKA_IMPL:-tansu}
 ch_http_port=${CLICKHOUSE_HTTP_PORT:-8123}
 ch_tcp_port=${CLICKHOUSE_TCP_PORT:-9000}
 s3_port=${S3_PORT:-9300}
@@ -254,13 +264,22 @@ status() {
   if s3_up; then echo "s3: up (http://127.0.0.1:$s3_port, bucket idempipe)"; else echo "s3: down"; fi
 }
 
+# Kafka: tansu (one process; TLS through stunnel), or with KAFKA_IMPL=apache, Apache Kafka
+# (scripts/kafka.sh: a KRaft controller and two brokers).
+kafka() { # action...
+  SERVICES_DIR=$dir KAFKA_PORT=$kafka_port "$root/scripts/kafka.sh" "$@"
+}
+start_kafka() { if [[ $kafka_impl == tansu ]]; then start_tansu; else kafka up >/dev/null; fi; }
+stop_kafka() { if [[ $kafka_impl == tansu ]]; then stop stunnel; stop tansu; else kafka down; fi; }
+
 case ${1:-} in
-  up) start_tansu; start_clickhouse; start_s3; status ;;
-  down) stop stunnel; stop tansu; stop clickhouse; stop s3 ;;
-  restart-kafka) stop tansu; start_tansu ;;
-  kafka-down) stop tansu ;;
-  kafka-up) start_tansu ;;
+  up) start_kafka; start_clickhouse; start_s3; status ;;
+  down) stop_kafka; stop clickhouse; stop s3 ;;
+  restart-kafka) stop_kafka; start_kafka ;;
+  kafka-down) stop_kafka ;;
+  kafka-up) start_kafka ;;
   kafka-fresh)
+    if [[ $kafka_impl != tansu ]]; then kafka fresh >/dev/null; exit 0; fi
     stop stunnel
     stop tansu
     # A tansu of ours whose pid file is gone (another checkout) still holds the port.
@@ -268,11 +287,16 @@ case ${1:-} in
     for _ in $(seq 50); do kafka_up || break; sleep 0.2; done
     rm -f "$dir"/tansu.db "$dir"/tansu.db-*
     start_tansu ;;
+  kafka-stop-broker|kafka-start-broker|kafka-stop-controller|kafka-start-controller)
+    [[ $kafka_impl != tansu ]] || { log "$1: Apache Kafka only (tansu is one process)"; exit 2; }
+    action=${1#kafka-}; shift; kafka "$action" "$@" ;;
+  kafka-install)
+    if [[ $kafka_impl == tansu ]]; then install_tansu; else kafka install; fi ;;
   clickhouse-up) start_clickhouse ;;
   clickhouse-down) stop clickhouse ;;
   s3-up) start_s3 ;;
   s3-down) stop s3 ;;
   build-deps) install_build_deps ;;
   status) status; kafka_up && clickhouse_up && s3_up ;;
-  *) echo "usage: $0 up|down|status|restart-kafka|kafka-down|kafka-up|kafka-fresh|clickhouse-up|clickhouse-down|s3-up|s3-down|build-deps" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|restart-kafka|kafka-down|kafka-up|kafka-fresh|kafka-install|kafka-stop-broker N|kafka-start-broker N|kafka-stop-controller|kafka-start-controller|clickhouse-up|clickhouse-down|s3-up|s3-down|build-deps" >&2; exit 2 ;;
 esac

@@ -353,18 +353,13 @@ pub async fn ensure_topics(settings: &Settings, topics: &[TopicSpec<'_>]) -> Res
     let limits = record_limits(&admin, topics).await;
     let mut reports = Vec::new();
     for spec in topics {
-        let metadata =
-            admin.inner().fetch_metadata(Some(spec.name), METADATA_TIMEOUT).map_err(client_error(settings))?;
-        let topic = metadata.topics().iter().find(|t| t.name() == spec.name && t.error().is_none());
-        let Some(topic) = topic.filter(|t| !t.partitions().is_empty()) else {
-            return Err(KafkaFailure::NoTopic { topic: spec.name.into(), brokers: settings.brokers.clone() });
-        };
+        let (partitions, replicas) = listed_topic(settings, &admin, spec.name)?;
         let max_message_bytes = limits.get(spec.name).copied().flatten();
         let report = TopicReport {
             name: spec.name.to_owned(),
             created: created.contains(spec.name),
-            partitions: topic.partitions().len(),
-            replicas: topic.partitions()[0].replicas().len(),
+            partitions,
+            replicas,
             max_message_bytes,
         };
         if spec.partitions as usize != report.partitions && !report.created {
@@ -379,6 +374,34 @@ pub async fn ensure_topics(settings: &Settings, topics: &[TopicSpec<'_>]) -> Res
     }
     Ok(reports)
 }
+
+/// A topic's partition count and the replicas of its partition 0, as the broker's
+/// metadata lists them. A cluster's brokers learn a new topic from the controller a
+/// moment after it is created, so a topic created just now is asked for again meanwhile
+/// ([`NEW_TOPIC`]); one still missing then is missing.
+fn listed_topic(settings: &Settings, admin: &AdminClient<LoggingContext>, name: &str) -> Result<(usize, usize)> {
+    retry::retry(&Shutdown::new(), OnShutdown::Stop, |attempt| {
+        let metadata = match admin.inner().fetch_metadata(Some(name), METADATA_TIMEOUT) {
+            Ok(metadata) => metadata,
+            Err(e) => return Step::Stop(client_error(settings)(e)),
+        };
+        let topic = metadata.topics().iter().find(|t| t.name() == name && t.error().is_none());
+        match topic.filter(|t| !t.partitions().is_empty()) {
+            Some(t) => Step::Done((t.partitions().len(), t.partitions()[0].replicas().len())),
+            None => {
+                NEW_TOPIC.step(attempt, KafkaFailure::NoTopic { topic: name.into(), brokers: settings.brokers.clone() })
+            }
+        }
+    })
+    .map_err(Stopped::into_error)
+}
+
+/// How long a topic just created may take to reach the broker's metadata: 100 ms
+/// doubling to 1 s between looks, about 20 s in all.
+const NEW_TOPIC: Policy = Policy {
+    backoff: Backoff { base: Duration::from_millis(50), cap: Duration::from_secs(1) },
+    max_failures: Some(25),
+};
 
 /// Each topic's `max.message.bytes` as the broker describes it (`None`: not described).
 async fn record_limits<'a>(

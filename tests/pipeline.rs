@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{Pipeline, count, read_all, wait_until};
+use rdkafka::consumer::Consumer;
 
 fn assert_delta(p: &Pipeline, rows: u64) -> serde_json::Value {
     let v = p.verify();
@@ -229,26 +230,36 @@ fn setup_reports_topics_as_the_broker_holds_them() {
     let topics = |out: &str| -> Vec<serde_json::Value> {
         serde_json::from_str::<serde_json::Value>(out).unwrap()["topics"].as_array().unwrap().clone()
     };
-    // The broker's default (one broker here: one replica).
+    // The broker's default: the test clusters replicate to every broker (tansu: one;
+    // the Apache Kafka cluster: two).
+    let brokers = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .create::<rdkafka::consumer::BaseConsumer>()
+        .unwrap()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap()
+        .brokers()
+        .len() as u64;
     let p = Pipeline::new("replication");
     let created = topics(&p.ok(&["setup", "--skip-clickhouse", "--json"]));
     assert_eq!(created.len(), 3);
     for t in &created {
-        assert_eq!((t["created"].as_bool(), t["replicas"].as_u64()), (Some(true), Some(1)), "{t}");
+        assert_eq!((t["created"].as_bool(), t["replicas"].as_u64()), (Some(true), Some(brokers)), "{t}");
     }
     assert_eq!(created.iter().map(|t| count(t, "partitions")).collect::<Vec<_>>(), [4, 4, 1]);
 
     // An existing raw topic with a partition count of its own is read back as it is, and
-    // kept; the others are created with the replication factor asked for (tansu 0.6.0,
-    // one broker, records the factor it is given).
+    // kept; the others are created with the replication factor asked for: one where the
+    // default is more, else three (tansu 0.6.0, one broker, records the factor it is given).
+    let asked: u64 = if brokers > 1 { 1 } else { 3 };
     let q = Pipeline::new("replication");
     let mut existing = q.command(&["setup", "--skip-clickhouse", "--json", "--partitions", "6"]);
     existing.args(["--processed-topic", &format!("{}_other", q.name), "--dlq-topic", &format!("{}_other_dlq", q.name)]);
     assert!(existing.status().unwrap().success());
-    let seen = topics(&q.ok(&["setup", "--skip-clickhouse", "--json", "--replication-factor", "3"]));
+    let seen = topics(&q.ok(&["setup", "--skip-clickhouse", "--json", "--replication-factor", &asked.to_string()]));
     assert_eq!((seen[0]["created"].as_bool(), count(&seen[0], "partitions")), (Some(false), 6), "{:?}", seen[0]);
     for t in &seen[1..] {
-        assert_eq!((t["created"].as_bool(), t["replicas"].as_u64()), (Some(true), Some(3)), "{t}");
+        assert_eq!((t["created"].as_bool(), t["replicas"].as_u64()), (Some(true), Some(asked)), "{t}");
     }
 
     let out = q.output(&["setup", "--skip-clickhouse", "--replication-factor", "0"]);

@@ -398,6 +398,8 @@ fn a_broker_restart_mid_run_loses_nothing() {
             .arg(action)
             .env("SERVICES_DIR", dir.path())
             .env("KAFKA_PORT", port.to_string())
+            // One process on one free port; the Apache cluster's failover has tests of its own.
+            .env("KAFKA_IMPL", "tansu")
             .status()
             .unwrap();
         assert!(status.success(), "services.sh {action}");

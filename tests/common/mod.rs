@@ -647,7 +647,13 @@ c.commit()
 
     fn script(&self, action: &str) {
         let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"));
-        command.arg(action).env("SERVICES_DIR", &self.dir).env("KAFKA_PORT", self.port.to_string());
+        // tansu: one process on one free port, TLS through stunnel, partitions added in its
+        // storage.
+        command
+            .arg(action)
+            .env("SERVICES_DIR", &self.dir)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_IMPL", "tansu");
         if let Some((cert, key)) = &self.tls {
             command
                 .env("KAFKA_TLS_PORT", self.tls_port.to_string())
