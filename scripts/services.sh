@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs (if missing) and runs the services idempipe needs, on loopback only:
-#   Kafka: tansu 0.6.0 on KAFKA_PORT (9092); with KAFKA_IMPL=apache, Apache Kafka instead
-#       (scripts/kafka.sh, jars from Maven Central pinned by scripts/kafka/pom.xml): a KRaft
-#       controller on KAFKA_PORT+1 and two brokers on KAFKA_PORT and KAFKA_PORT+2, topics
-#       with 4 partitions and 2 replicas
+#   Kafka: Apache Kafka (scripts/kafka.sh, jars from Maven Central pinned by
+#       scripts/kafka/pom.xml): a KRaft controller on KAFKA_PORT+1 and two brokers on
+#       KAFKA_PORT (9092) and KAFKA_PORT+2, topics with 4 partitions and 2 replicas; with
+#       KAFKA_IMPL=tansu, tansu 0.6.0 instead (one process on KAFKA_PORT; a compatibility
+#       target only, compiled from crates.io on first use)
 #   ClickHouse (Debian's clickhouse-server) with HTTP on 127.0.0.1:8123
 #   S3: moto in server mode on 127.0.0.1:9300 (it honours conditional writes, which Delta's
 #       commits need), bucket `idempipe`; from PyPI into the project's virtual environment
@@ -29,7 +30,7 @@
 #   build-deps      installs what the build needs beyond Rust: OpenSSL's headers and pkg-config
 #                   (librdkafka's TLS and SASL/SCRAM), from Debian's packages
 # Environment:
-#   KAFKA_IMPL      tansu (default) or apache
+#   KAFKA_IMPL      apache (default) or tansu
 #   KAFKA_PORT      the (first) broker's port (default 9092); Apache Kafka's other settings
 #                   (the other ports, TLS, SCRAM, timeouts) are scripts/kafka.sh's
 #   TANSU_STORAGE   tansu storage URL (default sqlite://tansu.db, under SERVICES_DIR; not memory://,
@@ -59,7 +60,9 @@ dir=${SERVICES_DIR:-$root/data/services}
 tansu_bin=${TANSU_BIN:-$HOME/.cargo/bin/tansu}
 storage=${TANSU_STORAGE:-sqlite://tansu.db}
 kafka_port=${KAFKA_PORT:-9092}
-kafka_impl=${KAFKA_IMPL:-tansu}
+kafka_impl=${KAFKA_IMPL:-apache}
+[[ $kafka_impl == apache || $kafka_impl == tansu ]] \
+  || { echo "services: KAFKA_IMPL must be apache or tansu, not '$kafka_impl'" >&2; exit 2; }
 ch_http_port=${CLICKHOUSE_HTTP_PORT:-8123}
 ch_tcp_port=${CLICKHOUSE_TCP_PORT:-9000}
 s3_port=${S3_PORT:-9300}

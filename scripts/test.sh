@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command: services up (installing them if missing), then every test.
-# The tests' Kafka is a broker of their own on 127.0.0.1:9192 (tansu; with
-# KAFKA_IMPL=apache an Apache Kafka cluster: brokers on :9192 and :9194, the controller on
-# :9193), on new storage each run (data/test-services): it exports
+# The tests' Kafka is a cluster of their own (Apache Kafka: brokers on 127.0.0.1:9192 and
+# :9194, the KRaft controller on :9193; with KAFKA_IMPL=tansu, tansu on :9192), on new
+# storage each run (data/test-services): it exports
 # IDEMPIPE_TEST_BROKERS=127.0.0.1:9192 and IDEMPIPE_TEST_S3 (the S3 server) for the
 # tests, replacing any value they had. (A bare `cargo test` reads both: default
 # 127.0.0.1:9092 and http://127.0.0.1:9300, the services' own.)
@@ -16,14 +16,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# ClickHouse as usual; Kafka: a broker of the tests' own on :9192, on new storage each
-# run, so that every run starts alike (tansu's sqlite store also slows as it fills); the
-# broker on :9092 is untouched. Tests that need a broker of their own (TLS, SCRAM,
-# restarts, topic deletion) start tansu, installed here first (a one-time compile) so
-# that no test waits for it.
+# ClickHouse as usual; Kafka: a cluster of the tests' own on :9192, on new storage each
+# run, so that every run starts alike; the cluster on :9092 is untouched. Tests that need
+# a cluster of their own (TLS, SASL, stopping it, killing a broker) start one with
+# scripts/kafka.sh on free ports, from the jars installed here.
 SERVICES_DIR=${SERVICES_DIR:-data/services} scripts/services.sh build-deps
 SERVICES_DIR=${SERVICES_DIR:-data/services} scripts/services.sh clickhouse-up
-KAFKA_IMPL=tansu scripts/services.sh kafka-install
+scripts/services.sh kafka-install
 SERVICES_DIR=data/test-services KAFKA_PORT=9192 scripts/services.sh kafka-fresh
 export IDEMPIPE_TEST_BROKERS=127.0.0.1:9192
 # S3 (moto): the tables of tests/object_storage.rs.

@@ -162,6 +162,23 @@ impl Batch {
             .or_insert(Range { first: offset, last: offset, messages: 1 });
     }
 
+    /// Offsets `from..to` of `partition` deliver nothing (transaction markers, aborted
+    /// records read past at the partition's end): the range extends over them, counted as
+    /// skipped, so the batch's commit stores the partition as read to `to`.
+    pub(crate) fn skip(&mut self, partition: i32, from: i64, to: i64) {
+        if to <= from {
+            return;
+        }
+        self.offset_gaps += (to - from) as u64;
+        self.ranges
+            .entry(partition)
+            .and_modify(|r| {
+                r.last = r.last.max(to - 1);
+                r.first = r.first.min(from);
+            })
+            .or_insert(Range { first: from, last: to - 1, messages: 0 });
+    }
+
     /// Whether the batch reached `limits`' size (events or bytes): collection stops, and
     /// more may be waiting.
     pub(crate) fn is_at_limit(&self, limits: &crate::config::BatchLimits) -> bool {
@@ -298,5 +315,18 @@ mod tests {
         assert_eq!(b.ranges[&2], Range { first: 10, last: 19, messages: 10 });
         assert_eq!(b.rows.len(), 15);
         assert!(b.dead_letters.is_empty());
+    }
+
+    #[test]
+    fn offsets_skipped_at_the_end_extend_the_range_without_messages() {
+        let mut b = Batch::default();
+        b.add(0, 10, None, Some(&msg(1)), LIMITS);
+        b.skip(0, 11, 13);
+        b.skip(1, 40, 41);
+        b.skip(2, 7, 7);
+        assert_eq!(b.ranges[&0], Range { first: 10, last: 12, messages: 1 });
+        assert_eq!(b.ranges[&1], Range { first: 40, last: 40, messages: 0 });
+        assert!(!b.ranges.contains_key(&2), "nothing skipped");
+        assert_eq!((b.offset_gaps, b.messages()), (3, 1));
     }
 }

@@ -393,7 +393,7 @@ impl Pipeline {
         for reset in &resets {
             // Never any other offset: on failure the processor stops, and restarts from
             // the offset just recorded.
-            self.source.seek(reset.partition, reset.low).map_err(PipelineError::Consumer)?;
+            self.source.seek(reset.partition, reset.low, &positions.next).map_err(PipelineError::Consumer)?;
             positions.next.insert(reset.partition, Some(reset.low));
             positions.read_to.remove(&reset.partition);
             positions.at_end.remove(&reset.partition);
@@ -706,6 +706,11 @@ impl Collector for Collecting<'_> {
             self.batch = Batch::default();
         }
         Ok(())
+    }
+
+    fn skip(&mut self, partition: i32, from: i64, to: i64) {
+        tracing::debug!(partition, from, to, "offsets skipped at the partition's end (transaction markers)");
+        self.batch.skip(partition, from, to);
     }
 
     fn take(&mut self, m: &BorrowedMessage<'_>, gap: u64) {

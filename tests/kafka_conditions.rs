@@ -1,23 +1,17 @@
 //! The promise under conditions real Kafka clusters produce: a raw topic deleted and
 //! recreated under the processor (its offsets start over below the ones Delta stores),
-//! and partitions added while the processor and the ClickHouse sink run. Against the real
-//! broker, ClickHouse and the built binary.
-//!
-//! Each test has a broker of its own, because of two things tansu 0.6.0 does:
-//! - its DeleteTopics deletes every topic of the broker, so a test runs `setup` after a
-//!   recreation, which brings the pipeline's other topics back empty (on Kafka they would
-//!   keep their records); and a client running while a topic is deleted crashes
-//!   (librdkafka 2.12's leader discovery meets a fetch answer naming no topic), so topics
-//!   are recreated only while no idempipe process runs;
-//! - it refuses `CreatePartitions`, so partitions are added in its sqlite storage
-//!   ([`common::PrivateKafka::add_partitions`]), which it reads on every request.
+//! partitions added with the admin API while the processor and the ClickHouse sink run,
+//! the cluster stopped, credentials changed. Against the real cluster (the tests' own, or
+//! one of the test's own where a test stops it), ClickHouse and the built binary.
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Pipeline, PrivateKafka, RUN_TIMEOUT, assert_exact, count, free_port, http_get, recreate_topic, wait_until,
+    Pipeline, PrivateKafka, RUN_TIMEOUT, add_partitions, assert_exact, brokers, count, free_port, http_get,
+    recreate_topic, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -42,15 +36,12 @@ fn resets(p: &Pipeline) -> Vec<Value> {
 /// Delta, the batch log and `status`, and stores the new topic's events from offset 0.
 #[test]
 fn a_recreated_raw_topic_stops_the_processor_or_with_consent_is_read_from_its_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let kafka = PrivateKafka::plain(dir.path().join("kafka"));
-    let p = Pipeline::with_brokers("recreated", &kafka.brokers(), "");
+    let p = Pipeline::new("recreated");
     p.ingest_generated(1_000, 0, 0, 4101);
     let before = stored(&p.status());
     assert!(before.iter().all(|(_, s, _)| s.is_some()), "every partition has stored offsets: {before:?}");
 
-    recreate_topic(&kafka.brokers(), &p.raw_topic(), 4);
-    p.setup();
+    recreate_topic(&brokers(), &p.raw_topic(), 4);
     let (file, _) = p.generate_as("after", 300, 0, 0, 4102);
     p.produce(&file);
 
@@ -71,9 +62,8 @@ fn a_recreated_raw_topic_stops_the_processor_or_with_consent_is_read_from_its_st
     p.run_until_idle(&["--fail-on-data-loss=false", "--clickhouse-in-run"]);
     let v = p.verify();
     assert_eq!((count(&v, "delta_rows"), count(&v, "delta_distinct_keys")), (1_300, 1_300), "{v}");
-    // The processed topic came back empty (tansu), so it holds the new events only; the
-    // ClickHouse sink, whose group offsets lay past the new topic's end, read it from 0.
-    assert_eq!(count(&v, "processed_distinct_keys"), 300, "{v}");
+    // The processed topic kept its records: the old events and the new.
+    assert_eq!(count(&v, "processed_distinct_keys"), 1_300, "{v}");
     assert_eq!((count(&v, "clickhouse_final_rows"), &v["clickhouse_keys_match"]), (1_300, &json!(true)), "{v}");
     let resets = resets(&p);
     let partitions_with_old_offsets = before.iter().filter(|(_, s, _)| s.is_some()).count();
@@ -113,9 +103,7 @@ fn partitions_added_while_the_processor_runs_are_read_in_group_mode() {
 }
 
 fn partitions_added_while_running(mode: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let kafka = PrivateKafka::plain(dir.path().join("kafka"));
-    let p = Pipeline::with_brokers(&format!("grown_{mode}"), &kafka.brokers(), &format!("consumer_mode = \"{mode}\""));
+    let p = Pipeline::with_options(&format!("grown_{mode}"), &format!("consumer_mode = \"{mode}\""));
     p.setup();
     let (file, _) = p.generate(1_000, 0, 0, 4201);
     p.produce(&file);
@@ -126,7 +114,7 @@ fn partitions_added_while_running(mode: &str) {
     };
     wait_until(RUN_TIMEOUT, "the first 1,000 events stored", || rows() == 1_000);
 
-    kafka.add_partitions(&p.raw_topic(), 6);
+    add_partitions(&brokers(), &p.raw_topic(), 6);
     let (file, _) = p.generate_as("after", 1_200, 0, 0, 4202);
     p.produce(&file);
     let ends = stored(&p.status());
@@ -156,20 +144,18 @@ fn partitions_added_while_running(mode: &str) {
 /// sink loads the new partitions too.
 #[test]
 fn partitions_added_while_the_clickhouse_sink_runs_are_loaded() {
-    let dir = tempfile::tempdir().unwrap();
-    let kafka = PrivateKafka::plain(dir.path().join("kafka"));
-    let p = Pipeline::with_brokers("sink_grown", &kafka.brokers(), "");
+    let p = Pipeline::new("sink_grown");
     p.setup();
     let _sink = p.spawn(&["sink-clickhouse"], "sink");
     // The sink has started on the topic's four partitions.
     wait_until(RUN_TIMEOUT, "the sink started", || {
         std::fs::read_to_string(p.path("sink.log")).unwrap_or_default().contains("ClickHouse sink ready")
     });
-    kafka.add_partitions(&p.processed_topic(), 6);
+    add_partitions(&brokers(), &p.processed_topic(), 6);
     let (file, expected) = p.generate(1_500, 100, 0, 4301);
     p.produce(&file);
     p.run_until_idle(&[]);
-    let topic = common::read_all_from(&kafka.brokers(), &p.processed_topic());
+    let topic = common::read_all(&p.processed_topic());
     assert!(topic.iter().any(|r| r.partition >= 4), "the processor wrote to the new partitions");
     let clickhouse_rows = || p.verify()["clickhouse_final_rows"].as_u64().unwrap_or(0);
     wait_until(Duration::from_secs(120), "every processed record loaded into ClickHouse", || {
@@ -243,11 +229,113 @@ fn refused_credentials_stop_the_processor_with_a_clear_message() {
     }
 }
 
+/// A transactional upstream: committed and aborted transactions interleaved with plain
+/// messages on the raw topic, each partition ending on a transaction marker. Exactly the
+/// committed and the plain events are stored (Delta, the processed topic, ClickHouse); the
+/// offsets the markers and the aborted records take are read past: `status` and the lag
+/// metric show every partition read to its end, and the batch log counts them as skipped,
+/// not lost.
+#[test]
+fn transactional_upstreams_store_committed_and_plain_events_only() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p = Pipeline::new("transactions");
+    p.setup();
+    let raw = p.raw_topic();
+    let producer = |transactional: Option<&str>| -> BaseProducer {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", brokers()).set("enable.idempotence", "true");
+        if let Some(id) = transactional {
+            config.set("transactional.id", id);
+        }
+        config.create().unwrap()
+    };
+    let event = |origin: &str, i: usize| {
+        format!(
+            r#"{{"user_id":"{origin}-{i}","event_type":"txn","timestamp":"2024-06-01T00:00:{:02}Z","origin":"{origin}"}}"#,
+            i % 60
+        )
+    };
+    let send = |producer: &BaseProducer, origin: &str, range: std::ops::Range<usize>| {
+        for i in range {
+            let value = event(origin, i);
+            let key = format!("{origin}-{i}");
+            producer.send(BaseRecord::to(&raw).payload(&value).key(&key)).unwrap();
+        }
+    };
+    let timeout = Duration::from_secs(30);
+    let txn = producer(Some(&format!("{}-txn", p.name)));
+    txn.init_transactions(timeout).unwrap();
+    let plain = producer(None);
+    let (mut committed, mut aborted, mut plains) = (0, 0, 0);
+    for round in 0..8 {
+        txn.begin_transaction().unwrap();
+        send(&txn, "committed", committed..committed + 40);
+        send(&plain, "plain", plains..plains + 30);
+        plain.flush(timeout).unwrap();
+        txn.commit_transaction(timeout).unwrap();
+        committed += 40;
+        plains += 30;
+        txn.begin_transaction().unwrap();
+        send(&txn, "aborted", aborted..aborted + 25);
+        txn.flush(timeout).unwrap();
+        txn.abort_transaction(timeout).unwrap();
+        aborted += 25;
+        if round == 7 {
+            // Every partition ends on a marker.
+            txn.begin_transaction().unwrap();
+            for partition in 0..4 {
+                let value = event("committed", committed);
+                let key = format!("committed-{committed}");
+                txn.send(BaseRecord::to(&raw).payload(&value).key(&key).partition(partition)).unwrap();
+                committed += 1;
+            }
+            txn.commit_transaction(timeout).unwrap();
+        }
+    }
+
+    let port = free_port();
+    let mut run = p.spawn(&["run", "--metrics-addr", &format!("127.0.0.1:{port}"), "--clickhouse-in-run"], "run");
+    let rows = || p.verify()["delta_rows"].as_u64().unwrap_or(0);
+    wait_until(RUN_TIMEOUT, "the committed and plain events stored", || rows() == (committed + plains) as u64);
+    // Read to the end: every partition's stored offset reaches the end, markers included.
+    wait_until(Duration::from_secs(60), "status to show every partition read to its end", || {
+        stored(&p.status()).iter().all(|(_, stored, end)| stored.map_or(0, |s| s + 1) == *end)
+    });
+    // The lag metric comes from librdkafka's statistics (every 5 s): each partition's
+    // lag reaches 0.
+    let lags = || -> Vec<String> {
+        let metrics = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+        metrics.lines().filter(|l| l.starts_with("idempipe_consumer_lag{")).map(str::to_owned).collect()
+    };
+    wait_until(Duration::from_secs(60), "the lag metric at 0 on every partition", || {
+        let lags = lags();
+        lags.len() == 4 && lags.iter().all(|l| l.ends_with(" 0"))
+    });
+    Command::new("kill").args(["-TERM", &run.id().to_string()]).status().unwrap();
+    assert!(run.wait().unwrap().success(), "{}", p.tail("run"));
+
+    let v = p.verify();
+    let stored_events = (committed + plains) as u64;
+    assert_eq!((count(&v, "delta_rows"), count(&v, "delta_distinct_keys")), (stored_events, stored_events), "{v}");
+    assert_eq!(count(&v, "dlq_records"), 0, "{v}");
+    assert_eq!((count(&v, "clickhouse_final_rows"), &v["clickhouse_keys_match"]), (stored_events, &json!(true)), "{v}");
+    let mut origins = std::collections::BTreeMap::<String, usize>::new();
+    for record in common::read_all(&p.processed_topic()) {
+        let row: Value = serde_json::from_slice(record.value.as_deref().unwrap()).unwrap();
+        let user = row["user_id"].as_str().unwrap();
+        *origins.entry(user.split('-').next().unwrap().to_owned()).or_default() += 1;
+    }
+    assert_eq!(origins, [("committed".to_owned(), committed), ("plain".to_owned(), plains)].into(), "{v}");
+    let skipped: u64 = p.batch_log().iter().map(|b| count(b, "offset_gaps")).sum();
+    // Each aborted record and each marker (two per round, plus the last) is skipped.
+    let markers = 8 * 2 * 4;
+    assert!(skipped >= aborted as u64, "skipped {skipped}, aborted {aborted}, markers up to {markers}");
+}
+
 /// What the processor's clients actually run with, as librdkafka reports its own
 /// configuration (`debug=conf`): the consumer reads committed records only
 /// (`isolation.level=read_committed`: records of aborted or open transactions are never
-/// events) and the producer is idempotent with acks from all replicas. (tansu refuses
-/// `EndTxn`, so no aborted transaction can be made here to read past.)
+/// events) and the producer is idempotent with acks from all replicas.
 #[test]
 fn the_clients_run_with_read_committed_and_idempotence() {
     let p = Pipeline::new("client_conf");

@@ -1,4 +1,4 @@
-//! End-to-end tests against the real broker (tansu) and the built binary.
+//! End-to-end tests against the real Kafka cluster and the built binary.
 
 mod common;
 
@@ -197,7 +197,7 @@ fn a_processor_killed_mid_run_loses_nothing_and_doubles_nothing() {
 
     p.run_until_idle(&["--clickhouse-in-run"]);
     let gaps: u64 = p.batch_log().iter().map(|b| count(b, "offset_gaps")).sum();
-    assert_eq!(gaps, 0, "the broker skipped offsets on resume (a tansu storage that cannot fetch mid-batch?)");
+    assert_eq!(gaps, 0, "the broker skipped offsets on resume");
     let v = assert_delta(&p, 10_000);
     assert_eq!(count(&v, "dlq_records"), 50, "{v}");
     assert_eq!(count(&v, "processed_distinct_keys"), 10_000, "every stored event reached the processed topic: {v}");
@@ -230,8 +230,8 @@ fn setup_reports_topics_as_the_broker_holds_them() {
     let topics = |out: &str| -> Vec<serde_json::Value> {
         serde_json::from_str::<serde_json::Value>(out).unwrap()["topics"].as_array().unwrap().clone()
     };
-    // The broker's default: the test clusters replicate to every broker (tansu: one;
-    // the Apache Kafka cluster: two).
+    // The broker's default: the test clusters replicate to every broker (two; tansu, a
+    // compatibility target, one).
     let brokers = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", common::brokers())
         .create::<rdkafka::consumer::BaseConsumer>()
@@ -267,8 +267,8 @@ fn setup_reports_topics_as_the_broker_holds_them() {
     assert!(!out.status.success() && err.contains("replication_factor"), "{err}");
 }
 
-/// Kafka over TLS (stunnel in front of tansu, which has none of its own, with a CA the
-/// test makes), then over TLS with SASL/SCRAM-SHA-512, through librdkafka's own settings
+/// Kafka over TLS (the brokers' own TLS listeners, with a CA the test makes), then over
+/// TLS with SASL/SCRAM-SHA-512, through librdkafka's own settings
 /// in `[kafka]`: the seed scenario end to end, the ClickHouse sink included; a client
 /// without the CA, or with a wrong password, is refused at start-up with the reason.
 #[test]

@@ -1,4 +1,4 @@
-//! The ClickHouse speed layer against the real ClickHouse server and tansu: outages,
+//! The ClickHouse speed layer against the real ClickHouse server and Kafka cluster: outages,
 //! a dropped table, and the DDL current ClickHouse must accept.
 
 mod common;

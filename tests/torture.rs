@@ -121,8 +121,8 @@ fn crash_loop(scenario: &str, p: &Pipeline, unique: u64) {
     }
     assert!(producer.wait().unwrap().success(), "{}", p.tail("produce"));
     eprintln!("torture {scenario}: {kills} kills, landed after {landed:?}");
-    // Catching up on what is left takes time in proportion (a debug build on tansu's
-    // sqlite store does about 1,500 events/s here).
+    // Catching up on what is left takes time in proportion (a debug build does a few
+    // thousand events/s here).
     p.run_until_idle_within(&["--clickhouse-in-run"], common::RUN_TIMEOUT + Duration::from_millis(3 * unique));
     check_stores(p, &[p], distinct, invalid);
     eprintln!("torture {scenario}: {distinct} distinct keys, {invalid} dead letters: exact");
@@ -169,9 +169,7 @@ fn bad_input_lands_in_the_dead_letter_topic_and_the_rest_flows() {
     );
     let mut garbage: Vec<u8> = (0..4096_u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     garbage[0] = 0xff; // never valid UTF-8
-    // Over max_message_bytes (1 MiB): 5 MiB less 16 KiB, the most tansu 0.6.0 can serve.
-    // It caps a fetch response at 5 MiB and never returns a record batch larger than
-    // that, so a whole 5 MiB record stalls its partition for good (see TESTING.md).
+    // Five times over max_message_bytes (1 MiB), within the cluster's 10 MiB record limit.
     let big =
         format!(r#"{{"user_id":"u","event_type":"t","timestamp":0,"pad":"{}"}}"#, "x".repeat((5 << 20) - (16 << 10)));
     // Valid events within max_message_bytes whose processed record (the payload escaped
@@ -386,40 +384,22 @@ fn sigterm_during_a_batch_exits_promptly_and_loses_nothing() {
     check_stores(&p, &[&p], count(&expected, "distinct_keys"), count(&expected, "invalid"));
 }
 
-/// Broker restart: a private tansu on durable sqlite storage is stopped and started while
-/// the processor runs; the processor and the sink ride it out.
+/// Cluster restart: a Kafka cluster of the test's own is stopped and started again on its
+/// storage while the processor runs; the processor and the sink ride it out.
 #[test]
 fn a_broker_restart_mid_run_loses_nothing() {
     let seed = seed("broker restart");
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let services = |action: &str| {
-        let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
-            .arg(action)
-            .env("SERVICES_DIR", dir.path())
-            .env("KAFKA_PORT", port.to_string())
-            // One process on one free port; the Apache cluster's failover has tests of its own.
-            .env("KAFKA_IMPL", "tansu")
-            .status()
-            .unwrap();
-        assert!(status.success(), "services.sh {action}");
-    };
-    services("kafka-fresh");
-    struct StopBroker<'a>(&'a dyn Fn(&str));
-    impl Drop for StopBroker<'_> {
-        fn drop(&mut self) {
-            (self.0)("down");
-        }
-    }
-    let _stop = StopBroker(&services);
-    let brokers = format!("127.0.0.1:{port}");
+    let kafka = common::PrivateKafka::plain(dir.path().join("kafka"));
+    let brokers = kafka.brokers();
     let p = Pipeline::with_brokers("brokerrestart", &brokers, "");
     p.setup();
     let (file, expected) = p.generate(10_000, 1_000, 50, seed);
     let mut run = p.spawn(&["run", "--trigger", "300ms", "--max-batch-events", "1000", "--clickhouse-in-run"], "run");
     p.produce(&file);
     common::wait_until(Duration::from_secs(60), "two committed batches", || p.batch_log_lines() >= 2);
-    services("restart-kafka");
+    kafka.stop();
+    kafka.start_again();
     eprintln!("torture broker restart: restarted after {} batches", p.batch_log_lines());
     // The run keeps going after the restart: wait until Delta has everything.
     common::wait_until(Duration::from_secs(180), "every event in Delta after the restart", || {
@@ -842,8 +822,7 @@ fn two_instances(scenario: &str, p: &Pipeline, unique: u64) {
     producer.join().unwrap();
 
     // Both run until every key is stored (or the limit passes). The table is read here,
-    // in process (`verify` would read every topic back from the broker each time, which
-    // slows tansu down enough to starve the instances at 100,000 events).
+    // in process (`verify` would read every topic back from the broker each time).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let limit = common::RUN_TIMEOUT + Duration::from_millis(10 * unique);
     let mut checks = 0;
@@ -896,12 +875,11 @@ fn two_instances(scenario: &str, p: &Pipeline, unique: u64) {
         same_keys_raced + tally("keys inserted concurrently") > 0,
         "the instances never wrote the same keys at once: the scenario tested no concurrency"
     );
-    // The speed layer (and the dead letters of batches that were left), by one instance
-    // outside the group: after members were killed, tansu 0.6.0 may never finish a lone
-    // newcomer's join (it expels it for missed heartbeats while it waits for its
-    // assignment, in a loop; see TESTING.md). Delta's offsets, not the group's, say where
-    // it starts, so it cannot hide a loss: a skipped message would be missing below.
-    p.run_until_idle(&["--clickhouse-in-run", "--consumer-mode", "assign"]);
+    // The speed layer (and the dead letters of batches that were left), by a newcomer to
+    // the group once the killed members' sessions expired. Delta's offsets, not the
+    // group's, say where it starts, so it cannot hide a loss: a skipped message would be
+    // missing below.
+    p.run_until_idle(&["--clickhouse-in-run"]);
     check_stores(p, &[p, &machines[0].dir, &machines[1].dir], distinct, invalid);
     eprintln!("torture {scenario}: {distinct} distinct keys, {invalid} dead letters: exact");
 }

@@ -518,7 +518,7 @@ impl ClickHouseSink {
         // recreated topic is loaded again from its start, a truncated one from what is left
         // (`reconcile` repairs what retention deleted unread). A listing that puts a
         // partition's end below what this consumer has read from it, with no consumer
-        // error since, is not believed (tansu's memory storage answers so): a topic
+        // error since, is not believed (a listing from a lagging broker): a topic
         // recreated under the sink fails its fetches instead.
         let read_to = (!self.errors_since_check).then_some(&self.positions.read_to);
         let (resets, answered) = source::ranges::out_of_range(&self.consumer, topic, &self.positions.next, read_to);
@@ -531,8 +531,7 @@ impl ClickHouseSink {
                 reset.explain(&format!("the ClickHouse sink's next offset is {}", reset.expected)),
                 reset.low
             );
-            self.consumer
-                .seek(topic, reset.partition, Offset::Offset(reset.low), Duration::from_secs(10))
+            source::ranges::seek(&self.consumer, topic, reset.partition, reset.low, &self.positions.next)
                 .map_err(kafka::client_error(&self.settings))?;
             self.positions.next.insert(reset.partition, Some(reset.low));
             // What was read before the seek says nothing of the partition read now.

@@ -11,13 +11,17 @@
 //!   which counts it (offsets the broker skipped inside the partition: transaction
 //!   markers, aborted transactions' records, compaction; offsets below the partition's
 //!   first are the range check's: [`crate::source::ranges`]);
-//! - a partition is "at its end" from its end-of-partition event until its next message.
+//! - a partition is "at its end" from its end-of-partition event until its next message;
+//!   at that event, offsets between the one expected and the consumer's position (the
+//!   markers that close transactions, aborted records: read_committed reads past them
+//!   without delivering anything) are skipped too and reported to the batch, so that a
+//!   partition ending on a marker is read to its end.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 
@@ -77,6 +81,19 @@ impl Positions {
         Some(gap)
     }
 
+    /// The consumer stands at `position` on `partition` with nothing delivered before it
+    /// since the offset expected: moves the offset expected there and returns the first
+    /// offset skipped, if any.
+    fn skip_to(&mut self, partition: i32, position: i64) -> Option<i64> {
+        let Some(Some(next)) = self.next.get(&partition).copied() else { return None };
+        if position <= next {
+            return None;
+        }
+        self.next.insert(partition, Some(position));
+        self.read_to.insert(partition, position);
+        Some(next)
+    }
+
     /// Whether every partition read is at its end.
     pub fn caught_up(&self) -> bool {
         !self.next.is_empty() && self.next.keys().all(|p| self.at_end.contains(p))
@@ -103,6 +120,10 @@ pub trait Collector {
 
     /// Takes one message, `gap` offsets past the one expected on its partition.
     fn take(&mut self, message: &BorrowedMessage<'_>, gap: u64);
+
+    /// Offsets `from..to` of `partition` hold nothing to deliver (transaction markers,
+    /// aborted records) and the partition ends at `to`: they count as read.
+    fn skip(&mut self, _partition: i32, _from: i64, _to: i64) {}
 
     /// Hears of a consumer error (other than a partition's end), which is already
     /// counted ([`crate::kafka::note_consumer_error`]).
@@ -135,6 +156,11 @@ pub fn collect<C: ConsumerContext, B: Collector>(
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 positions.at_end.insert(p);
+                if let Some(position) = position(consumer, p)
+                    && let Some(from) = positions.skip_to(p, position)
+                {
+                    batch.skip(p, from, position);
+                }
             }
             Some(Err(e)) => {
                 crate::kafka::note_consumer_error(&e);
@@ -144,6 +170,13 @@ pub fn collect<C: ConsumerContext, B: Collector>(
         }
     }
     Ok(())
+}
+
+/// The consumer's position on `partition` (the next offset it fetches), if it has one.
+fn position<C: ConsumerContext>(consumer: &BaseConsumer<C>, partition: i32) -> Option<i64> {
+    let positions = consumer.position().ok()?;
+    let element = positions.elements().into_iter().find(|e| e.partition() == partition)?;
+    element.offset().to_raw().filter(|o| *o >= 0)
 }
 
 #[cfg(test)]
@@ -159,6 +192,18 @@ mod tests {
         assert_eq!(at.accept(0, 14), Some(3), "offsets 11 to 13 skipped by the broker");
         assert_eq!(at.accept(1, 500), Some(0), "nothing expected yet");
         assert_eq!(at.next, BTreeMap::from([(0, Some(15)), (1, Some(501))]));
+    }
+
+    #[test]
+    fn a_position_past_the_offset_expected_skips_to_it() {
+        let mut at = Positions::new(BTreeMap::from([(0, Some(10)), (1, None)]));
+        assert_eq!(at.skip_to(0, 10), None, "nothing skipped");
+        assert_eq!(at.skip_to(0, 12), Some(10), "a marker at 10 and 11");
+        assert_eq!((at.next[&0], at.read_to[&0]), (Some(12), 12));
+        assert_eq!(at.skip_to(0, 11), None, "never backwards");
+        assert_eq!(at.skip_to(1, 5), None, "nothing expected yet: nothing known skipped");
+        assert_eq!(at.skip_to(2, 5), None, "a partition not read");
+        assert_eq!(at.accept(0, 12), Some(0), "the next message follows on");
     }
 
     #[test]

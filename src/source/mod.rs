@@ -324,9 +324,11 @@ impl Source {
         })
     }
 
-    /// Moves reading on `partition` to `offset` (after a reset was recorded in Delta).
-    pub fn seek(&self, partition: i32, offset: i64) -> Result<(), KafkaError> {
-        self.consumer.seek(&self.topic, partition, Offset::Offset(offset), Duration::from_secs(10))
+    /// Moves reading on `partition` to `offset` (after a reset was recorded in Delta),
+    /// every other partition of `next` staying where it is expected
+    /// ([`ranges::seek`]).
+    pub fn seek(&self, partition: i32, offset: i64, next: &BTreeMap<i32, Option<i64>>) -> Result<(), KafkaError> {
+        ranges::seek(&self.consumer, &self.topic, partition, offset, next)
     }
 
     /// The end (high watermark) of each partition; partitions the broker does not answer

@@ -27,7 +27,9 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 /// The partitions of `topic` in `next` (the next offset expected on each) whose offset
@@ -212,6 +214,36 @@ impl fmt::Display for OffsetReset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.explain(&format!("the Delta table stores offsets up to {}", self.expected - 1)))
     }
+}
+
+/// Moves reading on `partition` of `topic` to `offset`, every other partition of `next`
+/// staying where it is expected. A partition whose fetch stopped on an out-of-range
+/// answer (`auto.offset.reset = error`) refuses a seek (librdkafka: "Erroneous state"): it
+/// is assigned again at `offset` instead (alone under the cooperative protocol, with the
+/// others at their offsets in `next` otherwise).
+pub fn seek<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    next: &BTreeMap<i32, Option<i64>>,
+) -> Result<(), KafkaError> {
+    let Err(error) = consumer.seek(topic, partition, Offset::Offset(offset), Duration::from_secs(10)) else {
+        return Ok(());
+    };
+    tracing::debug!(partition, offset, %error, "seek refused: assigning the partition again at the offset");
+    let mut tpl = TopicPartitionList::new();
+    if matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative) {
+        tpl.add_partition(topic, partition);
+        consumer.incremental_unassign(&tpl)?;
+        tpl.set_partition_offset(topic, partition, Offset::Offset(offset))?;
+        return consumer.incremental_assign(&tpl);
+    }
+    for (p, next) in next {
+        let at = if *p == partition { Offset::Offset(offset) } else { next.map_or(Offset::Beginning, Offset::Offset) };
+        tpl.add_partition_offset(topic, *p, at)?;
+    }
+    consumer.assign(&tpl)
 }
 
 #[cfg(test)]

@@ -541,93 +541,96 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A Kafka broker of the test's own (tansu on sqlite storage in `dir`): plain
-/// ([`PrivateKafka::plain`]), or reached over TLS only: stunnel in front of it with a
-/// certificate from [`make_certificates`], and, with `scram`, SASL/SCRAM-SHA-512
-/// authentication with that user and password (`scripts/services.sh` with `KAFKA_TLS_*`
-/// and `KAFKA_SCRAM_*`).
+/// An Apache Kafka cluster of the test's own (`scripts/kafka.sh` in `dir`, on free ports:
+/// a KRaft controller and two brokers, topics with 2 replicas): plain
+/// ([`PrivateKafka::plain`]), or reached over TLS only, on the brokers' own TLS listeners
+/// with a certificate from [`make_certificates`], and, with `scram`, SASL/SCRAM-SHA-512
+/// authentication with that user and password.
 pub struct PrivateKafka {
     dir: PathBuf,
-    port: u16,
-    /// 0: no TLS listener.
-    pub tls_port: u16,
-    /// The CA that signed the broker's certificate.
+    /// Broker 1's, the controller's and broker 2's plain ports.
+    ports: [u16; 3],
+    /// Broker 1's and broker 2's TLS ports; 0: no TLS listener.
+    pub tls_ports: [u16; 2],
+    /// The CA that signed the brokers' certificate.
     pub ca: PathBuf,
-    /// The broker's certificate and key, with TLS.
+    /// The brokers' certificate and key, with TLS.
     tls: Option<(PathBuf, PathBuf)>,
     scram: Option<(String, String)>,
 }
 
 impl PrivateKafka {
-    /// A plain broker (no TLS, no authentication): for tests that delete topics, which
-    /// on tansu 0.6.0 deletes every topic of the broker (see [`recreate_topic`]).
+    /// A plain cluster (no TLS, no authentication): for tests that stop it.
     pub fn plain(dir: PathBuf) -> Self {
-        let this = Self { dir, port: free_port(), tls_port: 0, ca: PathBuf::new(), tls: None, scram: None };
-        this.script("kafka-fresh");
+        let this = Self {
+            dir,
+            ports: [free_port(), free_port(), free_port()],
+            tls_ports: [0, 0],
+            ca: PathBuf::new(),
+            tls: None,
+            scram: None,
+        };
+        this.script(&["fresh"]);
         this
     }
 
     pub fn start(dir: PathBuf, scram: Option<(&str, &str)>) -> Self {
         let (ca, cert, key) = make_certificates(&dir.join("tls"));
         let scram = scram.map(|(u, p)| (u.to_owned(), p.to_owned()));
-        let this = Self { dir, port: free_port(), tls_port: free_port(), ca, tls: Some((cert, key)), scram };
-        this.script("kafka-fresh");
+        let this = Self {
+            dir,
+            ports: [free_port(), free_port(), free_port()],
+            tls_ports: [free_port(), free_port()],
+            ca,
+            tls: Some((cert, key)),
+            scram,
+        };
+        this.script(&["fresh"]);
         this
     }
 
-    /// Stops the broker (its storage stays).
+    /// Stops the cluster (its storage stays).
     pub fn stop(&self) {
-        self.script("kafka-down");
+        self.script(&["down"]);
     }
 
-    /// Starts the stopped broker again, on the same storage.
+    /// Starts the stopped cluster again, on the same storage.
     pub fn start_again(&self) {
-        self.script("kafka-up");
+        self.script(&["up"]);
     }
 
-    /// Restarts the broker with the SCRAM user's password changed to `password`: every
+    /// Kills broker `n` (1 or 2) by SIGKILL, as in a crash.
+    pub fn kill_broker(&self, n: u8) {
+        self.script_with(&["stop-broker", &n.to_string()], &[("KILL", "1")]);
+    }
+
+    /// Starts broker `n` again on its storage and waits until it answers.
+    pub fn start_broker(&self, n: u8) {
+        self.script(&["start-broker", &n.to_string()]);
+    }
+
+    /// Kills the KRaft controller by SIGKILL.
+    pub fn kill_controller(&self) {
+        self.script_with(&["stop-controller"], &[("KILL", "1")]);
+    }
+
+    /// Starts the controller again.
+    pub fn start_controller(&self) {
+        self.script(&["start-controller"]);
+    }
+
+    /// Restarts the cluster with the SCRAM user's password changed to `password`: every
     /// connection drops, and a client reconnecting with the old one is refused.
     pub fn change_password(&mut self, password: &str) {
-        let user = self.scram.as_ref().expect("a broker with SCRAM").0.clone();
+        let user = self.scram.as_ref().expect("a cluster with SCRAM").0.clone();
         self.scram = Some((user, password.to_owned()));
-        self.script("restart-kafka");
+        self.script(&["down"]);
+        self.script(&["up"]);
     }
 
-    /// Adds partitions to `topic` until it has `partitions`, in the broker's own storage:
-    /// tansu 0.6.0 refuses `CreatePartitions`, but answers from its sqlite tables, so new
-    /// rows there are new partitions to every client (the existing ones keep their
-    /// records and offsets, as with Kafka's `CreatePartitions`).
-    pub fn add_partitions(&self, topic: &str, partitions: i32) {
-        let script = r#"
-import sqlite3, sys
-db, topic, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-c = sqlite3.connect(db, timeout=30)
-(tid, old), = c.execute("select id, partitions from topic where name = ?", (topic,)).fetchall()
-for p in range(old, count):
-    c.execute("insert into topition (topic, partition) values (?, ?)", (tid, p))
-    c.execute("insert into watermark (topition) select id from topition where topic = ? and partition = ?", (tid, p))
-c.execute("update topic set partitions = ? where id = ?", (count, tid))
-c.commit()
-"#;
-        let status = Command::new("python3")
-            .args(["-c", script])
-            .arg(self.dir.join("tansu.db"))
-            .arg(topic)
-            .arg(partitions.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "adding partitions to {topic} in tansu's storage");
-        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", self.brokers()).create().unwrap();
-        wait_until(Duration::from_secs(30), "the broker reporting the new partitions", || {
-            consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).is_ok_and(|m| {
-                m.topics().iter().any(|t| t.name() == topic && t.partitions().len() == partitions as usize)
-            })
-        });
-    }
-
-    /// `host:port` of the TLS listener, or of the plain one without TLS.
+    /// `host:port` of broker 1's TLS listener, or of its plain one without TLS.
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", if self.tls_port == 0 { self.port } else { self.tls_port })
+        format!("127.0.0.1:{}", if self.tls.is_none() { self.ports[0] } else { self.tls_ports[0] })
     }
 
     /// The librdkafka settings that reach it: TLS with the test's CA, and SCRAM if on.
@@ -645,32 +648,72 @@ c.commit()
         settings
     }
 
-    fn script(&self, action: &str) {
-        let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"));
-        // tansu: one process on one free port, TLS through stunnel, partitions added in its
-        // storage.
+    /// A client configuration that reaches the cluster (its TLS and SCRAM settings).
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.brokers());
+        if self.tls.is_some() {
+            for (k, v) in self.client_settings() {
+                config.set(k, v);
+            }
+        }
+        config
+    }
+
+    fn script(&self, args: &[&str]) {
+        self.script_with(args, &[]);
+    }
+
+    fn script_with(&self, args: &[&str], env: &[(&str, &str)]) {
+        let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"));
+        let [port, controller, port2] = self.ports;
         command
-            .arg(action)
+            .args(args)
             .env("SERVICES_DIR", &self.dir)
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_IMPL", "tansu");
+            .env("KAFKA_PORT", port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", controller.to_string())
+            .env("KAFKA_PORT2", port2.to_string())
+            .envs(env.iter().copied());
         if let Some((cert, key)) = &self.tls {
             command
-                .env("KAFKA_TLS_PORT", self.tls_port.to_string())
+                .env("KAFKA_TLS_PORT", self.tls_ports[0].to_string())
+                .env("KAFKA_TLS_PORT2", self.tls_ports[1].to_string())
                 .env("KAFKA_TLS_CERT", cert)
                 .env("KAFKA_TLS_KEY", key);
         }
         if let Some((user, password)) = &self.scram {
             command.env("KAFKA_SCRAM_USER", user).env("KAFKA_SCRAM_PASSWORD", password);
         }
-        let status = command.status().unwrap();
-        assert!(status.success(), "services.sh {action} failed for the private Kafka");
+        let status = command.stdout(std::process::Stdio::null()).status().unwrap();
+        assert!(status.success(), "scripts/kafka.sh {args:?} failed for the private cluster");
     }
+}
+
+/// Adds partitions to `topic` on the cluster at `brokers` until it has `partitions`, with
+/// the admin API (`CreatePartitions`), and waits until its metadata lists them.
+pub fn add_partitions(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    futures::executor::block_on(async {
+        let grow = NewPartitions::new(topic, partitions as usize);
+        for result in admin.create_partitions(&[grow], &options).await.unwrap() {
+            result.unwrap_or_else(|(t, e)| panic!("adding partitions to {t}: {e}"));
+        }
+    });
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    wait_until(Duration::from_secs(30), "the broker reporting the new partitions", || {
+        consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .is_ok_and(|m| m.topics().iter().any(|t| t.name() == topic && t.partitions().len() == partitions as usize))
+    });
 }
 
 impl Drop for PrivateKafka {
     fn drop(&mut self) {
-        self.script("down");
+        self.script(&["down"]);
     }
 }
 
@@ -844,16 +887,14 @@ pub fn chdb(args: &[&str], input: Option<&Value>) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Deletes `topic` on the broker at `brokers` and creates it again with `partitions`
-/// partitions, as an operator would with the admin API: its offsets start over at 0.
-///
-/// tansu 0.6.0's DeleteTopics removes every topic of the broker, not just the one named
-/// (its `topic_delete_by.sql` filters by cluster only): use a broker of the test's own
-/// ([`PrivateKafka::plain`]), and run `setup` afterwards for the pipeline's other topics
-/// (which come back empty).
+/// Deletes `topic` on the cluster at `brokers` and creates it again with `partitions`
+/// partitions and 2 replicas, as an operator would with the admin API: its offsets start
+/// over at 0. (A creation that races the deletion's completion is refused with
+/// `TopicAlreadyExists`: it is tried again.)
 pub fn recreate_topic(brokers: &str, topic: &str, partitions: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -861,9 +902,14 @@ pub fn recreate_topic(brokers: &str, topic: &str, partitions: i32) {
         for result in admin.delete_topics(&[topic], &options).await.unwrap() {
             result.unwrap_or_else(|(t, e)| panic!("deleting {t}: {e}"));
         }
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-        for result in admin.create_topics(&[new], &options).await.unwrap() {
-            result.unwrap_or_else(|(t, e)| panic!("creating {t} again: {e}"));
+    });
+    wait_until(Duration::from_secs(60), "the topic created again", || {
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(2));
+        let results = futures::executor::block_on(admin.create_topics(&[new], &options)).unwrap();
+        match &results[0] {
+            Ok(_) => true,
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => false,
+            Err((t, e)) => panic!("creating {t} again: {e}"),
         }
     });
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
