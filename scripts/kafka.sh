@@ -7,7 +7,7 @@
 #   kafka.tools.StorageTool; G1; Log4j 2 configured by scripts/kafka/log4j2.yaml).
 #   Topics default to 4 partitions with 2 replicas (min.insync.replicas 1, so one broker
 #   serves alone), and records up to 10 MiB are accepted.
-# Usage: scripts/kafka.sh install|up|down|fresh|status|stop-broker N|start-broker N|stop-controller|start-controller
+# Usage: scripts/kafka.sh install|up|down|fresh|status|stop-broker N|start-broker N|stop-controller|start-controller|acl ARGS...
 #   install            copies the jars into KAFKA_LIBS with Maven (once; Java and Maven come
 #                      from Debian's packages when missing)
 #   up                 starts the nodes that do not run (formatting the storage of any that
@@ -22,6 +22,9 @@
 #                      changes, a crashed broker's fencing, producer ids for new idempotent
 #                      producers); start-controller starts it again
 #   status             prints each node, its pid and port; exits non-zero unless all three run
+#   acl ARGS...        runs Kafka's ACL tool (kafka-acls.sh: org.apache.kafka.tools.AclCommand)
+#                      against broker 1 as the brokers' own user, e.g.
+#                      acl --add --allow-principal User:app --operation Read --topic t
 # Environment:
 #   SERVICES_DIR       where the cluster lives, under kafka/: per node (controller, broker1,
 #                      broker2) server.properties, data/, node.log (and node.log.1, the run
@@ -38,6 +41,10 @@
 #                      different (restart with a new password: down, then up). The brokers
 #                      reach each other as a user of their own, kafka-sh-broker (its
 #                      password in kafka/broker.secret)
+#   KAFKA_ACL          1 (with SCRAM only): the nodes authorize every request with Kafka's
+#                      StandardAuthorizer; only the brokers' own user (and the unauthenticated
+#                      controller listener) are super users, so a client's user may do what
+#                      ACLs allow it (`acl`) and nothing else
 #   KAFKA_TLS_PORT, KAFKA_TLS_CERT, KAFKA_TLS_KEY   with all three, each broker also
 #                      listens with TLS (SSL, or SASL_SSL with SCRAM) with that certificate
 #                      and key (PEM, the key unencrypted PKCS#8, as `openssl req -nodes`
@@ -69,6 +76,11 @@ scram_password=${KAFKA_SCRAM_PASSWORD:-}
 if [[ -n $scram_user && $scram_user$scram_password == *[\"\\,=\[\]]* ]]; then
   # They go unquoted into --add-scram's [name=…,password=…] and quoted into a JAAS line.
   echo "kafka: KAFKA_SCRAM_USER and KAFKA_SCRAM_PASSWORD may not hold \" \\ , = [ ]" >&2; exit 2
+fi
+acl=${KAFKA_ACL:-0}
+if [[ $acl == 1 && -z $scram_user ]]; then
+  echo "kafka: KAFKA_ACL=1 needs KAFKA_SCRAM_USER and KAFKA_SCRAM_PASSWORD (without SASL every client is a super user)" >&2
+  exit 2
 fi
 tls_port1="" tls_port2=""
 if [[ -n ${KAFKA_TLS_PORT:-} && -n ${KAFKA_TLS_CERT:-} && -n ${KAFKA_TLS_KEY:-} ]]; then
@@ -170,6 +182,11 @@ write_config() { # node
         echo "listener.name.$sasl.scram-sha-512.sasl.jaas.config=$jaas"
       done
     fi
+    if [[ $acl == 1 ]]; then
+      echo "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+      # The brokers reach the controller on its plaintext listener, unauthenticated.
+      echo "super.users=User:$broker_user;User:ANONYMOUS"
+    fi
     if [[ $node == controller ]]; then
       # The controller fills in a topic's partitions and replicas when the request leaves
       # them out (auto-created topics too); Kafka 4.4 warns when a broker sets these.
@@ -186,6 +203,9 @@ transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=2
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# Segments past a topic's retention go within a second (Kafka's default looks every 5
+# minutes): a topic given a short retention.ms shows retention at work at once.
+log.retention.check.interval.ms=1000
 # Records up to 10 MiB (the tests send 5 MiB ones, which idempipe's own limit must refuse),
 # replicated whole, within a request size well above that.
 message.max.bytes=10485760
@@ -262,6 +282,18 @@ format_missing() {
 # What the SCRAM user was last set to (the password only as a hash).
 scram_stamp() { printf '%s %s\n' "$scram_user" "$(printf '%s' "$scram_password" | sha256sum | cut -d' ' -f1)"; }
 
+# The client settings of the brokers' own user, for Kafka's tools.
+admin_properties() {
+  (
+    umask 077
+    cat >"$kdir/admin.properties" <<PROPS
+security.protocol=$(client_listener)
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$broker_user" password="$(broker_password)";
+PROPS
+  )
+}
+
 # With SCRAM on a cluster whose KAFKA_SCRAM_USER or password differs from the one it was
 # last given, (re)sets it through a running broker, as the brokers' user, and waits until
 # every running broker takes the new password.
@@ -274,14 +306,7 @@ ensure_scram_user() {
   done
   [[ -n $port ]] || return 0
   log "setting the SCRAM user $scram_user's password"
-  (
-    umask 077
-    cat >"$kdir/admin.properties" <<PROPS
-security.protocol=SASL_PLAINTEXT
-sasl.mechanism=SCRAM-SHA-512
-sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$broker_user" password="$(broker_password)";
-PROPS
-  )
+  admin_properties
   tool org.apache.kafka.tools.ConfigCommand --bootstrap-server "127.0.0.1:$port" \
     --command-config "$kdir/admin.properties" --alter --entity-type users --entity-name "$scram_user" \
     --add-config "SCRAM-SHA-512=[password=$scram_password]" >"$kdir/scram.log" 2>&1 \
@@ -585,5 +610,10 @@ case ${1:-} in
   stop-controller) stop_nodes 30 controller ;;
   start-controller) start_nodes controller ;;
   status) status ;;
-  *) echo "usage: $0 install|up|down|fresh|status|stop-broker N|start-broker N|stop-controller|start-controller" >&2; exit 2 ;;
+  acl)
+    shift
+    admin_properties
+    tool org.apache.kafka.tools.AclCommand --bootstrap-server "127.0.0.1:$port1" \
+      --command-config "$kdir/admin.properties" "$@" ;;
+  *) echo "usage: $0 install|up|down|fresh|status|stop-broker N|start-broker N|stop-controller|start-controller|acl ARGS..." >&2; exit 2 ;;
 esac

@@ -18,7 +18,7 @@ trigger = "$2"
 # Any free port: several runs can share the machine (the log names the port).
 metrics_addr = "127.0.0.1:0"
 
-# tansu completes a group join only after the rebalance timeout: keep it short.
+# A group join waits for the rebalance timeout of members that left: keep it short.
 [kafka]
 "max.poll.interval.ms" = "10000"
 "session.timeout.ms" = "6000"
@@ -26,17 +26,22 @@ metrics_addr = "127.0.0.1:0"
 TOML
 }
 
-# bench_broker: a fresh tansu of the benchmark's own on $BENCH_KAFKA_PORT (default 19092),
-# stopped when the script exits; sets $port. The binary is $TANSU_BIN (default
-# ~/.cargo/bin/tansu; scripts/services.sh installs it when missing).
+# bench_broker: a fresh Kafka cluster of the benchmark's own, stopped when the script
+# exits; sets $port (broker 1's). Apache Kafka (scripts/kafka.sh: brokers on
+# $BENCH_KAFKA_PORT, default 19092, and +2, the controller on +1; data in
+# data/bench-services), or with BENCH_KAFKA_IMPL=tansu, tansu on its memory storage on
+# $BENCH_KAFKA_PORT (the figures tansu gave, for comparison; $TANSU_BIN, default
+# ~/.cargo/bin/tansu, installed by `KAFKA_IMPL=tansu scripts/services.sh kafka-install`).
+# Fresh each run, so every run starts alike.
 bench_broker() {
-  # A fresh broker of its own, on tansu's memory storage: its sqlite storage fetches a
-  # record range with a running sum over the partition, far too slow to drain a million
-  # records. (The memory storage cannot resume inside a stored batch, see
-  # docs/OPERATIONS.md; a benchmark reads each topic front to back, so it never does.) Fresh
-  # each run, because tansu's memory storage slows down as it fills: with the ~14 M records
-  # of a previous run in it, deliveries stall for seconds at a time.
   port=${BENCH_KAFKA_PORT:-19092}
+  if [[ ${BENCH_KAFKA_IMPL:-apache} == apache ]]; then
+    SERVICES_DIR=data/bench-services KAFKA_PORT=$port scripts/kafka.sh fresh >/dev/null
+    trap 'SERVICES_DIR=data/bench-services KAFKA_PORT=$port scripts/kafka.sh down >/dev/null 2>&1 || true' EXIT
+    return
+  fi
+  # tansu's sqlite storage fetches a record range with a running sum over the partition,
+  # far too slow to drain a million records; its memory storage slows down as it fills.
   tansu_bin=${TANSU_BIN:-$HOME/.cargo/bin/tansu}
   mkdir -p data/services
   if [[ -f data/services/bench-tansu.pid ]]; then
@@ -47,7 +52,7 @@ bench_broker() {
     echo "bench: port $port is taken by something else; set BENCH_KAFKA_PORT" >&2
     exit 1
   fi
-  [[ -x $tansu_bin ]] || scripts/services.sh up >/dev/null   # installs tansu if missing
+  KAFKA_IMPL=tansu scripts/services.sh kafka-install
   setsid nohup "$tansu_bin" broker --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/ \
     >data/services/bench-tansu.log 2>&1 </dev/null &

@@ -13,12 +13,10 @@
 # data/soak<time>/jeprof.*.heap, with jemalloc's `jeprof` beside them: `jeprof --base
 # EARLY LATE` shows what the heap gained between two dumps (TESTING.md, "Heap profiles").
 # Writes data/soak<time>/samples.csv and prints a summary. Uses the ClickHouse of
-# scripts/services.sh (started if needed) and a fresh broker of its own (tansu on sqlite,
-# port SOAK_KAFKA_PORT, default 19192, its store in SOAK_SERVICES_DIR, default
-# data/soak-services), so what earlier runs left in the main broker's store does not slow
-# it down; the broker is stopped at the end. SOAK_TANSU_STORAGE sets that broker's storage
-# (default sqlite://tansu.db; tansu 0.6.0's sqlite storage has panicked about an hour into
-# every two-hour run at 200 events/s: TESTING.md, "The soak test"), e.g. memory://tansu/.
+# scripts/services.sh (started if needed) and a fresh Kafka cluster of its own (brokers on
+# port SOAK_KAFKA_PORT, default 19192, and +2, the controller on +1, its data in
+# SOAK_SERVICES_DIR, default data/soak-services; with KAFKA_IMPL=tansu, tansu on sqlite,
+# SOAK_TANSU_STORAGE its storage), stopped at the end.
 # SOAK_DAYS: the dates the generated events span, a new one every 5 minutes of the file
 # (default MINUTES / 5, at least 2). SOAK_KEY_CACHE_BYTES: the processor's key cache
 # budget (default 4194304, 4 MiB). SOAK_LINGER_MS: how long the trickle producer batches
@@ -32,7 +30,9 @@ scripts/services.sh up >&2
 port=${SOAK_KAFKA_PORT:-19192}
 SERVICES_DIR=${SOAK_SERVICES_DIR:-data/soak-services} KAFKA_PORT=$port TANSU_STORAGE=${SOAK_TANSU_STORAGE:-sqlite://tansu.db} \
   scripts/services.sh kafka-fresh >&2
-stop_broker() { pkill -f "tansu broker --listener-url tcp://127.0.0.1:$port" || true; }
+stop_broker() {
+  SERVICES_DIR=${SOAK_SERVICES_DIR:-data/soak-services} KAFKA_PORT=$port scripts/services.sh kafka-down >&2 || true
+}
 export IDEMPIPE_BROKERS=127.0.0.1:$port
 features=()
 [[ -z ${SOAK_HEAP_PROFILE:-} ]] || features=(--features heap-profile)
@@ -41,9 +41,8 @@ source scripts/lib.sh
 new_pipeline soak 1s
 # The trickle producer batches what it sends for up to SOAK_LINGER_MS (default 500; its
 # own copy of the config, so the processor's producers keep theirs): `produce --rate`
-# otherwise sends each event as its own record batch, and tansu's storages slow down with
-# the number of batches they hold (at 200 events/s its memory storage used a whole core
-# within 30 minutes and the processor fell behind; TESTING.md, "The soak test").
+# otherwise sends each event as its own record batch (tansu's storages slow down with the
+# number of batches they hold).
 { cat "$work/idempipe.toml"; echo "\"linger.ms\" = \"${SOAK_LINGER_MS:-500}\""; } >"$work/produce.toml"
 # The binary is copied: a rebuild during the soak does not touch the running one.
 cp target/release/idempipe "$work/idempipe"

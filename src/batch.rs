@@ -216,6 +216,19 @@ impl Batch {
         before - self.messages()
     }
 
+    /// Drops what was collected of `partitions` (a rebalance took them away, or their
+    /// reading starts over). Returns the number of messages dropped.
+    pub(crate) fn drop_partitions(&mut self, partitions: &std::collections::BTreeSet<i32>) -> u64 {
+        if partitions.is_empty() {
+            return 0;
+        }
+        let before = self.messages();
+        self.rows.retain(|r| !partitions.contains(&r.source_partition));
+        self.dead_letters.retain(|d| !partitions.contains(&d.partition));
+        self.ranges.retain(|p, _| !partitions.contains(p));
+        before - self.messages()
+    }
+
     /// Messages per partition, for the batch log.
     pub(crate) fn per_partition(&self) -> BTreeMap<i32, u64> {
         self.ranges.iter().map(|(p, r)| (*p, r.messages)).collect()
@@ -328,5 +341,18 @@ mod tests {
         assert_eq!(b.ranges[&1], Range { first: 40, last: 40, messages: 0 });
         assert!(!b.ranges.contains_key(&2), "nothing skipped");
         assert_eq!((b.offset_gaps, b.messages()), (3, 1));
+    }
+
+    #[test]
+    fn dropping_partitions_keeps_the_others_whole() {
+        let mut b = Batch::default();
+        for offset in 0..5 {
+            b.add(0, offset, None, Some(&msg(offset as u32)), LIMITS);
+            b.add(1, offset, None, Some(b"bad"), LIMITS);
+            b.add(2, offset, None, Some(&msg(100 + offset as u32)), LIMITS);
+        }
+        assert_eq!(b.drop_partitions(&std::collections::BTreeSet::from([1, 2])), 10);
+        assert_eq!(b.ranges.keys().copied().collect::<Vec<_>>(), [0]);
+        assert_eq!((b.rows.len(), b.dead_letters.len(), b.messages()), (5, 0, 5));
     }
 }

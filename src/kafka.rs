@@ -592,7 +592,7 @@ pub fn partition_offsets(settings: &Settings, topic: &str, group: Option<&str>) 
             for p in 0..partitions {
                 tpl.add_partition(topic, p);
             }
-            Some(consumer.committed_offsets(tpl, METADATA_TIMEOUT).map_err(client_error(settings))?)
+            Some(committed_offsets(settings, &consumer, &tpl)?)
         }
         None => None,
     };
@@ -613,6 +613,37 @@ pub fn partition_offsets(settings: &Settings, topic: &str, group: Option<&str>) 
 /// is elected: a request or connection that timed out or dropped, a partition between
 /// leaders. Waited out where a command must not fail on the first ([`read_topic`],
 /// [`partition_count`]); every other error is an answer.
+/// The offsets `group` of `consumer` committed on the partitions of `wanted`. A group
+/// coordinator that is moving or loading (a cluster just started, a broker restarted)
+/// is asked again, for about 20 s.
+pub(crate) fn committed_offsets<C: rdkafka::consumer::ConsumerContext>(
+    settings: &Settings,
+    consumer: &BaseConsumer<C>,
+    wanted: &TopicPartitionList,
+) -> Result<TopicPartitionList> {
+    retry::retry(&Shutdown::new(), OnShutdown::Stop, |tries| {
+        match consumer.committed_offsets(wanted.clone(), METADATA_TIMEOUT) {
+            Ok(committed) => Step::Done(committed),
+            Err(e) if e.rdkafka_error_code().is_some_and(is_coordinator_moving) => {
+                tracing::debug!(error = %e, "the group coordinator is not ready; asking again");
+                NEW_TOPIC.step(tries, client_error(settings)(e))
+            }
+            Err(e) => Step::Stop(client_error(settings)(e)),
+        }
+    })
+    .map_err(Stopped::into_error)
+}
+
+/// A group coordinator that moves or loads: it answers once it is ready.
+fn is_coordinator_moving(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::NotCoordinator
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+            | RDKafkaErrorCode::CoordinatorLoadInProgress
+    )
+}
+
 fn is_transient(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,

@@ -390,10 +390,11 @@ impl Pipeline {
             }
             Err(e) => return Err(e.into()),
         };
+        // Never any other offset: on failure the processor stops, and restarts from the
+        // offsets just recorded.
+        let to: BTreeMap<i32, i64> = resets.iter().map(|r| (r.partition, r.low)).collect();
+        self.source.reposition(&to, &positions.next).map_err(PipelineError::Consumer)?;
         for reset in &resets {
-            // Never any other offset: on failure the processor stops, and restarts from
-            // the offset just recorded.
-            self.source.seek(reset.partition, reset.low, &positions.next).map_err(PipelineError::Consumer)?;
             positions.next.insert(reset.partition, Some(reset.low));
             positions.read_to.remove(&reset.partition);
             positions.at_end.remove(&reset.partition);
@@ -691,19 +692,29 @@ impl Collector for Collecting<'_> {
         if let Some(fatal) = crate::kafka::fatal_client_error() {
             return Err(PipelineError::FatalKafka(fatal));
         }
-        let assignment = self.source.assignment();
+        let mut assignment = self.source.assignment();
         if let Some(failure) = &assignment.failure {
             return Err(PipelineError::Assignment(failure.clone()));
         }
         if assignment.generation != *self.generation {
-            // A rebalance: every partition restarts from Delta, so what was collected is
-            // dropped (it will be read again).
+            // A rebalance: partitions revoked, or assigned again (their fetch starts over
+            // from Delta's offsets), lose what was collected of them (it will be read
+            // again, here or by their new owner); partitions a cooperative rebalance
+            // left assigned go on where they are, their part of the batch kept.
             *self.generation = assignment.generation;
-            positions.restart(assignment.next.clone());
-            if !self.batch.is_empty() {
-                tracing::info!(dropped = self.batch.messages(), "rebalance: dropping the batch under collection");
+            let restarted = std::mem::take(&mut assignment.restarted);
+            let kept: BTreeSet<i32> = positions
+                .next
+                .keys()
+                .copied()
+                .filter(|p| assignment.next.contains_key(p) && !restarted.contains(p))
+                .collect();
+            let gone: BTreeSet<i32> = self.batch.ranges.keys().copied().filter(|p| !kept.contains(p)).collect();
+            let dropped = self.batch.drop_partitions(&gone);
+            if dropped > 0 {
+                tracing::info!(dropped, partitions = ?gone, kept = ?kept, "rebalance: dropping what was collected of partitions no longer read on");
             }
-            self.batch = Batch::default();
+            positions.reassign(&assignment.next, &kept);
         }
         Ok(())
     }

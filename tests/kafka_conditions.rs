@@ -13,6 +13,7 @@ use common::{
     Pipeline, PrivateKafka, RUN_TIMEOUT, add_partitions, assert_exact, brokers, count, free_port, http_get,
     recreate_topic, wait_until,
 };
+use idempipe::event::EventTime;
 use serde_json::{Value, json};
 
 /// The stored offset `status` reports per raw partition.
@@ -88,6 +89,123 @@ fn a_recreated_raw_topic_stops_the_processor_or_with_consent_is_read_from_its_st
     p.run_until_idle(&["--fail-on-data-loss=false"]);
     assert_eq!(p.batch_log_lines(), lines, "no batch and no reset");
     assert_eq!(count(&p.verify(), "delta_rows"), 1_300);
+}
+
+/// The raw topic deleted and recreated under a running processor: by default it stops
+/// with the error naming the topic and stores nothing of the new topic; a processor
+/// running with `fail_on_data_loss = false` when the topic is recreated again records
+/// the resets and stores the new topic's events from offset 0; the processed topic
+/// recreated under its ClickHouse sink is loaded from offset 0 too.
+#[test]
+fn a_raw_topic_recreated_under_a_running_processor_stops_it_or_is_read_from_its_start() {
+    let p = Pipeline::new("recreated_running");
+    p.ingest_generated(1_000, 0, 0, 4111);
+    let mut run = p.spawn(&["run"], "run");
+    wait_until(RUN_TIMEOUT, "the processor started", || p.log("run").contains("starting after the offsets stored"));
+    recreate_topic(&brokers(), &p.raw_topic(), 4);
+    let (file, _) = p.generate_as("after", 300, 0, 0, 4112);
+    p.produce(&file);
+    wait_until(RUN_TIMEOUT, "the processor to stop", || run.try_wait().unwrap().is_some());
+    let log = p.log("run");
+    assert!(!run.wait().unwrap().success(), "{log}");
+    assert!(log.contains(&format!("of topic {}", p.raw_topic())) && log.contains("fail_on_data_loss = false"), "{log}");
+    assert_eq!(count(&p.verify(), "delta_rows"), 1_000, "nothing stored from the new topic");
+
+    let mut run = p.spawn(&["run", "--fail-on-data-loss=false", "--clickhouse-in-run"], "run-lenient");
+    let rows = || p.verify()["delta_rows"].as_u64().unwrap_or(0);
+    wait_until(RUN_TIMEOUT, "the new topic's events stored", || rows() == 1_300);
+    let resets_before = resets(&p).len();
+    // The processed topic too, under the ClickHouse sink: it reads the new one from 0.
+    recreate_topic(&brokers(), &p.raw_topic(), 4);
+    recreate_topic(&brokers(), &p.processed_topic(), 4);
+    let (file, _) = p.generate_as("again", 200, 0, 0, 4113);
+    p.produce(&file);
+    wait_until(RUN_TIMEOUT, "the recreated topic's events stored", || {
+        assert_eq!(run.try_wait().unwrap(), None, "the processor exited:\n{}", p.tail("run-lenient"));
+        rows() == 1_500
+    });
+    assert!(resets(&p).len() > resets_before, "the second recreation is recorded");
+    wait_until(RUN_TIMEOUT, "the new processed records loaded", || {
+        p.verify()["clickhouse_final_rows"].as_u64() == Some(1_500)
+    });
+    assert!(p.log("run-lenient").contains("the ClickHouse sink reads on from offset 0"), "{}", p.tail("run-lenient"));
+    let v = p.verify();
+    assert_eq!((count(&v, "delta_rows"), count(&v, "delta_distinct_keys")), (1_500, 1_500), "{v}");
+    assert_eq!((count(&v, "processed_distinct_keys"), &v["clickhouse_keys_match"]), (200, &json!(true)), "{v}");
+    for (partition, stored, end) in stored(&p.status()) {
+        assert_eq!(stored.map_or(0, |s| s + 1), end, "partition {partition} read to its end");
+    }
+}
+
+/// Retention deleting segments of the raw topic the table has not read (a stopped
+/// processor, the topic given a 2 s retention for a while): by default `run` stops naming the lost
+/// offsets and stores nothing; with `fail_on_data_loss = false` it records how many
+/// offsets were lost per partition and stores what is left.
+#[test]
+fn retention_deleting_unread_segments_stops_the_processor_or_with_consent_is_recorded() {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::Consumer;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p = Pipeline::new("retention");
+    p.ingest_generated(400, 0, 0, 4121);
+    let raw = p.raw_topic();
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let retention =
+        AlterConfig::new(ResourceSpecifier::Topic(&raw)).set("retention.ms", "2000").set("segment.ms", "500");
+    for result in futures::executor::block_on(admin.alter_configs(&[retention], &AdminOptions::new())).unwrap() {
+        result.unwrap();
+    }
+    let producer: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let send = |origin: &str, per_partition: usize| {
+        for partition in 0..4 {
+            for i in 0..per_partition {
+                let value = format!(
+                    r#"{{"user_id":"{origin}-{partition}-{i}","event_type":"kept","timestamp":"2024-07-01T00:00:00Z"}}"#
+                );
+                producer.send(BaseRecord::<(), _>::to(&raw).payload(&value).partition(partition)).unwrap();
+            }
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    };
+    // Unread events; their segments roll (segment.ms) and pass their retention: every
+    // partition is emptied.
+    send("unread", 100);
+    let lows = || {
+        let consumer: rdkafka::consumer::BaseConsumer =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+        (0..4)
+            .map(|partition| consumer.fetch_watermarks(&raw, partition, Duration::from_secs(10)).unwrap().0)
+            .collect::<Vec<_>>()
+    };
+    let before = stored(&p.status());
+    wait_until(Duration::from_secs(60), "retention to delete the unread events", || {
+        lows().iter().zip(&before).all(|(low, (_, stored, _))| *low > stored.map_or(0, |s| s + 1))
+    });
+    let lows = lows();
+    // Retention back to a week: the events sent now stay.
+    let week = AlterConfig::new(ResourceSpecifier::Topic(&raw)).set("retention.ms", "604800000");
+    for result in futures::executor::block_on(admin.alter_configs(&[week], &AdminOptions::new())).unwrap() {
+        result.unwrap();
+    }
+    send("left", 25);
+
+    let (status, log) = p.run_until_idle_ending(&[], RUN_TIMEOUT);
+    assert!(!status.success() && log.contains("fail_on_data_loss = false"), "{log}");
+    assert_eq!(count(&p.verify(), "delta_rows"), 400, "nothing stored past the loss");
+
+    p.run_until_idle(&["--fail-on-data-loss=false"]);
+    let resets = resets(&p);
+    assert_eq!(resets.len(), 4, "{resets:?}");
+    for reset in &resets {
+        let partition = reset["partition"].as_i64().unwrap();
+        let old = before.iter().find(|(p, _, _)| *p == partition).unwrap().1.map_or(0, |s| s + 1);
+        let low = lows[partition as usize];
+        assert_eq!((reset["low"].as_i64(), reset["lost"].as_i64()), (Some(low), Some(low - old)), "{reset}");
+    }
+    let v = p.verify();
+    assert_eq!(count(&v, "delta_rows"), 400 + 4 * 25, "the events left are stored: {v}");
 }
 
 /// The raw topic grown from 4 partitions to 6 while the processor runs: within a minute
@@ -200,6 +318,156 @@ fn persistent_kafka_errors_make_the_processor_unready_until_the_broker_answers()
     wait_until(Duration::from_secs(60), "/readyz to recover", || http_get(port, "/readyz").is_some_and(|r| r.0 == 200));
 }
 
+/// The longest wait between consecutive batches the batch log records, from the first
+/// batch that ended after `from` (an [`EventTime`] in microseconds).
+fn longest_pause_after(p: &Pipeline, from: i64) -> Duration {
+    let ends: Vec<i64> = p
+        .batch_log()
+        .iter()
+        .filter_map(|b| b["ended_at"].as_str().and_then(|t| EventTime::parse(t).ok()).map(EventTime::micros))
+        .collect();
+    let last_before = ends.iter().copied().filter(|e| *e <= from).max().unwrap_or(from);
+    let mut longest = 0;
+    let mut previous = last_before;
+    for end in ends.into_iter().filter(|e| *e > from) {
+        longest = longest.max(end - previous);
+        previous = end;
+    }
+    Duration::from_micros(longest as u64)
+}
+
+/// Broker failover, on a cluster of the test's own (2 brokers, topics with 2 replicas,
+/// `min.insync.replicas` 1), while events keep arriving and the processor and the
+/// ClickHouse sink run: broker 1 killed (SIGKILL) and started again later, then the KRaft
+/// controller killed and started again. Nothing is lost, nothing doubled; the processor's
+/// longest pause stays within the time the cluster takes to fence a dead broker
+/// (`broker.session.timeout.ms`, 9 s) and move its partitions' leadership, plus the
+/// clients' retries; `/readyz` answers 200 whenever batches commit (the errors about
+/// the dead broker do not make a working processor unready).
+#[test]
+fn a_broker_or_the_controller_killed_under_the_processor_and_the_sink_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = PrivateKafka::plain(dir.path().join("kafka"));
+    let p = Pipeline::with_brokers("failover", &kafka.brokers(), "");
+    p.setup();
+    let (file, expected) = p.generate(12_000, 1_200, 60, 4601);
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let run = p.spawn(&["run", "--trigger", "300ms", "--max-batch-events", "500", "--metrics-addr", &metrics], "run");
+    let _sink = p.spawn(&["sink-clickhouse", "--metrics-addr", &format!("127.0.0.1:{}", free_port())], "sink");
+    // About 45 s of events at 300/s, through the whole failover.
+    let mut producer = p.spawn(&["produce", "--input", file.to_str().unwrap(), "--rate", "300"], "produce");
+    let mut run = run;
+    let alive = |run: &mut common::Background| {
+        assert_eq!(run.try_wait().unwrap(), None, "the processor exited; its log:\n{}", p.tail("run"))
+    };
+    wait_until(RUN_TIMEOUT, "three committed batches", || p.batch_log_lines() >= 3);
+
+    let killed = EventTime::now().micros();
+    kafka.kill_broker(1);
+    let batches = p.batch_log_lines();
+    wait_until(Duration::from_secs(120), "batches committed with broker 1 dead", || {
+        alive(&mut run);
+        p.batch_log_lines() >= batches + 5
+    });
+    let ready = http_get(port, "/readyz");
+    assert_eq!(ready.as_ref().map(|r| r.0), Some(200), "a processor that commits is ready: {ready:?}");
+    let pause = longest_pause_after(&p, killed);
+    eprintln!("failover: broker 1 killed; longest pause between batches {pause:?}");
+    assert!(pause < Duration::from_secs(9 + 21), "the processor paused {pause:?} with broker 1 dead");
+    kafka.start_broker(1);
+
+    let killed = EventTime::now().micros();
+    kafka.kill_controller();
+    let batches = p.batch_log_lines();
+    wait_until(Duration::from_secs(120), "batches committed with the controller dead", || {
+        alive(&mut run);
+        p.batch_log_lines() >= batches + 5
+    });
+    let pause = longest_pause_after(&p, killed);
+    eprintln!("failover: controller killed; longest pause between batches {pause:?}");
+    kafka.start_controller();
+
+    assert!(producer.wait().unwrap().success(), "{}", p.tail("produce"));
+    wait_until(RUN_TIMEOUT, "every event stored", || {
+        alive(&mut run);
+        p.verify()["delta_rows"].as_u64() == Some(count(&expected, "distinct_keys"))
+    });
+    wait_until(RUN_TIMEOUT, "every event loaded into ClickHouse", || {
+        p.verify()["clickhouse_final_rows"].as_u64() == Some(count(&expected, "distinct_keys"))
+    });
+    assert_eq!(http_get(port, "/readyz").map(|r| r.0), Some(200));
+    Command::new("kill").args(["-TERM", &run.id().to_string()]).status().unwrap();
+    assert!(run.wait().unwrap().success(), "{}", p.tail("run"));
+    assert_exact(&p.verify(), &expected);
+}
+
+/// Instances joining and leaving a group in the middle of batches (a 2 s trigger, events
+/// arriving throughout), under the cooperative protocol (`partition.assignment.strategy =
+/// cooperative-sticky`) or the new one (`group.protocol = consumer`, KIP-848): a
+/// rebalance that takes some partitions away while others stay must neither lose the
+/// retained partitions' offsets collected so far nor read them twice into Delta.
+fn instances_join_and_leave_mid_batch(label: &str, settings: &[(&str, &str)]) {
+    let settings: Vec<(String, String)> = settings.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let p = Pipeline::with_options(label, "consumer_mode = \"group\"").with_kafka_settings(&settings);
+    if settings.iter().any(|(k, v)| k == "group.protocol" && v == "consumer") {
+        // The new protocol's session and heartbeat are the broker's: with the client-side
+        // ones the tests' configuration sets, every command refuses to start, naming them.
+        let out = p.output(&["setup"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("`kafka.session.timeout.ms`"), "{err}");
+        assert!(err.contains("group.protocol=consumer"), "{err}");
+        let config = std::fs::read_to_string(&p.config).unwrap();
+        let kept: Vec<&str> = config
+            .lines()
+            .filter(|l| !l.starts_with("\"session.timeout.ms\"") && !l.starts_with("\"heartbeat."))
+            .collect();
+        std::fs::write(&p.config, kept.join("\n") + "\n").unwrap();
+    }
+    p.setup();
+    let (file, expected) = p.generate(8_000, 800, 40, 4701);
+    let mut producer = p.spawn(&["produce", "--input", file.to_str().unwrap(), "--rate", "400"], "produce");
+    let run = ["run", "--trigger", "2s"];
+    let mut first = p.spawn(&run, "first");
+    wait_until(RUN_TIMEOUT, "the first instance's first batch", || p.batch_log_lines() >= 1);
+    // Each newcomer joins while the first collects a batch; each leaves (SIGTERM) while
+    // the first collects another.
+    let mut instances = Vec::new();
+    for round in 0..3 {
+        let q = p.instance(&format!("joiner{round}"));
+        let mut joiner = q.spawn(&run, "run");
+        wait_until(RUN_TIMEOUT, "the newcomer's assignment", || {
+            assert_eq!(joiner.try_wait().unwrap(), None, "{}", q.tail("run"));
+            q.log("run").contains("partitions assigned")
+        });
+        let batches = p.batch_log_lines() + q.batch_log_lines();
+        wait_until(RUN_TIMEOUT, "batches after the join", || p.batch_log_lines() + q.batch_log_lines() >= batches + 2);
+        Command::new("kill").args(["-TERM", &joiner.id().to_string()]).status().unwrap();
+        assert!(joiner.wait().unwrap().success(), "{}", q.tail("run"));
+        instances.push(q);
+        assert_eq!(first.try_wait().unwrap(), None, "{}", p.tail("first"));
+    }
+    assert!(producer.wait().unwrap().success(), "{}", p.tail("produce"));
+    Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+    assert!(first.wait().unwrap().success(), "{}", p.tail("first"));
+    let revoked = p.log("first").matches("partitions revoked").count();
+    assert!(revoked >= 1, "the first instance gave partitions away");
+    // Whatever is left, read by one instance: a lost offset stays lost (Delta's stored
+    // offsets are past it), a doubled row stays doubled.
+    p.run_until_idle(&["--clickhouse-in-run"]);
+    assert_exact(&p.verify(), &expected);
+}
+
+#[test]
+fn instances_joining_and_leaving_mid_batch_lose_nothing_with_cooperative_sticky() {
+    instances_join_and_leave_mid_batch("cooperative", &[("partition.assignment.strategy", "cooperative-sticky")]);
+}
+
+#[test]
+fn instances_joining_and_leaving_mid_batch_lose_nothing_with_the_consumer_protocol() {
+    instances_join_and_leave_mid_batch("kip848", &[("group.protocol", "consumer")]);
+}
+
 /// The broker's SCRAM password changed under a running processor: when its connections
 /// drop and it reconnects with the old one, it stops with an error saying that no retry
 /// mends it (it used to log warnings and wait for good).
@@ -215,7 +483,11 @@ fn refused_credentials_stop_the_processor_with_a_clear_message() {
     wait_until(RUN_TIMEOUT, "the events stored", || p.verify()["delta_rows"].as_u64() == Some(300));
 
     kafka.change_password("second-secret");
-    wait_until(Duration::from_secs(120), "the processor to stop", || run.try_wait().unwrap().is_some());
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while run.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the processor did not stop; its log:\n{}", p.tail("run"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let status = run.wait().unwrap();
     let log = p.tail("run");
     assert!(!status.success(), "{log}");
@@ -330,6 +602,29 @@ fn transactional_upstreams_store_committed_and_plain_events_only() {
     // Each aborted record and each marker (two per round, plus the last) is skipped.
     let markers = 8 * 2 * 4;
     assert!(skipped >= aborted as u64, "skipped {skipped}, aborted {aborted}, markers up to {markers}");
+}
+
+/// An authorization an ACL refuses (a cluster with SCRAM users and Kafka's authorizer):
+/// idempipe's user may do everything but write the processed topic. `run` stops with an
+/// error naming the refusal and the topic, and writes nothing: no row in Delta, no
+/// record in the processed topic.
+#[test]
+fn an_acl_refusing_the_processed_topic_stops_the_processor_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = PrivateKafka::with_acls(dir.path().join("kafka"), "idempipe", "acl-secret");
+    let p = Pipeline::with_brokers("acl", &kafka.brokers(), "").with_kafka_settings(&kafka.client_settings());
+    let user = "User:idempipe";
+    kafka.acl(&["--add", "--allow-principal", user, "--operation", "All", "--topic", "*", "--group", "*"]);
+    kafka.acl(&["--add", "--allow-principal", user, "--operation", "All", "--cluster"]);
+    kafka.acl(&["--add", "--deny-principal", user, "--operation", "Write", "--topic", &p.processed_topic()]);
+    p.setup();
+    let (file, _) = p.generate(200, 0, 0, 4801);
+    p.produce(&file);
+    let (status, log) = p.run_until_idle_ending(&[], RUN_TIMEOUT);
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("uthorization") && log.contains(&p.processed_topic()), "{log}");
+    let v = p.verify();
+    assert_eq!((count(&v, "delta_rows"), count(&v, "processed_records")), (0, 0), "{v}");
 }
 
 /// What the processor's clients actually run with, as librdkafka reports its own

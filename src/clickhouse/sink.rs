@@ -523,6 +523,11 @@ impl ClickHouseSink {
         let read_to = (!self.errors_since_check).then_some(&self.positions.read_to);
         let (resets, answered) = source::ranges::out_of_range(&self.consumer, topic, &self.positions.next, read_to);
         self.errors_since_check &= !(answered && resets.is_empty());
+        let to: BTreeMap<i32, i64> = resets.iter().map(|r| (r.partition, r.low)).collect();
+        if !to.is_empty() {
+            source::ranges::reposition(&self.consumer, topic, &to, &self.positions.next)
+                .map_err(kafka::client_error(&self.settings))?;
+        }
         for reset in resets {
             tracing::warn!(
                 partition = reset.partition,
@@ -531,8 +536,6 @@ impl ClickHouseSink {
                 reset.explain(&format!("the ClickHouse sink's next offset is {}", reset.expected)),
                 reset.low
             );
-            source::ranges::seek(&self.consumer, topic, reset.partition, reset.low, &self.positions.next)
-                .map_err(kafka::client_error(&self.settings))?;
             self.positions.next.insert(reset.partition, Some(reset.low));
             // What was read before the seek says nothing of the partition read now.
             self.positions.read_to.remove(&reset.partition);
@@ -592,8 +595,7 @@ fn committed_starts(
     for p in partitions.clone() {
         wanted.add_partition(topic, p);
     }
-    let committed =
-        consumer.committed_offsets(wanted, kafka::METADATA_TIMEOUT).map_err(kafka::client_error(settings))?;
+    let committed = kafka::committed_offsets(settings, consumer, &wanted)?;
     Ok(partitions
         .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(n)) if n >= 0 => (p, Some(n)),

@@ -58,11 +58,19 @@ impl Positions {
         Self { next, ..Self::default() }
     }
 
-    /// Reading starts over at `next` (a new assignment).
-    pub fn restart(&mut self, next: BTreeMap<i32, Option<i64>>) {
-        self.next = next;
-        self.at_end.clear();
-        self.read_to.clear();
+    /// A new assignment, `next`, in which the partitions in `kept` go on where they are
+    /// (a cooperative rebalance left them assigned) and every other one starts over at
+    /// its offset in `next`.
+    pub fn reassign(&mut self, next: &BTreeMap<i32, Option<i64>>, kept: &BTreeSet<i32>) {
+        let mut now = next.clone();
+        for p in kept {
+            if let Some(at) = self.next.get(p) {
+                now.insert(*p, *at);
+            }
+        }
+        self.next = now;
+        self.at_end.retain(|p| kept.contains(p));
+        self.read_to.retain(|p, _| kept.contains(p));
     }
 
     /// Whether a message at `offset` of `partition` is to be taken, and if so how many
@@ -192,6 +200,20 @@ mod tests {
         assert_eq!(at.accept(0, 14), Some(3), "offsets 11 to 13 skipped by the broker");
         assert_eq!(at.accept(1, 500), Some(0), "nothing expected yet");
         assert_eq!(at.next, BTreeMap::from([(0, Some(15)), (1, Some(501))]));
+    }
+
+    #[test]
+    fn a_reassignment_keeps_the_partitions_kept_where_they_are() {
+        let mut at = Positions::new(BTreeMap::from([(0, Some(10)), (1, Some(20)), (2, Some(30))]));
+        at.accept(0, 15);
+        at.accept(1, 25);
+        at.at_end.extend([0, 1]);
+        // Partition 0 kept; 1 assigned again (starts over at Delta's 21); 2 revoked; 3 new.
+        let next = BTreeMap::from([(0, Some(10)), (1, Some(21)), (3, None)]);
+        at.reassign(&next, &BTreeSet::from([0]));
+        assert_eq!(at.next, BTreeMap::from([(0, Some(16)), (1, Some(21)), (3, None)]));
+        assert_eq!(at.at_end, BTreeSet::from([0]));
+        assert_eq!(at.read_to, BTreeMap::from([(0, 16)]));
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod collect;
 pub mod orphans;
 pub mod ranges;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -33,12 +33,17 @@ use crate::table::offsets::{self, AppIds};
 /// What the rebalance hook tells the batch loop.
 #[derive(Debug, Default)]
 pub struct Assignment {
-    /// Bumped on every assignment or revocation: a batch collected under an older
-    /// generation is dropped (its partitions restart from Delta).
+    /// Bumped on every assignment or revocation: the processor then looks at what
+    /// changed.
     pub generation: u64,
     /// Assigned partitions and the next offset to read on each (`None`: from the
-    /// beginning, nothing stored yet).
+    /// beginning, nothing stored yet), as of their assignment.
     pub next: BTreeMap<i32, Option<i64>>,
+    /// Partitions (re)assigned since the processor last looked: their fetch starts over at
+    /// the offset in `next`, so what it collected of them is dropped. Partitions that a
+    /// cooperative rebalance leaves assigned are not here: their reading goes on where
+    /// it is, and so does their part of the batch.
+    pub restarted: BTreeSet<i32>,
     /// A failure inside the hook (Delta unreadable): the processor must stop.
     pub failure: Option<String>,
 }
@@ -121,6 +126,7 @@ impl ConsumerContext for SourceContext {
                         if !cooperative {
                             state.next.clear();
                         }
+                        state.restarted.extend(starts.keys().copied());
                         state.next.extend(starts);
                     }
                     Err(e) => {
@@ -139,6 +145,7 @@ impl ConsumerContext for SourceContext {
                 state.generation += 1;
                 for p in revoked {
                     state.next.remove(&p);
+                    state.restarted.remove(&p);
                 }
             }
             other => {
@@ -147,6 +154,7 @@ impl ConsumerContext for SourceContext {
                 let mut state = self.state();
                 state.generation += 1;
                 state.next.clear();
+                state.restarted.clear();
             }
         }
     }
@@ -234,6 +242,7 @@ impl Source {
                 tracing::info!(?starts, "all partitions assigned; starting after the offsets stored in Delta");
                 let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
                 s.generation += 1;
+                s.restarted = starts.keys().copied().collect();
                 s.next = starts;
             }
         }
@@ -324,11 +333,11 @@ impl Source {
         })
     }
 
-    /// Moves reading on `partition` to `offset` (after a reset was recorded in Delta),
-    /// every other partition of `next` staying where it is expected
-    /// ([`ranges::seek`]).
-    pub fn seek(&self, partition: i32, offset: i64, next: &BTreeMap<i32, Option<i64>>) -> Result<(), KafkaError> {
-        ranges::seek(&self.consumer, &self.topic, partition, offset, next)
+    /// Moves reading on the partitions in `to` to the offset given there (after resets
+    /// were recorded in Delta), every other partition of `next` staying where it is
+    /// expected ([`ranges::reposition`]).
+    pub fn reposition(&self, to: &BTreeMap<i32, i64>, next: &BTreeMap<i32, Option<i64>>) -> Result<(), KafkaError> {
+        ranges::reposition(&self.consumer, &self.topic, to, next)
     }
 
     /// The end (high watermark) of each partition; partitions the broker does not answer

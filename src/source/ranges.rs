@@ -216,31 +216,34 @@ impl fmt::Display for OffsetReset {
     }
 }
 
-/// Moves reading on `partition` of `topic` to `offset`, every other partition of `next`
-/// staying where it is expected. A partition whose fetch stopped on an out-of-range
-/// answer (`auto.offset.reset = error`) refuses a seek (librdkafka: "Erroneous state"): it
-/// is assigned again at `offset` instead (alone under the cooperative protocol, with the
-/// others at their offsets in `next` otherwise).
-pub fn seek<C: ConsumerContext>(
+/// Moves reading on the partitions of `topic` in `to` to the offset given there (resets
+/// recorded in Delta), every other partition of `next` staying where it is expected. By
+/// assignment, not seek: a partition whose fetch stopped on an out-of-range answer
+/// (`auto.offset.reset = error`) refuses a seek (librdkafka: "Erroneous state"). Under
+/// the cooperative protocol the moved partitions are assigned again alone; otherwise the
+/// whole assignment is given again, at the offsets of `next` and `to`.
+pub fn reposition<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
-    partition: i32,
-    offset: i64,
+    to: &BTreeMap<i32, i64>,
     next: &BTreeMap<i32, Option<i64>>,
 ) -> Result<(), KafkaError> {
-    let Err(error) = consumer.seek(topic, partition, Offset::Offset(offset), Duration::from_secs(10)) else {
-        return Ok(());
-    };
-    tracing::debug!(partition, offset, %error, "seek refused: assigning the partition again at the offset");
     let mut tpl = TopicPartitionList::new();
     if matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative) {
-        tpl.add_partition(topic, partition);
+        for p in to.keys() {
+            tpl.add_partition(topic, *p);
+        }
         consumer.incremental_unassign(&tpl)?;
-        tpl.set_partition_offset(topic, partition, Offset::Offset(offset))?;
+        for (p, offset) in to {
+            tpl.set_partition_offset(topic, *p, Offset::Offset(*offset))?;
+        }
         return consumer.incremental_assign(&tpl);
     }
     for (p, next) in next {
-        let at = if *p == partition { Offset::Offset(offset) } else { next.map_or(Offset::Beginning, Offset::Offset) };
+        let at = match to.get(p) {
+            Some(offset) => Offset::Offset(*offset),
+            None => next.map_or(Offset::Beginning, Offset::Offset),
+        };
         tpl.add_partition_offset(topic, *p, at)?;
     }
     consumer.assign(&tpl)

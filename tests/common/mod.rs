@@ -557,6 +557,8 @@ pub struct PrivateKafka {
     /// The brokers' certificate and key, with TLS.
     tls: Option<(PathBuf, PathBuf)>,
     scram: Option<(String, String)>,
+    /// Requests are authorized by ACLs (`KAFKA_ACL=1`).
+    acls: bool,
 }
 
 impl PrivateKafka {
@@ -569,12 +571,23 @@ impl PrivateKafka {
             ca: PathBuf::new(),
             tls: None,
             scram: None,
+            acls: false,
         };
         this.script(&["fresh"]);
         this
     }
 
     pub fn start(dir: PathBuf, scram: Option<(&str, &str)>) -> Self {
+        Self::start_with(dir, scram, false)
+    }
+
+    /// Over TLS with SCRAM, every request authorized by ACLs: the user may do what
+    /// [`PrivateKafka::acl`] allows it and nothing else.
+    pub fn with_acls(dir: PathBuf, user: &str, password: &str) -> Self {
+        Self::start_with(dir, Some((user, password)), true)
+    }
+
+    fn start_with(dir: PathBuf, scram: Option<(&str, &str)>, acls: bool) -> Self {
         let (ca, cert, key) = make_certificates(&dir.join("tls"));
         let scram = scram.map(|(u, p)| (u.to_owned(), p.to_owned()));
         let this = Self {
@@ -584,9 +597,17 @@ impl PrivateKafka {
             ca,
             tls: Some((cert, key)),
             scram,
+            acls,
         };
         this.script(&["fresh"]);
         this
+    }
+
+    /// Runs Kafka's ACL tool with `args` (`scripts/kafka.sh acl`).
+    pub fn acl(&self, args: &[&str]) {
+        let mut all = vec!["acl"];
+        all.extend(args);
+        self.script(&all);
     }
 
     /// Stops the cluster (its storage stays).
@@ -619,18 +640,22 @@ impl PrivateKafka {
         self.script(&["start-controller"]);
     }
 
-    /// Restarts the cluster with the SCRAM user's password changed to `password`: every
-    /// connection drops, and a client reconnecting with the old one is refused.
+    /// Changes the SCRAM user's password to `password` on the running cluster, then
+    /// restarts it: every connection (authenticated with the old password, which a live
+    /// change leaves open) drops, and a client reconnecting with the old one is refused.
     pub fn change_password(&mut self, password: &str) {
         let user = self.scram.as_ref().expect("a cluster with SCRAM").0.clone();
         self.scram = Some((user, password.to_owned()));
+        self.script(&["up"]);
         self.script(&["down"]);
         self.script(&["up"]);
     }
 
-    /// `host:port` of broker 1's TLS listener, or of its plain one without TLS.
+    /// `host:port` of both brokers' TLS listeners, or of their plain ones without TLS (a
+    /// client starting while one broker is down bootstraps from the other).
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", if self.tls.is_none() { self.ports[0] } else { self.tls_ports[0] })
+        let [one, two] = if self.tls.is_none() { [self.ports[0], self.ports[2]] } else { self.tls_ports };
+        format!("127.0.0.1:{one},127.0.0.1:{two}")
     }
 
     /// The librdkafka settings that reach it: TLS with the test's CA, and SCRAM if on.
@@ -683,6 +708,9 @@ impl PrivateKafka {
         }
         if let Some((user, password)) = &self.scram {
             command.env("KAFKA_SCRAM_USER", user).env("KAFKA_SCRAM_PASSWORD", password);
+        }
+        if self.acls {
+            command.env("KAFKA_ACL", "1");
         }
         let status = command.stdout(std::process::Stdio::null()).status().unwrap();
         assert!(status.success(), "scripts/kafka.sh {args:?} failed for the private cluster");
