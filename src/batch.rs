@@ -92,7 +92,7 @@ pub struct Batch {
     /// partition came later than the offset expected (the start Delta gave, or the
     /// previous message + 1). Transaction markers, aborted transactions' records
     /// (read_committed) and compaction: not losses, which are offsets below the
-    /// partition's first ([`crate::source::ranges`]).
+    /// partition's first ([`crate::kafka::ranges`]).
     pub offset_gaps: u64,
 }
 

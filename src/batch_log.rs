@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventTime;
-use crate::source::OffsetReset;
+use crate::kafka::ranges::OffsetReset;
 
 /// Milliseconds spent in each phase of a batch.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -178,6 +178,21 @@ pub(crate) mod log_time {
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<EventTime>, D::Error> {
         let text = String::deserialize(d)?;
         Ok(EventTime::parse(&text).ok())
+    }
+}
+
+impl BatchRecord {
+    /// The figures the metrics count of a committed batch.
+    pub(crate) fn figures(&self) -> crate::metrics::BatchFigures {
+        crate::metrics::BatchFigures {
+            events_in: self.events_in,
+            invalid: self.invalid,
+            in_batch_duplicates: self.in_batch_duplicates,
+            stored_duplicates: self.stored_duplicates,
+            inserted: self.inserted.unwrap_or(0),
+            conflicts: self.conflicts,
+            delta_version: self.delta_version,
+        }
     }
 }
 

@@ -20,8 +20,10 @@
 //! - [`cli`], [`config`]: flags, file, environment; each option declared once
 //!   ([`config::options`]); validated settings.
 //! - [`event`]: the contract: parsing, canonical time, dedup key, rejection classes.
-//! - [`source`]: the raw-topic consumer, its Delta-driven starts, the one collect loop
-//!   ([`source::collect`]) and the orphan watch; [`kafka`]: client helpers.
+//! - [`kafka`]: client settings and error state, topic administration, the positioned
+//!   consumer the processor and the sink share (positions, the one collect loop, the
+//!   broker's ranges and resets) and reading topics back; [`source`]: what is particular
+//!   to the raw topic (Delta-driven starts, the rebalance hook, the orphan watch).
 //! - [`batch`]: a micro-batch being collected; [`dedup`]: in-batch dedup.
 //! - [`table`]: the Delta table: schema and rows, writing (check, stage, commit, MERGE),
 //!   Kafka offsets as txn actions, reading back, maintenance, the key index.

@@ -17,7 +17,6 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::batch_log::BatchRecord;
 use crate::table::StoredKeys;
 
 pub const EVENTS_IN: &str = "idempipe_events_in_total";
@@ -174,13 +173,25 @@ pub(crate) fn batch_attempt_failed() {
     counter!(BATCH_FAILED_ATTEMPTS).increment(1);
 }
 
+/// A committed batch's figures ([`crate::batch_log::BatchRecord::figures`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchFigures {
+    pub events_in: u64,
+    pub invalid: u64,
+    pub in_batch_duplicates: u64,
+    pub stored_duplicates: u64,
+    pub inserted: u64,
+    pub conflicts: u32,
+    pub delta_version: u64,
+}
+
 /// One committed batch.
-pub(crate) fn batch_committed(record: &BatchRecord, duration: Duration) {
+pub(crate) fn batch_committed(record: &BatchFigures, duration: Duration) {
     counter!(EVENTS_IN).increment(record.events_in);
     counter!(EVENTS_INVALID).increment(record.invalid);
     counter!(DUPLICATES, "kind" => "in_batch").increment(record.in_batch_duplicates);
     counter!(DUPLICATES, "kind" => "stored").increment(record.stored_duplicates);
-    counter!(EVENTS_INSERTED).increment(record.inserted.unwrap_or(0));
+    counter!(EVENTS_INSERTED).increment(record.inserted);
     counter!(BATCHES).increment(1);
     counter!(BATCH_CONFLICTS).increment(u64::from(record.conflicts));
     histogram!(BATCH_DURATION).record(duration.as_secs_f64());
@@ -188,10 +199,11 @@ pub(crate) fn batch_committed(record: &BatchRecord, duration: Duration) {
     gauge!(DELTA_VERSION).set(record.delta_version as f64);
 }
 
-/// A partition read on from the broker's first offset (see [`crate::source::ranges`]).
-pub(crate) fn offset_reset(reset: &crate::source::OffsetReset) {
-    counter!(OFFSET_RESETS, "kind" => reset.kind()).increment(1);
-    counter!(OFFSETS_LOST).increment(reset.lost.unwrap_or(0));
+/// A partition read on from the broker's first offset, of `kind` (rewound or skipped),
+/// with `lost` offsets skipped (see [`crate::kafka::ranges`]).
+pub(crate) fn offset_reset(kind: &'static str, lost: Option<u64>) {
+    counter!(OFFSET_RESETS, "kind" => kind).increment(1);
+    counter!(OFFSETS_LOST).increment(lost.unwrap_or(0));
 }
 
 /// Records acknowledged on one of the pipeline's output topics (`processed` or `dlq`).

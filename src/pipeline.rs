@@ -1,7 +1,7 @@
 //! The batch loop: the one place that knows the order of the steps.
 //!
 //! For each micro-batch:
-//! 1. collect ([`crate::source::collect`]): read messages until the trigger interval
+//! 1. collect ([`crate::kafka::positioned`]): read messages until the trigger interval
 //!    ends or a size limit is hit, parsing each as it arrives (rows and dead letters);
 //! 2. dedup: keep the first copy of each key in the batch;
 //! 3. reload the table and drop any offsets that Delta already records (another writer,
@@ -33,12 +33,14 @@ use crate::config::{ConsumerMode, KeyCheck, Settings};
 use crate::dedup;
 use crate::event::{DedupKey, EventTime};
 use crate::kafka::KafkaFailure;
+use crate::kafka::positioned::{self, Collector, Positions};
+use crate::kafka::ranges::OffsetReset;
 use crate::metrics;
 use crate::output::{Output, ProduceError};
 use crate::output::{dlq, processed};
 use crate::retry::{self, Backoff, OnShutdown, Policy, Step};
 use crate::shutdown::Shutdown;
-use crate::source::{self, BrokerView, Collector, OffsetReset, OrphanWatch, Positions, Source};
+use crate::source::{BrokerView, OrphanWatch, Source};
 use crate::table::maintenance::MaintenanceTask;
 use crate::table::{self, AppIds, DeltaError, EventTable};
 
@@ -77,7 +79,7 @@ pub enum PipelineError {
 const ORPHAN_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// How often the processor compares its partitions with the broker's: their number (new
-/// partitions) and the range each holds ([`crate::source::ranges`]). A consumer error
+/// partitions) and the range each holds ([`crate::kafka::ranges`]). A consumer error
 /// makes it check sooner, but not more than once a second.
 const SOURCE_CHECK_EVERY: Duration = Duration::from_secs(10);
 const SOURCE_CHECK_AFTER_ERROR: Duration = Duration::from_secs(1);
@@ -219,7 +221,7 @@ impl Pipeline {
             let (collected, view) = std::thread::scope(|scope| {
                 let asked =
                     check.as_ref().map(|check| scope.spawn(|| source.broker_view(&check.next, check.read_to.as_ref())));
-                let collected = source::collect(
+                let collected = positioned::collect(
                     &source.consumer,
                     &mut positions,
                     &mut collecting,
@@ -323,7 +325,7 @@ impl Pipeline {
     /// Acts on what the broker said of the raw topic ([`SourceCheck`], asked while the
     /// batch was collected, or after an assignment was adopted): reads new partitions
     /// (assign mode; in group mode librdkafka rebalances), and handles partitions whose
-    /// next offset the broker does not hold ([`crate::source::ranges`]): stops, or with
+    /// next offset the broker does not hold ([`crate::kafka::ranges`]): stops, or with
     /// `fail_on_data_loss = false` records the reset in Delta and reads on from the
     /// broker's first offset. A view is acted on only where it still applies
     /// ([`SourceCheck::still_applies`]; `consumer_error`: one came during the
@@ -398,7 +400,7 @@ impl Pipeline {
             positions.next.insert(reset.partition, Some(reset.low));
             positions.read_to.remove(&reset.partition);
             positions.at_end.remove(&reset.partition);
-            metrics::offset_reset(reset);
+            metrics::offset_reset(reset.kind(), reset.lost);
             tracing::warn!(
                 partition = reset.partition,
                 kind = reset.kind(),
@@ -496,7 +498,10 @@ impl Pipeline {
         record.attempts = attempts;
         // The broker acknowledged the batch's records: Kafka answers.
         metrics::service_recovered("kafka");
-        metrics::batch_committed(&record, Duration::from_micros((EventTime::now().micros() - batch_id).max(0) as u64));
+        metrics::batch_committed(
+            &record.figures(),
+            Duration::from_micros((EventTime::now().micros() - batch_id).max(0) as u64),
+        );
         metrics::table_state(self.table.version(), self.table.live_files(), self.table.stored_keys());
         tracing::debug!(batch_id, "batch phase: group offsets");
         self.source.commit_offsets(&last_offsets);
@@ -626,7 +631,7 @@ async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
 struct SourceCheck {
     next: BTreeMap<i32, Option<i64>>,
     /// How far this consumer read each partition, when no consumer error came since the
-    /// last complete check ([`crate::source::ranges::out_of_range`]).
+    /// last complete check ([`crate::kafka::ranges::out_of_range`]).
     read_to: Option<BTreeMap<i32, i64>>,
     /// The assignment generation the positions belong to.
     generation: u64,
@@ -649,7 +654,7 @@ impl SourceCheck {
     /// fetches served the offset asked about: a truncation no longer applies, and
     /// neither does a start-over while the consumer's reads are believed over the
     /// broker's listing (`trust_reads`: no consumer error since the last complete check,
-    /// see [`crate::source::ranges::out_of_range`]). After an error the listing decides,
+    /// see [`crate::kafka::ranges::out_of_range`]). After an error the listing decides,
     /// as it did when the check was asked.
     fn still_applies(
         &self,
@@ -729,7 +734,7 @@ impl Collector for Collecting<'_> {
             // Inside the range the broker holds, a skipped offset is a transaction marker,
             // an aborted transaction's record (read_committed) or a compacted one: never
             // a loss. Losses are offsets below the partition's first one, which the range
-            // check catches (`source::ranges`, `fail_on_data_loss`).
+            // check catches (`kafka::ranges`, `fail_on_data_loss`).
             tracing::debug!(
                 partition = m.partition(),
                 expected = m.offset() - gap as i64,

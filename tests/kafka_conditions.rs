@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Pipeline, PrivateKafka, RUN_TIMEOUT, add_partitions, assert_exact, brokers, count, free_port, http_get,
+    Harness, PrivateKafka, RUN_TIMEOUT, add_partitions, assert_exact, brokers, count, free_port, http_get,
     recreate_topic, wait_until,
 };
 use idempipe::event::EventTime;
@@ -27,7 +27,7 @@ fn stored(status: &Value) -> Vec<(i64, Option<i64>, i64)> {
 }
 
 /// The offset resets the batch log records.
-fn resets(p: &Pipeline) -> Vec<Value> {
+fn resets(p: &Harness) -> Vec<Value> {
     p.batch_log().iter().flat_map(|r| r["offset_resets"].as_array().cloned().unwrap_or_default()).collect()
 }
 
@@ -37,7 +37,7 @@ fn resets(p: &Pipeline) -> Vec<Value> {
 /// Delta, the batch log and `status`, and stores the new topic's events from offset 0.
 #[test]
 fn a_recreated_raw_topic_stops_the_processor_or_with_consent_is_read_from_its_start() {
-    let p = Pipeline::new("recreated");
+    let p = Harness::new("recreated");
     p.ingest_generated(1_000, 0, 0, 4101);
     let before = stored(&p.status());
     assert!(before.iter().all(|(_, s, _)| s.is_some()), "every partition has stored offsets: {before:?}");
@@ -98,7 +98,7 @@ fn a_recreated_raw_topic_stops_the_processor_or_with_consent_is_read_from_its_st
 /// recreated under its ClickHouse sink is loaded from offset 0 too.
 #[test]
 fn a_raw_topic_recreated_under_a_running_processor_stops_it_or_is_read_from_its_start() {
-    let p = Pipeline::new("recreated_running");
+    let p = Harness::new("recreated_running");
     p.ingest_generated(1_000, 0, 0, 4111);
     let mut run = p.spawn(&["run"], "run");
     wait_until(RUN_TIMEOUT, "the processor started", || p.log("run").contains("starting after the offsets stored"));
@@ -147,7 +147,7 @@ fn retention_deleting_unread_segments_stops_the_processor_or_with_consent_is_rec
     use rdkafka::client::DefaultClientContext;
     use rdkafka::consumer::Consumer;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let p = Pipeline::new("retention");
+    let p = Harness::new("retention");
     p.ingest_generated(400, 0, 0, 4121);
     let raw = p.raw_topic();
     let admin: AdminClient<DefaultClientContext> =
@@ -221,7 +221,7 @@ fn partitions_added_while_the_processor_runs_are_read_in_group_mode() {
 }
 
 fn partitions_added_while_running(mode: &str) {
-    let p = Pipeline::with_options(&format!("grown_{mode}"), &format!("consumer_mode = \"{mode}\""));
+    let p = Harness::with_options(&format!("grown_{mode}"), &format!("consumer_mode = \"{mode}\""));
     p.setup();
     let (file, _) = p.generate(1_000, 0, 0, 4201);
     p.produce(&file);
@@ -262,7 +262,7 @@ fn partitions_added_while_running(mode: &str) {
 /// sink loads the new partitions too.
 #[test]
 fn partitions_added_while_the_clickhouse_sink_runs_are_loaded() {
-    let p = Pipeline::new("sink_grown");
+    let p = Harness::new("sink_grown");
     p.setup();
     let _sink = p.spawn(&["sink-clickhouse"], "sink");
     // The sink has started on the topic's four partitions.
@@ -289,7 +289,7 @@ fn partitions_added_while_the_clickhouse_sink_runs_are_loaded() {
 fn persistent_kafka_errors_make_the_processor_unready_until_the_broker_answers() {
     let dir = tempfile::tempdir().unwrap();
     let kafka = PrivateKafka::plain(dir.path().join("kafka"));
-    let p = Pipeline::with_brokers("unready", &kafka.brokers(), "");
+    let p = Harness::with_brokers("unready", &kafka.brokers(), "");
     p.setup();
     let (file, _) = p.generate(500, 0, 0, 4401);
     p.produce(&file);
@@ -320,7 +320,7 @@ fn persistent_kafka_errors_make_the_processor_unready_until_the_broker_answers()
 
 /// The longest wait between consecutive batches the batch log records, from the first
 /// batch that ended after `from` (an [`EventTime`] in microseconds).
-fn longest_pause_after(p: &Pipeline, from: i64) -> Duration {
+fn longest_pause_after(p: &Harness, from: i64) -> Duration {
     let ends: Vec<i64> = p
         .batch_log()
         .iter()
@@ -348,7 +348,7 @@ fn longest_pause_after(p: &Pipeline, from: i64) -> Duration {
 fn a_broker_or_the_controller_killed_under_the_processor_and_the_sink_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let kafka = PrivateKafka::plain(dir.path().join("kafka"));
-    let p = Pipeline::with_brokers("failover", &kafka.brokers(), "");
+    let p = Harness::with_brokers("failover", &kafka.brokers(), "");
     p.setup();
     let (file, expected) = p.generate(12_000, 1_200, 60, 4601);
     let port = free_port();
@@ -409,7 +409,7 @@ fn a_broker_or_the_controller_killed_under_the_processor_and_the_sink_loses_noth
 /// retained partitions' offsets collected so far nor read them twice into Delta.
 fn instances_join_and_leave_mid_batch(label: &str, settings: &[(&str, &str)]) {
     let settings: Vec<(String, String)> = settings.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    let p = Pipeline::with_options(label, "consumer_mode = \"group\"").with_kafka_settings(&settings);
+    let p = Harness::with_options(label, "consumer_mode = \"group\"").with_kafka_settings(&settings);
     if settings.iter().any(|(k, v)| k == "group.protocol" && v == "consumer") {
         // The new protocol's session and heartbeat are the broker's: with the client-side
         // ones the tests' configuration sets, every command refuses to start, naming them.
@@ -475,7 +475,7 @@ fn instances_joining_and_leaving_mid_batch_lose_nothing_with_the_consumer_protoc
 fn refused_credentials_stop_the_processor_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let mut kafka = PrivateKafka::start(dir.path().join("kafka"), Some(("idempipe", "first-secret")));
-    let p = Pipeline::with_brokers("refused", &kafka.brokers(), "").with_kafka_settings(&kafka.client_settings());
+    let p = Harness::with_brokers("refused", &kafka.brokers(), "").with_kafka_settings(&kafka.client_settings());
     p.setup();
     let (file, _) = p.generate(300, 0, 0, 4501);
     p.produce(&file);
@@ -510,7 +510,7 @@ fn refused_credentials_stop_the_processor_with_a_clear_message() {
 #[test]
 fn transactional_upstreams_store_committed_and_plain_events_only() {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let p = Pipeline::new("transactions");
+    let p = Harness::new("transactions");
     p.setup();
     let raw = p.raw_topic();
     let producer = |transactional: Option<&str>| -> BaseProducer {
@@ -612,7 +612,7 @@ fn transactional_upstreams_store_committed_and_plain_events_only() {
 fn an_acl_refusing_the_processed_topic_stops_the_processor_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let kafka = PrivateKafka::with_acls(dir.path().join("kafka"), "idempipe", "acl-secret");
-    let p = Pipeline::with_brokers("acl", &kafka.brokers(), "").with_kafka_settings(&kafka.client_settings());
+    let p = Harness::with_brokers("acl", &kafka.brokers(), "").with_kafka_settings(&kafka.client_settings());
     let user = "User:idempipe";
     kafka.acl(&["--add", "--allow-principal", user, "--operation", "All", "--topic", "*", "--group", "*"]);
     kafka.acl(&["--add", "--allow-principal", user, "--operation", "All", "--cluster"]);
@@ -633,7 +633,7 @@ fn an_acl_refusing_the_processed_topic_stops_the_processor_and_nothing_is_writte
 /// events) and the producer is idempotent with acks from all replicas.
 #[test]
 fn the_clients_run_with_read_committed_and_idempotence() {
-    let p = Pipeline::new("client_conf");
+    let p = Harness::new("client_conf");
     p.setup();
     let (file, _) = p.generate(50, 0, 0, 4901);
     p.produce(&file);

@@ -5,17 +5,17 @@
 
 mod common;
 
-use common::{HeaderStrippingProxy, Pipeline, S3_BUCKET, count, s3_endpoint, s3_env, s3_objects as objects};
+use common::{Harness, HeaderStrippingProxy, S3_BUCKET, count, s3_endpoint, s3_env, s3_objects as objects};
 use serde_json::Value;
 
 /// The table's URL.
-fn table_url(p: &Pipeline) -> String {
+fn table_url(p: &Harness) -> String {
     format!("s3://{S3_BUCKET}/{}/events", p.name)
 }
 
 #[test]
 fn the_seed_scenario_on_s3_is_exact_and_an_independent_reader_agrees() {
-    let p = Pipeline::on_s3("s3seed", &s3_endpoint());
+    let p = Harness::on_s3("s3seed", &s3_endpoint());
     let (file, expected, v) = p.ingest_generated(10_000, 1_000, 50, 11);
     let distinct = count(&expected, "distinct_keys");
     let keys = objects(&format!("{}/events/_delta_log/", p.name));
@@ -52,7 +52,7 @@ fn the_seed_scenario_on_s3_is_exact_and_an_independent_reader_agrees() {
 fn a_store_that_ignores_put_if_absent_is_refused_before_anything_is_written() {
     let upstream = s3_endpoint().trim_start_matches("http://").to_owned();
     let proxy = HeaderStrippingProxy::start(&upstream, "if-none-match");
-    let through_proxy = Pipeline::on_s3("s3unsafe", &proxy.endpoint());
+    let through_proxy = Harness::on_s3("s3unsafe", &proxy.endpoint());
     let out = through_proxy.output(&["setup", "--skip-clickhouse"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "setup on a store without put-if-absent must fail");
@@ -60,7 +60,7 @@ fn a_store_that_ignores_put_if_absent_is_refused_before_anything_is_written() {
     assert!(objects(&format!("{}/", through_proxy.name)).is_empty(), "nothing written to the store");
 
     // The same table set up on the real server: `run` through the proxy still refuses.
-    let direct = Pipeline::on_s3("s3unsafe", &s3_endpoint());
+    let direct = Harness::on_s3("s3unsafe", &s3_endpoint());
     direct.ok(&["setup", "--skip-clickhouse"]);
     let config = std::fs::read_to_string(&direct.config).unwrap().replace(&s3_endpoint(), &proxy.endpoint());
     std::fs::write(&direct.config, config).unwrap();

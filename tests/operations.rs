@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Pipeline, browser, count, free_port, http_get, wait_until};
+use common::{Harness, browser, count, free_port, http_get, wait_until};
 
 /// One sample of the Prometheus text format: name, labels, value.
 #[derive(Debug)]
@@ -77,7 +77,7 @@ fn artifacts() -> PathBuf {
 /// line per batch, and `analyze` reports the batches and draws charts a browser renders.
 #[test]
 fn a_running_pipeline_is_observable_and_its_figures_agree_with_verify() {
-    let p = Pipeline::new("observe");
+    let p = Harness::new("observe");
     p.setup();
     let file = p.path("seed.jsonl");
     let out = p.ok(&[
@@ -255,7 +255,7 @@ fn a_running_pipeline_is_observable_and_its_figures_agree_with_verify() {
 /// live files shrink and checkpoints appear.
 #[test]
 fn maintenance_while_the_processor_writes_keeps_exactly_once() {
-    maintenance_while_writing(&Pipeline::new("maintain"), None);
+    maintenance_while_writing(&Harness::new("maintain"), None);
 }
 
 /// The same on the tests' S3 server, for long enough that vacuum deletes files (those
@@ -263,13 +263,13 @@ fn maintenance_while_the_processor_writes_keeps_exactly_once() {
 /// then reads every row, so no file the table still uses was deleted.
 #[test]
 fn maintenance_on_s3_while_the_processor_writes_keeps_exactly_once() {
-    maintenance_while_writing(&Pipeline::on_s3_with_options("s3maintain", ""), Some(Duration::from_secs(60)));
+    maintenance_while_writing(&Harness::on_s3_with_options("s3maintain", ""), Some(Duration::from_secs(60)));
 }
 
 /// Generates 4,000 events and trickles them to `run` on a maintenance schedule while the
 /// `compact` command runs from outside. With `vacuum_retention`, `run` vacuums with it
 /// and goes on (a second trickle) until a vacuum has deleted files.
-fn maintenance_while_writing(p: &Pipeline, vacuum_retention: Option<Duration>) {
+fn maintenance_while_writing(p: &Harness, vacuum_retention: Option<Duration>) {
     p.setup();
     let (file, expected) = p.generate(4000, 400, 20, 31);
     let (second, expected_second) = p.generate_as("more.jsonl", 1500, 0, 0, 32);
@@ -415,7 +415,7 @@ fn config_show_reports_origins_and_redacts_secrets() {
 #[test]
 fn no_secret_appears_in_any_output() {
     let secrets = ["url-secret-7f3", "sasl-secret-9b2", "oauth-secret-8a1", "aws-secret-0c3"];
-    let p = Pipeline::with_options("secrets", "clickhouse_url = \"http://default:url-secret-7f3@127.0.0.1:8123\"")
+    let p = Harness::with_options("secrets", "clickhouse_url = \"http://default:url-secret-7f3@127.0.0.1:8123\"")
         .with_kafka_settings(&[
             ("sasl.password".into(), "sasl-secret-9b2".into()),
             ("sasl.oauthbearer.config".into(), "clientId=idempipe clientSecret=oauth-secret-8a1".into()),
@@ -455,7 +455,7 @@ fn no_secret_appears_in_any_output() {
 #[test]
 fn the_metrics_endpoint_bounds_slow_clients() {
     use std::io::{Read, Write};
-    let p = Pipeline::new("slow_clients");
+    let p = Harness::new("slow_clients");
     p.setup();
     let port = free_port();
     let _run = p.spawn(&["run", "--metrics-addr", &format!("127.0.0.1:{port}")], "run");
@@ -502,7 +502,7 @@ fn the_metrics_endpoint_bounds_slow_clients() {
 /// the environment. Its `[kafka]` settings once made every consumer refuse to start.
 #[test]
 fn the_example_configuration_starts_run_and_the_clickhouse_sink() {
-    let p = Pipeline::new("example");
+    let p = Harness::new("example");
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("idempipe.example.toml");
     let env = [
         ("IDEMPIPE_BROKERS", common::brokers()),

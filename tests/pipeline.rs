@@ -5,10 +5,10 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Pipeline, count, read_all, wait_until};
+use common::{Harness, count, read_all, wait_until};
 use rdkafka::consumer::Consumer;
 
-fn assert_delta(p: &Pipeline, rows: u64) -> serde_json::Value {
+fn assert_delta(p: &Harness, rows: u64) -> serde_json::Value {
     let v = p.verify();
     assert_eq!(count(&v, "delta_rows"), rows, "{v}");
     assert_eq!(count(&v, "delta_distinct_keys"), rows, "{v}");
@@ -26,7 +26,7 @@ fn assert_clickhouse(v: &serde_json::Value, rows: u64) {
 
 #[test]
 fn seed_scenario_replays_change_nothing_and_new_events_land() {
-    let p = Pipeline::new("seed");
+    let p = Harness::new("seed");
     p.setup();
     let file = p.path("seed.jsonl");
     let out = p.ok(&[
@@ -78,7 +78,7 @@ fn seed_scenario_replays_change_nothing_and_new_events_land() {
 /// the contract rather than by the code under test.
 #[test]
 fn a_file_of_spellings_ids_and_invalid_lines_lands_exactly() {
-    let p = Pipeline::new("spellings");
+    let p = Harness::new("spellings");
     p.setup();
     let mut lines = Vec::new();
     for user in 0..20 {
@@ -125,7 +125,7 @@ fn a_file_of_spellings_ids_and_invalid_lines_lands_exactly() {
 
 #[test]
 fn invalid_messages_reach_the_dead_letter_topic_with_their_reason() {
-    let p = Pipeline::new("dlq");
+    let p = Harness::new("dlq");
     p.setup();
     let file = p.path("mixed.jsonl");
     p.ok(&[
@@ -167,7 +167,7 @@ fn invalid_messages_reach_the_dead_letter_topic_with_their_reason() {
 
 #[test]
 fn a_processor_killed_mid_run_loses_nothing_and_doubles_nothing() {
-    let p = Pipeline::new("sigkill");
+    let p = Harness::new("sigkill");
     p.setup();
     let file = p.path("seed.jsonl");
     p.ok(&[
@@ -206,7 +206,7 @@ fn a_processor_killed_mid_run_loses_nothing_and_doubles_nothing() {
 
 /// The embedded current ClickHouse (chdb) reads our Delta table on its own: same row
 /// count, same key checksum as `verify` computed.
-fn check_delta_with_chdb(p: &Pipeline, v: &serde_json::Value) {
+fn check_delta_with_chdb(p: &Harness, v: &serde_json::Value) {
     let seen = common::chdb(&["delta", p.delta_path().to_str().unwrap()], None);
     assert_eq!(seen["rows"], v["delta_rows"], "{seen} vs {v}");
     assert_eq!(seen["key_checksum"], v["delta_key_checksum"], "{seen} vs {v}");
@@ -214,7 +214,7 @@ fn check_delta_with_chdb(p: &Pipeline, v: &serde_json::Value) {
 
 #[test]
 fn setup_twice_changes_nothing() {
-    let p = Pipeline::new("setup");
+    let p = Harness::new("setup");
     let first = p.ok(&["setup"]);
     assert!(first.contains("created"), "{first}");
     let second = p.ok(&["setup"]);
@@ -240,7 +240,7 @@ fn setup_reports_topics_as_the_broker_holds_them() {
         .unwrap()
         .brokers()
         .len() as u64;
-    let p = Pipeline::new("replication");
+    let p = Harness::new("replication");
     let created = topics(&p.ok(&["setup", "--skip-clickhouse", "--json"]));
     assert_eq!(created.len(), 3);
     for t in &created {
@@ -252,7 +252,7 @@ fn setup_reports_topics_as_the_broker_holds_them() {
     // kept; the others are created with the replication factor asked for: one where the
     // default is more, else three (tansu 0.6.0, one broker, records the factor it is given).
     let asked: u64 = if brokers > 1 { 1 } else { 3 };
-    let q = Pipeline::new("replication");
+    let q = Harness::new("replication");
     let mut existing = q.command(&["setup", "--skip-clickhouse", "--json", "--partitions", "6"]);
     existing.args(["--processed-topic", &format!("{}_other", q.name), "--dlq-topic", &format!("{}_other_dlq", q.name)]);
     assert!(existing.status().unwrap().success());
@@ -277,7 +277,7 @@ fn kafka_over_tls_and_with_sasl_scram() {
     for scram in [None, Some(("idempipe", "s3cret-scram"))] {
         let label = if scram.is_some() { "sasl" } else { "tls" };
         let kafka = common::PrivateKafka::start(dir.path().join(label), scram);
-        let p = Pipeline::with_brokers(&format!("kafka{label}"), &kafka.brokers(), "")
+        let p = Harness::with_brokers(&format!("kafka{label}"), &kafka.brokers(), "")
             .with_kafka_settings(&kafka.client_settings());
         p.ingest_generated(2_000, 200, 10, 5);
 
@@ -302,7 +302,7 @@ fn kafka_over_tls_and_with_sasl_scram() {
 /// rest flow; without them, the same hostile times are events.
 #[test]
 fn events_outside_the_accepted_time_window_are_dead_letters() {
-    let p = Pipeline::with_options("window", "max_event_age = \"1500days\"\nmax_event_future = \"1h\"");
+    let p = Harness::with_options("window", "max_event_age = \"1500days\"\nmax_event_future = \"1h\"");
     p.setup();
     // The generator's events lie in 2024: inside a window reaching back 1,500 days.
     let (file, expected) = p.generate(500, 50, 0, 5001);
@@ -330,7 +330,7 @@ fn events_outside_the_accepted_time_window_are_dead_letters() {
 /// throughout the suite; `index` and `scan` only here).
 #[test]
 fn every_key_check_keeps_one_table_exact() {
-    let p = Pipeline::new("checks");
+    let p = Harness::new("checks");
     p.setup();
     let (stored, expected) = p.generate_as("stored.jsonl", 3000, 300, 0, 61);
     let mut rows = count(&expected, "distinct_keys");

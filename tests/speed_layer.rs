@@ -5,14 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pipeline, PrivateClickHouse, clickhouse_query, count, make_certificates, wait_until};
+use common::{Harness, PrivateClickHouse, clickhouse_query, count, make_certificates, wait_until};
 use idempipe::clickhouse::{self, ServerVersion, schema};
 
 #[test]
 fn the_sink_survives_a_clickhouse_outage_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let clickhouse = PrivateClickHouse::start(dir.path().join("clickhouse"));
-    let p = Pipeline::with_options("outage", &format!("clickhouse_url = \"{}\"", clickhouse.url()));
+    let p = Harness::with_options("outage", &format!("clickhouse_url = \"{}\"", clickhouse.url()));
     p.setup();
     let file = p.generate(6_000, 0, 0, 31).0;
 
@@ -52,7 +52,7 @@ fn the_sink_survives_a_clickhouse_outage_without_a_restart() {
 
 #[test]
 fn a_dropped_table_is_rebuilt_by_setup_and_reconcile() {
-    let p = Pipeline::new("reconcile");
+    let p = Harness::new("reconcile");
     p.setup();
     let file = p.generate(3_000, 0, 0, 41).0;
     p.produce(&file);
@@ -83,7 +83,7 @@ fn a_dropped_table_is_rebuilt_by_setup_and_reconcile() {
 
 #[test]
 fn setup_twice_leaves_the_clickhouse_table_alone() {
-    let p = Pipeline::new("chsetup");
+    let p = Harness::new("chsetup");
     let first = p.ok(&["setup"]);
     assert!(first.contains(&format!("clickhouse table {}: created", p.clickhouse_table())), "{first}");
     clickhouse_query(
@@ -102,7 +102,7 @@ fn setup_twice_leaves_the_clickhouse_table_alone() {
 
 #[test]
 fn a_foreign_table_is_refused_naming_the_column() {
-    let p = Pipeline::new("foreign");
+    let p = Harness::new("foreign");
     clickhouse_query(&p.clickhouse_url(), "CREATE DATABASE IF NOT EXISTS idempipe").unwrap();
     clickhouse_query(
         &p.clickhouse_url(),
@@ -121,7 +121,7 @@ fn a_foreign_table_is_refused_naming_the_column() {
 
 #[test]
 fn the_sink_dead_letters_records_that_are_not_ours() {
-    let p = Pipeline::new("foreignrecord");
+    let p = Harness::new("foreignrecord");
     p.setup();
     let file = p.path("garbage.jsonl");
     std::fs::write(&file, "not a processed record\n{\"dedup_key\":1}\n").unwrap();
@@ -175,7 +175,7 @@ fn current_clickhouse_accepts_our_ddl_and_queries() {
 /// see the README.)
 #[test]
 fn the_kafka_engine_route_loads_exactly_the_delta_keys() {
-    let p = Pipeline::with_options("kafkaengine", "clickhouse_ingest = \"kafka-engine\"");
+    let p = Harness::with_options("kafkaengine", "clickhouse_ingest = \"kafka-engine\"");
     let out = p.ok(&["setup"]);
     assert!(out.contains("clickhouse kafka engine:"), "{out}");
     let tables = clickhouse_query(
@@ -228,13 +228,13 @@ fn clickhouse_over_https_with_a_private_ca() {
     let clickhouse = PrivateClickHouse::start_tls(dir.path().join("clickhouse"), cert, key);
     let https = clickhouse.https_url().unwrap();
 
-    let untrusted = Pipeline::with_options("https_untrusted", &format!("clickhouse_url = \"{https}\""));
+    let untrusted = Harness::with_options("https_untrusted", &format!("clickhouse_url = \"{https}\""));
     let out = untrusted.output(&["setup"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a certificate of an unknown CA must be refused");
     assert!(err.contains(&https) && err.to_lowercase().contains("certificate"), "{err}");
 
-    let p = Pipeline::with_options(
+    let p = Harness::with_options(
         "https",
         &format!("clickhouse_url = \"{https}\"\nclickhouse_ca_file = \"{}\"", ca.display()),
     );
@@ -247,7 +247,7 @@ fn clickhouse_over_https_with_a_private_ca() {
 /// rest; `run --until-idle` ends. (Before, any such error was retried for ever.)
 #[test]
 fn rows_clickhouse_refuses_are_dead_letters_and_the_rest_load() {
-    let p = Pipeline::new("refused_rows");
+    let p = Harness::new("refused_rows");
     p.setup();
     clickhouse_query(
         &p.clickhouse_url(),
@@ -288,7 +288,7 @@ fn rows_clickhouse_refuses_are_dead_letters_and_the_rest_load() {
 /// error stopped the processor too.)
 #[test]
 fn a_dropped_clickhouse_table_stops_nothing_and_loading_resumes_after_setup() {
-    let p = Pipeline::new("dropped_table");
+    let p = Harness::new("dropped_table");
     p.setup();
     let port = common::free_port();
     let _run = p.spawn(&["run", "--clickhouse-in-run", "--metrics-addr", &format!("127.0.0.1:{port}")], "run");
@@ -357,7 +357,7 @@ fn current_clickhouse_accepts_a_200_month_batch_in_the_sinks_inserts() {
 /// times, dead-lettered and committed: ClickHouse lacked them all.)
 #[test]
 fn a_server_that_refuses_every_row_dead_letters_none_and_loading_resumes() {
-    let p = Pipeline::new("refuse_every_row");
+    let p = Harness::new("refuse_every_row");
     let (file, expected) = p.generate(300, 30, 0, 4_702);
     p.setup();
     let table = p.clickhouse_table();

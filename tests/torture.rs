@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Background, Pipeline, count, read_all};
+use common::{Background, Harness, count, read_all};
 use idempipe::commands::generate::SplitMix64 as Rng;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -40,7 +40,7 @@ fn seed(scenario: &str) -> u64 {
 
 /// Every store holds exactly what the generator says; no batch of the `instances` (the
 /// working directories whose batch logs count) skipped an offset.
-fn check_stores(p: &Pipeline, instances: &[&Pipeline], distinct: u64, invalid: u64) -> Value {
+fn check_stores(p: &Harness, instances: &[&Harness], distinct: u64, invalid: u64) -> Value {
     let v = p.verify();
     assert_eq!(count(&v, "delta_rows"), distinct, "{v}");
     assert_eq!(count(&v, "delta_distinct_keys"), distinct, "{v}");
@@ -67,7 +67,7 @@ fn last_phase(log: &str) -> &'static str {
 /// Waits until `name`'s log holds `nth` lines of `phase` (or `within` passes), then kills
 /// it with SIGKILL; returns the last phase it logged. Fails if it exits by itself first.
 fn kill_at_phase(
-    p: &Pipeline,
+    p: &Harness,
     run: &mut Background,
     name: &str,
     phase: &str,
@@ -89,18 +89,18 @@ fn kill_at_phase(
 /// the Delta commit, between the commit and the group offsets), and restarted each time.
 #[test]
 fn crash_loop_loses_nothing_and_doubles_nothing() {
-    crash_loop("crash loop", &Pipeline::new("crashloop"), env_u64("TORTURE_EVENTS", 20_000));
+    crash_loop("crash loop", &Harness::new("crashloop"), env_u64("TORTURE_EVENTS", 20_000));
 }
 
 /// The crash loop with the table on the tests' S3 server: a kill can land between the
 /// upload of a batch's data files and its commit, or during the commit's conditional put.
 #[test]
 fn crash_loop_on_s3_loses_nothing_and_doubles_nothing() {
-    let p = Pipeline::on_s3_with_options("s3crash", "");
+    let p = Harness::on_s3_with_options("s3crash", "");
     crash_loop("crash loop on s3", &p, env_u64("TORTURE_S3_EVENTS", 10_000));
 }
 
-fn crash_loop(scenario: &str, p: &Pipeline, unique: u64) {
+fn crash_loop(scenario: &str, p: &Harness, unique: u64) {
     let seed = seed(scenario);
     let mut rng = Rng(seed);
     let kills = env_u64("TORTURE_KILLS", 6);
@@ -156,7 +156,7 @@ fn send_raw(topic: &str, records: &[RawRecord]) {
 #[test]
 fn bad_input_lands_in_the_dead_letter_topic_and_the_rest_flows() {
     let seed = seed("bad input");
-    let p = Pipeline::new("badinput");
+    let p = Harness::new("badinput");
     p.setup();
     let (file, expected) = p.generate(2_000, 0, 0, seed);
     let valid = count(&expected, "distinct_keys");
@@ -308,7 +308,7 @@ fn topic_exists(topic: &str) -> bool {
 /// and no partial writes.
 #[test]
 fn bad_configuration_fails_clearly_and_writes_nothing() {
-    let p = Pipeline::new("badconfig");
+    let p = Harness::new("badconfig");
     let fails = |args: &[&str], needle: &str| {
         let started = Instant::now();
         let out = p.output(args);
@@ -358,7 +358,7 @@ fn bad_configuration_fails_clearly_and_writes_nothing() {
 #[test]
 fn sigterm_during_a_batch_exits_promptly_and_loses_nothing() {
     let seed = seed("sigterm");
-    let p = Pipeline::new("sigterm");
+    let p = Harness::new("sigterm");
     p.setup();
     let (file, expected) = p.generate(10_000, 1_000, 50, seed);
     p.produce(&file);
@@ -392,7 +392,7 @@ fn a_broker_restart_mid_run_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let kafka = common::PrivateKafka::plain(dir.path().join("kafka"));
     let brokers = kafka.brokers();
-    let p = Pipeline::with_brokers("brokerrestart", &brokers, "");
+    let p = Harness::with_brokers("brokerrestart", &brokers, "");
     p.setup();
     let (file, expected) = p.generate(10_000, 1_000, 50, seed);
     let mut run = p.spawn(&["run", "--trigger", "300ms", "--max-batch-events", "1000", "--clickhouse-in-run"], "run");
@@ -598,7 +598,7 @@ fn run_with_a_lost_reply(
     written: bool,
     let_through: u32,
     seed: u64,
-) -> (Pipeline, Vec<Value>, u32) {
+) -> (Harness, Vec<Value>, u32) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -608,7 +608,7 @@ fn run_with_a_lost_reply(
     use idempipe::shutdown::Shutdown;
     use idempipe::table::EventTable;
 
-    let p = Pipeline::new(name);
+    let p = Harness::new(name);
     p.setup();
     let (file, expected) = p.generate(5_000, 500, 25, seed);
     p.produce(&file);
@@ -709,7 +709,7 @@ fn send_paced(topic: String, records: Vec<(i32, Vec<u8>)>, over: Duration) -> st
 
 /// Waits until `name`'s log contains `needle` at least `n` times; fails if the process
 /// exits first.
-fn wait_for_log(p: &Pipeline, run: &mut Background, name: &str, needle: &str, n: usize, limit: Duration) {
+fn wait_for_log(p: &Harness, run: &mut Background, name: &str, needle: &str, n: usize, limit: Duration) {
     common::wait_until(limit, &format!("{n} × `{needle}` in {name}'s log"), || {
         assert!(run.try_wait().unwrap().is_none(), "{name} exited by itself:\n{}", p.tail(name));
         p.log(name).matches(needle).count() >= n
@@ -717,7 +717,7 @@ fn wait_for_log(p: &Pipeline, run: &mut Background, name: &str, needle: &str, n:
 }
 
 /// SIGTERM, then an exit 0 within the trigger interval plus 10 s.
-fn terminate(p: &Pipeline, run: &mut Background, name: &str) {
+fn terminate(p: &Harness, run: &mut Background, name: &str) {
     assert!(Command::new("kill").args(["-TERM", &run.id().to_string()]).status().unwrap().success());
     let mut exit = None;
     common::wait_until(Duration::from_secs(15), &format!("{name} to stop"), || {
@@ -735,7 +735,7 @@ fn terminate(p: &Pipeline, run: &mut Background, name: &str) {
 /// working directory of its own (config, batch log), as on two machines.
 #[test]
 fn two_instances_in_one_group_store_each_key_once() {
-    let p = Pipeline::with_options("groups", r#"consumer_mode = "group""#);
+    let p = Harness::with_options("groups", r#"consumer_mode = "group""#);
     two_instances("two instances", &p, env_u64("TORTURE_GROUP_EVENTS", 10_000));
 }
 
@@ -743,19 +743,19 @@ fn two_instances_in_one_group_store_each_key_once() {
 /// their commits race through the store's conditional put.
 #[test]
 fn two_instances_on_s3_store_each_key_once() {
-    let p = Pipeline::on_s3_with_options("s3groups", r#"consumer_mode = "group""#);
+    let p = Harness::on_s3_with_options("s3groups", r#"consumer_mode = "group""#);
     two_instances("two instances on s3", &p, env_u64("TORTURE_S3_GROUP_EVENTS", 6_000));
 }
 
 /// One machine of [`two_instances`]: its working directory and the process running there.
 struct Machine {
-    dir: Pipeline,
+    dir: Harness,
     /// The name of the current process's log (`<name>.log` in `dir`).
     name: String,
     run: Background,
 }
 
-fn two_instances(scenario: &str, p: &Pipeline, unique: u64) {
+fn two_instances(scenario: &str, p: &Harness, unique: u64) {
     let seed = seed(scenario);
     let mut rng = Rng(seed);
     let produce_for = Duration::from_secs(env_u64("TORTURE_GROUP_SECONDS", 40));

@@ -42,12 +42,13 @@ use tokio::runtime::Handle;
 
 use crate::clickhouse::{ClickHouse, ClickHouseError, Failure, Layout, insert_runs, partition_of};
 use crate::config::{ClickHouseIngest, Settings, Topics};
+use crate::kafka::positioned::{self, Collector, Positions};
+use crate::kafka::ranges;
 use crate::kafka::{self, KafkaFailure, LagReporting, Role};
 use crate::output::{OutRecord, Output, ProduceError};
 use crate::output::{dlq, processed};
 use crate::retry::{self, Backoff, OnShutdown, Policy, Step, Stopped};
 use crate::shutdown::Shutdown;
-use crate::source::{self, Collector, Positions};
 use crate::table::StoredRow;
 
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +157,7 @@ pub struct ClickHouseSink {
     probes: u64,
     /// Whether a consumer error came since the last check of the partitions that found
     /// them all in range: until one does, the broker's offset listing is believed over
-    /// this consumer's reads ([`source::ranges::out_of_range`]).
+    /// this consumer's reads ([`ranges::out_of_range`]).
     errors_since_check: bool,
     /// The processed topic's partition count when last looked at, and when that was.
     partitions: i32,
@@ -282,7 +283,7 @@ impl ClickHouseSink {
                 consumer_error: false,
             };
             let deadline = Instant::now() + self.settings.clickhouse.trigger;
-            let Ok(()) = source::collect(&self.consumer, &mut self.positions, &mut batch, deadline, &self.shutdown);
+            let Ok(()) = positioned::collect(&self.consumer, &mut self.positions, &mut batch, deadline, &self.shutdown);
             if let Some(fatal) = kafka::fatal_client_error() {
                 return Err(ClickHouseSinkError::FatalKafka(fatal));
             }
@@ -521,11 +522,11 @@ impl ClickHouseSink {
         // error since, is not believed (a listing from a lagging broker): a topic
         // recreated under the sink fails its fetches instead.
         let read_to = (!self.errors_since_check).then_some(&self.positions.read_to);
-        let (resets, answered) = source::ranges::out_of_range(&self.consumer, topic, &self.positions.next, read_to);
+        let (resets, answered) = ranges::out_of_range(&self.consumer, topic, &self.positions.next, read_to);
         self.errors_since_check &= !(answered && resets.is_empty());
         let to: BTreeMap<i32, i64> = resets.iter().map(|r| (r.partition, r.low)).collect();
         if !to.is_empty() {
-            source::ranges::reposition(&self.consumer, topic, &to, &self.positions.next)
+            ranges::reposition(&self.consumer, topic, &to, &self.positions.next)
                 .map_err(kafka::client_error(&self.settings))?;
         }
         for reset in resets {

@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::batch_log::{BatchLog, BatchRecord};
 use crate::config::{ClickHouseIngest, Settings};
+use crate::kafka::ranges::OffsetReset;
 use crate::kafka::{self, KafkaFailure};
-use crate::source::OffsetReset;
 use crate::table::{AppIds, DeltaError, EventTable};
 
 #[derive(Debug, thiserror::Error)]

@@ -251,7 +251,7 @@ pub struct Settings {
     pub batch: BatchLimits,
     pub consumer_mode: ConsumerMode,
     /// Whether a stored offset the broker no longer holds stops the processor (`true`) or
-    /// is skipped from, the loss recorded ([`crate::source::ranges`]).
+    /// is skipped from, the loss recorded ([`crate::kafka::ranges`]).
     pub fail_on_data_loss: bool,
     pub key_check: KeyCheck,
     /// Most bytes of keys the key cache keeps between batches.

@@ -1,6 +1,8 @@
-//! The raw-topic consumer: group membership, and where each partition starts; the one
-//! collect loop that turns any consumer's messages into batches ([`collect`]); and group
-//! mode's watch for partitions nobody reads ([`orphans`]).
+//! What is particular to the raw topic's consumer: group membership and the rebalance
+//! hook, where each partition starts (Delta's offsets), and group mode's watch for
+//! partitions nobody reads ([`orphans`]). The positions, the collect loop and the broker's
+//! ranges are the positioned consumer's, shared with the ClickHouse sink
+//! ([`crate::kafka::positioned`], [`crate::kafka::ranges`]).
 //!
 //! Invariant: Delta, not the Kafka group, says where a partition resumes. On every
 //! assignment the rebalance hook reloads the table, reads each assigned partition's txn
@@ -8,9 +10,7 @@
 //! no message before that point is delivered and none after it is skipped. The Kafka
 //! group offsets are written afterwards for lag tools only, and never read.
 
-pub mod collect;
 pub mod orphans;
-pub mod ranges;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,10 +23,10 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
 use crate::config::{ConsumerMode, Settings};
+use crate::kafka::positioned::Positions;
+use crate::kafka::ranges::{self, OffsetReset};
 use crate::kafka::{self, KafkaFailure, Role, client_config};
-pub use crate::source::collect::{Collector, Positions, collect};
 pub use crate::source::orphans::OrphanWatch;
-pub use crate::source::ranges::OffsetReset;
 use crate::table::EventTable;
 use crate::table::offsets::{self, AppIds};
 

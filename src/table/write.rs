@@ -312,7 +312,7 @@ impl EventTable {
 
     /// Commits `txns` alone, no rows (with `metadata`, an object, in the commit info), and
     /// returns the new version. A txn may move a partition's offset back (a recreated
-    /// topic: see [`crate::source::ranges`]).
+    /// topic: see [`crate::kafka::ranges`]).
     pub(crate) async fn record_offsets(&mut self, txns: &[Transaction], metadata: serde_json::Value) -> Result<u64> {
         let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
         CommitBuilder::from(commit_properties(txns, &metadata))

@@ -10,7 +10,7 @@
 //! - a message after the offset expected is taken and its gap reported to the batch,
 //!   which counts it (offsets the broker skipped inside the partition: transaction
 //!   markers, aborted transactions' records, compaction; offsets below the partition's
-//!   first are the range check's: [`crate::source::ranges`]);
+//!   first are the range check's: [`crate::kafka::ranges`]);
 //! - a partition is "at its end" from its end-of-partition event until its next message;
 //!   at that event, offsets between the one expected and the consumer's position (the
 //!   markers that close transactions, aborted records: read_committed reads past them

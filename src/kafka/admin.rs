@@ -1,9 +1,7 @@
-//! Kafka client settings and the few admin and read-back helpers the commands share.
-//!
-//! Invariant: every client is built by [`client_config`], so brokers and the user's
-//! librdkafka pass-through settings reach all of them the same way.
+//! Topic administration and the broker's answers about topics: creating and checking the
+//! pipeline's topics, partition counts, watermarks and committed offsets, each with the
+//! retries the broker's transient answers need.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{
@@ -11,256 +9,13 @@ use rdkafka::admin::{
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::BorrowedMessage;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Settings;
+use crate::kafka::errors::{diagnose_handshake, refused_handshake};
+use crate::kafka::{KafkaFailure, LoggingContext, METADATA_TIMEOUT, Result, Role, client_config, client_error};
 use crate::retry::{self, Backoff, OnShutdown, Policy, Step, Stopped};
 use crate::shutdown::Shutdown;
-
-/// Kafka failures, with the broker and topic they concern.
-#[derive(Debug, thiserror::Error)]
-pub enum KafkaFailure {
-    #[error("Kafka client for {brokers}: {source}")]
-    Client { brokers: String, source: KafkaError },
-    #[error("topic {topic} does not exist on {brokers}: run `idempipe setup`")]
-    NoTopic { topic: String, brokers: String },
-    #[error("topic {topic} on {brokers} is not available: the broker reports {code}")]
-    TopicUnavailable { topic: String, brokers: String, code: RDKafkaErrorCode },
-    #[error("cannot create topic {topic} on {brokers}: {code}")]
-    CreateTopic { topic: String, brokers: String, code: RDKafkaErrorCode },
-    #[error(
-        "topic {topic} accepts records up to {accepts} bytes (its `max.message.bytes`), but idempipe may send \
-         {sends} (librdkafka's `message.max.bytes`): raise the topic's `max.message.bytes`, or lower \
-         `--kafka message.max.bytes`"
-    )]
-    RecordsTooLarge { topic: String, accepts: u64, sends: u64 },
-    #[error(
-        "Kafka broker {brokers} refused the connection's TLS or SASL handshake: {reason} (check \
-         `security.protocol`, `ssl.ca.location` and the `sasl.*` settings in `[kafka]` or `--kafka`)"
-    )]
-    Handshake { brokers: String, reason: String },
-    #[error(
-        "Kafka broker {brokers} did not answer within {timeout:?} ({what}): is it running? (`scripts/services.sh up`)"
-    )]
-    Unreachable { brokers: String, timeout: Duration, what: String },
-}
-
-pub type Result<T, E = KafkaFailure> = std::result::Result<T, E>;
-
-/// How long a metadata or watermark request may take before the broker counts as down.
-pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The client context of admin clients and plain consumers: librdkafka's errors and log
-/// lines go to `tracing` ([`log_client_error`], [`log_client_line`]); partition EOF,
-/// which is how idempipe learns that a partition is caught up, is no error.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LoggingContext;
-
-impl rdkafka::ClientContext for LoggingContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        log_client_error(error, reason);
-    }
-
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        log_client_line(level, fac, message);
-    }
-}
-
-/// The `log` callback shared by idempipe's client contexts: librdkafka's lines as
-/// `librdkafka` events; a failed TLS or SASL handshake is also noted for
-/// [`refused_handshake`].
-pub(crate) fn log_client_line(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-    use rdkafka::config::RDKafkaLogLevel as L;
-    const HANDSHAKE: [&str; 4] =
-        ["SSL handshake failed", "certificate verify failed", "SASL authentication error", "Authentication failed"];
-    if fac == "FAIL" && HANDSHAKE.iter().any(|h| message.contains(h)) {
-        *REFUSED_HANDSHAKE.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message.to_owned());
-    }
-    match level {
-        L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(target: "librdkafka", "{fac} {message}"),
-        L::Warning => tracing::warn!(target: "librdkafka", "{fac} {message}"),
-        L::Notice | L::Info => tracing::info!(target: "librdkafka", "{fac} {message}"),
-        L::Debug => tracing::debug!(target: "librdkafka", "{fac} {message}"),
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for LoggingContext {}
-
-/// How often consumers report statistics: the lag gauges come from them, computed by
-/// librdkafka from the high watermarks of its fetch responses (no extra requests).
-pub const STATS_INTERVAL_MS: &str = "5000";
-
-/// Per partition of `topic`, the lag librdkafka computed: high watermark minus the
-/// group's committed offset; partitions it does not know yet are left out.
-pub(crate) fn lag_from_stats(stats: &rdkafka::Statistics, topic: &str) -> std::collections::BTreeMap<i32, i64> {
-    stats
-        .topics
-        .get(topic)
-        .map(|t| {
-            t.partitions
-                .values()
-                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-                .map(|p| (p.partition, p.consumer_lag))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The context of a consumer whose lag is a metric: it logs errors as [`LoggingContext`] does
-/// and hands each statistics report's lag on `topic` to `report`.
-pub struct LagReporting {
-    pub topic: String,
-    pub report: fn(&std::collections::BTreeMap<i32, i64>),
-}
-
-impl rdkafka::ClientContext for LagReporting {
-    fn error(&self, error: KafkaError, reason: &str) {
-        log_client_error(error, reason);
-    }
-
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        log_client_line(level, fac, message);
-    }
-
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        (self.report)(&lag_from_stats(&statistics, &self.topic));
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for LagReporting {}
-
-/// The `error` callback shared by idempipe's client contexts: logs and counts the error
-/// (persistent errors make the process unready: [`crate::metrics::service_error`]) and
-/// keeps the first fatal one ([`fatal_client_error`]).
-pub(crate) fn log_client_error(error: KafkaError, reason: &str) {
-    match error {
-        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
-        e => {
-            let code = e.rdkafka_error_code();
-            if matches!(code, Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication)) {
-                *REFUSED_HANDSHAKE.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_owned());
-            }
-            crate::metrics::service_error("kafka", reason);
-            keep_if_fatal(code, || format!("{e}: {reason}"));
-            tracing::error!(error = %e, reason, "librdkafka error")
-        }
-    }
-}
-
-/// Errors no retry mends: librdkafka's fatal errors (an idempotent producer that can no
-/// longer keep its guarantee) and refused credentials or permissions. The process stops
-/// on the first, naming it, for an operator to fix the cause.
-pub fn is_fatal(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::Fatal
-            | RDKafkaErrorCode::Authentication
-            | RDKafkaErrorCode::SaslAuthenticationFailed
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::GroupAuthorizationFailed
-            | RDKafkaErrorCode::ClusterAuthorizationFailed
-    )
-}
-
-/// The first fatal error any Kafka client of this process met ([`is_fatal`]).
-static FATAL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-
-/// A consumer's error as a poll returned it: counted like the error callback's, and
-/// kept if fatal.
-pub fn note_consumer_error(error: &KafkaError) {
-    crate::metrics::service_error("kafka", &error.to_string());
-    keep_if_fatal(error.rdkafka_error_code(), || error.to_string());
-}
-
-/// Keeps the first fatal error ([`is_fatal`]): `text` describes it.
-fn keep_if_fatal(code: Option<RDKafkaErrorCode>, text: impl FnOnce() -> String) {
-    if code.is_some_and(is_fatal) {
-        FATAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert_with(text);
-    }
-}
-
-/// The first fatal error any Kafka client of this process met, if any: the processor and
-/// the ClickHouse sink stop on it.
-pub fn fatal_client_error() -> Option<String> {
-    FATAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
-}
-
-/// The last TLS or SASL failure any client of this process met (librdkafka reports them
-/// only to the error callback; the request that needed the connection just times out).
-static REFUSED_HANDSHAKE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-
-/// Whether a fresh client's connection fails its TLS or SASL handshake: its reason, if
-/// so. (A client's errors reach its context only when its main queue is served, which
-/// an admin client's or a consumer's metadata request does not do.)
-fn diagnose_handshake(settings: &Settings) -> Option<String> {
-    let probe: BaseConsumer<LoggingContext> =
-        client_config(settings, Role::Admin, &[]).create_with_context(LoggingContext).ok()?;
-    let _ = probe.fetch_metadata(None, Duration::from_secs(3));
-    // Serves the queued events (the failure's log line among them), one per poll.
-    for _ in 0..200 {
-        if let Some(reason) = refused_handshake() {
-            return Some(reason);
-        }
-        let _ = probe.poll(Duration::from_millis(5));
-    }
-    None
-}
-
-/// Takes the TLS or SASL failure recorded since the last call, if any.
-fn refused_handshake() -> Option<String> {
-    REFUSED_HANDSHAKE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
-}
-
-/// Which kind of client a configuration is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Consumer,
-    Producer,
-    Admin,
-}
-
-/// Pass-through settings that only consumers understand; librdkafka warns when a
-/// producer or admin client is given one, so they reach consumers only.
-const CONSUMER_ONLY: [&str; 12] = [
-    "group.",
-    "session.timeout.ms",
-    "heartbeat.interval.ms",
-    "max.poll.interval.ms",
-    "partition.assignment.strategy",
-    "auto.offset.reset",
-    "enable.auto.",
-    "auto.commit.",
-    "fetch.",
-    "isolation.level",
-    "queued.",
-    "max.partition.fetch.bytes",
-];
-
-/// The base settings of every client: the brokers, ours, then the pass-through
-/// settings (which win, so an operator can override any of ours).
-pub fn client_config(settings: &Settings, role: Role, ours: &[(&str, &str)]) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &settings.brokers);
-    for (k, v) in ours {
-        config.set(*k, *v);
-    }
-    apply_passthrough(&mut config, role, &settings.kafka.values);
-    config
-}
-
-fn apply_passthrough(config: &mut ClientConfig, role: Role, kafka: &BTreeMap<String, String>) {
-    for (k, v) in kafka {
-        let consumer_only = CONSUMER_ONLY.iter().any(|c| if c.ends_with('.') { k.starts_with(c) } else { k == c });
-        if role == Role::Consumer || !consumer_only {
-            config.set(k, v);
-        }
-    }
-}
-
-pub(crate) fn client_error(settings: &Settings) -> impl Fn(KafkaError) -> KafkaFailure + '_ {
-    move |source| KafkaFailure::Client { brokers: settings.brokers.clone(), source }
-}
 
 /// A topic `setup` needs: its name, the partitions it gets when created, and whether
 /// idempipe writes to it (then it must accept the largest record idempipe sends).
@@ -644,7 +399,7 @@ fn is_coordinator_moving(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-fn is_transient(code: RDKafkaErrorCode) -> bool {
+pub(crate) fn is_transient(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
         RDKafkaErrorCode::BrokerTransportFailure
@@ -661,76 +416,6 @@ fn is_transient(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::UnknownLeaderEpoch
             | RDKafkaErrorCode::OffsetNotAvailable
     )
-}
-
-/// How long [`read_topic`] waits without a record or a partition's end before it gives up.
-const READ_STALL: Duration = Duration::from_secs(30);
-
-/// Reads every record of `topic` from the beginning up to its current end, calling `f`
-/// on each. Uses manual assignment and commits nothing, so it leaves no trace.
-///
-/// The end is where librdkafka reports partition EOF, which comes from the high
-/// watermark of fetch responses. (ListOffsets is not used: tansu's memory storage
-/// answers it with the start of the newest batch, not the end of the partition.)
-pub fn read_topic(settings: &Settings, topic: &str, mut f: impl FnMut(&BorrowedMessage<'_>)) -> Result<u64> {
-    // librdkafka wants a group id even for manual assignment. It is unique per reader:
-    // tansu 0.6.0 lets a shared reader group disturb other groups' assignments.
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let group = format!("idempipe-reader-{}-{nanos}", std::process::id());
-    let consumer: BaseConsumer<LoggingContext> = client_config(
-        settings,
-        Role::Consumer,
-        &[("group.id", group.as_str()), ("enable.auto.commit", "false"), ("enable.partition.eof", "true")],
-    )
-    // Records retention deletes while the read runs: it goes on from the new start. Set
-    // after the operator's settings, which would otherwise win.
-    .set("auto.offset.reset", "earliest")
-    .create_with_context(LoggingContext)
-    .map_err(client_error(settings))?;
-    let partitions = partition_count(settings, consumer.client(), Some(topic))? as i32;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(client_error(settings))?;
-    }
-    consumer.assign(&tpl).map_err(client_error(settings))?;
-    let mut open: std::collections::BTreeSet<i32> = (0..partitions).collect();
-    let mut count = 0;
-    let mut last_progress = std::time::Instant::now();
-    let mut last_error: Option<KafkaError> = None;
-    while !open.is_empty() {
-        if last_progress.elapsed() > READ_STALL {
-            return Err(KafkaFailure::Unreachable {
-                brokers: settings.brokers.clone(),
-                timeout: READ_STALL,
-                what: match &last_error {
-                    Some(e) => format!("reading {topic}; the last consumer error: {e}"),
-                    None => format!("reading {topic}"),
-                },
-            });
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                last_progress = std::time::Instant::now();
-                f(&m);
-                count += 1;
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                last_progress = std::time::Instant::now();
-                open.remove(&p);
-            }
-            // A fetch that timed out or a dropped connection, which librdkafka retries by
-            // itself: waited out (up to READ_STALL without progress). Any other error ends
-            // the read: some (a corrupt record) come with the record skipped, and the
-            // count must be exact or fail.
-            Some(Err(e)) if e.rdkafka_error_code().is_some_and(is_transient) => {
-                tracing::warn!(topic, error = %e, "reading the topic: a consumer error; retrying");
-                last_error = Some(e);
-            }
-            Some(Err(e)) => return Err(client_error(settings)(e)),
-            None => {}
-        }
-    }
-    Ok(count)
 }
 
 #[cfg(test)]
