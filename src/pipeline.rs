@@ -29,17 +29,18 @@ use tokio::runtime::Handle;
 
 use crate::batch::Batch;
 use crate::batch_log::{BatchLog, BatchRecord, Phases};
-use crate::config::{ConsumerMode, KeyCheck, Settings};
+use crate::config::{KeyCheck, Settings};
 use crate::dedup;
 use crate::event::{DedupKey, EventTime};
 use crate::kafka::KafkaFailure;
-use crate::kafka::positioned::{self, Collector, Positions};
+use crate::kafka::positioned::{Collector, Positions};
 use crate::kafka::ranges::OffsetReset;
 use crate::metrics;
 use crate::output::{Output, ProduceError};
 use crate::output::{dlq, processed};
 use crate::retry::{self, Backoff, OnShutdown, Policy, Step};
 use crate::shutdown::Shutdown;
+use crate::source::check::{Checks, SourceCheck};
 use crate::source::{BrokerView, OrphanWatch, Source};
 use crate::table::maintenance::MaintenanceTask;
 use crate::table::{self, AppIds, DeltaError, EventTable};
@@ -73,16 +74,6 @@ pub enum PipelineError {
     #[error("batch {batch_id} failed after {attempts} attempts; last error: {last}")]
     GaveUp { batch_id: i64, attempts: u32, last: Box<PipelineError> },
 }
-
-/// How often, in group mode, the processor looks for partitions nobody reads
-/// ([`OrphanWatch`]).
-const ORPHAN_CHECK_EVERY: Duration = Duration::from_secs(10);
-
-/// How often the processor compares its partitions with the broker's: their number (new
-/// partitions) and the range each holds ([`crate::kafka::ranges`]). A consumer error
-/// makes it check sooner, but not more than once a second.
-const SOURCE_CHECK_EVERY: Duration = Duration::from_secs(10);
-const SOURCE_CHECK_AFTER_ERROR: Duration = Duration::from_secs(1);
 
 /// The retries of one batch: 8 failed attempts before the processor stops (and,
 /// restarted, tries again from what Delta records), 400 ms doubling to at most 3 s between
@@ -183,46 +174,27 @@ impl Pipeline {
     pub fn run(mut self, until_idle: Option<Duration>) -> Result<RunSummary, PipelineError> {
         let mut summary = RunSummary::default();
         let mut positions = Positions::default();
-        // No assignment seen yet: the first poll adopts the current one.
-        let mut generation = u64::MAX;
-        let mut watch = (self.source.mode == ConsumerMode::Group).then(|| OrphanWatch::new(OrphanWatch::PATIENCE));
-        let mut last_watch = Instant::now();
-        // Checked once the first collection has adopted the assignment.
-        let (mut source_check_due, mut last_source_check) = (true, Instant::now());
-        // Whether the consumer reported an error since the last check (see
-        // `ranges::out_of_range`).
-        let mut errors_since_check = false;
+        let mut checks = Checks::new(self.source.mode());
         let limits = crate::batch::Limits::of(&self.settings);
         loop {
             let started_at = EventTime::now();
             let collect_started = Instant::now();
-            // The source check is asked while the batch is collected: a broker may take a
-            // second to answer (librdkafka queues the request behind the connection's
-            // long-polling fetch), and asked between batches it held the loop. Positions
-            // not known yet (before the first collection adopts the assignment) are
-            // to_act_on at after it (below).
-            let since = last_source_check.elapsed();
-            let generation_before = generation;
-            let check = (generation != u64::MAX
-                && (since >= SOURCE_CHECK_EVERY || (source_check_due && since >= SOURCE_CHECK_AFTER_ERROR)))
-                .then(|| {
-                    last_source_check = Instant::now();
-                    SourceCheck::of(&positions, errors_since_check, generation)
-                });
+            // The source check is asked while the batch is collected (`source::check`).
+            let generation_before = checks.generation;
+            let check = checks.ask(&positions);
             let mut collecting = Collecting {
                 batch: Batch::default(),
                 settings: &self.settings,
                 limits,
                 source: &self.source,
-                generation: &mut generation,
+                generation: &mut checks.generation,
                 consumer_error: false,
             };
             let source = &self.source;
             let (collected, view) = std::thread::scope(|scope| {
                 let asked =
                     check.as_ref().map(|check| scope.spawn(|| source.broker_view(&check.next, check.read_to.as_ref())));
-                let collected = positioned::collect(
-                    &source.consumer,
+                let collected = source.collect(
                     &mut positions,
                     &mut collecting,
                     collect_started + self.settings.batch.trigger,
@@ -231,18 +203,13 @@ impl Pipeline {
                 (collected, asked.map(|asked| asked.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))))
             });
             collected?;
-            let consumer_error = collecting.consumer_error;
-            source_check_due |= consumer_error;
-            errors_since_check |= consumer_error;
-            let batch = collecting.batch;
+            let (consumer_error, batch) = (collecting.consumer_error, collecting.batch);
+            checks.collected(consumer_error);
             // A batch cut at its size limit: more is waiting (a backlog), and a compaction
             // waits for the loop to catch up (see `MaintenanceTask::committed`).
             let backlog = batch.is_at_limit(&self.settings.batch);
             let collect_time = collect_started.elapsed();
-            if let Some(watch) = watch.as_mut()
-                && last_watch.elapsed() >= ORPHAN_CHECK_EVERY
-            {
-                last_watch = Instant::now();
+            if let Some(watch) = checks.orphan_watch_due() {
                 self.watch_orphans(watch, &positions.next)?;
             }
             if !batch.is_empty() {
@@ -253,27 +220,15 @@ impl Pipeline {
                 summary.duplicates += record.in_batch_duplicates + record.stored_duplicates;
                 summary.inserted += record.inserted.unwrap_or(0);
             }
-            let to_act_on = match (check, view) {
-                (Some(check), Some(view)) if generation == generation_before => Some((check, view)),
-                // An assignment adopted in this collection (the first, or a rebalance):
-                // its positions, read from Delta, are to_act_on at before the next batch,
-                // and a view of the previous assignment's is dropped.
-                _ if generation != generation_before => {
-                    last_source_check = Instant::now();
-                    let check = SourceCheck::of(&positions, errors_since_check, generation);
-                    let view = self.source.broker_view(&check.next, check.read_to.as_ref());
-                    Some((check, view))
-                }
-                _ => None,
-            };
-            if let Some((check, view)) = to_act_on {
+            let asked = check.zip(view);
+            if let Some((check, view)) = checks.to_act_on(&self.source, &positions, generation_before, asked) {
                 // A consumer error during the collection leaves the check incomplete: the
                 // broker's listing decides until a later check has had every
                 // partition's range answered and found them all in range.
+                let generation = checks.generation;
                 let complete =
                     self.check_source(&mut positions, generation, consumer_error, check, view)? && !consumer_error;
-                source_check_due = !complete;
-                errors_since_check &= !complete;
+                checks.acted(complete);
             }
             self.maintenance.committed(self.table.version(), backlog)?;
             if self.shutdown.is_requested() {
@@ -297,7 +252,7 @@ impl Pipeline {
         held: &BTreeMap<i32, Option<i64>>,
     ) -> Result<(), PipelineError> {
         // Only the partitions others hold: ours are watched by our own batches.
-        let ends = self.source.ends((0..self.source.partitions).filter(|p| !held.contains_key(p)));
+        let ends = self.source.ends((0..self.source.partitions()).filter(|p| !held.contains_key(p)));
         let rt = self.runtime.clone();
         let ids = AppIds::of(&self.settings);
         let stored = rt.block_on(async {
@@ -340,34 +295,10 @@ impl Pipeline {
         check: SourceCheck,
         view: BrokerView,
     ) -> Result<bool, PipelineError> {
-        let known = self.source.partitions;
-        if let Some(now) = view.partitions
-            && now != known
-        {
-            tracing::warn!(topic = %self.source.topic, from = known, to = now, "the raw topic's partition count changed");
-            let added: Vec<i32> = (known..now).collect();
-            match self.source.mode {
-                ConsumerMode::Assign if now > known => {
-                    self.source.add_partitions(&added, positions).map_err(PipelineError::Assignment)?;
-                }
-                // librdkafka rebalances when its metadata shows the new count, but the
-                // leader may assign from an older view (seen with tansu): a rebalance
-                // now, with the new count known, assigns them.
-                ConsumerMode::Group if now > known => {
-                    self.source.rejoin(&added, "the raw topic has new partitions").map_err(PipelineError::Consumer)?;
-                }
-                _ => {}
-            }
-            self.source.partitions = now;
+        if let Some(now) = view.partitions {
+            self.source.follow_partition_count(now, positions).map_err(PipelineError::Assignment)?;
         }
-        let asked = view.resets.len();
-        let trust_reads = check.read_to.is_some() && !consumer_error;
-        let resets: Vec<OffsetReset> = view
-            .resets
-            .into_iter()
-            .filter(|r| check.still_applies(generation, &positions.next, trust_reads, r))
-            .collect();
-        let current = view.answered && resets.len() == asked && generation == check.generation;
+        let (resets, current) = check.applying(view.resets, view.answered, generation, &positions.next, consumer_error);
         let Some(first) = resets.first() else {
             return Ok(current);
         };
@@ -397,9 +328,7 @@ impl Pipeline {
         let to: BTreeMap<i32, i64> = resets.iter().map(|r| (r.partition, r.low)).collect();
         self.source.reposition(&to, &positions.next).map_err(PipelineError::Consumer)?;
         for reset in &resets {
-            positions.next.insert(reset.partition, Some(reset.low));
-            positions.read_to.remove(&reset.partition);
-            positions.at_end.remove(&reset.partition);
+            positions.moved(reset.partition, reset.low);
             metrics::offset_reset(reset.kind(), reset.lost);
             tracing::warn!(
                 partition = reset.partition,
@@ -627,47 +556,6 @@ async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
     (f.await, started.elapsed())
 }
 
-/// The positions a source check asks the broker about, while a batch is collected.
-struct SourceCheck {
-    next: BTreeMap<i32, Option<i64>>,
-    /// How far this consumer read each partition, when no consumer error came since the
-    /// last complete check ([`crate::kafka::ranges::out_of_range`]).
-    read_to: Option<BTreeMap<i32, i64>>,
-    /// The assignment generation the positions belong to.
-    generation: u64,
-}
-
-impl SourceCheck {
-    /// The current positions; how far each partition was read only if no consumer error
-    /// came since the last complete check.
-    fn of(positions: &Positions, errors_since_check: bool, generation: u64) -> Self {
-        Self {
-            next: positions.next.clone(),
-            read_to: (!errors_since_check).then(|| positions.read_to.clone()),
-            generation,
-        }
-    }
-
-    /// Whether the broker's `reset` still speaks of its partition now (`next`,
-    /// in assignment `generation`). Not after a rebalance, which replaced every
-    /// position. If something was read from the partition since the check, the broker's
-    /// fetches served the offset asked about: a truncation no longer applies, and
-    /// neither does a start-over while the consumer's reads are believed over the
-    /// broker's listing (`trust_reads`: no consumer error since the last complete check,
-    /// see [`crate::kafka::ranges::out_of_range`]). After an error the listing decides,
-    /// as it did when the check was asked.
-    fn still_applies(
-        &self,
-        generation: u64,
-        next: &BTreeMap<i32, Option<i64>>,
-        trust_reads: bool,
-        reset: &OffsetReset,
-    ) -> bool {
-        let moved = next.get(&reset.partition) != self.next.get(&reset.partition);
-        generation == self.generation && (!moved || (reset.lost.is_none() && !trust_reads))
-    }
-}
-
 /// The batch under collection, and the assignment it is collected under.
 struct Collecting<'a> {
     batch: Batch,
@@ -779,29 +667,4 @@ fn jitter() -> u64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1_000.0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_source_answer_applies_to_a_partition_read_since_only_if_it_starts_over_and_reads_are_not_believed() {
-        let check = SourceCheck { next: BTreeMap::from([(0, Some(10)), (1, Some(20))]), read_to: None, generation: 3 };
-        let now = BTreeMap::from([(0, Some(10)), (1, Some(25))]);
-        let truncated = |p, expected| OffsetReset::check("t", p, expected, expected + 5, expected + 50).unwrap();
-        let rewound = |p, expected| OffsetReset::check("t", p, expected, 0, expected - 5).unwrap();
-        for trust_reads in [true, false] {
-            assert!(check.still_applies(3, &now, trust_reads, &truncated(0, 10)), "nothing read from it since");
-            assert!(check.still_applies(3, &now, trust_reads, &rewound(0, 10)), "nothing read from it since");
-            assert!(!check.still_applies(3, &now, trust_reads, &truncated(1, 20)), "read since: the offset was served");
-            assert!(!check.still_applies(4, &now, trust_reads, &truncated(0, 10)), "a rebalance since the look");
-            assert!(!check.still_applies(4, &now, trust_reads, &rewound(0, 10)), "a rebalance since the look");
-        }
-        assert!(!check.still_applies(3, &now, true, &rewound(1, 20)), "read since, and reads are believed");
-        assert!(
-            check.still_applies(3, &now, false, &rewound(1, 20)),
-            "read since, but after an error the listing decides"
-        );
-    }
 }

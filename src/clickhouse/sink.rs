@@ -203,7 +203,8 @@ impl ClickHouseSink {
         .map_err(kafka::client_error(&settings))?;
         let count = kafka::partition_count(&settings, consumer.client(), Some(&topic))? as i32;
         let next = committed_starts(&settings, &consumer, 0..count)?;
-        let tpl = assignment(&topic, &next).map_err(kafka::client_error(&settings))?;
+        tracing::info!(starts = ?next, "sink reads from");
+        let tpl = positioned::assignment(&topic, &next).map_err(kafka::client_error(&settings))?;
         consumer.assign(&tpl).map_err(kafka::client_error(&settings))?;
         tracing::info!(
             server = %clickhouse.version().text,
@@ -537,18 +538,10 @@ impl ClickHouseSink {
                 reset.explain(&format!("the ClickHouse sink's next offset is {}", reset.expected)),
                 reset.low
             );
-            self.positions.next.insert(reset.partition, Some(reset.low));
-            // What was read before the seek says nothing of the partition read now.
-            self.positions.read_to.remove(&reset.partition);
-            self.positions.at_end.remove(&reset.partition);
+            self.positions.moved(reset.partition, reset.low);
             self.resets += 1;
         }
-        let Some(now) = self
-            .consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(1))
-            .ok()
-            .and_then(|m| m.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions().len() as i32))
-        else {
+        let Some(now) = kafka::admin::partition_count_now(self.consumer.client(), topic, Duration::from_secs(1)) else {
             return Ok(());
         };
         if now <= self.partitions {
@@ -558,7 +551,7 @@ impl ClickHouseSink {
         tracing::warn!(topic = %topic, from = self.partitions, to = now, starts = ?added, "the processed topic has new partitions: reading them");
         let mut next = self.positions.next.clone();
         next.extend(added.clone());
-        let tpl = assignment(topic, &next).map_err(kafka::client_error(&self.settings))?;
+        let tpl = positioned::assignment(topic, &next).map_err(kafka::client_error(&self.settings))?;
         self.consumer.assign(&tpl).map_err(kafka::client_error(&self.settings))?;
         self.positions.next.extend(added);
         self.partitions = now;
@@ -568,14 +561,10 @@ impl ClickHouseSink {
     /// Commits the offsets after each range. A failed commit is logged, not fatal: the
     /// records are re-read and re-inserted after a restart, which is harmless.
     fn commit(&self, ranges: &BTreeMap<i32, (i64, i64)>) {
-        let mut tpl = TopicPartitionList::new();
-        for (p, (_, last)) in ranges {
-            if let Err(e) = tpl.add_partition_offset(&self.settings.topics.processed, *p, Offset::Offset(last + 1)) {
-                tracing::warn!(error = %e, "cannot build the offset commit");
-                return;
-            }
-        }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
+        let last: BTreeMap<i32, i64> = ranges.iter().map(|(p, (_, last))| (*p, *last)).collect();
+        if let Err(e) =
+            positioned::commit_after(&self.consumer, &self.settings.topics.processed, &last, CommitMode::Sync)
+        {
             tracing::warn!(error = %e, "committing the sink's offsets failed (they will be re-read after a restart)");
         }
     }
@@ -603,17 +592,6 @@ fn committed_starts(
             _ => (p, None),
         })
         .collect())
-}
-
-/// The assignment of `topic` that reads each partition of `next` from its offset (`None`:
-/// the beginning).
-fn assignment(topic: &str, next: &BTreeMap<i32, Option<i64>>) -> Result<TopicPartitionList, KafkaError> {
-    let mut tpl = TopicPartitionList::new();
-    for (p, offset) in next {
-        tracing::info!(partition = p, ?offset, "sink reads from");
-        tpl.add_partition_offset(topic, *p, offset.map_or(Offset::Beginning, Offset::Offset))?;
-    }
-    Ok(tpl)
 }
 
 /// One insert under collection.

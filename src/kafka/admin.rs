@@ -368,6 +368,18 @@ pub fn partition_offsets(settings: &Settings, topic: &str, group: Option<&str>) 
 /// is elected: a request or connection that timed out or dropped, a partition between
 /// leaders. Waited out where a command must not fail on the first ([`read_topic`],
 /// [`partition_count`]); every other error is an answer.
+/// `topic`'s partition count now, as `client` sees it; `None` when the broker does not
+/// answer within `timeout` or does not know the topic (deleted, being recreated).
+pub fn partition_count_now<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Option<i32> {
+    let metadata = client.fetch_metadata(Some(topic), timeout).ok()?;
+    let found = metadata.topics().iter().find(|t| t.name() == topic)?;
+    (found.error().is_none() && !found.partitions().is_empty()).then(|| found.partitions().len() as i32)
+}
+
 /// The offsets `group` of `consumer` committed on the partitions of `wanted`. A group
 /// coordinator that is moving or loading (a cluster just started, a broker restarted)
 /// is asked again, for about 20 s.

@@ -21,9 +21,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::shutdown::Shutdown;
 
@@ -87,6 +88,14 @@ impl Positions {
         self.at_end.remove(&partition);
         self.last_message = Instant::now();
         Some(gap)
+    }
+
+    /// Reading on `partition` moves to `offset` (a reset): what was read of it before
+    /// says nothing of the partition read now.
+    pub fn moved(&mut self, partition: i32, offset: i64) {
+        self.next.insert(partition, Some(offset));
+        self.read_to.remove(&partition);
+        self.at_end.remove(&partition);
     }
 
     /// The consumer stands at `position` on `partition` with nothing delivered before it
@@ -178,6 +187,33 @@ pub fn collect<C: ConsumerContext, B: Collector>(
         }
     }
     Ok(())
+}
+
+/// The assignment of `topic` that reads each partition of `next` from its offset (`None`:
+/// the beginning).
+pub fn assignment(topic: &str, next: &BTreeMap<i32, Option<i64>>) -> Result<TopicPartitionList, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for (p, offset) in next {
+        tpl.add_partition_offset(topic, *p, offset.map_or(Offset::Beginning, Offset::Offset))?;
+    }
+    Ok(tpl)
+}
+
+/// Commits, as the group's offsets of `topic`, the offset after `last` on each partition.
+pub fn commit_after<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    last: &BTreeMap<i32, i64>,
+    mode: CommitMode,
+) -> Result<(), KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for (p, offset) in last {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(offset + 1))?;
+    }
+    if tpl.count() == 0 {
+        return Ok(());
+    }
+    consumer.commit(&tpl, mode)
 }
 
 /// The consumer's position on `partition` (the next offset it fetches), if it has one.

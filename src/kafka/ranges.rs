@@ -239,14 +239,9 @@ pub fn reposition<C: ConsumerContext>(
         }
         return consumer.incremental_assign(&tpl);
     }
-    for (p, next) in next {
-        let at = match to.get(p) {
-            Some(offset) => Offset::Offset(*offset),
-            None => next.map_or(Offset::Beginning, Offset::Offset),
-        };
-        tpl.add_partition_offset(topic, *p, at)?;
-    }
-    consumer.assign(&tpl)
+    let mut moved = next.clone();
+    moved.extend(to.iter().map(|(p, offset)| (*p, Some(*offset))));
+    consumer.assign(&crate::kafka::positioned::assignment(topic, &moved)?)
 }
 
 #[cfg(test)]

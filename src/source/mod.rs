@@ -10,22 +10,24 @@
 //! no message before that point is delivered and none after it is skipped. The Kafka
 //! group offsets are written afterwards for lag tools only, and never read.
 
+pub mod check;
 pub mod orphans;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
 use crate::config::{ConsumerMode, Settings};
-use crate::kafka::positioned::Positions;
+use crate::kafka::positioned::{self, Collector, Positions};
 use crate::kafka::ranges::{self, OffsetReset};
 use crate::kafka::{self, KafkaFailure, Role, client_config};
+use crate::shutdown::Shutdown;
 pub use crate::source::orphans::OrphanWatch;
 use crate::table::EventTable;
 use crate::table::offsets::{self, AppIds};
@@ -173,12 +175,12 @@ pub struct BrokerView {
 
 /// The raw-topic consumer and the assignment state its hook maintains.
 pub struct Source {
-    pub consumer: BaseConsumer<SourceContext>,
-    pub assignment: Arc<Mutex<Assignment>>,
-    pub topic: String,
-    pub mode: ConsumerMode,
+    consumer: BaseConsumer<SourceContext>,
+    assignment: Arc<Mutex<Assignment>>,
+    topic: String,
+    mode: ConsumerMode,
     /// The raw topic's partition count when last looked at.
-    pub partitions: i32,
+    partitions: i32,
 }
 
 impl Source {
@@ -233,11 +235,8 @@ impl Source {
                     brokers: settings.brokers.clone(),
                     source: KafkaError::Subscription(format!("reading the offsets stored in Delta failed: {e}")),
                 })?;
-                let mut tpl = TopicPartitionList::new();
-                for (p, start) in &starts {
-                    tpl.add_partition_offset(&settings.topics.raw, *p, start.map_or(Offset::Beginning, Offset::Offset))
-                        .map_err(kafka::client_error(settings))?;
-                }
+                let tpl =
+                    positioned::assignment(&settings.topics.raw, &starts).map_err(kafka::client_error(settings))?;
                 consumer.assign(&tpl).map_err(kafka::client_error(settings))?;
                 tracing::info!(?starts, "all partitions assigned; starting after the offsets stored in Delta");
                 let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -262,21 +261,58 @@ impl Source {
     /// Records progress in the Kafka group, for lag tools; Delta stays the truth, so a
     /// failure here is logged, not fatal.
     pub fn commit_offsets(&self, last: &BTreeMap<i32, i64>) {
-        let mut tpl = TopicPartitionList::new();
-        for (p, offset) in last {
-            if tpl.add_partition_offset(&self.topic, *p, Offset::Offset(offset + 1)).is_err() {
-                return;
-            }
-        }
-        if tpl.count() > 0
-            && let Err(e) = self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async)
-        {
+        if let Err(e) = positioned::commit_after(&self.consumer, &self.topic, last, CommitMode::Async) {
             tracing::debug!(error = %e, "committing group offsets failed (Delta holds the truth)");
         }
     }
 
+    /// How the partitions are taken: all at once, or through the group.
+    pub fn mode(&self) -> ConsumerMode {
+        self.mode
+    }
+
+    /// The raw topic's partition count when last looked at.
+    pub fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    /// Polls the consumer into `batch` ([`crate::kafka::positioned::collect`]).
+    pub fn collect<B: Collector>(
+        &self,
+        positions: &mut Positions,
+        batch: &mut B,
+        deadline: Instant,
+        shutdown: &Shutdown,
+    ) -> Result<(), B::Error> {
+        crate::kafka::positioned::collect(&self.consumer, positions, batch, deadline, shutdown)
+    }
+
+    /// Follows the raw topic's partition count as the broker reports it (`now`): new
+    /// partitions are read from Delta's offsets (assign mode, keeping every other
+    /// partition at its place in `positions`), or the group is rejoined so that they are
+    /// assigned (group mode: librdkafka rebalances when its metadata shows the new count,
+    /// but the leader may assign from an older view; a rebalance now, with the new count
+    /// known, assigns them).
+    pub fn follow_partition_count(&mut self, now: i32, positions: &mut Positions) -> Result<(), String> {
+        let known = self.partitions;
+        if now == known {
+            return Ok(());
+        }
+        tracing::warn!(topic = %self.topic, from = known, to = now, "the raw topic's partition count changed");
+        let added: Vec<i32> = (known..now).collect();
+        match self.mode {
+            ConsumerMode::Assign if now > known => self.add_partitions(&added, positions)?,
+            ConsumerMode::Group if now > known => self
+                .rejoin(&added, "the raw topic has new partitions")
+                .map_err(|e| format!("rejoining the group for the new partitions failed: {e}"))?,
+            _ => {}
+        }
+        self.partitions = now;
+        Ok(())
+    }
+
     /// Leaves and joins the group again, forcing a rebalance, because of `partitions`
-    /// (`why`: see [`OrphanWatch`], and new partitions in `Pipeline::check_source`).
+    /// (`why`: see [`OrphanWatch`], and new partitions in [`Source::follow_partition_count`]).
     pub fn rejoin(&self, partitions: &[i32], why: &str) -> Result<(), KafkaError> {
         tracing::warn!(topic = %self.topic, ?partitions, "{why}: rejoining the group to force a new assignment");
         self.consumer.unsubscribe();
@@ -286,21 +322,17 @@ impl Source {
     /// The raw topic's partition count now; `None` when the broker does not answer within
     /// a second or does not know the topic (deleted, being recreated).
     pub fn partition_count_now(&self) -> Option<i32> {
-        let metadata = self.consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(1)).ok()?;
-        let topic = metadata.topics().iter().find(|t| t.name() == self.topic)?;
-        (topic.error().is_none() && !topic.partitions().is_empty()).then(|| topic.partitions().len() as i32)
+        crate::kafka::admin::partition_count_now(self.consumer.client(), &self.topic, Duration::from_secs(1))
     }
 
     /// Assign mode: starts reading `added` (new partitions of the raw topic) from the
     /// offsets Delta stores, or from the beginning, keeping every partition already read
     /// at its position in `positions` (between batches, so nothing collected is lost).
-    pub fn add_partitions(&mut self, added: &[i32], positions: &mut Positions) -> Result<(), String> {
+    fn add_partitions(&mut self, added: &[i32], positions: &mut Positions) -> Result<(), String> {
         let starts = self.consumer.context().starts_from_delta(added)?;
-        let mut tpl = TopicPartitionList::new();
-        for (p, next) in positions.next.iter().chain(starts.iter()) {
-            tpl.add_partition_offset(&self.topic, *p, next.map_or(Offset::Beginning, Offset::Offset))
-                .map_err(|e| e.to_string())?;
-        }
+        let mut next = positions.next.clone();
+        next.extend(starts.iter().map(|(p, start)| (*p, *start)));
+        let tpl = positioned::assignment(&self.topic, &next).map_err(|e| e.to_string())?;
         self.consumer.assign(&tpl).map_err(|e| format!("assigning the new partitions failed: {e}"))?;
         tracing::info!(?starts, "new partitions of the raw topic assigned; starting after the offsets stored in Delta");
         positions.next.extend(starts);
