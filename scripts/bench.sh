@@ -17,6 +17,10 @@
 # With BENCH_KEY_CHECK=index, the large-table and restart phases also report the key
 # index's size and build time (index_keys, index_build_seconds, index_bytes_per_key);
 # the other key checks build no index, so those fields are left out.
+# Phases 3 and 4 also report where the batches' time went (the batch log's phases:
+# collect, parse, dedup, reload, check, produce, write, commit, as shares of the batches'
+# wall time). With BENCH_PROFILE=1 the first ingest runs under `perf record` (sampling
+# at 499 Hz) and the hottest functions are printed and kept in $work/profile.txt.
 # Prints one table and writes it as JSON ($work/bench.json, or BENCH_JSON=FILE).
 # Usage: scripts/bench.sh [N]   (default 1000000). Environment:
 #   BENCH_KEY_CHECK    index (every key in memory) or scan (the scan-and-MERGE path)
@@ -26,8 +30,10 @@
 #                      (default 1000) and how long it sends them (default 60)
 #   BENCH_JSON         where the JSON goes
 #   S3_PORT            the loopback S3 server's port (default 9300)
-#   BENCH_KAFKA_PORT, TANSU_BIN   the benchmark's own broker's port (default 19092) and the
-#                      tansu binary (scripts/lib.sh)
+#   BENCH_PROFILE      1: profile the first ingest with perf (Debian's linux-perf)
+#   BENCH_KAFKA_PORT, BENCH_KAFKA_IMPL, TANSU_BIN   the benchmark's own cluster
+#                      (scripts/lib.sh `bench_broker`: Apache Kafka on 19092 and 19094,
+#                      or tansu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000000}
@@ -41,11 +47,28 @@ export IDEMPIPE_BROKERS=127.0.0.1:$port IDEMPIPE_KEY_CHECK=$key_check
 cargo build --locked --release --bin idempipe 2>&1 | tail -1
 bin=$PWD/target/release/idempipe
 
-# Peak RSS (KiB) and wall seconds of one command, from GNU time, into $rss and $secs.
+# Peak RSS (KiB) and wall seconds of one command, from GNU time, into $rss and $secs;
+# with $perf_out set, under `perf record` writing there.
 timed() { # config, args...
   local config=$1; shift
-  /usr/bin/time -f '%M %e' -o "$work/time" "$bin" --config "$config" "$@"
+  local wrap=()
+  [[ -z ${perf_out:-} ]] || wrap=(perf record -q -F 499 -o "$perf_out" --)
+  "${wrap[@]}" /usr/bin/time -f '%M %e' -o "$work/time" "$bin" --config "$config" "$@"
   read -r rss secs <"$work/time"
+}
+# The batches' phases over batch log lines [from, to): each phase's share of the
+# batches' summed wall time, as a JSON object.
+phases_of() { # batch log, first line, last line
+  python3 - "$1" "$2" "$3" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])][int(sys.argv[2]):int(sys.argv[3])]
+total = {}
+for l in lines:
+    for k, v in l["phases"].items():
+        total[k] = total.get(k, 0) + v
+wall = sum(v for k, v in total.items() if k != "parse_ms" and k != "write_ms") or 1
+print(json.dumps({k.removesuffix("_ms"): round(v / wall, 3) for k, v in total.items()}, separators=(",", ":")))
+PY
 }
 # Events in, seconds, events/s, batches, files added, over batch log lines [from, to):
 # the rate is taken over the batches (first start to last end), so the group join and
@@ -66,17 +89,27 @@ PY
 # its (empty) table, then the file again and `run` over it; rates from its batch log $2.
 # Phases are named first_ingest$3 and replay$3, logs $main/$4ingest.log and $4replay.log.
 ingest_and_replay() { # config, batch log, phase suffix, log prefix
-  local events secs rate batches files done_batches
+  local events secs rate batches files done_batches shares
+  if [[ ${BENCH_PROFILE:-} == 1 && -z $3 ]]; then perf_out=$main/perf.data; fi
   timed "$1" run --until-idle 3s >/dev/null 2>"$main/$4ingest.log"
+  perf_out=""
   read -r events secs rate batches files < <(from_log "$2" 0 100000000)
-  record "first_ingest$3" "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches"
+  shares=$(phases_of "$2" 0 100000000)
+  record "first_ingest$3" "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches,\"phase_shares\":$shares"
   done_batches=$batches
-  echo "first ingest$3: $events events in $secs s ($rate/s), $batches batches" >&2
+  echo "first ingest$3: $events events in $secs s ($rate/s), $batches batches; time shares $shares" >&2
+  if [[ -f $main/perf.data && -z $3 ]]; then
+    perf report -i "$main/perf.data" --stdio --no-children --sort dso,sym --percent-limit 1 2>/dev/null \
+      | grep -v '^#' | grep -v '^$' | head -40 >"$main/profile.txt"
+    echo "first ingest's hottest functions (perf, $main/profile.txt):" >&2
+    cat "$main/profile.txt" >&2
+  fi
   "$bin" --config "$1" produce --input "$main/events.jsonl" >/dev/null
   timed "$1" run --until-idle 3s >/dev/null 2>"$main/$4replay.log"
   read -r events secs rate batches files < <(from_log "$2" "$done_batches" 100000000)
-  record "replay$3" "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches"
-  echo "replay$3: $events events in $secs s ($rate/s)" >&2
+  shares=$(phases_of "$2" "$done_batches" 100000000)
+  record "replay$3" "$events" "$secs" "$rate" "$rss" "$files" "\"batches\":$batches,\"phase_shares\":$shares"
+  echo "replay$3: $events events in $secs s ($rate/s); time shares $shares" >&2
 }
 
 # A copy of config $1 at $2 whose table is s3://idempipe/$3/events on the loopback S3
