@@ -67,7 +67,7 @@ pub struct Topics {
 pub enum ConsumerMode {
     /// This instance reads every partition (static assignment, no group membership). The
     /// default: one processor per table, and no dependence on the broker's group
-    /// coordinator (tansu 0.6.0's is unreliable, see the README).
+    /// coordinator.
     #[default]
     Assign,
     /// Join the consumer group and share the partitions with other instances; every

@@ -41,9 +41,9 @@ use serde::{Deserialize, Serialize};
 /// read; passed only when no consumer error came since the last look), an end the
 /// broker's offset listing puts below the expected offset is not believed when the
 /// consumer's own fetches reached that offset: the two answers of one broker disagree,
-/// and the fetches are the ones the data came through. tansu's memory storage answers
-/// so: its listing gives the first stored batch when batches share a modification
-/// time. A topic recreated under the consumer makes its fetches fail on Kafka
+/// and the fetches are the ones the data came through (a listing answered by a replica
+/// that lags, or by tansu's memory storage, whose listing gives the first stored batch
+/// when batches share a modification time). A topic recreated under the consumer makes its fetches fail on Kafka
 /// (`OFFSET_OUT_OF_RANGE`, a consumer error, so no `fetched_ends`), and one recreated
 /// before it started has nothing read yet: both are still found. On a broker that answers
 /// a fetch beyond a partition's end with nothing instead, a topic recreated under a
@@ -108,9 +108,8 @@ fn warn_disbelieved(topic: &str, partition: i32, listed_end: i64, expected: i64)
 /// Per partition, the range the broker holds (its first offset and its end), or `None`
 /// if it does not answer within a second. The partitions are asked at once (by up to
 /// [`MAX_ASKING`] threads, each asking its share in turn): one at a time, a slow broker
-/// would hold the batch loop for seconds (tansu's memory storage lists its stored
-/// batches to answer, and librdkafka queues the request behind the connection's
-/// long-polling fetch).
+/// would hold the batch loop for seconds (librdkafka queues the request behind the
+/// connection's long-polling fetch).
 pub(crate) fn watermarks<C: ConsumerContext + Sync>(
     consumer: &BaseConsumer<C>,
     topic: &str,

@@ -19,11 +19,13 @@ const READ_STALL: Duration = Duration::from_secs(30);
 /// on each. Uses manual assignment and commits nothing, so it leaves no trace.
 ///
 /// The end is where librdkafka reports partition EOF, which comes from the high
-/// watermark of fetch responses. (ListOffsets is not used: tansu's memory storage
-/// answers it with the start of the newest batch, not the end of the partition.)
+/// watermark of the very fetch responses the records came in (not a separate
+/// ListOffsets answer, which a broker may give from another moment; tansu's memory
+/// storage even answers it with the start of the newest batch).
 pub fn read_topic(settings: &Settings, topic: &str, mut f: impl FnMut(&BorrowedMessage<'_>)) -> Result<u64> {
-    // librdkafka wants a group id even for manual assignment. It is unique per reader:
-    // tansu 0.6.0 lets a shared reader group disturb other groups' assignments.
+    // librdkafka wants a group id even for manual assignment. It is unique per reader, so
+    // that no reader shares a group with anything (tansu 0.6.0 lets a shared group
+    // disturb other groups' assignments).
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let group = format!("idempipe-reader-{}-{nanos}", std::process::id());
     let consumer: BaseConsumer<LoggingContext> = client_config(

@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 
 /// Group mode's guard against partitions that nobody reads.
 ///
-/// A consumer group is only as live as its coordinator: tansu 0.6.0 sometimes keeps a
-/// crashed member in the group for good, so the partitions assigned to it are read by
+/// A partition is read only while the member it is assigned to reads it, and a group may
+/// keep a member that does not: a crashed member with a static `group.instance.id` keeps
+/// its partitions until its session times out, and a coordinator may keep a crashed
+/// member for good (tansu 0.6.0 does), so the partitions assigned to it are read by
 /// nobody (and a member that joins after a crash may get nothing at all). Each instance
 /// therefore watches the partitions it does not hold: one with unread messages (its end
 /// is past the offset Delta records) whose Delta offset has not moved for `patience` is
