@@ -393,13 +393,20 @@ pub(crate) fn committed_offsets<C: rdkafka::consumer::ConsumerContext>(
             Ok(committed) => Step::Done(committed),
             Err(e) if e.rdkafka_error_code().is_some_and(is_coordinator_moving) => {
                 tracing::debug!(error = %e, "the group coordinator is not ready; asking again");
-                NEW_TOPIC.step(tries, client_error(settings)(e))
+                COORDINATOR_NOT_READY.step(tries, client_error(settings)(e))
             }
             Err(e) => Step::Stop(client_error(settings)(e)),
         }
     })
     .map_err(Stopped::into_error)
 }
+
+/// How long a group coordinator may take to load or move (a cluster just started, a
+/// broker restarted): 100 ms doubling to 1 s between asks, about 20 s in all.
+const COORDINATOR_NOT_READY: Policy = Policy {
+    backoff: Backoff { base: Duration::from_millis(50), cap: Duration::from_secs(1) },
+    max_failures: Some(25),
+};
 
 /// A group coordinator that moves or loads: it answers once it is ready.
 fn is_coordinator_moving(code: RDKafkaErrorCode) -> bool {
