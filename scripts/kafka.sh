@@ -399,12 +399,14 @@ launch() { # node
   esac
   if [[ -f $nd/node.log ]]; then mv -f "$nd/node.log" "$nd/node.log.1"; fi
   log "starting $node (node $(node_id "$node"), 127.0.0.1:$port)"
-  # Kafka's kafka-run-class.sh options; an out-of-memory error ends the node instead of
-  # leaving it half alive.
+  # Kafka's kafka-run-class.sh options, its GC log included (gc.log beside node.log: a
+  # pause there explains a broker fenced for a late heartbeat); an out-of-memory error
+  # ends the node instead of leaving it half alive.
   # shellcheck disable=SC2086
   setsid nohup "$java" "${heap[@]}" -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15 \
     -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true "${cds[@]}" \
+    "-Xlog:gc*,safepoint:file=$nd/gc.log:time,uptime,tags:filecount=2,filesize=10m" \
     -Dlog4j2.configurationFile="$log4j" ${KAFKA_OPTS:-} \
     -cp "$libs/*" kafka.Kafka "$nd/server.properties" >"$nd/node.log" 2>&1 </dev/null 8>&- &
   echo $! >"$nd/pid"

@@ -29,11 +29,14 @@ export IDEMPIPE_TEST_BROKERS=127.0.0.1:9192
 SERVICES_DIR=${SERVICES_DIR:-data/services} scripts/services.sh s3-up
 export IDEMPIPE_TEST_S3=http://127.0.0.1:${S3_PORT:-9300}
 
-# Independent readers the tests use, in the project's own virtual environment: the
-# Python `deltalake` (the Delta table), `chdb` (current ClickHouse in process: our DDL
-# and queries, the Kafka-engine route) and boto3 (lists the tests' S3 bucket).
+# Independent readers and writers the tests use, in the project's own virtual
+# environment: the Python `deltalake` (the Delta table), `chdb` (current ClickHouse in
+# process: our DDL and queries, the Kafka-engine route), boto3 (lists the tests' S3
+# bucket), and Apache Spark with Delta Lake (tests/spark.rs; Spark fetches the Delta jars
+# from Maven Central on its first start, into ~/.ivy2.5.2).
 source scripts/pyenv.sh
-pyenv_ready 'deltalake=deltalake>=1.0' 'pyarrow=pyarrow>=15' 'chdb=chdb>=3' 'boto3=boto3'
+pyenv_ready 'deltalake=deltalake>=1.0' 'pyarrow=pyarrow>=15' 'chdb=chdb>=3' 'boto3=boto3' \
+  'pyspark=pyspark==4.2.0' 'delta=delta-spark==4.4.0'
 
 # Headless Chromium renders the `analyze --html` page in tests/operations.rs.
 if ! command -v chromium >/dev/null 2>&1; then

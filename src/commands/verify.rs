@@ -18,6 +18,9 @@ use crate::table::EventTable;
 pub struct Report {
     pub delta_rows: Option<u64>,
     pub delta_distinct_keys: Option<u64>,
+    /// Delta rows whose `event_date` is not the UTC date of their `event_time` (another
+    /// engine's rows, derived otherwise): the key check cannot find their keys.
+    pub delta_misdated_rows: Option<u64>,
     pub delta_version: Option<u64>,
     pub delta_files: Option<u64>,
     pub raw_records: Option<u64>,
@@ -59,6 +62,14 @@ pub async fn verify(settings: &Settings) -> Report {
             Ok(c) => {
                 report.delta_rows = Some(c.rows);
                 report.delta_distinct_keys = Some(c.distinct_keys);
+                report.delta_misdated_rows = Some(c.misdated_rows);
+                if c.misdated_rows > 0 {
+                    tracing::warn!(
+                        rows = c.misdated_rows,
+                        "rows whose event_date is not the UTC date of their event_time: the key check cannot find \
+                         their keys, so their events sent again would be stored again"
+                    );
+                }
                 report.delta_version = Some(c.version);
                 report.delta_files = Some(c.files);
             }
@@ -174,9 +185,10 @@ impl Report {
     /// A two-column table for people.
     pub fn to_table(&self) -> String {
         let matched = self.clickhouse_keys_match.map(u64::from);
-        let rows: [(&str, Option<u64>); 16] = [
+        let rows: [(&str, Option<u64>); 17] = [
             ("delta_rows", self.delta_rows),
             ("delta_distinct_keys", self.delta_distinct_keys),
+            ("delta_misdated_rows", self.delta_misdated_rows),
             ("delta_version", self.delta_version),
             ("delta_files", self.delta_files),
             ("raw_records", self.raw_records),

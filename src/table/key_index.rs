@@ -16,7 +16,7 @@
 //!   partitions, so a file another writer added there after V makes the commit a
 //!   conflict, and the batch is checked again on the new version.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::{Array, StringArray};
@@ -25,15 +25,20 @@ use deltalake::{DeltaTable, DeltaTableError, ObjectStore};
 use futures::StreamExt;
 
 use crate::event::DedupKey;
-use crate::table::read::data_file_stream;
+use crate::table::read::{data_file_stream, scan_keys};
+use crate::table::schema::PARTITION_COLUMN;
 
 /// The keys of the table at one version, and the files they were read from.
 #[derive(Default)]
 pub struct KeyIndex {
     keys: HashSet<DedupKey>,
     /// Paths (relative to the table root, as the snapshot lists them) of the data files
-    /// whose keys are in `keys`.
+    /// whose keys are in `keys`, read from the file itself.
     files: HashSet<String>,
+    /// Data files with a deletion vector (rows deleted by another engine), whose live
+    /// keys are in `keys`, read by a scan of their dates that applies the vectors (the
+    /// raw file still holds the deleted rows): path and the vector's id.
+    vectored: HashMap<String, String>,
     version: Option<u64>,
     /// Files this process wrote and is about to commit, with their keys: when they show
     /// up live, their keys are taken from here instead of being read back.
@@ -124,12 +129,39 @@ impl KeyIndex {
         if self.version == Some(version) {
             return Ok(stats);
         }
-        let live: Vec<(String, deltalake::Path)> =
-            snapshot.log_data().iter().map(|f| (f.path().into_owned(), f.object_store_path())).collect();
-        let live_paths: HashSet<&str> = live.iter().map(|(p, _)| p.as_str()).collect();
-        let gone: Vec<String> = self.files.iter().filter(|p| !live_paths.contains(p.as_str())).cloned().collect();
-        let removals = if gone.is_empty() { None } else { Some(removals(table, &gone).await?) };
-        if let Some(removals) = removals.as_ref().filter(|r| r.rewritten_only(&self.deletes_seen)) {
+        let live: Vec<LiveFile> = snapshot
+            .log_data()
+            .iter()
+            .map(|f| LiveFile {
+                path: f.path().into_owned(),
+                location: f.object_store_path(),
+                vector: f
+                    .deletion_vector_descriptor()
+                    .map(|d| format!("{:?}{}@{:?}", d.storage_type, d.path_or_inline_dv, d.offset)),
+                date: f.partition_values_map().get(PARTITION_COLUMN).cloned().flatten(),
+            })
+            .collect();
+        let live_paths: HashMap<&str, Option<&str>> =
+            live.iter().map(|f| (f.path.as_str(), f.vector.as_deref())).collect();
+        // A file read whole that has a deletion vector now had rows deleted: gone as read.
+        let gone: Vec<String> =
+            self.files.iter().filter(|p| !matches!(live_paths.get(p.as_str()), Some(None))).cloned().collect();
+        // A file with a deletion vector that is gone or has another one now: rows deleted.
+        let vectors_changed =
+            self.vectored.iter().any(|(p, v)| live_paths.get(p.as_str()).copied().flatten() != Some(v.as_str()));
+        let gone_removals = if gone.is_empty() { None } else { Some(removals(table, &gone).await?) };
+        if vectors_changed {
+            tracing::info!(version, "key index: rows were deleted with deletion vectors; rebuilding from the table");
+            self.keys.clear();
+            self.files.clear();
+            self.vectored.clear();
+            self.deletes_seen = match gone_removals {
+                Some(gone) => gone.deletes,
+                None => removals(table, &[]).await?.deletes,
+            };
+            self.rebuilds += 1;
+            stats.rebuilt = true;
+        } else if let Some(removals) = gone_removals.as_ref().filter(|r| r.rewritten_only(&self.deletes_seen)) {
             // A compaction: its removes say the rows did not change, and no rows were
             // deleted since the index last read the table, so the keys stay; the files
             // it wrote are read below like any new file (their keys are already here:
@@ -138,12 +170,13 @@ impl KeyIndex {
                 self.files.remove(path);
             }
             stats.compacted = removals.gone_rewritten as u64;
-        } else if let Some(removals) = removals {
+        } else if let Some(removals) = gone_removals {
             // A file whose keys we hold is gone: rows may have been deleted. Only a full
             // re-read is sure to drop exactly those.
             tracing::info!(version, "key index: a data file it read is no longer live; rebuilding from the table");
             self.keys.clear();
             self.files.clear();
+            self.vectored.clear();
             self.deletes_seen = removals.deletes;
             self.rebuilds += 1;
             stats.rebuilt = true;
@@ -151,22 +184,33 @@ impl KeyIndex {
         let mut own: HashSet<&str> = HashSet::new();
         if let Some(pending) = &pending
             && !stats.rebuilt
-            && pending.paths.iter().all(|p| live_paths.contains(p.as_str()) && !self.files.contains(p))
+            && pending.paths.iter().all(|p| live_paths.get(p.as_str()) == Some(&None) && !self.files.contains(p))
         {
             self.keys.extend(pending.keys.iter().copied());
             stats.keys_own = pending.keys.len() as u64;
             own.extend(pending.paths.iter().map(String::as_str));
         }
         let store = table.object_store();
-        for (path, location) in &live {
-            if self.files.contains(path) {
+        let mut scan_dates = BTreeSet::new();
+        for file in &live {
+            if self.files.contains(&file.path) || self.vectored.contains_key(&file.path) {
                 continue;
             }
-            if !own.contains(path.as_str()) {
-                stats.keys_read += read_keys(store.clone(), location.clone(), &mut self.keys).await?;
+            if let Some(vector) = &file.vector {
+                // Read raw, the file would give its deleted rows back: its date is scanned.
+                scan_dates.insert(file.date.clone());
+                self.vectored.insert(file.path.clone(), vector.clone());
+                continue;
+            }
+            if !own.contains(file.path.as_str()) {
+                stats.keys_read += read_keys(store.clone(), file.location.clone(), &mut self.keys).await?;
                 stats.files_read += 1;
             }
-            self.files.insert(path.clone());
+            self.files.insert(file.path.clone());
+        }
+        if !scan_dates.is_empty() {
+            // Every live key of those dates (the other files' ones are here already).
+            stats.keys_read += scan_keys(table, &scan_dates, &mut self.keys).await?;
         }
         self.version = Some(version);
         stats.elapsed = started.elapsed();
@@ -200,7 +244,17 @@ impl Removals {
     }
 }
 
-/// Reads the table's tombstones for the files in `gone`.
+/// A data file live at the version being synced.
+struct LiveFile {
+    path: String,
+    location: deltalake::Path,
+    /// Its deletion vector's id, if it has one.
+    vector: Option<String>,
+    /// Its `event_date` partition value (`None`: a null date).
+    date: Option<String>,
+}
+
+/// Reads the table's tombstones for the files in `gone` (and every delete).
 async fn removals(table: &DeltaTable, gone: &[String]) -> Result<Removals, DeltaTableError> {
     let mut unexplained: HashSet<&str> = gone.iter().map(String::as_str).collect();
     let mut removals = Removals { gone_rewritten: 0, gone_otherwise: 0, deletes: HashSet::new() };

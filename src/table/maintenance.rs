@@ -11,7 +11,7 @@
 //! and counted, never fatal: the batch loop's exactly-once bookkeeping does not depend on
 //! maintenance.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use crate::event::EventTime;
 use crate::metrics;
 use crate::table::read::data_file_stream;
 use crate::table::schema::{PARTITION_COLUMN, arrow_schema};
-use crate::table::{EventTable, Result, without_post_commit_maintenance};
+use crate::table::{DeltaError, EventTable, Result, without_post_commit_maintenance};
 
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -56,9 +56,11 @@ impl EventTable {
     /// Not delta-rs's `optimize`: two of those running at once both commit, each removing
     /// the same files and adding its own copy of their rows (delta-rs 1.1's conflict
     /// checker ignores removes with `dataChange = false` when it looks for a file removed
-    /// twice), which doubles the rows. This commit carries a txn action of the app id
-    /// [`COMPACTION_APP_ID`], so any other compaction that committed since this one read
-    /// the table makes it a conflict (`ConcurrentTransaction`) instead.
+    /// twice), which doubles the rows. This one commits only if every file it rewrites is
+    /// still live, unchanged, in the version it commits onto (see
+    /// [`EventTable::commit_compaction`]): any other compaction (idempipe's, Spark's
+    /// `OPTIMIZE`, delta-rs's `optimize`) or delete that reached those files first makes it
+    /// give up, having changed nothing.
     ///
     /// The rows do not change (removes and adds say `dataChange = false`), so a writer
     /// racing it keeps its exactly-once bookkeeping: its append conflicts if the
@@ -139,19 +141,91 @@ impl EventTable {
                 outcome.files_added += 1;
             }
         }
-        let now = EventTime::now().micros();
-        let claim = Transaction::new_with_last_update(COMPACTION_APP_ID, now, Some(now / 1_000));
-        let operation =
-            DeltaOperation::Optimize { predicate: None, target_size: COMPACT_TARGET_BYTES.min(i64::MAX as u64) as i64 };
-        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
-        CommitBuilder::from(without_post_commit_maintenance().with_application_transactions(vec![claim]))
-            .with_actions(actions)
-            .build(Some(snapshot as &dyn TableReference), self.table.log_store(), operation)
-            .await
-            .map_err(|e| self.error(e))?;
-        self.reload().await?;
+        self.commit_compaction(actions).await?;
         outcome.version = self.version();
         Ok(outcome)
+    }
+
+    /// Commits a compaction's `actions` (removes of the files it read, adds of their
+    /// rewrite) only onto a table in which every file it removes is still live as it read
+    /// it, and reports a lost race ([`DeltaError::is_lost_compaction_race`]) otherwise.
+    ///
+    /// delta-rs's own retries cannot be trusted with this: its conflict checker skips
+    /// removes saying `dataChange = false` when it looks for a file removed twice, so a
+    /// compaction by another engine (Spark's `OPTIMIZE`, auto-compaction, Python
+    /// deltalake) committed since this one read the table would let both commit, each
+    /// file's rows then living twice. So delta-rs never retries here (`max_retries` 0);
+    /// each attempt reloads the table, checks every file against the latest version
+    /// (still live, with no deletion vector since: a `DELETE` by another engine re-adds
+    /// a file under the same path with one), and commits onto exactly that version, which
+    /// put-if-absent makes the only version it can land on. A failed attempt is never
+    /// assumed not to have landed: if the added files are live, it did.
+    async fn commit_compaction(&mut self, actions: Vec<Action>) -> Result<()> {
+        let removed: Vec<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Remove(r) => Some(r.path.clone()),
+                _ => None,
+            })
+            .collect();
+        let added: Vec<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Add(add) => Some(add.path.clone()),
+                _ => None,
+            })
+            .collect();
+        let operation =
+            DeltaOperation::Optimize { predicate: None, target_size: COMPACT_TARGET_BYTES.min(i64::MAX as u64) as i64 };
+        let mut attempts = 0_u32;
+        loop {
+            attempts += 1;
+            let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+            let live: HashMap<String, bool> = snapshot
+                .log_data()
+                .iter()
+                .map(|f| (f.path().to_string(), f.deletion_vector_descriptor().is_some()))
+                .collect();
+            if !added.is_empty() && added.iter().all(|p| live.contains_key(p)) {
+                // An earlier attempt whose answer was lost did commit.
+                return Ok(());
+            }
+            let gone = removed.iter().filter(|p| live.get(*p) != Some(&false)).count();
+            if gone > 0 {
+                return Err(DeltaError::CompactionOvertaken {
+                    location: self.location.to_string(),
+                    files: gone,
+                    version: self.version(),
+                });
+            }
+            // Kept for instances of earlier releases, whose compactions read this app id.
+            let now = EventTime::now().micros();
+            let claim = Transaction::new_with_last_update(COMPACTION_APP_ID, now, Some(now / 1_000));
+            let committed = CommitBuilder::from(
+                without_post_commit_maintenance().with_max_retries(0).with_application_transactions(vec![claim]),
+            )
+            .with_actions(actions.clone())
+            .build(Some(snapshot as &dyn TableReference), self.table.log_store(), operation.clone())
+            .await;
+            match committed {
+                Ok(_) => return self.reload().await,
+                Err(e) if attempts < COMPACT_COMMIT_ATTEMPTS => {
+                    tracing::debug!(error = %e, attempts, "compaction commit refused; checking the latest version");
+                    self.reload().await?;
+                }
+                Err(e) => {
+                    // The last attempt: whether it landed decides.
+                    self.reload().await?;
+                    let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+                    let live: std::collections::HashSet<String> =
+                        snapshot.log_data().iter().map(|f| f.path().to_string()).collect();
+                    if !added.is_empty() && added.iter().all(|p| live.contains(p)) {
+                        return Ok(());
+                    }
+                    return Err(self.error(e));
+                }
+            }
+        }
     }
 
     /// Deletes data files removed from the table more than `retention` ago (and with
@@ -246,6 +320,11 @@ pub const COMPACT_ROW_GROUP_BYTES: usize = 16 << 20;
 /// The txn app id every compaction's commit carries, so that two compactions never
 /// both commit (see [`EventTable::compact`]).
 pub const COMPACTION_APP_ID: &str = "idempipe-compaction";
+
+/// Commit attempts of one compaction: each one that finds the table moved on checks the
+/// new version again ([`EventTable::commit_compaction`]); past this many, it gives up
+/// until its next interval.
+const COMPACT_COMMIT_ATTEMPTS: u32 = 5;
 
 /// A data file's batch with the partition column put back, in the table's column order.
 fn with_date(batch: RecordBatch, day: i32) -> std::result::Result<RecordBatch, deltalake::arrow::error::ArrowError> {
@@ -403,9 +482,9 @@ impl MaintenanceSchedule {
                     }
                 }
                 Err(e) if e.is_lost_compaction_race() => {
-                    // Another process compacted the same files first: nothing to do.
+                    // Another writer compacted or deleted from the same files first: nothing changed.
                     metrics::maintenance("compact_lost_race", true);
-                    tracing::info!("another compaction committed first; trying again at the next interval");
+                    tracing::info!(error = %e, "another writer changed the files first; compacting again at the next interval");
                 }
                 Err(e) => {
                     metrics::maintenance("compact", false);
@@ -580,6 +659,42 @@ mod table_tests {
         assert!(err.is_lost_compaction_race(), "{err}");
         let counts = EventTable::open(&path).await.unwrap().counts().await.unwrap();
         assert_eq!((counts.rows, counts.distinct_keys, counts.files), (30, 30, 1));
+    }
+
+    #[tokio::test]
+    async fn a_compaction_overtaken_by_another_engines_compaction_commits_nothing() {
+        let (_dir, path) = new_table().await;
+        let mut a = indexed(&path).await;
+        for i in 0..3 {
+            check_and_insert(&mut a, &rows(i * 10..i * 10 + 10, 100, 0), 0).await.unwrap();
+        }
+        // `b` reads the table; another engine's compaction (delta-rs's optimize, whose
+        // removes say dataChange = false, as Spark's OPTIMIZE's do) commits first.
+        let mut b = EventTable::open(&path).await.unwrap();
+        a.table.clone().optimize().await.unwrap();
+        let err = b.compact().await.unwrap_err();
+        assert!(err.is_lost_compaction_race(), "{err}");
+        assert!(err.to_string().contains("3 of the files"), "{err}");
+        let counts = EventTable::open(&path).await.unwrap().counts().await.unwrap();
+        assert_eq!((counts.rows, counts.distinct_keys, counts.files), (30, 30, 1));
+    }
+
+    #[tokio::test]
+    async fn a_compaction_commits_past_writes_that_left_its_files_alone() {
+        let (_dir, path) = new_table().await;
+        let mut a = indexed(&path).await;
+        for i in 0..3 {
+            check_and_insert(&mut a, &rows(i * 10..i * 10 + 10, 100, 0), 0).await.unwrap();
+        }
+        // `b` reads the table; two appends (another date, and the same date) land first.
+        let mut b = EventTable::open(&path).await.unwrap();
+        let read_at = b.version();
+        check_and_insert(&mut a, &rows(30..40, 101, 0), 0).await.unwrap();
+        check_and_insert(&mut a, &rows(40..50, 100, 0), 0).await.unwrap();
+        let outcome = b.compact().await.unwrap();
+        assert_eq!((outcome.files_removed, outcome.files_added, outcome.version), (3, 1, read_at + 3));
+        let counts = EventTable::open(&path).await.unwrap().counts().await.unwrap();
+        assert_eq!((counts.rows, counts.distinct_keys, counts.files), (50, 50, 3));
     }
 
     #[tokio::test]

@@ -59,25 +59,23 @@ pub enum DeltaError {
     NotADirectory { location: String },
     #[error("Delta table at {location}: {what}")]
     Unexpected { location: String, what: String },
+    #[error("Delta table at {location} cannot take idempipe's events: {problems}")]
+    Unsuitable { location: String, problems: String },
+    #[error(
+        "Delta table at {location}: {files} of the files a compaction rewrote were removed or had rows deleted by \
+         another writer since it read them (table version {version}); it committed nothing"
+    )]
+    CompactionOvertaken { location: String, files: usize, version: u64 },
     #[error(transparent)]
     Store(#[from] ProbeError),
 }
 
 impl DeltaError {
-    /// Whether a compaction lost to another compaction that committed first (the
-    /// guard of [`EventTable::compact`]): nothing changed, nothing to repair.
+    /// Whether a compaction lost to another writer that removed or changed a file it
+    /// rewrote first (the guard of [`EventTable::compact`]): nothing changed, nothing to
+    /// repair.
     pub(crate) fn is_lost_compaction_race(&self) -> bool {
-        use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
-        matches!(
-            self,
-            DeltaError::Table { source, .. }
-                if matches!(
-                    **source,
-                    DeltaTableError::Transaction {
-                        source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction)
-                    }
-                )
-        )
+        matches!(self, DeltaError::CompactionOvertaken { .. })
     }
 
     /// Whether a commit lost a race: another writer committed first something this one
@@ -227,7 +225,8 @@ impl EventTable {
         Ok(this)
     }
 
-    /// Refuses a table whose columns are not ours: writing to it would fail mid-batch.
+    /// Refuses, before anything is written, a table idempipe would write to wrongly or not
+    /// at all: one it did not create whose layout is not its own (see [`layout_problems`]).
     fn check_schema(&self) -> Result<()> {
         let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
         let schema = snapshot.snapshot().arrow_schema();
@@ -238,6 +237,10 @@ impl EventTable {
                 location: self.location.to_string(),
                 what: format!("is not an idempipe events table: columns {missing:?} are missing"),
             });
+        }
+        let problems = layout_problems(snapshot);
+        if !problems.is_empty() {
+            return Err(DeltaError::Unsuitable { location: self.location.to_string(), problems: problems.join("; ") });
         }
         Ok(())
     }
@@ -313,6 +316,96 @@ impl EventTable {
 /// Commit properties without delta-rs's post-commit maintenance: checkpoints and log
 /// cleanup are [`maintenance`]'s, on its own schedule (`checkpoint_every`,
 /// `log_retention`); left on, delta-rs would also list the whole log after every commit.
+/// What makes a table unfit for idempipe's writes, each said in a phrase (none: fit).
+///
+/// A table idempipe did not create is adopted only if it is laid out as `setup` would
+/// have made it, because the already-stored check relies on that layout: the key check
+/// finds a stored key through the `event_date` partition of its event time, and the key
+/// cache, the key index and compaction read data files by column name. So the table
+/// must: be one delta-rs can write (every table feature it needs is one this build
+/// writes: not liquid clustering, identity columns, row tracking, ...); have idempipe's
+/// columns with their types and no others (a `timestamp_ntz` event time is not UTC);
+/// be partitioned by `event_date` alone; use no column mapping (files would name columns
+/// otherwise); carry no CHECK constraint or invariant (a row it refused would stop the
+/// batch instead of going to the dead-letter topic); and generate no column but
+/// `event_date` as the date of `event_time`.
+pub(crate) fn layout_problems(state: &deltalake::table::state::DeltaTableState) -> Vec<String> {
+    use deltalake::kernel::transaction::{PROTOCOL, TableReference};
+    let mut problems = Vec::new();
+    if let Err(e) = PROTOCOL.can_write_to(state as &dyn TableReference) {
+        problems.push(format!("this build of delta-rs cannot write to it ({e})"));
+    }
+    let schema = state.schema();
+    let ours = delta_columns();
+    for column in &ours {
+        if let Some(theirs) = schema.field(column.name())
+            && theirs.data_type() != column.data_type()
+        {
+            problems.push(format!(
+                "column {} is {} where idempipe writes {}",
+                column.name(),
+                theirs.data_type(),
+                column.data_type()
+            ));
+        }
+    }
+    let extra: Vec<&str> =
+        schema.fields().map(|f| f.name().as_str()).filter(|n| !ours.iter().any(|c| c.name() == *n)).collect();
+    if !extra.is_empty() {
+        problems.push(format!("columns {extra:?} are not idempipe's (it writes its own only)"));
+    }
+    let partitions = state.metadata().partition_columns();
+    if partitions != [PARTITION_COLUMN] {
+        problems.push(format!(
+            "it is partitioned by {partitions:?}, not by [{PARTITION_COLUMN:?}] alone (the key check finds a stored \
+             key by the date of its event time)"
+        ));
+    }
+    let configuration = state.metadata().configuration();
+    if let Some(mode) = configuration.get("delta.columnMapping.mode").filter(|m| !m.eq_ignore_ascii_case("none")) {
+        problems.push(format!(
+            "it uses column mapping (delta.columnMapping.mode = {mode}): idempipe reads data files by column name"
+        ));
+    }
+    let mut constraints: Vec<String> = configuration
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("delta.constraints.").map(|name| format!("{name} ({v})")))
+        .collect();
+    constraints.sort();
+    if !constraints.is_empty() {
+        problems.push(format!(
+            "it has CHECK constraints {}: an event one refuses would stop its batch instead of going to the \
+             dead-letter topic",
+            constraints.join(", ")
+        ));
+    }
+    for field in schema.fields() {
+        let metadata = field.metadata();
+        if metadata.contains_key("delta.invariants") {
+            problems.push(format!("column {} has an invariant (a CHECK constraint of old)", field.name()));
+        }
+        if let Some(expression) = metadata.get("delta.generationExpression") {
+            let expression = expression.to_string();
+            if !(field.name() == PARTITION_COLUMN && is_date_of_event_time(&expression)) {
+                problems.push(format!(
+                    "column {} is generated as {expression} (only {PARTITION_COLUMN} may be, as \
+                     CAST(event_time AS DATE))",
+                    field.name()
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Whether a generation expression is `event_date`'s own derivation: the (UTC) date of
+/// `event_time`.
+fn is_date_of_event_time(expression: &str) -> bool {
+    let plain: String =
+        expression.chars().filter(|c| !c.is_whitespace() && *c != '`').collect::<String>().to_lowercase();
+    matches!(plain.as_str(), "cast(event_timeasdate)" | "to_date(event_time)")
+}
+
 pub(crate) fn without_post_commit_maintenance() -> CommitProperties {
     CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false))
 }

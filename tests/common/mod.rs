@@ -1,13 +1,14 @@
 //! Helpers for tests against the real services: each test gets its own topics, group
 //! and Delta table, so tests run in parallel on one cluster. The harness that runs the
 //! built binary ([`Harness`]) is here; each service's helpers are in a module of their
-//! own ([`kafka`], [`clickhouse`], [`s3`]; certificates in [`tls`]).
+//! own ([`kafka`], [`clickhouse`], [`s3`], [`spark`]; certificates in [`tls`]).
 #![allow(dead_code, unreachable_pub)]
 
 pub mod browser;
 pub mod clickhouse;
 pub mod kafka;
 pub mod s3;
+pub mod spark;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
