@@ -425,7 +425,7 @@ from pyspark.sql import functions as F
 from delta.tables import DeltaTable
 ts = F.col("timestamp")
 src = (spark.read.schema("user_id STRING, event_type STRING, timestamp STRING").json("{file}")
-    .withColumn("event_time", F.when(ts.rlike("^[0-9]+$"), F.timestamp_millis(ts.cast("long")))
+    .withColumn("event_time", F.when(ts.rlike("^[0-9]{{1,15}}$"), F.timestamp_millis(ts.cast("long")))
                                .otherwise(ts.try_cast("timestamp")))
     .withColumn("dedup_key", F.md5(F.concat_ws("\u001f", "user_id", "event_type",
         F.date_format("event_time", "yyyy-MM-dd'T'HH:mm:ss.SSSSSS'Z'"))))

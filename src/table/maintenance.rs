@@ -178,16 +178,17 @@ impl EventTable {
         let operation =
             DeltaOperation::Optimize { predicate: None, target_size: COMPACT_TARGET_BYTES.min(i64::MAX as u64) as i64 };
         let mut attempts = 0_u32;
+        let mut refused = None;
         loop {
-            attempts += 1;
+            // Each live file, and whether it has a deletion vector.
             let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
             let live: HashMap<String, bool> = snapshot
                 .log_data()
                 .iter()
                 .map(|f| (f.path().to_string(), f.deletion_vector_descriptor().is_some()))
                 .collect();
-            if !added.is_empty() && added.iter().all(|p| live.contains_key(p)) {
-                // An earlier attempt whose answer was lost did commit.
+            if refused.is_some() && !added.is_empty() && added.iter().all(|p| live.contains_key(p)) {
+                // An attempt whose answer was an error did commit.
                 return Ok(());
             }
             let gone = removed.iter().filter(|p| live.get(*p) != Some(&false)).count();
@@ -198,6 +199,12 @@ impl EventTable {
                     version: self.version(),
                 });
             }
+            if let Some(e) = refused.take()
+                && attempts >= COMPACT_COMMIT_ATTEMPTS
+            {
+                return Err(self.error(e));
+            }
+            attempts += 1;
             // Kept for instances of earlier releases, whose compactions read this app id.
             let now = EventTime::now().micros();
             let claim = Transaction::new_with_last_update(COMPACTION_APP_ID, now, Some(now / 1_000));
@@ -209,20 +216,10 @@ impl EventTable {
             .await;
             match committed {
                 Ok(_) => return self.reload().await,
-                Err(e) if attempts < COMPACT_COMMIT_ATTEMPTS => {
-                    tracing::debug!(error = %e, attempts, "compaction commit refused; checking the latest version");
-                    self.reload().await?;
-                }
                 Err(e) => {
-                    // The last attempt: whether it landed decides.
+                    tracing::debug!(error = %e, attempts, "compaction commit refused; checking the latest version");
+                    refused = Some(e);
                     self.reload().await?;
-                    let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
-                    let live: std::collections::HashSet<String> =
-                        snapshot.log_data().iter().map(|f| f.path().to_string()).collect();
-                    if !added.is_empty() && added.iter().all(|p| live.contains(p)) {
-                        return Ok(());
-                    }
-                    return Err(self.error(e));
                 }
             }
         }
