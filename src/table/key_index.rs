@@ -152,14 +152,11 @@ impl KeyIndex {
         let gone_removals = if gone.is_empty() { None } else { Some(removals(table, &gone).await?) };
         if vectors_changed {
             tracing::info!(version, "key index: rows were deleted with deletion vectors; rebuilding from the table");
-            self.keys.clear();
-            self.files.clear();
-            self.vectored.clear();
-            self.deletes_seen = match gone_removals {
+            let deletes = match gone_removals {
                 Some(gone) => gone.deletes,
                 None => removals(table, &[]).await?.deletes,
             };
-            self.rebuilds += 1;
+            self.start_again(deletes);
             stats.rebuilt = true;
         } else if let Some(removals) = gone_removals.as_ref().filter(|r| r.rewritten_only(&self.deletes_seen)) {
             // A compaction: its removes say the rows did not change, and no rows were
@@ -174,11 +171,7 @@ impl KeyIndex {
             // A file whose keys we hold is gone: rows may have been deleted. Only a full
             // re-read is sure to drop exactly those.
             tracing::info!(version, "key index: a data file it read is no longer live; rebuilding from the table");
-            self.keys.clear();
-            self.files.clear();
-            self.vectored.clear();
-            self.deletes_seen = removals.deletes;
-            self.rebuilds += 1;
+            self.start_again(removals.deletes);
             stats.rebuilt = true;
         }
         let mut own: HashSet<&str> = HashSet::new();
@@ -215,6 +208,16 @@ impl KeyIndex {
         self.version = Some(version);
         stats.elapsed = started.elapsed();
         Ok(stats)
+    }
+
+    /// Forgets every key and file, to read the table again from nothing; `deletes` are
+    /// the files removed as a change of data that this reading accounts for.
+    fn start_again(&mut self, deletes: HashSet<String>) {
+        self.keys.clear();
+        self.files.clear();
+        self.vectored.clear();
+        self.deletes_seen = deletes;
+        self.rebuilds += 1;
     }
 }
 
