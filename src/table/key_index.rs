@@ -292,23 +292,32 @@ pub(crate) async fn read_keys(
         let Some(column) = batch.columns().first() else {
             return Err(DeltaTableError::Generic(format!("data file {location} has no dedup_key column")));
         };
-        let column = deltalake::arrow::compute::cast(column, &ArrowType::Utf8)?;
-        let strings = column
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| DeltaTableError::Generic(format!("dedup_key in {location} is not a string column")))?;
-        keys.reserve_keys(strings.len());
-        // A value that is not a key's hex form can never equal one computed by the
-        // contract, so leaving it out keeps the check exact.
-        keys.extend(strings.iter().flatten().filter_map(DedupKey::from_hex));
-        rows += strings.len() as u64;
+        rows += keys.add_key_column(column, &location)?;
     }
     Ok(rows)
 }
 
-/// Where [`read_keys`] puts a file's keys.
+/// Where [`read_keys`] (and the table scan of `scan_keys`) put the keys they read.
 pub(crate) trait KeySink: Extend<DedupKey> {
     fn reserve_keys(&mut self, additional: usize);
+
+    /// Adds the keys of a `dedup_key` column read from `source`; returns its rows. A
+    /// value that is not a key's hex form can never equal one computed by the contract,
+    /// so leaving it out keeps the check exact.
+    fn add_key_column(
+        &mut self,
+        column: &deltalake::arrow::array::ArrayRef,
+        source: &dyn std::fmt::Display,
+    ) -> Result<u64, DeltaTableError> {
+        let column = deltalake::arrow::compute::cast(column, &ArrowType::Utf8)?;
+        let strings = column
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| DeltaTableError::Generic(format!("dedup_key in {source} is not a string column")))?;
+        self.reserve_keys(strings.len());
+        self.extend(strings.iter().flatten().filter_map(DedupKey::from_hex));
+        Ok(strings.len() as u64)
+    }
 }
 
 impl KeySink for HashSet<DedupKey> {

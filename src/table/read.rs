@@ -192,12 +192,7 @@ pub(crate) async fn scan_keys(
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
     let mut rows = 0_u64;
     while let Some(batch) = futures::StreamExt::next(&mut stream).await {
-        let batch = batch?;
-        let column = deltalake::arrow::compute::cast(batch.column(0), &ArrowType::Utf8)?;
-        let Some(strings) = column.as_any().downcast_ref::<StringArray>() else { continue };
-        keys.reserve_keys(strings.len());
-        keys.extend(strings.iter().flatten().filter_map(crate::event::DedupKey::from_hex));
-        rows += strings.len() as u64;
+        rows += keys.add_key_column(batch?.column(0), &"the table scan")?;
     }
     Ok(rows)
 }
