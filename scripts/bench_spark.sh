@@ -7,6 +7,10 @@
 #   seed:     10,000 unique + 1,000 re-sends + 100 invalid, sent 11 times (the first and
 #             10 replays), then 15 new events: a backlog drained from the start;
 #   million:  900,000 unique + 100,000 re-sends (1,000,000 events), drained;
+#   year:     a replay of a whole year of history: 450,000 events over 365 dates, every
+#             one already stored, into a table of BENCH_YEAR_ROWS (default 40,000,000)
+#             rows prefilled by `bench-prefill` in arrival (time) order, so that every
+#             file of a date spans the whole date; each engine on a copy of that table;
 #   latency:  1,000 events a second for BENCH_LATENCY_SECONDS (default 60) to a running
 #             processor with a 200 ms trigger: produce to Delta commit, p50/p99.
 # Each engine on a topic and table of its own, measured over its whole process tree
@@ -18,7 +22,7 @@
 # (default 2g), SPARK_MASTER (default local[2]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-workloads=" ${BENCH_WORKLOADS:-seed million latency} "
+workloads=" ${BENCH_WORKLOADS:-seed million year latency} "
 source scripts/lib.sh
 source scripts/pyenv.sh
 pyenv_ready 'pyspark=pyspark==4.2.0' 'delta=delta-spark==4.4.0'
@@ -31,12 +35,17 @@ mkdir -p "$root"
 results=()
 
 # engine_run ENGINE WORKLOAD EXPECTED FILE... : a pipeline of its own; the files produced
-# to its raw topic, then drained by ENGINE; appends a JSON result.
+# to its raw topic, then drained by ENGINE; appends a JSON result. With $from_table set,
+# the pipeline's table starts as a copy of that table.
 engine_run() {
   local engine=$1 workload=$2 expected=$3
   shift 3
   new_pipeline "${engine:0:5}$workload" 1s
   local cfg=$work/idempipe.toml
+  if [[ -n ${from_table:-} ]]; then
+    mkdir -p "$work/delta"
+    cp -r "$from_table" "$work/delta/events"
+  fi
   echo "batch_log = \"$work/batches.jsonl\"" | cat - "$cfg" >"$cfg.new" && mv "$cfg.new" "$cfg"
   "$bin" --config "$cfg" setup --skip-clickhouse >/dev/null
   local f sent=0
@@ -64,6 +73,7 @@ secs = t(lines[-1]["ended_at"]) - t(lines[0]["started_at"])
 rows, keys = v.get("delta_rows"), v.get("delta_distinct_keys")
 print(json.dumps({
     "engine": engine, "phase": workload, "events": sent, "batches": len(lines),
+    "inserted": sum(l.get("inserted") or 0 for l in lines),
     "seconds": round(secs, 2), "events_per_s": round(sent / secs) if secs > 0 else None,
     "peak_rss_mib": usage["peak_rss_mib"], "cpu_s_per_million": round(usage["cpu_seconds"] * 1e6 / sent, 1),
     "process_seconds": usage["wall_seconds"], "delta_rows": rows, "distinct_keys": keys,
@@ -99,6 +109,21 @@ fi
 if [[ $workloads == *" million "* ]]; then
   "$bin" generate --unique 900000 --duplicates 100000 --invalid 0 --seed 44 --out "$root/million.jsonl" >/dev/null
   for engine in idempipe spark; do engine_run "$engine" million 900000 "$root/million.jsonl"; done
+fi
+if [[ $workloads == *" year "* ]]; then
+  year_rows=${BENCH_YEAR_ROWS:-40000000}
+  new_pipeline yearfill 1s
+  from_table=$PWD/$work/delta/events
+  "$bin" --config "$work/idempipe.toml" setup --skip-clickhouse >/dev/null
+  /usr/bin/time -f '%e s, peak RSS %M KiB' "$bin" --config "$work/idempipe.toml" bench-prefill --rows "$year_rows" \
+    --days 365 >"$work/prefill.json" 2>"$work/prefill.log"
+  echo "bench: prefill $(cat "$work/prefill.json"), $(tail -1 "$work/prefill.log"), $(du -sh "$from_table" | cut -f1)" >&2
+  all_days=$(python3 -c "print(','.join(str(d) for d in range(365)))")
+  "$bin" bench-events --rows "$year_rows" --days 365 --namespace h --count 450000 --on-days "$all_days" \
+    --out "$root/year.jsonl" >/dev/null
+  for engine in idempipe spark; do engine_run "$engine" year "$year_rows" "$root/year.jsonl"; done
+  [[ -n ${BENCH_KEEP:-} ]] || rm -rf "$from_table" data/{idemp,spark}year*/delta
+  from_table=
 fi
 if [[ $workloads == *" latency "* ]]; then
   seconds=${BENCH_LATENCY_SECONDS:-60}
@@ -146,7 +171,7 @@ for r in rows:
         print(f"{r['phase']:<9}{r['engine']:<10}{r['events']:>10}{r['events_per_s'] or 0:>10}{r['peak_rss_mib']:>10}"
               f"{r['cpu_s_per_million']:>9}{str(r['exact']).lower():>7}")
 by = {(r["engine"], r["phase"]): r for r in rows}
-for phase in ("seed", "million"):
+for phase in ("seed", "million", "year"):
     i, s = by.get(("idempipe", phase)), by.get(("spark", phase))
     if i and s and s["events_per_s"]:
         print(f"{phase}: idempipe at {i['events_per_s'] / s['events_per_s']:.1f} times Spark's events a second")

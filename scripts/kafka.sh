@@ -41,6 +41,10 @@
 #                      different (restart with a new password: down, then up). The brokers
 #                      reach each other as a user of their own, kafka-sh-broker (its
 #                      password in kafka/broker.secret)
+#   KAFKA_REAUTH_MS    with SCRAM: the brokers' connections.max.reauth.ms (default 0: never);
+#                      a client re-authenticates each connection within it (KIP-368), so a
+#                      password changed on the running cluster (`up` with a new one) is
+#                      asked of every connection within that time
 #   KAFKA_ACL          1 (with SCRAM only): the nodes authorize every request with Kafka's
 #                      StandardAuthorizer; only the brokers' own user (and the unauthenticated
 #                      controller listener) are super users, so a client's user may do what
@@ -181,6 +185,7 @@ write_config() { # node
       for sasl in sasl_plaintext ${tport:+sasl_ssl}; do
         echo "listener.name.$sasl.scram-sha-512.sasl.jaas.config=$jaas"
       done
+      echo "connections.max.reauth.ms=${KAFKA_REAUTH_MS:-0}"
     fi
     if [[ $acl == 1 ]]; then
       echo "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer"

@@ -40,6 +40,8 @@ pub struct PrivateKafka {
     scram: Option<(String, String)>,
     /// Requests are authorized by ACLs (`KAFKA_ACL=1`).
     acls: bool,
+    /// With SCRAM: the brokers' `connections.max.reauth.ms` (`KAFKA_REAUTH_MS`; 0: never).
+    reauth_ms: u32,
 }
 
 impl PrivateKafka {
@@ -53,22 +55,29 @@ impl PrivateKafka {
             tls: None,
             scram: None,
             acls: false,
+            reauth_ms: 0,
         };
         this.script(&["fresh"]);
         this
     }
 
     pub fn start(dir: PathBuf, scram: Option<(&str, &str)>) -> Self {
-        Self::start_with(dir, scram, false)
+        Self::start_with(dir, scram, false, 0)
+    }
+
+    /// Over TLS with SCRAM, the brokers asking every connection to authenticate again
+    /// within `reauth_ms` (`connections.max.reauth.ms`, KIP-368).
+    pub fn reauthenticating(dir: PathBuf, user: &str, password: &str, reauth_ms: u32) -> Self {
+        Self::start_with(dir, Some((user, password)), false, reauth_ms)
     }
 
     /// Over TLS with SCRAM, every request authorized by ACLs: the user may do what
     /// [`PrivateKafka::acl`] allows it and nothing else.
     pub fn with_acls(dir: PathBuf, user: &str, password: &str) -> Self {
-        Self::start_with(dir, Some((user, password)), true)
+        Self::start_with(dir, Some((user, password)), true, 0)
     }
 
-    fn start_with(dir: PathBuf, scram: Option<(&str, &str)>, acls: bool) -> Self {
+    fn start_with(dir: PathBuf, scram: Option<(&str, &str)>, acls: bool, reauth_ms: u32) -> Self {
         let (ca, cert, key) = make_certificates(&dir.join("tls"));
         let scram = scram.map(|(u, p)| (u.to_owned(), p.to_owned()));
         let this = Self {
@@ -79,6 +88,7 @@ impl PrivateKafka {
             tls: Some((cert, key)),
             scram,
             acls,
+            reauth_ms,
         };
         this.script(&["fresh"]);
         this
@@ -121,14 +131,12 @@ impl PrivateKafka {
         self.script(&["start-controller"]);
     }
 
-    /// Changes the SCRAM user's password to `password` on the running cluster, then
-    /// restarts it: every connection (authenticated with the old password, which a live
-    /// change leaves open) drops, and a client reconnecting with the old one is refused.
+    /// Changes the SCRAM user's password to `password` on the running cluster (the
+    /// brokers take it at once; connections authenticated with the old one stay open
+    /// until they authenticate again: [`PrivateKafka::reauthenticating`]).
     pub fn change_password(&mut self, password: &str) {
         let user = self.scram.as_ref().expect("a cluster with SCRAM").0.clone();
         self.scram = Some((user, password.to_owned()));
-        self.script(&["up"]);
-        self.script(&["down"]);
         self.script(&["up"]);
     }
 
@@ -192,6 +200,9 @@ impl PrivateKafka {
         }
         if self.acls {
             command.env("KAFKA_ACL", "1");
+        }
+        if self.reauth_ms > 0 {
+            command.env("KAFKA_REAUTH_MS", self.reauth_ms.to_string());
         }
         let status = command.stdout(std::process::Stdio::null()).status().unwrap();
         assert!(status.success(), "scripts/kafka.sh {args:?} failed for the private cluster");
