@@ -35,7 +35,9 @@ fn parse(c: &mut Criterion) {
             }
         })
     });
-    const LIMITS: idempipe::batch::Limits = idempipe::batch::Limits {
+    let limits = idempipe::batch::Limits {
+        identity: event::Identity::default(),
+        key_columns: event::Identity::default().key_columns(),
         message_bytes: event::DEFAULT_MAX_MESSAGE_BYTES,
         record_bytes: 1_000_000 - 1024,
         max_age: None,
@@ -46,7 +48,7 @@ fn parse(c: &mut Criterion) {
             Batch::default,
             |mut batch| {
                 for (offset, line) in lines.iter().enumerate() {
-                    batch.add(0, offset as i64, None, Some(line), LIMITS);
+                    batch.add(0, offset as i64, None, Some(line), &limits);
                 }
                 batch
             },

@@ -28,9 +28,13 @@ pub struct Range {
     pub messages: u64,
 }
 
-/// What decides, message by message, between a row and a `too_large` dead letter.
-#[derive(Debug, Clone, Copy)]
+/// What decides, message by message, between a row and a dead letter.
+#[derive(Debug, Clone)]
 pub struct Limits {
+    /// Which fields make the key, and which is the time.
+    pub identity: crate::event::Identity,
+    /// The columns the key fields go to (named in the processed record).
+    pub key_columns: Vec<String>,
     /// The contract's limit on a message (`max_message_bytes`).
     pub message_bytes: usize,
     /// The largest record idempipe produces ([`crate::config::Settings::max_record_bytes`]):
@@ -46,6 +50,8 @@ pub struct Limits {
 impl Limits {
     pub fn of(settings: &crate::config::Settings) -> Self {
         Self {
+            identity: settings.identity.clone(),
+            key_columns: settings.identity.key_columns(),
             message_bytes: settings.max_message_bytes,
             record_bytes: settings.max_record_bytes(),
             max_age: settings.event_window.max_age,
@@ -72,10 +78,13 @@ impl Limits {
     }
 
     /// Rows whose message is this small always fit a record: the processed record holds
-    /// the payload escaped (at most 6 bytes per byte) beside fields of bounded size.
+    /// the payload escaped (at most 6 bytes per byte), the key fields' values (parts of
+    /// the message, as much again at most) and the key columns' names beside fields of
+    /// bounded size.
     fn surely_fits(&self, message_bytes: usize) -> bool {
         const FIELDS: usize = 1024;
-        message_bytes.saturating_mul(7).saturating_add(FIELDS) <= self.record_bytes
+        let names: usize = self.key_columns.iter().map(|c| c.len() + 4).sum();
+        message_bytes.saturating_mul(13).saturating_add(FIELDS + names) <= self.record_bytes
     }
 }
 
@@ -98,7 +107,7 @@ pub struct Batch {
 
 impl Batch {
     /// Parses one message into a row or a dead letter and extends its partition's range.
-    pub fn add(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>, limits: Limits) {
+    pub fn add(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>, limits: &Limits) {
         self.add_at(partition, offset, key, value, limits, crate::event::EventTime::now);
     }
 
@@ -112,12 +121,13 @@ impl Batch {
         offset: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-        limits: Limits,
+        limits: &Limits,
         reference: impl FnOnce() -> crate::event::EventTime,
     ) {
         let started = std::time::Instant::now();
         let length = value.map_or(0, <[u8]>::len);
-        let parsed = event::parse(value, limits.message_bytes).map(|e| Row::from_event(e, partition, offset));
+        let parsed = event::parse_as(value, limits.message_bytes, &limits.identity)
+            .map(|e| Row::from_event(e, partition, offset));
         let parsed = parsed.and_then(|row| {
             if (limits.max_age.is_some() || limits.max_future.is_some())
                 && let Some(rejection) = limits.outside_window(row.time, reference())
@@ -127,7 +137,7 @@ impl Batch {
             if limits.surely_fits(length) {
                 return Ok(row);
             }
-            match crate::output::processed::record_bytes(&row) {
+            match crate::output::processed::record_bytes(&row, &limits.key_columns) {
                 n if n <= limits.record_bytes => Ok(row),
                 n => Err(Rejection::new(
                     RejectClass::TooLarge,
@@ -239,24 +249,33 @@ impl Batch {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { message_bytes: 1024, record_bytes: 1 << 20, max_age: None, max_future: None };
+    fn default_limits() -> Limits {
+        Limits {
+            identity: crate::event::Identity::default(),
+            key_columns: crate::event::Identity::default().key_columns(),
+            message_bytes: 1024,
+            record_bytes: 1 << 20,
+            max_age: None,
+            max_future: None,
+        }
+    }
 
     #[test]
     fn event_times_outside_the_window_are_dead_letters_of_their_own_class() {
         let limits = Limits {
             max_age: Some(Duration::from_secs(30 * 86_400)),
             max_future: Some(Duration::from_secs(3_600)),
-            ..LIMITS
+            ..default_limits()
         };
         let at = |t: &str| format!(r#"{{"user_id":"u","event_type":"e","timestamp":"{t}"}}"#).into_bytes();
         let now = crate::event::EventTime::now().micros();
         let iso = |micros: i64| crate::event::EventTime::from_micros(micros).unwrap().to_string();
         let mut b = Batch::default();
-        b.add(0, 0, None, Some(&at(&iso(now - 29 * 86_400_000_000))), limits);
-        b.add(0, 1, None, Some(&at(&iso(now - 31 * 86_400_000_000))), limits);
-        b.add(0, 2, None, Some(&at(&iso(now + 1_800_000_000))), limits);
-        b.add(0, 3, None, Some(&at("9999-12-31T23:59:59Z")), limits);
-        b.add(0, 4, None, Some(&at("0001-01-01T00:00:00Z")), LIMITS);
+        b.add(0, 0, None, Some(&at(&iso(now - 29 * 86_400_000_000))), &limits);
+        b.add(0, 1, None, Some(&at(&iso(now - 31 * 86_400_000_000))), &limits);
+        b.add(0, 2, None, Some(&at(&iso(now + 1_800_000_000))), &limits);
+        b.add(0, 3, None, Some(&at("9999-12-31T23:59:59Z")), &limits);
+        b.add(0, 4, None, Some(&at("0001-01-01T00:00:00Z")), &default_limits());
         let kept: Vec<i64> = b.rows.iter().map(|r| r.source_offset).collect();
         assert_eq!(kept, vec![0, 2, 4], "no window: any year is an event");
         let dead: Vec<(i64, RejectClass)> = b.dead_letters.iter().map(|d| (d.offset, d.rejection.class)).collect();
@@ -271,17 +290,17 @@ mod tests {
 
     #[test]
     fn a_valid_event_whose_processed_record_would_not_fit_is_a_dead_letter() {
-        let limits = Limits { message_bytes: 1 << 20, record_bytes: 10_000, ..LIMITS };
+        let limits = Limits { message_bytes: 1 << 20, record_bytes: 10_000, ..default_limits() };
         let event =
             |field: &str| format!(r#"{{"user_id":"u","event_type":"e","timestamp":1,"note":"{field}"}}"#).into_bytes();
         let mut b = Batch::default();
         // 6,000 bytes of escaped quotes: escaped again in the processed record, 12,000.
-        b.add(0, 1, None, Some(&event(&r#"\""#.repeat(3000))), limits);
+        b.add(0, 1, None, Some(&event(&r#"\""#.repeat(3000))), &limits);
         // As long a message of letters fits.
-        b.add(0, 2, None, Some(&event(&"a".repeat(6000))), limits);
+        b.add(0, 2, None, Some(&event(&"a".repeat(6000))), &limits);
         assert_eq!(b.rows.len(), 1);
         assert_eq!(b.rows[0].source_offset, 2);
-        assert!(crate::output::processed::record_bytes(&b.rows[0]) <= limits.record_bytes);
+        assert!(crate::output::processed::record_bytes(&b.rows[0], &limits.key_columns) <= limits.record_bytes);
         let dead = &b.dead_letters[0];
         assert_eq!((dead.offset, dead.rejection.class), (1, RejectClass::TooLarge));
         assert!(dead.rejection.message.contains("processed record would be"), "{}", dead.rejection.message);
@@ -291,9 +310,10 @@ mod tests {
     #[test]
     fn the_size_bound_holds_for_any_batch_id_and_time() {
         let row = Row::from_event(event::parse(Some(&msg(7)), 1024).unwrap(), 3, 99);
-        let bound = crate::output::processed::record_bytes(&row);
+        let columns = crate::event::Identity::default().key_columns();
+        let bound = crate::output::processed::record_bytes(&row, &columns);
         let time = crate::event::EventTime::from_micros(253_402_300_799_999_999).unwrap();
-        let r = crate::output::processed::record("t", &row, i64::MIN, time);
+        let r = crate::output::processed::record("t", &columns, &row, i64::MIN, time);
         let actual = r.key.unwrap().len() + r.value.unwrap().len();
         assert!(actual <= bound, "{actual} > {bound}");
     }
@@ -301,10 +321,10 @@ mod tests {
     #[test]
     fn every_offset_is_a_row_or_a_dead_letter() {
         let mut b = Batch::default();
-        b.add(0, 10, None, Some(&msg(1)), LIMITS);
-        b.add(0, 11, None, Some(b"garbage"), LIMITS);
-        b.add(1, 5, Some(b"k"), None, LIMITS);
-        b.add(0, 12, None, Some(&msg(2)), LIMITS);
+        b.add(0, 10, None, Some(&msg(1)), &default_limits());
+        b.add(0, 11, None, Some(b"garbage"), &default_limits());
+        b.add(1, 5, Some(b"k"), None, &default_limits());
+        b.add(0, 12, None, Some(&msg(2)), &default_limits());
         assert_eq!(b.rows.len(), 2);
         assert_eq!(b.dead_letters.len(), 2);
         assert_eq!(b.messages(), 4);
@@ -317,9 +337,9 @@ mod tests {
     fn offsets_stored_by_another_writer_are_dropped() {
         let mut b = Batch::default();
         for offset in 10..20 {
-            b.add(0, offset, None, Some(&msg(offset as u32)), LIMITS);
-            b.add(1, offset, None, Some(b"bad"), LIMITS);
-            b.add(2, offset, None, Some(&msg(offset as u32)), LIMITS);
+            b.add(0, offset, None, Some(&msg(offset as u32)), &default_limits());
+            b.add(1, offset, None, Some(b"bad"), &default_limits());
+            b.add(2, offset, None, Some(&msg(offset as u32)), &default_limits());
         }
         let dropped = b.drop_stored(&BTreeMap::from([(0, 14), (1, 25), (2, 3)]));
         assert_eq!(dropped, 5 + 10);
@@ -333,7 +353,7 @@ mod tests {
     #[test]
     fn offsets_skipped_at_the_end_extend_the_range_without_messages() {
         let mut b = Batch::default();
-        b.add(0, 10, None, Some(&msg(1)), LIMITS);
+        b.add(0, 10, None, Some(&msg(1)), &default_limits());
         b.skip(0, 11, 13);
         b.skip(1, 40, 41);
         b.skip(2, 7, 7);
@@ -347,9 +367,9 @@ mod tests {
     fn dropping_partitions_keeps_the_others_whole() {
         let mut b = Batch::default();
         for offset in 0..5 {
-            b.add(0, offset, None, Some(&msg(offset as u32)), LIMITS);
-            b.add(1, offset, None, Some(b"bad"), LIMITS);
-            b.add(2, offset, None, Some(&msg(100 + offset as u32)), LIMITS);
+            b.add(0, offset, None, Some(&msg(offset as u32)), &default_limits());
+            b.add(1, offset, None, Some(b"bad"), &default_limits());
+            b.add(2, offset, None, Some(&msg(100 + offset as u32)), &default_limits());
         }
         assert_eq!(b.drop_partitions(&std::collections::BTreeSet::from([1, 2])), 10);
         assert_eq!(b.ranges.keys().copied().collect::<Vec<_>>(), [0]);

@@ -43,7 +43,7 @@ use crate::shutdown::Shutdown;
 use crate::source::check::{Checks, SourceCheck};
 use crate::source::{BrokerView, OrphanWatch, Source};
 use crate::table::maintenance::MaintenanceTask;
-use crate::table::{self, AppIds, DeltaError, EventTable};
+use crate::table::{AppIds, DeltaError, EventTable};
 
 /// Why the processor stopped with an error. Nothing is lost in any case: whatever was
 /// not committed to Delta is read again on restart.
@@ -131,6 +131,7 @@ impl Pipeline {
         runtime: Handle,
         shutdown: Shutdown,
     ) -> Result<Self, PipelineError> {
+        table.check_identity(&settings.identity)?;
         if settings.key_check == KeyCheck::Cache {
             table.enable_key_cache(settings.key_cache_bytes)?;
             tracing::info!(
@@ -185,7 +186,7 @@ impl Pipeline {
             let mut collecting = Collecting {
                 batch: Batch::default(),
                 settings: &self.settings,
-                limits,
+                limits: &limits,
                 source: &self.source,
                 generation: &mut checks.generation,
                 consumer_error: false,
@@ -503,9 +504,11 @@ impl Pipeline {
         // batch of encoded records is never held beside its copies.
         let unsent = || new_rows.iter().filter(|r| !sent.events.contains(&r.key));
         let event_count = unsent().count();
-        let events = unsent().map(|r| processed::record(&settings.topics.processed, r, batch_id, ingested_at));
+        let key_columns = self.table.columns().key().to_vec();
+        let events =
+            unsent().map(|r| processed::record(&settings.topics.processed, &key_columns, r, batch_id, ingested_at));
         record.phases.produce_ms += ms(encode.elapsed());
-        let rows = table::to_record_batch(&new_rows, batch_id, ingested_at)?;
+        let rows = self.table.columns().batch(&new_rows, batch_id, ingested_at)?;
         let dead_letter_count = dead_letters.len();
         let records = dead_letters.into_iter().chain(events);
         // The phase lines let the torture tests aim their kills (tests/torture.rs).
@@ -561,7 +564,7 @@ struct Collecting<'a> {
     batch: Batch,
     settings: &'a Settings,
     /// What makes a message a row or a `too_large` dead letter (derived once per run).
-    limits: crate::batch::Limits,
+    limits: &'a crate::batch::Limits,
     source: &'a Source,
     /// The assignment generation the batch belongs to.
     generation: &'a mut u64,

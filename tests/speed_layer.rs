@@ -153,7 +153,7 @@ fn current_clickhouse_accepts_our_ddl_and_queries() {
             "database": "idempipe",
             "table": "events",
             "database_ddl": schema::create_database("idempipe"),
-            "table_ddl": schema::create_events(&current, "idempipe", "events"),
+            "table_ddl": schema::create_events(&current, "idempipe", "events", &default_key()),
             "count_final": schema::key_summary("idempipe", "events", true),
             "optimize_final": schema::optimize_final("idempipe", "events"),
         }),
@@ -208,9 +208,9 @@ fn the_kafka_engine_route_loads_exactly_the_delta_keys() {
             "database": "idempipe",
             "table": "events",
             "database_ddl": schema::create_database("idempipe"),
-            "table_ddl": schema::create_events(&current, "idempipe", "events"),
+            "table_ddl": schema::create_events(&current, "idempipe", "events", &default_key()),
             "kafka_engine": schema::create_kafka_engine(
-                &current, "idempipe", "events", &common::brokers(), &format!("{}_processed", p.name), &group),
+                &current, "idempipe", "events", &default_key(), &common::brokers(), &format!("{}_processed", p.name), &group),
             "expected_rows": 2_000,
             "timeout_s": 120,
         }),
@@ -339,7 +339,7 @@ fn current_clickhouse_accepts_a_200_month_batch_in_the_sinks_inserts() {
             "database": "idempipe",
             "table": "events",
             "database_ddl": schema::create_database("idempipe"),
-            "table_ddl": schema::create_events(&current, "idempipe", "events"),
+            "table_ddl": schema::create_events(&current, "idempipe", "events", &default_key()),
             "times": times,
             "runs": runs.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
         }),
@@ -378,4 +378,9 @@ fn a_server_that_refuses_every_row_dead_letters_none_and_loading_resumes() {
     clickhouse_query(&p.clickhouse_url(), &format!("ALTER TABLE {table} DROP COLUMN refuse")).unwrap();
     p.ok(&["sink-clickhouse", "--until-idle", "2s"]);
     common::assert_exact(&p.verify(), &expected);
+}
+
+/// The default identity's key columns (`user_id`, `event_type`).
+fn default_key() -> Vec<String> {
+    idempipe::event::Identity::default().key_columns()
 }

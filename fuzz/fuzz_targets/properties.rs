@@ -21,7 +21,8 @@ pub(crate) fn check_message(data: &[u8]) {
         }
         Ok(e) => {
             // The key is md5 over the fields and the canonical time.
-            assert_eq!(e.key, DedupKey::compute(&e.user_id, &e.event_type, e.time));
+            assert_eq!(e.key, DedupKey::compute(&e.parts[0], &e.parts[1], e.time));
+            assert_eq!(e.key, DedupKey::compute_parts(&e.parts, e.time));
             assert_eq!(DedupKey::from_hex(&e.key.to_string()), Some(e.key));
             // The canonical form parses back to the same instant, and the partition date
             // is that instant's UTC date.
@@ -29,7 +30,7 @@ pub(crate) fn check_message(data: &[u8]) {
             assert_eq!(canonical.len(), 27, "{canonical}");
             assert_eq!(EventTime::parse(&canonical), Ok(e.time), "{canonical}");
             assert_eq!(&canonical[..10], &date_of_days(e.time.days_since_epoch()), "{canonical}");
-            assert!(!e.user_id.is_empty() && !e.event_type.is_empty());
+            assert!(e.parts.len() == 2 && e.parts.iter().all(|p| !p.is_empty()));
             // The payload is the message, whole.
             assert_eq!(e.payload.as_bytes(), data);
             // Spacing and field order do not change the key: re-encode through a JSON

@@ -20,9 +20,6 @@ pub mod tls;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use clickhouse::{Row, RowWrite};
-use serde::Serialize;
-
 pub use crate::clickhouse::schema::{Layout, ServerVersion};
 use crate::config::{ClickHouseIngest, ClickHouseSettings};
 use crate::table::StoredRow;
@@ -253,7 +250,8 @@ impl ClickHouse {
         let s = &self.settings;
         self.execute(&schema::create_database(&s.database), "creating the database").await?;
         let existed = self.layout().await?.is_some();
-        self.execute(&schema::create_events(&self.version, &s.database, &s.table), "creating the events table").await?;
+        let create = schema::create_events(&self.version, &s.database, &s.table, &s.key_columns);
+        self.execute(&create, "creating the events table").await?;
         let layout = self
             .layout()
             .await?
@@ -261,7 +259,15 @@ impl ClickHouse {
         let kafka_engine = match s.ingest {
             ClickHouseIngest::Sink => None,
             ClickHouseIngest::KafkaEngine => {
-                let ddl = schema::create_kafka_engine(&self.version, &s.database, &s.table, brokers, topic, &s.group);
+                let ddl = schema::create_kafka_engine(
+                    &self.version,
+                    &s.database,
+                    &s.table,
+                    &s.key_columns,
+                    brokers,
+                    topic,
+                    &s.group,
+                );
                 for sql in &ddl {
                     self.execute(sql, "creating the Kafka-engine table and view").await?;
                 }
@@ -299,8 +305,8 @@ impl ClickHouse {
         // Inserts are RowBinary without validation: a column of another type would
         // misalign every row after it, so the types are checked here, once.
         let normal = |t: &str| t.replace(' ', "");
-        for (name, want) in schema::columns(layout) {
-            match columns.iter().find(|(n, _)| n == name) {
+        for (name, want) in schema::columns(layout, &self.settings.key_columns) {
+            match columns.iter().find(|(n, _)| *n == name) {
                 Some((_, got)) if normal(got) == normal(want) => {}
                 Some((_, got)) => {
                     return Err(self.unexpected(format!(
@@ -322,37 +328,29 @@ impl ClickHouse {
     /// Inserts `rows` in one request, in the table's layout. `token`, where the server
     /// supports it, makes ClickHouse drop a retry of an insert it already applied.
     pub async fn insert(&self, layout: Layout, rows: &[StoredRow], token: Option<&str>) -> Result<()> {
-        let token = token.filter(|_| self.version.has_dedup_token());
-        match layout {
-            Layout::Current => self.write_rows::<CurrentRow<'_>>(rows, token, CurrentRow::from_record).await,
-            Layout::Legacy => self.write_rows::<LegacyRow<'_>>(rows, token, LegacyRow::from_record).await,
-        }
-    }
-
-    async fn write_rows<'r, R>(
-        &self,
-        rows: &'r [StoredRow],
-        token: Option<&str>,
-        convert: fn(&'r StoredRow) -> R::Value<'r>,
-    ) -> Result<()>
-    where
-        R: Row + RowWrite,
-    {
         if rows.is_empty() {
             return Ok(());
         }
+        let token = token.filter(|_| self.version.has_dedup_token());
+        let columns = schema::columns(layout, &self.settings.key_columns);
+        let names: Vec<String> = columns.iter().map(|(name, _)| format!("`{name}`")).collect();
+        let sql = format!("INSERT INTO {} ({}) FORMAT RowBinary", self.table(), names.join(", "));
         let what = format!("inserting {} rows into {}", rows.len(), self.table());
         let write = async {
-            let mut insert = self
-                .client
-                .insert_unescaped::<R>(&self.table())
-                .await?
-                .with_timeouts(Some(REQUEST_TIMEOUT), Some(REQUEST_TIMEOUT));
+            let mut insert =
+                self.client.insert_formatted_with(sql).with_timeouts(Some(REQUEST_TIMEOUT), Some(REQUEST_TIMEOUT));
             if let Some(token) = token {
                 insert = insert.with_setting("insert_deduplication_token", token);
             }
-            for record in rows {
-                insert.write(&convert(record)).await?;
+            let mut insert = insert.buffered();
+            let mut encoded = Vec::with_capacity(1024);
+            for row in rows {
+                encoded.clear();
+                encode_row(&mut encoded, layout, self.settings.key_columns.len(), row);
+                let mut at = 0;
+                while at < encoded.len() {
+                    at += insert.write(&encoded[at..]).await?;
+                }
             }
             insert.end().await
         };
@@ -454,74 +452,46 @@ fn seconds(micros: i64) -> u32 {
     micros.div_euclid(1_000_000).clamp(0, i64::from(u32::MAX)) as u32
 }
 
-/// A row of the `Current` layout (`DateTime64(6)` is Int64 microseconds in RowBinary).
-#[derive(Row, Serialize)]
-struct CurrentRow<'a> {
-    dedup_key: &'a str,
-    user_id: &'a str,
-    event_type: &'a str,
-    event_time: i64,
-    event_date: u16,
-    payload: &'a str,
-    source_partition: i32,
-    source_offset: i64,
-    batch_id: i64,
-    ingested_at: i64,
-    version: u64,
-}
-
-impl<'a> CurrentRow<'a> {
-    fn from_record(r: &'a StoredRow) -> Self {
-        Self {
-            dedup_key: &r.dedup_key,
-            user_id: &r.user_id,
-            event_type: &r.event_type,
-            event_time: r.event_time_us,
-            event_date: date(r.event_time_us),
-            payload: &r.payload,
-            source_partition: r.source_partition,
-            source_offset: r.source_offset,
-            batch_id: r.batch_id,
-            ingested_at: r.ingested_at_us,
-            version: r.ingested_at_us.max(0) as u64,
+/// Appends `row` in RowBinary, in the column order of [`schema::columns`]: strings as a
+/// LEB128 length and the bytes, integers little-endian, `Date` as UInt16 days,
+/// `DateTime` as UInt32 seconds, `DateTime64(6)` as Int64 microseconds. A row missing a
+/// key column's value (it cannot happen: the record parser requires each) gets an
+/// empty string, so the rows after it stay aligned.
+fn encode_row(out: &mut Vec<u8>, layout: Layout, key_columns: usize, row: &StoredRow) {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        let mut n = s.len() as u64;
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+        out.extend_from_slice(s.as_bytes());
+    }
+    string(out, &row.dedup_key);
+    for i in 0..key_columns {
+        string(out, row.parts.get(i).map_or("", String::as_str));
+    }
+    match layout {
+        Layout::Current => out.extend_from_slice(&row.event_time_us.to_le_bytes()),
+        Layout::Legacy => {
+            out.extend_from_slice(&seconds(row.event_time_us).to_le_bytes());
+            out.extend_from_slice(&row.event_time_us.to_le_bytes());
         }
     }
-}
-
-/// A row of the `Legacy` layout: whole seconds plus the exact microseconds.
-#[derive(Row, Serialize)]
-struct LegacyRow<'a> {
-    dedup_key: &'a str,
-    user_id: &'a str,
-    event_type: &'a str,
-    event_time: u32,
-    event_time_us: i64,
-    event_date: u16,
-    payload: &'a str,
-    source_partition: i32,
-    source_offset: i64,
-    batch_id: i64,
-    ingested_at: u32,
-    version: u64,
-}
-
-impl<'a> LegacyRow<'a> {
-    fn from_record(r: &'a StoredRow) -> Self {
-        Self {
-            dedup_key: &r.dedup_key,
-            user_id: &r.user_id,
-            event_type: &r.event_type,
-            event_time: seconds(r.event_time_us),
-            event_time_us: r.event_time_us,
-            event_date: date(r.event_time_us),
-            payload: &r.payload,
-            source_partition: r.source_partition,
-            source_offset: r.source_offset,
-            batch_id: r.batch_id,
-            ingested_at: seconds(r.ingested_at_us),
-            version: r.ingested_at_us.max(0) as u64,
-        }
+    out.extend_from_slice(&date(row.event_time_us).to_le_bytes());
+    string(out, &row.payload);
+    out.extend_from_slice(&row.source_partition.to_le_bytes());
+    out.extend_from_slice(&row.source_offset.to_le_bytes());
+    out.extend_from_slice(&row.batch_id.to_le_bytes());
+    match layout {
+        Layout::Current => out.extend_from_slice(&row.ingested_at_us.to_le_bytes()),
+        Layout::Legacy => out.extend_from_slice(&seconds(row.ingested_at_us).to_le_bytes()),
     }
+    out.extend_from_slice(&(row.ingested_at_us.max(0) as u64).to_le_bytes());
 }
 
 #[cfg(test)]
@@ -584,5 +554,41 @@ mod tests {
         assert_eq!(date(-1), 0);
         assert_eq!(seconds(1_767_323_045_999_999), 1_767_323_045);
         assert_eq!(seconds(-5), 0);
+    }
+
+    #[test]
+    fn rows_are_encoded_in_the_column_order_of_each_layout() {
+        let row = StoredRow {
+            dedup_key: "k".into(),
+            parts: vec!["u".repeat(200), "e".into()],
+            event_time_us: 86_400_000_001,
+            payload: "{}".into(),
+            source_partition: 3,
+            source_offset: 9,
+            batch_id: 5,
+            ingested_at_us: 2_000_000,
+        };
+        let mut out = Vec::new();
+        encode_row(&mut out, Layout::Current, 2, &row);
+        let mut want = vec![1, b'k', 0xC8, 0x01];
+        want.extend("u".repeat(200).bytes());
+        want.extend([1, b'e']);
+        want.extend(86_400_000_001_i64.to_le_bytes());
+        want.extend(1_u16.to_le_bytes());
+        want.extend([2, b'{', b'}']);
+        want.extend(3_i32.to_le_bytes());
+        want.extend(9_i64.to_le_bytes());
+        want.extend(5_i64.to_le_bytes());
+        want.extend(2_000_000_i64.to_le_bytes());
+        want.extend(2_000_000_u64.to_le_bytes());
+        assert_eq!(out, want);
+        let mut legacy = Vec::new();
+        encode_row(&mut legacy, Layout::Legacy, 2, &row);
+        // Whole seconds plus the exact microseconds; the ingest time in seconds.
+        // 4 + 8 bytes of event time for 8, 4 of ingest time for 8.
+        assert_eq!(legacy.len(), out.len());
+        let at = 4 + 200 + 2;
+        assert_eq!(legacy[at..at + 4], 86_400_u32.to_le_bytes());
+        assert_eq!(schema::columns(Layout::Legacy, &["a".into(), "b".into()]).len(), 12);
     }
 }

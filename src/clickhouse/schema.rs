@@ -74,33 +74,38 @@ pub fn create_database(database: &str) -> String {
 }
 
 /// The columns of each layout, in insert order, with their ClickHouse types: the one
-/// list the DDL, the table check and the row structs follow.
-pub fn columns(layout: Layout) -> Vec<(&'static str, &'static str)> {
+/// list the DDL, the table check and the row encoding follow. `key` are the identity's
+/// key columns (`user_id`, `event_type` by default), after `dedup_key`.
+pub fn columns(layout: Layout, key: &[String]) -> Vec<(String, &'static str)> {
     let time = match layout {
         Layout::Current => "DateTime64(6, 'UTC')",
         Layout::Legacy => "DateTime('UTC')",
     };
-    let mut columns =
-        vec![("dedup_key", "String"), ("user_id", "String"), ("event_type", "String"), ("event_time", time)];
+    let mut columns = vec![("dedup_key".to_owned(), "String")];
+    columns.extend(key.iter().map(|c| (c.clone(), "String")));
+    columns.push(("event_time".to_owned(), time));
     if layout == Layout::Legacy {
-        columns.push(("event_time_us", "Int64"));
+        columns.push(("event_time_us".to_owned(), "Int64"));
     }
-    columns.extend([
-        ("event_date", "Date"),
-        ("payload", "String"),
-        ("source_partition", "Int32"),
-        ("source_offset", "Int64"),
-        ("batch_id", "Int64"),
-        ("ingested_at", time),
-        ("version", "UInt64"),
-    ]);
+    columns.extend(
+        [
+            ("event_date", "Date"),
+            ("payload", "String"),
+            ("source_partition", "Int32"),
+            ("source_offset", "Int64"),
+            ("batch_id", "Int64"),
+            ("ingested_at", time),
+            ("version", "UInt64"),
+        ]
+        .map(|(name, kind)| (name.to_owned(), kind)),
+    );
     columns
 }
 
 /// The events table.
-pub fn create_events(server: &ServerVersion, database: &str, table: &str) -> String {
+pub fn create_events(server: &ServerVersion, database: &str, table: &str, key: &[String]) -> String {
     let columns: Vec<String> =
-        columns(server.layout()).iter().map(|(name, kind)| format!("    {name} {kind}")).collect();
+        columns(server.layout(), key).iter().map(|(name, kind)| format!("    `{name}` {kind}")).collect();
     let settings = if server.has_dedup_token() { "\nSETTINGS non_replicated_deduplication_window = 1000" } else { "" };
     format!(
         "CREATE TABLE IF NOT EXISTS {name} (\n{columns}\n) ENGINE = ReplacingMergeTree(version)\n\
@@ -124,6 +129,7 @@ pub fn create_kafka_engine(
     server: &ServerVersion,
     database: &str,
     table: &str,
+    key: &[String],
     brokers: &str,
     topic: &str,
     group: &str,
@@ -131,9 +137,12 @@ pub fn create_kafka_engine(
     let quote = |s: &str| s.replace('\\', "\\\\").replace('\'', "\\'");
     let queue = qualified(database, &kafka_queue_name(table));
     // Every field of the record is declared, so none is "unknown" to JSONEachRow.
-    let columns = "dedup_key String, user_id String, event_type String, event_time String, \
-                   event_time_us Int64, event_date String, payload String, source_partition Int32, \
-                   source_offset Int64, batch_id Int64, ingested_at String, ingested_at_us Int64";
+    let key_columns: String = key.iter().map(|c| format!("`{c}` String, ")).collect();
+    let key_select: String = key.iter().map(|c| format!("`{c}`, ")).collect();
+    let columns = format!(
+        "dedup_key String, {key_columns}event_time String, event_time_us Int64, event_date String, payload String, \
+         source_partition Int32, source_offset Int64, batch_id Int64, ingested_at String, ingested_at_us Int64"
+    );
     let engine = format!("Kafka('{}', '{}', '{}', 'JSONEachRow')", quote(brokers), quote(topic), quote(group));
     let queue_ddl = format!("CREATE TABLE IF NOT EXISTS {queue} ({columns}) ENGINE = {engine}");
     let (time_select, ingested_select) = match (server.layout(), server.has_from_unix_timestamp64()) {
@@ -153,7 +162,7 @@ pub fn create_kafka_engine(
     };
     let view_ddl = format!(
         "CREATE MATERIALIZED VIEW IF NOT EXISTS {view} TO {target} AS SELECT \
-         dedup_key, user_id, event_type, {time_select}, toDate(event_date) AS event_date, payload, \
+         dedup_key, {key_select}{time_select}, toDate(event_date) AS event_date, payload, \
          source_partition, source_offset, batch_id, {ingested_select}, toUInt64(ingested_at_us) AS version \
          FROM {queue}",
         view = qualified(database, &kafka_view_name(table)),
@@ -192,11 +201,12 @@ mod tests {
 
     #[test]
     fn the_legacy_table_keeps_microseconds_in_a_column() {
-        let ddl = create_events(&ServerVersion::parse("18.16.1").unwrap(), "db", "ev");
-        assert!(ddl.contains("event_time_us Int64"), "{ddl}");
+        let key = crate::event::Identity::default().key_columns();
+        let ddl = create_events(&ServerVersion::parse("18.16.1").unwrap(), "db", "ev", &key);
+        assert!(ddl.contains("`event_time_us` Int64") && ddl.contains("`user_id` String"), "{ddl}");
         assert!(!ddl.contains("DateTime64"), "{ddl}");
         assert!(!ddl.contains("SETTINGS"), "{ddl}");
-        let ddl = create_events(&ServerVersion::parse("24.8.1").unwrap(), "db", "ev");
+        let ddl = create_events(&ServerVersion::parse("24.8.1").unwrap(), "db", "ev", &key);
         assert!(ddl.contains("DateTime64(6, 'UTC')") && ddl.contains("non_replicated_deduplication_window"));
     }
 }

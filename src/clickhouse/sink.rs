@@ -279,6 +279,7 @@ impl ClickHouseSink {
                 max_rows: self.settings.clickhouse.max_batch_rows.get(),
                 max_bytes: self.settings.clickhouse.max_batch_bytes.get(),
                 topics: &self.settings.topics,
+                key_columns: &self.settings.clickhouse.key_columns,
                 max_record_bytes: self.settings.max_record_bytes(),
                 summary: &mut summary,
                 consumer_error: false,
@@ -608,6 +609,8 @@ struct SinkBatch<'a> {
     ranges: BTreeMap<i32, (i64, i64)>,
     max_rows: usize,
     topics: &'a Topics,
+    /// The fields of a record that hold the key columns.
+    key_columns: &'a [String],
     /// The largest dead letter it may send.
     max_record_bytes: usize,
     summary: &'a mut ClickHouseSinkSummary,
@@ -641,7 +644,7 @@ impl Collector for SinkBatch<'_> {
         }
         self.ranges.entry(p).and_modify(|r| r.1 = offset).or_insert((offset, offset));
         self.bytes += m.payload_len() + m.key().map_or(0, <[u8]>::len);
-        match processed::parse(m.payload().unwrap_or_default()) {
+        match processed::parse(m.payload().unwrap_or_default(), self.key_columns) {
             Ok(record) => {
                 self.rows.push(record);
                 self.sources.push(RowSource {
@@ -814,8 +817,7 @@ mod tests {
     fn rows_not_loaded_begin_the_next_batch_with_every_range_read() {
         let row = |offset: i64| StoredRow {
             dedup_key: format!("k{offset}"),
-            user_id: "u".into(),
-            event_type: "e".into(),
+            parts: vec!["u".into(), "e".into()],
             event_time_us: 0,
             payload: "{}".into(),
             source_partition: 0,

@@ -22,7 +22,7 @@ use crate::dedup;
 use crate::event::{self, EventTime};
 use crate::kafka::KafkaFailure;
 use crate::shutdown::Shutdown;
-use crate::table::{self, DeltaError, EventTable, Location, Row};
+use crate::table::{DeltaError, EventTable, Location, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -63,6 +63,8 @@ pub async fn prefill(
     let started = Instant::now();
     settings.delta_path.check_put_if_absent().await.map_err(DeltaError::from)?;
     let mut table = EventTable::open(&settings.delta_path).await?;
+    // The prefill writes the default identity's events.
+    table.check_identity(&event::Identity::default())?;
     table.enable_key_cache(settings.key_cache_bytes)?;
     let history = History { total: rows, days, seed };
     let (mut written, mut commits) = (0_u64, 0_u64);
@@ -73,8 +75,7 @@ pub async fn prefill(
                 let e = history.event("h", i);
                 Row {
                     key: event::DedupKey::compute(&e.user_id, e.event_type, e.time),
-                    user_id: e.user_id,
-                    event_type: e.event_type.to_owned(),
+                    parts: vec![e.user_id, e.event_type.to_owned()],
                     time: e.time,
                     payload: e.line,
                     source_partition: -1,
@@ -84,7 +85,7 @@ pub async fn prefill(
             .collect();
         let (parsed, _) = dedup::first_of_each_key(parsed, |r| r.key);
         let new = table.new_rows(&parsed).await?;
-        let batch = table::to_record_batch(&new, -1, EventTime::now())?;
+        let batch = table.columns().batch(&new, -1, EventTime::now())?;
         // A txn of the prefill's own, so the commit is never empty of progress.
         let txns = [Transaction::new("idempipe-bench-prefill", commits as i64)];
         table.insert(batch, &txns, serde_json::json!({ "idempipe.bench": "prefill" })).await?;

@@ -11,7 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use crate::config::Settings;
-use crate::event;
+use crate::event::{self, Identity};
 use crate::kafka::{self, KafkaFailure, Role, client_config};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,13 +56,17 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// The partitioning key of a line: its `user_id` when it has one.
-fn key_of(line: &[u8]) -> Option<String> {
-    if let Ok(e) = event::parse(Some(line), usize::MAX) {
-        return Some(e.user_id.into_owned());
+/// The partitioning key of a line: the value of its identity's first key field
+/// (`user_id` by default) when it has one, so that an event and its re-sends share a
+/// partition.
+fn key_of(line: &[u8], identity: &Identity) -> Option<String> {
+    if let Ok(mut e) = event::parse_as(Some(line), usize::MAX, identity) {
+        return Some(e.parts.swap_remove(0).into_owned());
     }
     let value: serde_json::Value = serde_json::from_slice(line).ok()?;
-    match value.get("user_id")? {
+    let first = &identity.fields().first()?.path;
+    let found = first.names().iter().try_fold(&value, |v, name| v.get(name))?;
+    match found {
         serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
         serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
         _ => None,
@@ -165,7 +169,7 @@ impl<'a> RawSender<'a> {
 }
 
 /// Sends every line of `input` to the raw topic (a trailing `\r` dropped), keyed by its
-/// `user_id`.
+/// first key field's value ([`key_of`]).
 pub fn produce(settings: &Settings, input: &Path, rate: Option<f64>) -> Result<ProduceSummary, ProduceFileError> {
     let read_err = |source| ProduceFileError::Read { path: input.display().to_string(), source };
     let file = std::fs::File::open(input).map_err(read_err)?;
@@ -191,7 +195,7 @@ pub fn produce(settings: &Settings, input: &Path, rate: Option<f64>) -> Result<P
         if line.last() == Some(&b'\r') {
             line.pop();
         }
-        let key = key_of(&line);
+        let key = key_of(&line, &settings.identity);
         sender.send(&line, key.as_deref().map(str::as_bytes))?;
         lines += 1;
         if lines.is_multiple_of(4096) {

@@ -42,7 +42,7 @@ pub async fn setup(settings: &Settings, with_clickhouse: bool) -> Result<SetupRe
     };
     // Before anything is written to it: a store without put-if-absent loses commits.
     settings.delta_path.check_put_if_absent().await.map_err(DeltaError::from)?;
-    let table = EventTable::create_if_missing(&settings.delta_path).await?;
+    let table = EventTable::create_if_missing(&settings.delta_path, &settings.identity).await?;
     let topic = |name, partitions, written| kafka::TopicSpec { name, partitions, written };
     let topics = kafka::ensure_topics(
         settings,

@@ -22,6 +22,7 @@ pub use crate::config::options::{
     FileOptions, MAX_MAINTENANCE_DURATION, OPTIONS, Options, REDACTED, ReplicationFactor, is_secret, redact_url,
     split_url_credentials,
 };
+use crate::event::Identity;
 use crate::table::Location;
 
 /// A configuration problem, found at start-up.
@@ -197,6 +198,9 @@ pub struct ClickHouseSettings {
     pub max_batch_bytes: NonZeroUsize,
     /// The Kafka brokers as ClickHouse's Kafka engine reaches them.
     pub kafka_brokers: String,
+    /// The identity's key columns (`user_id`, `event_type` by default): the events
+    /// table's columns after `dedup_key`, and the processed record's fields.
+    pub key_columns: Vec<String>,
 }
 
 impl std::fmt::Debug for ClickHouseSettings {
@@ -246,6 +250,8 @@ pub struct Settings {
     /// Replication factor of the topics that `setup` creates.
     pub replication_factor: ReplicationFactor,
     pub max_message_bytes: usize,
+    /// Which fields make an event's key, and which is its time.
+    pub identity: Identity,
     /// The accepted event times ([`crate::batch::Limits`]).
     pub event_window: EventWindow,
     pub batch: BatchLimits,
@@ -321,6 +327,8 @@ impl Settings {
         if url_password.is_some() && o.clickhouse_password.is_some() {
             return Err(given_twice("clickhouse_password"));
         }
+        let identity = Identity::new(&options::key_fields(&o.event_key), &o.event_time, o.event_time_format)
+            .map_err(|reason| ConfigError::Invalid { key: "event_time", reason })?;
         let settings = Settings {
             brokers: o.brokers.clone(),
             topics: Topics { raw: o.raw_topic.clone(), processed: o.processed_topic.clone(), dlq: o.dlq_topic.clone() },
@@ -341,10 +349,12 @@ impl Settings {
                 max_batch_rows: o.clickhouse_max_batch_rows,
                 max_batch_bytes: o.clickhouse_max_batch_bytes,
                 kafka_brokers: o.clickhouse_kafka_brokers.clone(),
+                key_columns: identity.key_columns(),
             },
             partitions: o.partitions,
             replication_factor: o.replication_factor,
             max_message_bytes: o.max_message_bytes.get(),
+            identity: identity.clone(),
             event_window: EventWindow { max_age: o.max_event_age, max_future: o.max_event_future },
             batch: BatchLimits { trigger: o.trigger, max_events: o.max_batch_events, max_bytes: o.max_batch_bytes },
             consumer_mode: o.consumer_mode,

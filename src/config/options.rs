@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{ClickHouseIngest, ConfigError, ConsumerMode, KeyCheck, LogFormat, Origin};
+use crate::event::{FieldPath, Identity, TimeFormat};
 use crate::table::Location;
 
 /// One option as the docs describe it.
@@ -275,6 +276,17 @@ options! {
     replication_factor: ReplicationFactor = "default", env "IDEMPIPE_REPLICATION_FACTOR";
     /// Largest accepted message; larger ones go to the dead-letter topic.
     max_message_bytes: NonZeroUsize = "1048576", env "IDEMPIPE_MAX_MESSAGE_BYTES";
+    /// The fields whose values, with the event time, make an event's dedup key, in order,
+    /// separated by commas; a nested field as its path (`order.id`). Each is a column of
+    /// the table (a path's names joined by `_`). A table keeps the key it was created
+    /// with: a processor that defines it otherwise is refused at start.
+    event_key: String = "user_id,event_type", env "IDEMPIPE_EVENT_KEY", check key_field_list;
+    /// The field that holds the event time (a path for a nested one).
+    event_time: String = "timestamp", env "IDEMPIPE_EVENT_TIME", check field_path;
+    /// How the event time is written: `auto` (an RFC 3339 string or integer epoch
+    /// milliseconds), `rfc3339`, or a number (or numeric string) of `epoch_s`,
+    /// `epoch_ms`, `epoch_us` or `epoch_ns`.
+    event_time_format: TimeFormat = "auto", env "IDEMPIPE_EVENT_TIME_FORMAT";
     /// The oldest accepted event time, as an age at the message's Kafka timestamp, e.g.
     /// 90days, or `off`: older events are dead letters (`event_time_out_of_window`).
     max_event_age: Interval = "off", env "IDEMPIPE_MAX_EVENT_AGE", check interval;
@@ -423,6 +435,15 @@ pub const MAX_MAINTENANCE_DURATION: Duration = Duration::from_secs(3650 * 24 * 3
 
 // The values options hold.
 
+impl OptionValue for TimeFormat {
+    fn parse(text: &str) -> Result<Self, String> {
+        TimeFormat::parse(text.trim())
+    }
+    fn show(&self) -> String {
+        self.as_str().to_owned()
+    }
+}
+
 impl OptionValue for String {
     fn parse(text: &str) -> Result<Self, String> {
         Ok(text.to_owned())
@@ -564,6 +585,19 @@ value_enum_option!(ClickHouseIngest, ConsumerMode, KeyCheck, LogFormat);
 
 fn not_empty(value: &str) -> Result<(), String> {
     if value.trim().is_empty() { Err("must not be empty".into()) } else { Ok(()) }
+}
+
+fn key_field_list(value: &str) -> Result<(), String> {
+    Identity::new(&key_fields(value), "_", TimeFormat::Auto).map(drop)
+}
+
+fn field_path(value: &str) -> Result<(), String> {
+    FieldPath::parse(value.trim()).map(drop)
+}
+
+/// The fields of an `event_key` value.
+pub(crate) fn key_fields(value: &str) -> Vec<&str> {
+    value.split(',').map(str::trim).filter(|f| !f.is_empty()).collect()
 }
 
 fn table_location(value: &str) -> Result<(), String> {

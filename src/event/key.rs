@@ -60,6 +60,65 @@ impl EventTime {
             })
     }
 
+    /// A decimal number of epoch units (`unit` nanoseconds each), as a JSON number prints
+    /// or a string holds it: an optional `-`, digits, and an optional fraction. Precision
+    /// past the microsecond is cut toward the past, as the canonical form cuts fraction
+    /// digits. `format` names the unit in messages.
+    pub(crate) fn from_epoch_decimal(text: &str, unit: i128, format: super::TimeFormat) -> Result<Self, TimeError> {
+        let unit_name = format.as_str().strip_prefix("epoch_").unwrap_or_default();
+        let malformed = || {
+            TimeError::Malformed(format!(
+                "timestamp {} is not a number of epoch {}; expected digits with an optional sign and fraction",
+                quoted(text),
+                match unit_name {
+                    "s" => "seconds",
+                    "ms" => "milliseconds",
+                    "us" => "microseconds",
+                    _ => "nanoseconds",
+                }
+            ))
+        };
+        let out_of_range = || {
+            TimeError::OutOfRange(format!("timestamp {} ({format}) is outside the years 0001 to 9999", quoted(text)))
+        };
+        let (negative, digits) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+        let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty()
+            || !all_digits(whole)
+            || !all_digits(fraction)
+            || (digits.contains('.') && fraction.is_empty())
+        {
+            return Err(malformed());
+        }
+        // 25 digits of whole units is past the year 9999 in any unit.
+        let whole = whole.trim_start_matches('0');
+        if whole.len() > 25 {
+            return Err(out_of_range());
+        }
+        let mut nanos: i128 = whole.bytes().fold(0, |n, b| n * 10 + i128::from(b - b'0')) * unit;
+        // The fraction's digits worth at least a nanosecond.
+        let mut scale = unit;
+        for b in fraction.bytes() {
+            scale /= 10;
+            if scale == 0 {
+                break;
+            }
+            nanos += i128::from(b - b'0') * scale;
+        }
+        // Toward the past: below zero, digits under the nanosecond make the instant
+        // earlier than `-nanos`, so a whole microsecond there is cut to the one before.
+        let mut micros = if negative { (-nanos).div_euclid(1_000) } else { nanos / 1_000 };
+        if negative && nanos % 1_000 == 0 && sub_nanosecond_digits(fraction, unit) {
+            micros -= 1;
+        }
+        let micros = i64::try_from(micros).map_err(|_| out_of_range())?;
+        Self::from_micros(micros).map_err(|_| out_of_range())
+    }
+
     /// Parses RFC 3339 (`T`, `t` or a space between date and time; `Z`, `z` or `±HH:MM`;
     /// 1 to 9 fraction digits), or the same without an offset, taken as UTC.
     /// Fraction digits past the sixth are cut, not rounded.
@@ -216,6 +275,13 @@ impl EventTime {
     }
 }
 
+/// Whether `fraction` (of a number of units of `unit` nanoseconds) has non-zero digits
+/// below the nanosecond.
+fn sub_nanosecond_digits(fraction: &str, unit: i128) -> bool {
+    let places = unit.checked_ilog10().unwrap_or(0) as usize;
+    fraction.bytes().skip(places).any(|b| b != b'0')
+}
+
 /// Length of the canonical form.
 const CANONICAL_LEN: usize = 27;
 
@@ -233,14 +299,19 @@ fn put_digits(out: &mut [u8], mut value: u32) {
 pub struct DedupKey(pub [u8; 16]);
 
 impl DedupKey {
-    /// `md5(user_id 0x1F event_type 0x1F canonical time)`.
+    /// `md5(user_id 0x1F event_type 0x1F canonical time)`: the default identity's key.
     pub fn compute(user_id: &str, event_type: &str, time: EventTime) -> Self {
+        Self::compute_parts(&[user_id, event_type], time)
+    }
+
+    /// `md5(part 0x1F part … 0x1F canonical time)`.
+    pub fn compute_parts(parts: &[impl AsRef<str>], time: EventTime) -> Self {
         let canonical = time.canonical();
         let mut md5 = Md5::new();
-        md5.update(user_id.as_bytes());
-        md5.update([KEY_SEPARATOR]);
-        md5.update(event_type.as_bytes());
-        md5.update([KEY_SEPARATOR]);
+        for part in parts {
+            md5.update(part.as_ref().as_bytes());
+            md5.update([KEY_SEPARATOR]);
+        }
         md5.update(canonical);
         Self(md5.finalize().into())
     }

@@ -5,6 +5,7 @@
 //! is either an `Event` or a `Rejection`), and it is pure, so the same bytes always give
 //! the same answer on every instance and after every restart.
 
+mod identity;
 mod key;
 mod reject;
 
@@ -13,6 +14,8 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use identity::Wanted;
+pub use identity::{FieldPath, Identity, KeyField, TABLE_PROPERTY, TimeFormat};
 pub use key::{DedupKey, EventTime, TimeError};
 pub use reject::{RejectClass, Rejection};
 
@@ -27,22 +30,33 @@ pub const MAX_DEPTH: usize = 64;
 /// A message that passed the contract. Borrows from the message bytes where it can.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event<'a> {
-    /// `md5(user_id 0x1F event_type 0x1F canonical time)`.
+    /// `md5(field 0x1F field … 0x1F canonical time)` over the identity's key fields.
     pub key: DedupKey,
-    /// The user, as text: an integer id is taken as its decimal digits.
-    pub user_id: Cow<'a, str>,
-    /// The event type, as sent.
-    pub event_type: Cow<'a, str>,
+    /// The key fields' values as text, in the identity's order: an integer is taken as
+    /// its decimal digits.
+    pub parts: Vec<Cow<'a, str>>,
     /// The event's instant, in UTC with microsecond precision.
     pub time: EventTime,
     /// The original message text, kept whole so that no field is lost.
     pub payload: &'a str,
 }
 
-/// Validates one message value against the contract and computes its key.
+/// Validates one message value against the contract of the default identity (the seed's:
+/// `user_id`, `event_type`, `timestamp`) and computes its key.
+pub fn parse(value: Option<&[u8]>, max_bytes: usize) -> Result<Event<'_>, Rejection> {
+    parse_as(value, max_bytes, default_identity())
+}
+
+/// The default identity, built once.
+fn default_identity() -> &'static Identity {
+    static DEFAULT: std::sync::OnceLock<Identity> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(Identity::default)
+}
+
+/// Validates one message value against the contract of `identity` and computes its key.
 ///
 /// `value` is `None` for a Kafka message without a value (a tombstone).
-pub fn parse(value: Option<&[u8]>, max_bytes: usize) -> Result<Event<'_>, Rejection> {
+pub fn parse_as<'a>(value: Option<&'a [u8]>, max_bytes: usize, identity: &Identity) -> Result<Event<'a>, Rejection> {
     let Some(bytes) = value else {
         return Err(Rejection::new(RejectClass::NullValue, "the message has no value"));
     };
@@ -68,46 +82,68 @@ pub fn parse(value: Option<&[u8]>, max_bytes: usize) -> Result<Event<'_>, Reject
             format!("arrays and objects are nested deeper than {MAX_DEPTH} levels"),
         ));
     }
+    let key_len = identity.fields().len();
+    let mut fields = Fields { slots: (0..=key_len).map(|_| None).collect(), duplicate: None };
     let mut de = serde_json::Deserializer::from_str(text);
-    let fields = de.deserialize_map(FieldsVisitor).map_err(|e| invalid_json(&e))?;
+    de::DeserializeSeed::deserialize(Level { wanted: identity.wanted(), fields: &mut fields }, &mut de)
+        .map_err(|e| invalid_json(&e))?;
     de.end().map_err(|e| invalid_json(&e))?;
 
-    if let Some(name) = fields.duplicate {
+    let Fields { mut slots, duplicate } = fields;
+    if let Some(slot) = duplicate {
+        let name = path_of(identity, slot);
         return Err(Rejection::new(RejectClass::DuplicateField, format!("field `{name}` appears more than once")));
     }
-    let user_id = match required("user_id", fields.user_id)? {
-        Scalar::Str(s) => non_empty("user_id", s)?,
-        Scalar::Int(n) => Cow::Owned(n.to_string()),
-        Scalar::UInt(n) => Cow::Owned(n.to_string()),
-        other => {
-            return Err(wrong_type("user_id", &other, "a non-empty string or an integer"));
-        }
-    };
-    let event_type = match required("event_type", fields.event_type)? {
-        Scalar::Str(s) => non_empty("event_type", s)?,
-        other => return Err(wrong_type("event_type", &other, "a non-empty string")),
-    };
-    let time = match required("timestamp", fields.timestamp)? {
-        Scalar::Str(s) => EventTime::parse(&s),
-        Scalar::Int(millis) => EventTime::from_epoch_millis(millis),
-        Scalar::UInt(millis) => {
+    let time_value = slots.pop().flatten();
+    let mut parts = Vec::with_capacity(key_len);
+    for (field, value) in identity.fields().iter().zip(slots) {
+        let name = &field.path;
+        let part = match required(name, value)? {
+            Scalar::Str(s) => non_empty(name, s)?,
+            Scalar::Int(n) if field.integers => Cow::Owned(n.to_string()),
+            Scalar::UInt(n) if field.integers => Cow::Owned(n.to_string()),
+            other if field.integers => return Err(wrong_type(name, &other, "a non-empty string or an integer")),
+            other => return Err(wrong_type(name, &other, "a non-empty string")),
+        };
+        parts.push(part);
+    }
+    let time = time_of(required(identity.time(), time_value)?, identity.format(), identity.time())?;
+    let key = DedupKey::compute_parts(&parts, time);
+    Ok(Event { key, parts, time, payload: text })
+}
+
+/// The path of slot `slot` (a key field, or the time after them).
+fn path_of(identity: &Identity, slot: usize) -> String {
+    identity.fields().get(slot).map_or_else(|| identity.time().to_string(), |f| f.path.to_string())
+}
+
+/// The event time of the time field's value, read in `format`.
+fn time_of(value: Scalar<'_>, format: TimeFormat, name: &FieldPath) -> Result<EventTime, Rejection> {
+    let time = match (format, value) {
+        (TimeFormat::Auto | TimeFormat::Rfc3339, Scalar::Str(s)) => EventTime::parse(&s),
+        (TimeFormat::Auto, Scalar::Int(millis)) => EventTime::from_epoch_millis(millis),
+        (TimeFormat::Auto, Scalar::UInt(millis)) => {
             Err(TimeError::OutOfRange(format!("{millis} epoch milliseconds is outside the years 0001 to 9999")))
         }
         // An integer too large for 64 bits arrives as a float with no fraction.
-        Scalar::Float(f) if f.fract() == 0.0 && f.abs() >= 9.2e18 => {
+        (TimeFormat::Auto, Scalar::Float(f)) if f.fract() == 0.0 && f.abs() >= 9.2e18 => {
             Err(TimeError::OutOfRange(format!("{f} epoch milliseconds is outside the years 0001 to 9999")))
         }
-        other => {
-            return Err(wrong_type("timestamp", &other, "an RFC 3339 string or an integer of epoch milliseconds"));
-        }
-    }
-    .map_err(|e| match e {
+        (format, value) => match (format.epoch_unit_nanos(), value) {
+            (Some(unit), Scalar::Int(n)) => EventTime::from_epoch_decimal(&n.to_string(), unit, format),
+            (Some(unit), Scalar::UInt(n)) => EventTime::from_epoch_decimal(&n.to_string(), unit, format),
+            // Rust prints a float as its shortest exact decimal, without an exponent.
+            (Some(unit), Scalar::Float(f)) if f.is_finite() => {
+                EventTime::from_epoch_decimal(&f.to_string(), unit, format)
+            }
+            (Some(unit), Scalar::Str(s)) => EventTime::from_epoch_decimal(&s, unit, format),
+            (_, other) => return Err(wrong_type(name, &other, format.expected())),
+        },
+    };
+    time.map_err(|e| match e {
         TimeError::Malformed(m) => Rejection::new(RejectClass::InvalidTimestamp, m),
         TimeError::OutOfRange(m) => Rejection::new(RejectClass::TimestampOutOfRange, m),
-    })?;
-
-    let key = DedupKey::compute(&user_id, &event_type, time);
-    Ok(Event { key, user_id, event_type, time, payload: text })
+    })
 }
 
 /// Whether brackets outside strings nest deeper than `limit`. Runs before parsing, so
@@ -148,11 +184,11 @@ fn invalid_json(e: &serde_json::Error) -> Rejection {
     Rejection::new(RejectClass::InvalidJson, format!("the message is not valid JSON: {e}"))
 }
 
-fn required<'a>(name: &str, value: Option<Scalar<'a>>) -> Result<Scalar<'a>, Rejection> {
+fn required<'a>(name: &impl fmt::Display, value: Option<Scalar<'a>>) -> Result<Scalar<'a>, Rejection> {
     value.ok_or_else(|| Rejection::new(RejectClass::MissingField, format!("required field `{name}` is missing")))
 }
 
-fn non_empty<'a>(name: &str, s: Cow<'a, str>) -> Result<Cow<'a, str>, Rejection> {
+fn non_empty<'a>(name: &impl fmt::Display, s: Cow<'a, str>) -> Result<Cow<'a, str>, Rejection> {
     if s.is_empty() {
         Err(Rejection::new(RejectClass::EmptyField, format!("field `{name}` is an empty string")))
     } else {
@@ -160,49 +196,112 @@ fn non_empty<'a>(name: &str, s: Cow<'a, str>) -> Result<Cow<'a, str>, Rejection>
     }
 }
 
-fn wrong_type(name: &str, found: &Scalar<'_>, expected: &str) -> Rejection {
+fn wrong_type(name: &impl fmt::Display, found: &Scalar<'_>, expected: &str) -> Rejection {
     Rejection::new(RejectClass::WrongType, format!("field `{name}` is {found}; expected {expected}"))
 }
 
-/// The three fields the contract reads; every other field is skipped unread.
-#[derive(Default)]
+/// The values of the fields the identity reads (its key fields, then its time), each
+/// found by its path; every other field is skipped unread.
 struct Fields<'a> {
-    user_id: Option<Scalar<'a>>,
-    event_type: Option<Scalar<'a>>,
-    timestamp: Option<Scalar<'a>>,
-    /// The first required field seen twice: JSON parsers disagree on which copy wins,
-    /// so such a message has no single meaning and is refused.
-    duplicate: Option<&'static str>,
+    slots: Vec<Option<Scalar<'a>>>,
+    /// The first wanted field seen twice: JSON parsers disagree on which copy wins, so
+    /// such a message has no single meaning and is refused.
+    duplicate: Option<usize>,
 }
 
-struct FieldsVisitor;
+/// One level of the message (the object itself, or an object under a wanted name): the
+/// names wanted here, and where their values go.
+struct Level<'w, 'f, 'a> {
+    wanted: &'w [Wanted],
+    fields: &'f mut Fields<'a>,
+}
 
-impl<'de> Visitor<'de> for FieldsVisitor {
-    type Value = Fields<'de>;
+impl<'de> de::DeserializeSeed<'de> for Level<'_, '_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Level<'_, '_, 'de> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut fields = Fields::default();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(name) = map.next_key::<Scalar<'de>>()? {
-            let (slot, name) = match &name {
-                Scalar::Str(s) if s == "user_id" => (&mut fields.user_id, "user_id"),
-                Scalar::Str(s) if s == "event_type" => (&mut fields.event_type, "event_type"),
-                Scalar::Str(s) if s == "timestamp" => (&mut fields.timestamp, "timestamp"),
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
+            let Some(wanted) = (match &name {
+                Scalar::Str(s) => self.wanted.iter().find(|w| w.name == *s),
+                _ => None,
+            }) else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
             };
-            let value = map.next_value::<Scalar<'de>>()?;
-            if slot.is_some() {
-                fields.duplicate.get_or_insert(name);
+            if let Some(slot) = wanted.slot {
+                let value = map.next_value::<Scalar<'de>>()?;
+                if self.fields.slots[slot].is_some() {
+                    self.fields.duplicate.get_or_insert(slot);
+                }
+                self.fields.slots[slot] = Some(value);
+            } else {
+                map.next_value_seed(Nested { wanted: &wanted.children, fields: &mut *self.fields })?;
             }
-            *slot = Some(value);
         }
-        Ok(fields)
+        Ok(())
+    }
+}
+
+/// The value under a name that leads to wanted fields: searched if it is an object,
+/// skipped otherwise (the fields it would hold are then missing).
+struct Nested<'w, 'f, 'a> {
+    wanted: &'w [Wanted],
+    fields: &'f mut Fields<'a>,
+}
+
+impl<'de> de::DeserializeSeed<'de> for Nested<'_, '_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Nested<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        Level { wanted: self.wanted, fields: self.fields }.visit_map(map)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
     }
 }
 
@@ -365,8 +464,7 @@ mod tests {
         let text = r#" {"user_id":"u1","event_type":"click","timestamp":0,"extra":true} "#;
         let event = parse(Some(text.as_bytes()), 1024).unwrap();
         assert_eq!(event.payload, text);
-        assert_eq!(event.user_id, "u1");
-        assert_eq!(event.event_type, "click");
+        assert_eq!(event.parts, ["u1", "click"]);
     }
 
     #[test]
@@ -437,6 +535,81 @@ mod tests {
             "{".repeat(100)
         );
         assert!(parse(Some(quoted.as_bytes()), DEFAULT_MAX_MESSAGE_BYTES).is_ok());
+    }
+
+    fn custom(key: &[&str], time: &str, format: TimeFormat) -> Identity {
+        Identity::new(key, time, format).unwrap()
+    }
+
+    fn parsed<'a>(text: &'a str, identity: &Identity) -> Result<Event<'a>, Rejection> {
+        parse_as(Some(text.as_bytes()), DEFAULT_MAX_MESSAGE_BYTES, identity)
+    }
+
+    #[test]
+    fn a_custom_identity_keys_its_own_fields() {
+        let id = custom(&["customerId", "action"], "ts", TimeFormat::EpochMillis);
+        let e = parsed(r#"{"action":"click","ts":1704067200000,"customerId":"u1","user_id":"x"}"#, &id).unwrap();
+        // The same values in the same order give the default identity's key.
+        assert_eq!(e.key.to_string(), U1_CLICK_2024);
+        assert_eq!(e.parts, ["u1", "click"]);
+        // Every key field of a configured identity takes integers.
+        let e = parsed(r#"{"customerId":5,"action":7,"ts":0}"#, &id).unwrap();
+        assert_eq!(e.parts, ["5", "7"]);
+        let r = parsed(r#"{"customerId":"u1","ts":0}"#, &id).unwrap_err();
+        assert_eq!(r.class, RejectClass::MissingField);
+        assert!(r.message.contains("`action`"), "{r}");
+    }
+
+    #[test]
+    fn nested_fields_are_found_by_their_path() {
+        let id = custom(&["order.id", "line"], "meta.at", TimeFormat::Rfc3339);
+        let text = r#"{"order":{"note":[1,{"id":9}],"id":"o-1"},"line":2,"meta":{"at":"2024-01-01T00:00:00Z"}}"#;
+        let e = parsed(text, &id).unwrap();
+        assert_eq!(e.parts, ["o-1", "2"]);
+        assert_eq!(e.key, DedupKey::compute("o-1", "2", e.time));
+        let r = parsed(r#"{"order":"o-1","line":2,"meta":{"at":"2024-01-01T00:00:00Z"}}"#, &id).unwrap_err();
+        assert_eq!((r.class, r.message.contains("`order.id`")), (RejectClass::MissingField, true), "{r}");
+        let r = parsed(r#"{"order":{"id":1,"id":2},"line":2,"meta":{"at":"2024-01-01T00:00:00Z"}}"#, &id).unwrap_err();
+        assert_eq!((r.class, r.message.contains("`order.id`")), (RejectClass::DuplicateField, true), "{r}");
+        let r = parsed(r#"{"order":{"id":1},"line":2,"meta":{"at":0}}"#, &id).unwrap_err();
+        assert_eq!(r.class, RejectClass::WrongType, "rfc3339 takes strings only: {r}");
+        assert!(r.message.contains("`meta.at`") && r.message.contains("RFC 3339"), "{r}");
+    }
+
+    #[test]
+    fn every_epoch_unit_and_spelling_gives_one_instant() {
+        let at = |format: TimeFormat, ts: &str| {
+            let id = custom(&["u"], "ts", format);
+            let text = format!(r#"{{"u":"a","ts":{ts}}}"#);
+            parsed(&text, &id).map(|e| e.time.micros()).map_err(|r| r.class)
+        };
+        let start = Ok(1_704_067_200_000_000);
+        for (format, spellings) in [
+            (TimeFormat::EpochSeconds, &["1704067200", "\"1704067200\"", "1704067200.0", "\"1704067200.000\""][..]),
+            (TimeFormat::EpochMillis, &["1704067200000", "\"1704067200000\"", "1704067200000.0004"][..]),
+            (TimeFormat::EpochMicros, &["1704067200000000", "\"01704067200000000\""][..]),
+            (TimeFormat::EpochNanos, &["1704067200000000999", "\"1704067200000000000\""][..]),
+        ] {
+            for ts in spellings {
+                assert_eq!(at(format, ts), start, "{format} {ts}");
+            }
+        }
+        assert_eq!(at(TimeFormat::EpochSeconds, "\"1704067200.123456789\""), Ok(1_704_067_200_123_456));
+        assert_eq!(at(TimeFormat::EpochSeconds, "1.5"), Ok(1_500_000));
+        // Toward the past below zero, as the canonical form cuts digits.
+        assert_eq!(at(TimeFormat::EpochMillis, "-1.5"), Ok(-1_500));
+        assert_eq!(at(TimeFormat::EpochNanos, "-1"), Ok(-1));
+        assert_eq!(at(TimeFormat::EpochNanos, "\"-1000.5\""), Ok(-2));
+        assert_eq!(at(TimeFormat::EpochMicros, "-7"), Ok(-7));
+        for bad in ["\"12a\"", "\"\"", "\"1.\"", "\".5\"", "\"1e3\"", "\"+1\""] {
+            assert_eq!(at(TimeFormat::EpochMillis, bad), Err(RejectClass::InvalidTimestamp), "{bad}");
+        }
+        for far in ["253402300800", "\"99999999999999999999999999999\"", "-62135596801"] {
+            assert_eq!(at(TimeFormat::EpochSeconds, far), Err(RejectClass::TimestampOutOfRange), "{far}");
+        }
+        for wrong in ["true", "null", "[1]", "{}"] {
+            assert_eq!(at(TimeFormat::EpochMillis, wrong), Err(RejectClass::WrongType), "{wrong}");
+        }
     }
 
     #[test]

@@ -2,44 +2,45 @@
 //! `dedup_key`, for the speed layer. Re-sends are allowed (ClickHouse collapses them);
 //! absence is not: a record is sent before the Delta commit that stores its event.
 
-use serde::Serialize;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::ser::{SerializeMap, Serializer};
 
 use crate::event::EventTime;
 use crate::output::OutRecord;
 use crate::table::{Row, StoredRow};
 
-/// The JSON value of a processed record: the Delta row, one field per column.
-#[derive(Debug, Serialize)]
-pub struct ProcessedEvent<'a> {
-    pub dedup_key: String,
-    pub user_id: &'a str,
-    pub event_type: &'a str,
-    /// Canonical form, `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
-    pub event_time: String,
-    /// The same instant as microseconds since the epoch, for consumers that want a number.
-    pub event_time_us: i64,
-    /// `YYYY-MM-DD`.
-    pub event_date: String,
-    pub payload: &'a str,
-    pub source_partition: i32,
-    pub source_offset: i64,
-    pub batch_id: i64,
-    pub ingested_at: String,
-    pub ingested_at_us: i64,
+/// The fields of a processed record after the key columns, in order (every column of the
+/// Delta row, plus the times as microseconds): `dedup_key` and the key columns (by
+/// default `user_id` and `event_type`) come first.
+pub const FIELDS: [&str; 9] = [
+    "event_time",
+    "event_time_us",
+    "event_date",
+    "payload",
+    "source_partition",
+    "source_offset",
+    "batch_id",
+    "ingested_at",
+    "ingested_at_us",
+];
+
+/// Parses a processed record's value back into the stored row it carries, its key
+/// columns named `key_columns`; the error says what is wrong with it.
+pub fn parse(value: &[u8], key_columns: &[String]) -> Result<StoredRow, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(value);
+    let row = RecordSeed { key_columns }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(row)
 }
 
-/// Parses a processed record's value back into the stored row it carries; the error
-/// says what is wrong with it.
-pub fn parse(value: &[u8]) -> Result<StoredRow, serde_json::Error> {
-    serde_json::from_slice(value)
-}
-
-/// The record of one row.
-pub fn record(topic: &str, row: &Row, batch_id: i64, ingested_at: EventTime) -> OutRecord {
+/// The record of one row, its key fields under `key_columns`.
+pub fn record(topic: &str, key_columns: &[String], row: &Row, batch_id: i64, ingested_at: EventTime) -> OutRecord {
     OutRecord {
         topic: topic.to_owned(),
         key: Some(row.key.to_string().into_bytes()),
-        value: Some(value(row, batch_id, ingested_at)),
+        value: Some(value(key_columns, row, batch_id, ingested_at)),
         headers: None,
     }
 }
@@ -47,33 +48,117 @@ pub fn record(topic: &str, row: &Row, batch_id: i64, ingested_at: EventTime) -> 
 /// The most bytes (key and value) the record of `row` can take, whatever its batch id and
 /// ingestion time: the payload is JSON-escaped again inside it, so a string of quotes or
 /// control characters grows up to six times.
-pub fn record_bytes(row: &Row) -> usize {
+pub fn record_bytes(row: &Row, key_columns: &[String]) -> usize {
     // The batch id and the ingestion time in microseconds are the only fields whose
     // width varies with what `record` is given (the canonical time text has one width):
     // each at most 20 characters more than measured here.
     const VARYING: usize = 2 * 20;
     const KEY_HEX: usize = 32;
-    KEY_HEX + value(row, 0, row.time).len() + VARYING
+    KEY_HEX + value(key_columns, row, 0, row.time).len() + VARYING
 }
 
-/// The JSON value of `row`'s record.
-fn value(row: &Row, batch_id: i64, ingested_at: EventTime) -> Vec<u8> {
-    let value = ProcessedEvent {
-        dedup_key: row.key.to_string(),
-        user_id: &row.user_id,
-        event_type: &row.event_type,
-        event_date: row.time.date(),
-        event_time: row.time.to_string(),
-        event_time_us: row.time.micros(),
-        payload: &row.payload,
-        source_partition: row.source_partition,
-        source_offset: row.source_offset,
-        batch_id,
-        ingested_at: ingested_at.to_string(),
-        ingested_at_us: ingested_at.micros(),
-    };
-    // Serialising plain strings and integers cannot fail.
-    serde_json::to_vec(&value).unwrap_or_default()
+/// The JSON value of `row`'s record: `dedup_key`, the key columns, then [`FIELDS`].
+fn value(key_columns: &[String], row: &Row, batch_id: i64, ingested_at: EventTime) -> Vec<u8> {
+    let mut out = Vec::with_capacity(row.payload.len() + 256);
+    let mut ser = serde_json::Serializer::new(&mut out);
+    let written = (|| {
+        let mut map = ser.serialize_map(Some(1 + key_columns.len() + FIELDS.len()))?;
+        map.serialize_entry("dedup_key", &row.key.to_string())?;
+        for (column, part) in key_columns.iter().zip(&row.parts) {
+            map.serialize_entry(column, part)?;
+        }
+        map.serialize_entry("event_time", &row.time.to_string())?;
+        map.serialize_entry("event_time_us", &row.time.micros())?;
+        map.serialize_entry("event_date", &row.time.date())?;
+        map.serialize_entry("payload", &row.payload)?;
+        map.serialize_entry("source_partition", &row.source_partition)?;
+        map.serialize_entry("source_offset", &row.source_offset)?;
+        map.serialize_entry("batch_id", &batch_id)?;
+        map.serialize_entry("ingested_at", &ingested_at.to_string())?;
+        map.serialize_entry("ingested_at_us", &ingested_at.micros())?;
+        map.end()
+    })();
+    // Serialising plain strings and integers into memory cannot fail.
+    debug_assert!(written.is_ok());
+    out
+}
+
+/// Reads a record into a [`StoredRow`]: the fields it needs, each once; the string forms
+/// of the times (derived from the numbers) and unknown fields are skipped.
+struct RecordSeed<'c> {
+    key_columns: &'c [String],
+}
+
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = StoredRow;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<StoredRow, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordSeed<'_> {
+    type Value = StoredRow;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a processed record (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StoredRow, A::Error> {
+        let mut dedup_key: Option<String> = None;
+        let mut parts: Vec<Option<String>> = vec![None; self.key_columns.len()];
+        let (mut event_time_us, mut payload, mut source_partition, mut source_offset) = (None, None, None, None);
+        let (mut batch_id, mut ingested_at_us) = (None, None);
+        fn once<'de, T: de::Deserialize<'de>, A: MapAccess<'de>>(
+            slot: &mut Option<T>,
+            map: &mut A,
+            name: &'static str,
+        ) -> Result<(), A::Error> {
+            if slot.is_some() {
+                return Err(de::Error::duplicate_field(name));
+            }
+            *slot = Some(map.next_value()?);
+            Ok(())
+        }
+        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match name.as_ref() {
+                "dedup_key" => once(&mut dedup_key, &mut map, "dedup_key")?,
+                "event_time_us" => once(&mut event_time_us, &mut map, "event_time_us")?,
+                "payload" => once(&mut payload, &mut map, "payload")?,
+                "source_partition" => once(&mut source_partition, &mut map, "source_partition")?,
+                "source_offset" => once(&mut source_offset, &mut map, "source_offset")?,
+                "batch_id" => once(&mut batch_id, &mut map, "batch_id")?,
+                "ingested_at_us" => once(&mut ingested_at_us, &mut map, "ingested_at_us")?,
+                other => match self.key_columns.iter().position(|c| c == other) {
+                    Some(i) => {
+                        if parts[i].is_some() {
+                            return Err(de::Error::custom(format_args!("duplicate field `{other}`")));
+                        }
+                        parts[i] = Some(map.next_value()?);
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                },
+            }
+        }
+        let missing = |name: &str| de::Error::custom(format_args!("missing field `{name}`"));
+        let parts = parts
+            .into_iter()
+            .zip(self.key_columns)
+            .map(|(part, column)| part.ok_or_else(|| missing(column)))
+            .collect::<Result<Vec<String>, A::Error>>()?;
+        Ok(StoredRow {
+            dedup_key: dedup_key.ok_or_else(|| missing("dedup_key"))?,
+            parts,
+            event_time_us: event_time_us.ok_or_else(|| missing("event_time_us"))?,
+            payload: payload.ok_or_else(|| missing("payload"))?,
+            source_partition: source_partition.ok_or_else(|| missing("source_partition"))?,
+            source_offset: source_offset.ok_or_else(|| missing("source_offset"))?,
+            batch_id: batch_id.ok_or_else(|| missing("batch_id"))?,
+            ingested_at_us: ingested_at_us.ok_or_else(|| missing("ingested_at_us"))?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -86,21 +171,43 @@ mod tests {
         let time = EventTime::from_micros(1_767_323_045_123_456).unwrap();
         let row = Row {
             key: DedupKey::from_hex("0d268ed825d0878a0d268ed825d0878a").unwrap(),
-            user_id: "u1".into(),
-            event_type: "click".into(),
+            parts: vec!["u1".into(), "click".into()],
             time,
             payload: r#"{"x":1}"#.into(),
             source_partition: 2,
             source_offset: 40,
         };
         let ingested = EventTime::from_micros(1_767_323_046_000_001).unwrap();
-        let out = record("processed", &row, 7, ingested);
-        let back = parse(out.value.as_deref().unwrap()).unwrap();
+        let columns = crate::event::Identity::default().key_columns();
+        let out = record("processed", &columns, &row, 7, ingested);
+        let back = parse(out.value.as_deref().unwrap(), &columns).unwrap();
+        assert_eq!(back.parts, row.parts);
         assert_eq!(back.dedup_key, row.key.to_string());
         assert_eq!(back.event_time_us, time.micros());
         assert_eq!(back.ingested_at_us, ingested.micros());
         assert_eq!((back.source_partition, back.source_offset, back.batch_id), (2, 40, 7));
         assert_eq!(back.payload, row.payload);
         assert_eq!(out.key.as_deref(), Some(row.key.to_string().as_bytes()));
+        // The record's format, field for field, in order (the default identity's).
+        assert_eq!(
+            std::str::from_utf8(out.value.as_deref().unwrap()).unwrap(),
+            r#"{"dedup_key":"0d268ed825d0878a0d268ed825d0878a","user_id":"u1","event_type":"click","#.to_owned()
+                + r#""event_time":"2026-01-02T03:04:05.123456Z","event_time_us":1767323045123456,"#
+                + r#""event_date":"2026-01-02","payload":"{\"x\":1}","source_partition":2,"source_offset":40,"#
+                + r#""batch_id":7,"ingested_at":"2026-01-02T03:04:06.000001Z","ingested_at_us":1767323046000001}"#
+        );
+    }
+
+    #[test]
+    fn a_record_of_other_key_columns_needs_them_all() {
+        let columns = vec!["customerId".to_owned(), "order_line".to_owned()];
+        let text = br#"{"dedup_key":"k","order_line":"7","customerId":"c1","event_time_us":1,"payload":"{}","#;
+        let tail = br#""source_partition":0,"source_offset":3,"batch_id":1,"ingested_at_us":2,"extra":[1]}"#;
+        let row = parse(&[&text[..], &tail[..]].concat(), &columns).unwrap();
+        assert_eq!(row.parts, ["c1", "7"]);
+        let err = parse(&[&text[..], &tail[..]].concat(), &["user_id".to_owned()]).unwrap_err();
+        assert!(err.to_string().contains("missing field `user_id`"), "{err}");
+        let twice = br#"{"dedup_key":"k","dedup_key":"k"}"#;
+        assert!(parse(twice, &columns).unwrap_err().to_string().contains("duplicate field"));
     }
 }

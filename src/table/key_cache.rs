@@ -476,7 +476,7 @@ mod table_tests {
 
     use super::*;
     use crate::table::testing::*;
-    use crate::table::{EventTable, Row, to_record_batch, without_post_commit_maintenance};
+    use crate::table::{Columns, EventTable, Row, without_post_commit_maintenance};
 
     async fn cached(path: &std::path::Path, budget: usize) -> EventTable {
         let mut table = EventTable::open(path).await.unwrap();
@@ -490,7 +490,7 @@ mod table_tests {
         let micros = i64::from(day) * 86_400_000_000 + i64::from(n) * 1_000_037;
         let mut row = row(n, day, 0);
         row.time = EventTime::from_micros(micros).unwrap();
-        row.key = crate::event::DedupKey::compute(&row.user_id, &row.event_type, row.time);
+        row.key = crate::event::DedupKey::compute_parts(&row.parts, row.time);
         row
     }
 
@@ -499,7 +499,7 @@ mod table_tests {
     async fn append_as_another_engine(path: &std::path::Path, rows: &[Row], with_stats: bool) {
         let mut table = EventTable::open(path).await.unwrap();
         let rows: Vec<&Row> = rows.iter().collect();
-        let batch = to_record_batch(&rows, 9, EventTime::from_micros(0).unwrap()).unwrap();
+        let batch = Columns::default().batch(&rows, 9, EventTime::from_micros(0).unwrap()).unwrap();
         let mut writer = RecordBatchWriter::for_table(&table.table).unwrap();
         writer.write(batch).await.unwrap();
         let mut adds = writer.flush().await.unwrap();
@@ -630,7 +630,7 @@ mod table_tests {
         // Checked and staged at version V; another process compacts the same date.
         let new = a.new_rows(&all[20..40]).await.unwrap();
         assert_eq!(new.len(), 10);
-        let batch = to_record_batch(&new, 2, EventTime::from_micros(0).unwrap()).unwrap();
+        let batch = Columns::default().batch(&new, 2, EventTime::from_micros(0).unwrap()).unwrap();
         let pending = a.prepare(batch).await.unwrap();
         let mut other = EventTable::open(&path).await.unwrap();
         assert_eq!(other.compact().await.unwrap().files_removed, 3);

@@ -27,7 +27,7 @@ use crate::config::Maintenance;
 use crate::event::EventTime;
 use crate::metrics;
 use crate::table::read::data_file_stream;
-use crate::table::schema::{PARTITION_COLUMN, arrow_schema};
+use crate::table::schema::PARTITION_COLUMN;
 use crate::table::{DeltaError, EventTable, Result, without_post_commit_maintenance};
 
 /// What a compaction did.
@@ -128,7 +128,8 @@ impl EventTable {
                 let mut batches = data_file_stream(store.clone(), location, None).await.map_err(|e| self.error(e))?;
                 while let Some(batch) = futures::StreamExt::next(&mut batches).await {
                     let batch = batch.map_err(|e| self.error(e.into()))?;
-                    let batch = with_date(batch, day).map_err(|e| self.error(e.into()))?;
+                    let batch =
+                        with_date(&self.columns.arrow_schema(), batch, day).map_err(|e| self.error(e.into()))?;
                     writer.write(batch).await.map_err(|e| self.error(e))?;
                 }
                 actions.push(Action::Remove(remove));
@@ -324,8 +325,11 @@ pub const COMPACTION_APP_ID: &str = "idempipe-compaction";
 const COMPACT_COMMIT_ATTEMPTS: u32 = 5;
 
 /// A data file's batch with the partition column put back, in the table's column order.
-fn with_date(batch: RecordBatch, day: i32) -> std::result::Result<RecordBatch, deltalake::arrow::error::ArrowError> {
-    let schema = arrow_schema();
+fn with_date(
+    schema: &deltalake::arrow::datatypes::SchemaRef,
+    batch: RecordBatch,
+    day: i32,
+) -> std::result::Result<RecordBatch, deltalake::arrow::error::ArrowError> {
     let columns = schema
         .fields()
         .iter()
@@ -343,7 +347,7 @@ fn with_date(batch: RecordBatch, day: i32) -> std::result::Result<RecordBatch, d
             }
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema, columns)
+    RecordBatch::try_new(schema.clone(), columns)
 }
 
 /// When each kind of maintenance last ran, and so what is due next.

@@ -37,7 +37,7 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 
-use crate::table::schema::delta_columns;
+use crate::event::Identity;
 
 pub use crate::table::key_cache::{CheckStats, KeyCache};
 pub use crate::table::key_index::{KeyIndex, SyncStats};
@@ -45,7 +45,7 @@ pub use crate::table::location::{Location, ProbeError};
 pub use crate::table::maintenance::{CompactOutcome, VacuumOutcome};
 pub use crate::table::offsets::AppIds;
 pub use crate::table::read::TableCounts;
-pub use crate::table::schema::{COLUMNS, PARTITION_COLUMN, Row, StoredRow, arrow_schema, to_record_batch};
+pub use crate::table::schema::{Columns, PARTITION_COLUMN, Row, StoredRow};
 pub use crate::table::write::{InsertOutcome, PendingWrite};
 
 /// Errors of the Delta table, with the path they concern.
@@ -61,6 +61,12 @@ pub enum DeltaError {
     Unexpected { location: String, what: String },
     #[error("Delta table at {location} cannot take idempipe's events: {problems}")]
     Unsuitable { location: String, problems: String },
+    #[error(
+        "Delta table at {location} keys its events by {table}, this configuration by {configured}: a table keeps \
+         the identity it was created with (set `event_key`, `event_time` and `event_time_format` as the table's, \
+         or use another table)"
+    )]
+    OtherIdentity { location: String, table: String, configured: String },
     #[error(
         "Delta table at {location}: {files} of the files a compaction rewrote were removed or had rows deleted by \
          another writer since it read them (table version {version}); it committed nothing"
@@ -110,6 +116,10 @@ pub type Result<T, E = DeltaError> = std::result::Result<T, E>;
 pub struct EventTable {
     location: Location,
     table: DeltaTable,
+    /// The identity the table was created with (the table property
+    /// [`crate::event::TABLE_PROPERTY`]; the default one without it), and its columns.
+    identity: Identity,
+    columns: Columns,
     /// With a key index or a key cache, the already-stored check is a lookup and new
     /// rows are appended by a commit that declares the partitions it checked; with
     /// neither, the check is a semi-join and new rows go in by an insert-only MERGE.
@@ -141,12 +151,19 @@ impl EventTable {
     /// that follows the table by [`EventTable::reload`] (incremental) instead of opening it
     /// again, and checks no keys.
     pub(crate) fn without_stored_keys(&self) -> Self {
-        Self { location: self.location.clone(), table: self.table.clone(), keys: None }
+        Self {
+            location: self.location.clone(),
+            table: self.table.clone(),
+            identity: self.identity.clone(),
+            columns: self.columns.clone(),
+            keys: None,
+        }
     }
 
-    /// Creates the table if there is none, with the events schema partitioned by
-    /// `event_date`; opens it otherwise. Running it again changes nothing.
-    pub async fn create_if_missing(location: impl Into<Location>) -> Result<Self> {
+    /// Creates the table if there is none, with the events schema of `identity`
+    /// partitioned by `event_date`, recording the identity; opens it otherwise (and checks
+    /// that it has the same identity). Running it again changes nothing.
+    pub async fn create_if_missing(location: impl Into<Location>, identity: &Identity) -> Result<Self> {
         let location = location.into();
         if let Some(path) = location.local_path()
             && path.exists()
@@ -162,8 +179,11 @@ impl EventTable {
             .create()
             .with_table_name("events")
             .with_comment("idempipe events: one row per distinct dedup_key")
-            .with_columns(delta_columns())
+            .with_columns(Columns::of(identity).delta())
             .with_partition_columns([PARTITION_COLUMN])
+            .with_configuration([(crate::event::TABLE_PROPERTY, Some(identity.definition()))])
+            // The identity's property is idempipe's, not one delta-rs knows.
+            .with_raise_if_key_not_exists(false)
             .with_save_mode(SaveMode::Ignore)
             .await;
         let table = match created {
@@ -171,8 +191,8 @@ impl EventTable {
             // Two `setup`s racing: the loser's version 0 conflicts; the winner's table is fine.
             Err(_) => deltalake::open_table_with_storage_options(url, location.option_map()).await.map_err(err)?,
         };
-        let this = Self { location, table, keys: None };
-        this.check_schema()?;
+        let this = Self::loaded(location, table)?;
+        this.check_identity(identity)?;
         Ok(this)
     }
 
@@ -195,9 +215,7 @@ impl EventTable {
                 DeltaTableError::NotATable(_) => DeltaError::Missing { location: location.to_string() },
                 e => err(e),
             })?;
-        let this = Self { location, table, keys: None };
-        this.check_schema()?;
-        Ok(this)
+        Self::loaded(location, table)
     }
 
     /// Opens an existing table through `store`, the object store of the filesystem (or
@@ -220,9 +238,48 @@ impl EventTable {
             .load()
             .await
             .map_err(err)?;
-        let this = Self { location, table, keys: None };
+        Self::loaded(location, table)
+    }
+
+    /// The table loaded from `location`, with the identity it records, once its layout is
+    /// checked ([`EventTable::check_schema`]).
+    fn loaded(location: Location, table: DeltaTable) -> Result<Self> {
+        let snapshot =
+            table.snapshot().map_err(|e| DeltaError::Table { location: location.to_string(), source: Box::new(e) })?;
+        let identity = match snapshot.metadata().configuration().get(crate::event::TABLE_PROPERTY) {
+            None => Identity::default(),
+            Some(definition) => Identity::from_definition(definition).map_err(|what| DeltaError::Unexpected {
+                location: location.to_string(),
+                what: format!("its property {}: {what}", crate::event::TABLE_PROPERTY),
+            })?,
+        };
+        let columns = Columns::of(&identity);
+        let this = Self { location, table, identity, columns, keys: None };
         this.check_schema()?;
         Ok(this)
+    }
+
+    /// The identity the table's events are keyed by.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The table's columns.
+    pub fn columns(&self) -> &Columns {
+        &self.columns
+    }
+
+    /// Refuses a processor whose identity is not the table's: its keys would not be the
+    /// stored ones, so every replay would be stored again.
+    pub fn check_identity(&self, configured: &Identity) -> Result<()> {
+        if self.identity.same_definition(configured) {
+            return Ok(());
+        }
+        Err(DeltaError::OtherIdentity {
+            location: self.location.to_string(),
+            table: self.identity.to_string(),
+            configured: configured.to_string(),
+        })
     }
 
     /// Refuses, before anything is written, a table idempipe would write to wrongly or not
@@ -231,14 +288,14 @@ impl EventTable {
         let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
         let schema = snapshot.snapshot().arrow_schema();
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        let missing: Vec<&str> = COLUMNS.iter().copied().filter(|c| !names.contains(c)).collect();
+        let missing: Vec<&str> = self.columns.names().into_iter().filter(|c| !names.contains(c)).collect();
         if !missing.is_empty() {
             return Err(DeltaError::Unexpected {
                 location: self.location.to_string(),
                 what: format!("is not an idempipe events table: columns {missing:?} are missing"),
             });
         }
-        let problems = layout_problems(snapshot);
+        let problems = layout_problems(snapshot, &self.columns);
         if !problems.is_empty() {
             return Err(DeltaError::Unsuitable { location: self.location.to_string(), problems: problems.join("; ") });
         }
@@ -329,14 +386,14 @@ impl EventTable {
 /// otherwise); carry no CHECK constraint or invariant (a row it refused would stop the
 /// batch instead of going to the dead-letter topic); and generate no column but
 /// `event_date` as the date of `event_time`.
-pub(crate) fn layout_problems(state: &deltalake::table::state::DeltaTableState) -> Vec<String> {
+pub(crate) fn layout_problems(state: &deltalake::table::state::DeltaTableState, columns: &Columns) -> Vec<String> {
     use deltalake::kernel::transaction::{PROTOCOL, TableReference};
     let mut problems = Vec::new();
     if let Err(e) = PROTOCOL.can_write_to(state as &dyn TableReference) {
         problems.push(format!("this build of delta-rs cannot write to it ({e})"));
     }
     let schema = state.schema();
-    let ours = delta_columns();
+    let ours = columns.delta();
     for column in &ours {
         if let Some(theirs) = schema.field(column.name())
             && theirs.data_type() != column.data_type()

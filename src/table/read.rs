@@ -100,30 +100,30 @@ impl EventTable {
             return Ok(Vec::new());
         }
         // Timestamps come back as microseconds; the cast below reads them as Int64.
-        let sql = "SELECT dedup_key, user_id, event_type, event_time, payload, \
-                   source_partition, source_offset, batch_id, ingested_at FROM t";
+        let key_columns = self.columns.key();
+        let parts: String = key_columns.iter().map(|c| format!("\"{c}\", ")).collect();
+        let sql = format!(
+            "SELECT dedup_key, event_time, payload, source_partition, source_offset, batch_id, ingested_at, \
+             {parts}1 FROM t"
+        );
         let mut out = Vec::new();
-        for batch in self.query(sql).await? {
-            let (key, user, kind, payload) = (
-                self.strings(&batch, 0)?,
-                self.strings(&batch, 1)?,
-                self.strings(&batch, 2)?,
-                self.strings(&batch, 4)?,
-            );
+        for batch in self.query(&sql).await? {
+            let (key, payload) = (self.strings(&batch, 0)?, self.strings(&batch, 2)?);
+            let parts =
+                (0..key_columns.len()).map(|i| self.strings(&batch, 7 + i)).collect::<Result<Vec<StringArray>>>()?;
             let int64 = |i: usize| -> Result<Int64Array> {
                 let c = deltalake::arrow::compute::cast(batch.column(i), &ArrowType::Int64)
                     .map_err(|e| self.error(e.into()))?;
                 c.as_any().downcast_ref::<Int64Array>().cloned().ok_or_else(|| self.unexpected("expected integers"))
             };
-            let (time, partition, offset, batch_id, ingested) = (int64(3)?, int64(5)?, int64(6)?, int64(7)?, int64(8)?);
+            let (time, partition, offset, batch_id, ingested) = (int64(1)?, int64(3)?, int64(4)?, int64(5)?, int64(6)?);
             for i in 0..batch.num_rows() {
                 if key.is_null(i) || !keys.contains(key.value(i)) {
                     continue;
                 }
                 out.push(StoredRow {
                     dedup_key: key.value(i).to_owned(),
-                    user_id: user.value(i).to_owned(),
-                    event_type: kind.value(i).to_owned(),
+                    parts: parts.iter().map(|p| p.value(i).to_owned()).collect(),
                     event_time_us: time.value(i),
                     payload: payload.value(i).to_owned(),
                     source_partition: partition.value(i) as i32,

@@ -7,15 +7,14 @@ use std::path::{Path, PathBuf};
 use deltalake::kernel::Transaction;
 
 use crate::event::{DedupKey, EventTime};
-use crate::table::{EventTable, InsertOutcome, Result, Row, to_record_batch};
+use crate::table::{Columns, EventTable, InsertOutcome, Result, Row};
 
 pub(crate) fn row(n: u32, day: i32, partition: i32) -> Row {
     let time = EventTime::from_micros(i64::from(day) * 86_400_000_000 + i64::from(n)).unwrap();
     let user_id = format!("u{n}");
     Row {
         key: DedupKey::compute(&user_id, "click", time),
-        user_id,
-        event_type: "click".into(),
+        parts: vec![user_id, "click".into()],
         time,
         payload: "{}".into(),
         source_partition: partition,
@@ -39,7 +38,7 @@ pub(crate) fn keys(rows: &[Row]) -> HashSet<DedupKey> {
 /// Kafka partition `partition`.
 pub(crate) async fn check_and_insert(table: &mut EventTable, rows: &[Row], partition: i32) -> Result<InsertOutcome> {
     let new = table.new_rows(rows).await?;
-    let batch = to_record_batch(&new, 1, EventTime::from_micros(0).unwrap()).unwrap();
+    let batch = Columns::default().batch(&new, 1, EventTime::from_micros(0).unwrap()).unwrap();
     let txns = [Transaction::new(format!("g-raw-{partition}"), rows.len() as i64)];
     table.insert(batch, &txns, serde_json::json!({})).await
 }
@@ -48,7 +47,7 @@ pub(crate) async fn check_and_insert(table: &mut EventTable, rows: &[Row], parti
 pub(crate) async fn new_table() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events");
-    EventTable::create_if_missing(&path).await.unwrap();
+    EventTable::create_if_missing(&path, &crate::event::Identity::default()).await.unwrap();
     (dir, path)
 }
 

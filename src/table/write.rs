@@ -29,7 +29,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 
 use crate::event::{DedupKey, EventTime};
 use crate::table::key_cache::parse_date;
-use crate::table::schema::{COLUMNS, PARTITION_COLUMN, batch_dates, date_column, date_list, key_column};
+use crate::table::schema::{PARTITION_COLUMN, batch_dates, date_column, date_list, key_column};
 use crate::table::{DeltaError, EventTable, Result, Row, StoredKeys, without_post_commit_maintenance};
 
 /// A batch's new rows on their way into the table: written as data files, not yet
@@ -278,6 +278,7 @@ impl EventTable {
         if batch.num_rows() > 0 {
             let ctx = SessionContext::new();
             let source = ctx.read_batch(batch).map_err(|e| self.error(e.into()))?;
+            let columns: Vec<String> = self.columns.names().into_iter().map(str::to_owned).collect();
             // The literal date list keeps the read (and so the conflict check) to the
             // batch's partitions.
             let predicate = format!(
@@ -292,7 +293,8 @@ impl EventTable {
                 .with_source_alias("source")
                 .with_target_alias("target")
                 .when_not_matched_insert(|insert| {
-                    COLUMNS.iter().fold(insert, |i, c| i.set(*c, col(format!("source.{c}"))))
+                    // Quoted: a key column's name may hold capitals, which SQL folds.
+                    columns.iter().fold(insert, |i, c| i.set(format!("\"{c}\""), col(format!("source.\"{c}\""))))
                 })
                 .map_err(|e| self.error(e))?
                 .with_commit_properties(properties())
