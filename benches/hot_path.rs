@@ -36,8 +36,8 @@ fn parse(c: &mut Criterion) {
         })
     });
     let limits = idempipe::batch::Limits {
-        identity: event::Identity::default(),
-        key_columns: event::Identity::default().key_columns(),
+        schema: event::EventSchema::default(),
+        fields: idempipe::output::processed::RecordFields::of_default(),
         message_bytes: event::DEFAULT_MAX_MESSAGE_BYTES,
         record_bytes: 1_000_000 - 1024,
         max_age: None,

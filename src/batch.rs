@@ -31,10 +31,11 @@ pub struct Range {
 /// What decides, message by message, between a row and a dead letter.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Which fields make the key, and which is the time.
-    pub identity: crate::event::Identity,
-    /// The columns the key fields go to (named in the processed record).
-    pub key_columns: Vec<String>,
+    /// The event schema: which fields make the key and the time, and the declared
+    /// columns.
+    pub schema: crate::event::EventSchema,
+    /// The processed record's fields that follow the schema.
+    pub fields: crate::output::processed::RecordFields,
     /// The contract's limit on a message (`max_message_bytes`).
     pub message_bytes: usize,
     /// The largest record idempipe produces ([`crate::config::Settings::max_record_bytes`]):
@@ -50,8 +51,8 @@ pub struct Limits {
 impl Limits {
     pub fn of(settings: &crate::config::Settings) -> Self {
         Self {
-            identity: settings.identity.clone(),
-            key_columns: settings.identity.key_columns(),
+            schema: settings.schema.clone(),
+            fields: crate::output::processed::RecordFields::of(&settings.schema),
             message_bytes: settings.max_message_bytes,
             record_bytes: settings.max_record_bytes(),
             max_age: settings.event_window.max_age,
@@ -83,7 +84,12 @@ impl Limits {
     /// bounded size.
     fn surely_fits(&self, message_bytes: usize) -> bool {
         const FIELDS: usize = 1024;
-        let names: usize = self.key_columns.iter().map(|c| c.len() + 4).sum();
+        // A declared column's normal form may be longer than its text in the message (a
+        // timestamp of one digit, a decimal padded): those records are measured.
+        if !self.fields.declared.is_empty() {
+            return false;
+        }
+        let names: usize = self.fields.key.iter().map(|c| c.len() + 4).sum();
         message_bytes.saturating_mul(13).saturating_add(FIELDS + names) <= self.record_bytes
     }
 }
@@ -126,8 +132,14 @@ impl Batch {
     ) {
         let started = std::time::Instant::now();
         let length = value.map_or(0, <[u8]>::len);
-        let parsed = event::parse_as(value, limits.message_bytes, &limits.identity)
-            .map(|e| Row::from_event(e, partition, offset));
+        let parsed = event::parse_with(value, limits.message_bytes, &limits.schema).map(|e| {
+            if limits.schema.payload() == crate::event::PayloadMode::Message {
+                Row::from_event(e, partition, offset)
+            } else {
+                let payload = limits.schema.payload_of(e.payload);
+                Row::from_event(e, partition, offset).with_payload(payload)
+            }
+        });
         let parsed = parsed.and_then(|row| {
             if (limits.max_age.is_some() || limits.max_future.is_some())
                 && let Some(rejection) = limits.outside_window(row.time, reference())
@@ -137,7 +149,7 @@ impl Batch {
             if limits.surely_fits(length) {
                 return Ok(row);
             }
-            match crate::output::processed::record_bytes(&row, &limits.key_columns) {
+            match crate::output::processed::record_bytes(&row, &limits.fields) {
                 n if n <= limits.record_bytes => Ok(row),
                 n => Err(Rejection::new(
                     RejectClass::TooLarge,
@@ -251,8 +263,8 @@ mod tests {
 
     fn default_limits() -> Limits {
         Limits {
-            identity: crate::event::Identity::default(),
-            key_columns: crate::event::Identity::default().key_columns(),
+            schema: crate::event::EventSchema::default(),
+            fields: crate::output::processed::RecordFields::of_default(),
             message_bytes: 1024,
             record_bytes: 1 << 20,
             max_age: None,
@@ -300,7 +312,7 @@ mod tests {
         b.add(0, 2, None, Some(&event(&"a".repeat(6000))), &limits);
         assert_eq!(b.rows.len(), 1);
         assert_eq!(b.rows[0].source_offset, 2);
-        assert!(crate::output::processed::record_bytes(&b.rows[0], &limits.key_columns) <= limits.record_bytes);
+        assert!(crate::output::processed::record_bytes(&b.rows[0], &limits.fields) <= limits.record_bytes);
         let dead = &b.dead_letters[0];
         assert_eq!((dead.offset, dead.rejection.class), (1, RejectClass::TooLarge));
         assert!(dead.rejection.message.contains("processed record would be"), "{}", dead.rejection.message);
@@ -310,10 +322,10 @@ mod tests {
     #[test]
     fn the_size_bound_holds_for_any_batch_id_and_time() {
         let row = Row::from_event(event::parse(Some(&msg(7)), 1024).unwrap(), 3, 99);
-        let columns = crate::event::Identity::default().key_columns();
-        let bound = crate::output::processed::record_bytes(&row, &columns);
+        let fields = crate::output::processed::RecordFields::of_default();
+        let bound = crate::output::processed::record_bytes(&row, &fields);
         let time = crate::event::EventTime::from_micros(253_402_300_799_999_999).unwrap();
-        let r = crate::output::processed::record("t", &columns, &row, i64::MIN, time);
+        let r = crate::output::processed::record("t", &fields, &row, i64::MIN, time);
         let actual = r.key.unwrap().len() + r.value.unwrap().len();
         assert!(actual <= bound, "{actual} > {bound}");
     }

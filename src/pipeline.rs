@@ -126,12 +126,15 @@ impl Pipeline {
     /// [`Pipeline::start`] with a table the caller opened (through a store of its own,
     /// say: see [`EventTable::open_with_store`]).
     pub fn start_with_table(
-        settings: Settings,
+        mut settings: Settings,
         mut table: EventTable,
         runtime: Handle,
         shutdown: Shutdown,
     ) -> Result<Self, PipelineError> {
-        table.check_identity(&settings.identity)?;
+        // Events are read by the table's schema: the configuration's, with the columns the
+        // table has beside (refused if the two disagree).
+        settings.schema = table.effective_schema(&settings.schema)?;
+        settings.clickhouse.schema = settings.schema.clone();
         if settings.key_check == KeyCheck::Cache {
             table.enable_key_cache(settings.key_cache_bytes)?;
             tracing::info!(
@@ -504,9 +507,12 @@ impl Pipeline {
         // batch of encoded records is never held beside its copies.
         let unsent = || new_rows.iter().filter(|r| !sent.events.contains(&r.key));
         let event_count = unsent().count();
-        let key_columns = self.table.columns().key().to_vec();
-        let events =
-            unsent().map(|r| processed::record(&settings.topics.processed, &key_columns, r, batch_id, ingested_at));
+        let columns = self.table.columns();
+        let fields = processed::RecordFields {
+            key: columns.key().to_vec(),
+            declared: columns.declared().iter().map(|(name, _)| name.clone()).collect(),
+        };
+        let events = unsent().map(|r| processed::record(&settings.topics.processed, &fields, r, batch_id, ingested_at));
         record.phases.produce_ms += ms(encode.elapsed());
         let rows = self.table.columns().batch(&new_rows, batch_id, ingested_at)?;
         let dead_letter_count = dead_letters.len();

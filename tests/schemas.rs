@@ -98,6 +98,136 @@ fn a_custom_identity_with_an_epoch_millisecond_time_keys_the_events_everywhere()
     assert_eq!(after["delta_version"], again["delta_version"], "nothing was written: {after}");
 }
 
+/// Declared columns of every type: the values land typed in Delta and ClickHouse (a key
+/// field declared `int` too), the payload keeps the rest of the message; a value of the
+/// wrong type, a missing required field and values that do not fit are dead letters of
+/// their own class naming the field; replays change nothing.
+#[test]
+fn declared_columns_are_typed_in_every_store_and_bad_values_are_dead_letters() {
+    let p = Harness::with_options(
+        "typed",
+        r#"event_key = "order_id, line"
+event_time = "ts"
+event_time_format = "epoch_ms"
+payload = "rest"
+
+[columns]
+line = "int"
+amount = "decimal(12,2)"
+paid = "boolean"
+tags = "list<string>"
+ship = { type = "struct<city:string,at:timestamp>", field = "shipping" }
+attrs = "map<string,long>"
+placed = { type = "date", required = true }
+score = "double"
+"#,
+    );
+    p.setup();
+    let file = p.path("typed.jsonl");
+    let mut out = std::fs::File::create(&file).unwrap();
+    let start_ms: i64 = 1_704_067_200_000;
+    let event = |i: i64, ts: String| {
+        format!(
+            r#"{{"order_id":"o{i}","line":{line},"ts":{ts},"amount":{amount},"paid":{paid},"tags":["t{i}","x"],"shipping":{{"city":"c{i}","at":"2024-01-0{day}T10:00:00+02:00"}},"attrs":{{"a":{i}}},"placed":"2024-01-0{day}","score":{score},"note":"n{i}"}}"#,
+            line = i % 3 + 1,
+            amount = if i % 2 == 0 { format!("{i}.5") } else { format!("\"{i}.10\"") },
+            paid = i % 2 == 0,
+            day = 1 + i % 3,
+            score = i as f64 * 0.5,
+        )
+    };
+    for i in 0..300_i64 {
+        writeln!(out, "{}", event(i, (start_ms + i * 1_000).to_string())).unwrap();
+        if i % 10 == 0 {
+            // A re-send, the time as a numeric string.
+            writeln!(out, "{}", event(i, format!("\"{}\"", start_ms + i * 1_000))).unwrap();
+        }
+    }
+    let invalid = [
+        (r#"{"order_id":"b1","line":1,"ts":1,"amount":"abc","placed":"2024-01-01"}"#, "wrong_type", "`amount`"),
+        (r#"{"order_id":"b2","line":1,"ts":1,"amount":1}"#, "missing_field", "`placed`"),
+        (r#"{"order_id":"b3","line":3000000000,"ts":1,"placed":"2024-01-01"}"#, "value_out_of_range", "`line`"),
+        (r#"{"order_id":"b4","line":1,"ts":1,"amount":1.234,"placed":"2024-01-01"}"#, "value_out_of_range", "`amount`"),
+        (r#"{"order_id":"b5","line":1,"ts":1,"tags":[1],"placed":"2024-01-01"}"#, "wrong_type", "`tags[0]`"),
+        (r#"{"order_id":"b6","line":1,"ts":1,"attrs":{"a":"x"},"placed":"2024-01-01"}"#, "wrong_type", "`attrs.a`"),
+        (
+            r#"{"order_id":"b7","line":1,"ts":1,"shipping":{"at":"soon"},"placed":"2024-01-01"}"#,
+            "wrong_type",
+            "`shipping.at`",
+        ),
+    ];
+    for (line, _, _) in invalid {
+        writeln!(out, "{line}").unwrap();
+    }
+    drop(out);
+    p.produce(&file);
+    p.run_until_idle(&["--clickhouse-in-run"]);
+    assert_stores(&p, 300, invalid.len() as u64);
+    let mut letters: Vec<(String, String)> = common::read_all(&format!("{}_dlq", p.name))
+        .into_iter()
+        .map(|d| (d.headers["error.class"].clone(), d.headers["error.message"].clone()))
+        .collect();
+    letters.sort();
+    let mut expected: Vec<(&str, &str)> = invalid.iter().map(|(_, class, field)| (*class, *field)).collect();
+    expected.sort();
+    for ((class, message), (want_class, field)) in letters.iter().zip(&expected) {
+        assert_eq!(class, want_class, "{message}");
+        assert!(message.contains(field), "{class}: {message} does not name {field}");
+    }
+
+    // Delta: typed columns, the key field `line` an int; the values in their normal form.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let table = runtime.block_on(idempipe::table::EventTable::open(&p.delta_path())).unwrap();
+    let declared: Vec<String> = table.columns().declared().iter().map(|(n, k)| format!("{n} {k}")).collect();
+    assert_eq!(
+        declared,
+        [
+            "amount decimal(12,2)",
+            "attrs map<string,long>",
+            "paid boolean",
+            "placed date",
+            "score double",
+            "ship struct<city:string,at:timestamp>",
+            "tags list<string>"
+        ]
+    );
+    assert_eq!(table.schema().key_kinds()[1], idempipe::event::KeyKind::Int);
+    let time = idempipe::event::EventTime::from_epoch_millis(start_ms + 7_000).unwrap();
+    let key = idempipe::event::DedupKey::compute_parts(&["o7", "2"], time).to_string();
+    let rows = runtime.block_on(table.rows_with_keys(&[key.clone()].into_iter().collect())).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].parts, ["o7", "2"]);
+    assert_eq!(
+        serde_json::Value::Array(rows[0].values.clone()),
+        serde_json::json!([
+            "7.10",
+            {"a": 7},
+            false,
+            "2024-01-02",
+            3.5,
+            {"city": "c7", "at": "2024-01-02T08:00:00.000000Z"},
+            ["t7", "x"]
+        ])
+    );
+    assert_eq!(rows[0].payload, r#"{"note":"n7"}"#, "the payload keeps what no column takes");
+
+    // ClickHouse: the same values, typed.
+    let found = clickhouse_query(
+        &p.clickhouse_url(),
+        &format!(
+            "SELECT line, amount, paid, tags, ship.1, placed, score, attrs FROM {} FINAL WHERE dedup_key = '{key}'",
+            p.clickhouse_table()
+        ),
+    )
+    .unwrap();
+    assert_eq!(found.trim(), "2\t7.10\t0\t['t7','x']\tc7\t2024-01-02\t3.5\t{\"a\":7}");
+
+    p.produce(&file);
+    p.run_until_idle(&["--clickhouse-in-run"]);
+    let again = assert_stores(&p, 300, 2 * invalid.len() as u64);
+    assert_eq!(count(&again, "processed_distinct_keys"), 300, "{again}");
+}
+
 /// A table made by the release before identities could be configured (a fixture it
 /// wrote: 300 events, no identity property) is read and written by this one: replays of
 /// its events change nothing, new ones land once.

@@ -16,6 +16,7 @@
 pub mod schema;
 pub mod sink;
 pub mod tls;
+pub mod typed;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -193,6 +194,13 @@ impl ClickHouse {
         &self.version
     }
 
+    /// The same connection for events of `schema` (the effective one of a table: see
+    /// [`crate::table::EventTable::effective_schema`]).
+    pub fn with_schema(mut self, schema: crate::event::EventSchema) -> Self {
+        self.settings.schema = schema;
+        self
+    }
+
     /// `` `db`.`table` `` of the events table.
     pub fn table(&self) -> String {
         schema::qualified(&self.settings.database, &self.settings.table)
@@ -250,7 +258,7 @@ impl ClickHouse {
         let s = &self.settings;
         self.execute(&schema::create_database(&s.database), "creating the database").await?;
         let existed = self.layout().await?.is_some();
-        let create = schema::create_events(&self.version, &s.database, &s.table, &s.key_columns);
+        let create = schema::create_events(&self.version, &s.database, &s.table, &s.schema);
         self.execute(&create, "creating the events table").await?;
         let layout = self
             .layout()
@@ -258,12 +266,19 @@ impl ClickHouse {
             .ok_or_else(|| self.unexpected(format!("table {} is missing right after its creation", self.table())))?;
         let kafka_engine = match s.ingest {
             ClickHouseIngest::Sink => None,
+            ClickHouseIngest::KafkaEngine if !s.schema.columns().is_empty() => {
+                return Err(self.unexpected(
+                    "the Kafka-engine route (`clickhouse_ingest = \"kafka_engine\"`) loads the key columns and \
+                     idempipe's own; declared columns need the ClickHouse sink (`clickhouse_ingest = \"sink\"`)"
+                        .into(),
+                ));
+            }
             ClickHouseIngest::KafkaEngine => {
                 let ddl = schema::create_kafka_engine(
                     &self.version,
                     &s.database,
                     &s.table,
-                    &s.key_columns,
+                    &s.schema.identity().key_columns(),
                     brokers,
                     topic,
                     &s.group,
@@ -305,9 +320,9 @@ impl ClickHouse {
         // Inserts are RowBinary without validation: a column of another type would
         // misalign every row after it, so the types are checked here, once.
         let normal = |t: &str| t.replace(' ', "");
-        for (name, want) in schema::columns(layout, &self.settings.key_columns) {
+        for (name, want) in schema::columns(layout, &self.settings.schema) {
             match columns.iter().find(|(n, _)| *n == name) {
-                Some((_, got)) if normal(got) == normal(want) => {}
+                Some((_, got)) if normal(got) == normal(&want) => {}
                 Some((_, got)) => {
                     return Err(self.unexpected(format!(
                         "table {} is not an idempipe events table: column {name} is {got}, expected {want}",
@@ -332,7 +347,7 @@ impl ClickHouse {
             return Ok(());
         }
         let token = token.filter(|_| self.version.has_dedup_token());
-        let columns = schema::columns(layout, &self.settings.key_columns);
+        let columns = schema::columns(layout, &self.settings.schema);
         let names: Vec<String> = columns.iter().map(|(name, _)| format!("`{name}`")).collect();
         let sql = format!("INSERT INTO {} ({}) FORMAT RowBinary", self.table(), names.join(", "));
         let what = format!("inserting {} rows into {}", rows.len(), self.table());
@@ -346,7 +361,7 @@ impl ClickHouse {
             let mut encoded = Vec::with_capacity(1024);
             for row in rows {
                 encoded.clear();
-                encode_row(&mut encoded, layout, self.settings.key_columns.len(), row);
+                encode_row(&mut encoded, layout, &self.settings.schema, row);
                 let mut at = 0;
                 while at < encoded.len() {
                     at += insert.write(&encoded[at..]).await?;
@@ -454,26 +469,23 @@ fn seconds(micros: i64) -> u32 {
 
 /// Appends `row` in RowBinary, in the column order of [`schema::columns`]: strings as a
 /// LEB128 length and the bytes, integers little-endian, `Date` as UInt16 days,
-/// `DateTime` as UInt32 seconds, `DateTime64(6)` as Int64 microseconds. A row missing a
-/// key column's value (it cannot happen: the record parser requires each) gets an
-/// empty string, so the rows after it stay aligned.
-fn encode_row(out: &mut Vec<u8>, layout: Layout, key_columns: usize, row: &StoredRow) {
-    fn string(out: &mut Vec<u8>, s: &str) {
-        let mut n = s.len() as u64;
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
-        }
-        out.extend_from_slice(s.as_bytes());
-    }
+/// `DateTime` as UInt32 seconds, `DateTime64(6)` as Int64 microseconds, declared columns
+/// as [`typed::encode`] writes them. A row missing a value (it cannot happen: the record
+/// parser requires each) gets the type's zero, so the rows after it stay aligned.
+fn encode_row(out: &mut Vec<u8>, layout: Layout, schema: &crate::event::EventSchema, row: &StoredRow) {
+    use crate::event::ColumnType;
+    let string = typed::string;
     string(out, &row.dedup_key);
-    for i in 0..key_columns {
-        string(out, row.parts.get(i).map_or("", String::as_str));
+    for (i, kind) in schema.key_kinds().iter().enumerate() {
+        let part = row.parts.get(i).map_or("", String::as_str);
+        match kind.column_type() {
+            ColumnType::Int => out.extend_from_slice(&part.parse::<i32>().unwrap_or(0).to_le_bytes()),
+            ColumnType::Long => out.extend_from_slice(&part.parse::<i64>().unwrap_or(0).to_le_bytes()),
+            _ => string(out, part),
+        }
+    }
+    for (i, column) in schema.columns().iter().enumerate() {
+        typed::encode(out, &column.kind, layout, row.values.get(i).unwrap_or(&serde_json::Value::Null));
     }
     match layout {
         Layout::Current => out.extend_from_slice(&row.event_time_us.to_le_bytes()),
@@ -561,6 +573,7 @@ mod tests {
         let row = StoredRow {
             dedup_key: "k".into(),
             parts: vec!["u".repeat(200), "e".into()],
+            values: Vec::new(),
             event_time_us: 86_400_000_001,
             payload: "{}".into(),
             source_partition: 3,
@@ -569,7 +582,8 @@ mod tests {
             ingested_at_us: 2_000_000,
         };
         let mut out = Vec::new();
-        encode_row(&mut out, Layout::Current, 2, &row);
+        let schema = crate::event::EventSchema::default();
+        encode_row(&mut out, Layout::Current, &schema, &row);
         let mut want = vec![1, b'k', 0xC8, 0x01];
         want.extend("u".repeat(200).bytes());
         want.extend([1, b'e']);
@@ -583,12 +597,12 @@ mod tests {
         want.extend(2_000_000_u64.to_le_bytes());
         assert_eq!(out, want);
         let mut legacy = Vec::new();
-        encode_row(&mut legacy, Layout::Legacy, 2, &row);
+        encode_row(&mut legacy, Layout::Legacy, &schema, &row);
         // Whole seconds plus the exact microseconds; the ingest time in seconds.
         // 4 + 8 bytes of event time for 8, 4 of ingest time for 8.
         assert_eq!(legacy.len(), out.len());
         let at = 4 + 200 + 2;
         assert_eq!(legacy[at..at + 4], 86_400_u32.to_le_bytes());
-        assert_eq!(schema::columns(Layout::Legacy, &["a".into(), "b".into()]).len(), 12);
+        assert_eq!(schema::columns(Layout::Legacy, &schema).len(), 12);
     }
 }

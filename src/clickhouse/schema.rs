@@ -11,6 +11,9 @@
 //! the time), so merges and `FINAL` collapse all of them. `version` is the ingest time in
 //! microseconds of the Delta row, so the copy that survives is the one Delta holds.
 
+use crate::clickhouse::typed;
+use crate::event::EventSchema;
+
 /// Which columns an events table has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,18 +77,23 @@ pub fn create_database(database: &str) -> String {
 }
 
 /// The columns of each layout, in insert order, with their ClickHouse types: the one
-/// list the DDL, the table check and the row encoding follow. `key` are the identity's
-/// key columns (`user_id`, `event_type` by default), after `dedup_key`.
-pub fn columns(layout: Layout, key: &[String]) -> Vec<(String, &'static str)> {
+/// list the DDL, the table check and the row encoding follow. After `dedup_key` come the
+/// schema's key columns (`user_id`, `event_type` by default) and declared columns
+/// ([`crate::clickhouse::typed`]).
+pub fn columns(layout: Layout, schema: &EventSchema) -> Vec<(String, String)> {
     let time = match layout {
         Layout::Current => "DateTime64(6, 'UTC')",
         Layout::Legacy => "DateTime('UTC')",
     };
-    let mut columns = vec![("dedup_key".to_owned(), "String")];
-    columns.extend(key.iter().map(|c| (c.clone(), "String")));
-    columns.push(("event_time".to_owned(), time));
+    let mut columns = vec![("dedup_key".to_owned(), "String".to_owned())];
+    let key = schema.identity().key_columns();
+    columns.extend(
+        key.into_iter().zip(schema.key_kinds()).map(|(c, k)| (c, typed::key_type(&k.column_type()).to_owned())),
+    );
+    columns.extend(schema.columns().iter().map(|c| (c.name.clone(), typed::ch_type(&c.kind, layout))));
+    columns.push(("event_time".to_owned(), time.to_owned()));
     if layout == Layout::Legacy {
-        columns.push(("event_time_us".to_owned(), "Int64"));
+        columns.push(("event_time_us".to_owned(), "Int64".to_owned()));
     }
     columns.extend(
         [
@@ -97,15 +105,15 @@ pub fn columns(layout: Layout, key: &[String]) -> Vec<(String, &'static str)> {
             ("ingested_at", time),
             ("version", "UInt64"),
         ]
-        .map(|(name, kind)| (name.to_owned(), kind)),
+        .map(|(name, kind)| (name.to_owned(), kind.to_owned())),
     );
     columns
 }
 
 /// The events table.
-pub fn create_events(server: &ServerVersion, database: &str, table: &str, key: &[String]) -> String {
+pub fn create_events(server: &ServerVersion, database: &str, table: &str, schema: &EventSchema) -> String {
     let columns: Vec<String> =
-        columns(server.layout(), key).iter().map(|(name, kind)| format!("    `{name}` {kind}")).collect();
+        columns(server.layout(), schema).iter().map(|(name, kind)| format!("    `{name}` {kind}")).collect();
     let settings = if server.has_dedup_token() { "\nSETTINGS non_replicated_deduplication_window = 1000" } else { "" };
     format!(
         "CREATE TABLE IF NOT EXISTS {name} (\n{columns}\n) ENGINE = ReplacingMergeTree(version)\n\
@@ -201,12 +209,12 @@ mod tests {
 
     #[test]
     fn the_legacy_table_keeps_microseconds_in_a_column() {
-        let key = crate::event::Identity::default().key_columns();
-        let ddl = create_events(&ServerVersion::parse("18.16.1").unwrap(), "db", "ev", &key);
+        let schema = EventSchema::default();
+        let ddl = create_events(&ServerVersion::parse("18.16.1").unwrap(), "db", "ev", &schema);
         assert!(ddl.contains("`event_time_us` Int64") && ddl.contains("`user_id` String"), "{ddl}");
         assert!(!ddl.contains("DateTime64"), "{ddl}");
         assert!(!ddl.contains("SETTINGS"), "{ddl}");
-        let ddl = create_events(&ServerVersion::parse("24.8.1").unwrap(), "db", "ev", &key);
+        let ddl = create_events(&ServerVersion::parse("24.8.1").unwrap(), "db", "ev", &schema);
         assert!(ddl.contains("DateTime64(6, 'UTC')") && ddl.contains("non_replicated_deduplication_window"));
     }
 }

@@ -268,6 +268,7 @@ impl ClickHouseSink {
         let mut carried = Carried::default();
         // Rounds in a row that left rows not loaded: the backoff's attempt number.
         let mut unproven_rounds = 0;
+        let fields = processed::RecordFields::of(&self.settings.clickhouse.schema);
         loop {
             let Carried { rows, sources, bytes, ranges } = std::mem::take(&mut carried);
             let mut batch = SinkBatch {
@@ -279,7 +280,7 @@ impl ClickHouseSink {
                 max_rows: self.settings.clickhouse.max_batch_rows.get(),
                 max_bytes: self.settings.clickhouse.max_batch_bytes.get(),
                 topics: &self.settings.topics,
-                key_columns: &self.settings.clickhouse.key_columns,
+                fields: &fields,
                 max_record_bytes: self.settings.max_record_bytes(),
                 summary: &mut summary,
                 consumer_error: false,
@@ -609,8 +610,8 @@ struct SinkBatch<'a> {
     ranges: BTreeMap<i32, (i64, i64)>,
     max_rows: usize,
     topics: &'a Topics,
-    /// The fields of a record that hold the key columns.
-    key_columns: &'a [String],
+    /// The names of a record's key and declared columns.
+    fields: &'a processed::RecordFields,
     /// The largest dead letter it may send.
     max_record_bytes: usize,
     summary: &'a mut ClickHouseSinkSummary,
@@ -644,7 +645,7 @@ impl Collector for SinkBatch<'_> {
         }
         self.ranges.entry(p).and_modify(|r| r.1 = offset).or_insert((offset, offset));
         self.bytes += m.payload_len() + m.key().map_or(0, <[u8]>::len);
-        match processed::parse(m.payload().unwrap_or_default(), self.key_columns) {
+        match processed::parse(m.payload().unwrap_or_default(), self.fields) {
             Ok(record) => {
                 self.rows.push(record);
                 self.sources.push(RowSource {
@@ -818,6 +819,7 @@ mod tests {
         let row = |offset: i64| StoredRow {
             dedup_key: format!("k{offset}"),
             parts: vec!["u".into(), "e".into()],
+            values: Vec::new(),
             event_time_us: 0,
             payload: "{}".into(),
             source_partition: 0,

@@ -77,7 +77,8 @@ pub async fn prefill(
                     key: event::DedupKey::compute(&e.user_id, e.event_type, e.time),
                     parts: vec![e.user_id, e.event_type.to_owned()],
                     time: e.time,
-                    payload: e.line,
+                    payload: Some(e.line),
+                    values: Vec::new(),
                     source_partition: -1,
                     source_offset: i as i64,
                 }

@@ -11,7 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use crate::config::Settings;
-use crate::event::{self, Identity};
+use crate::event::{self, EventSchema};
 use crate::kafka::{self, KafkaFailure, Role, client_config};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +59,12 @@ impl ProducerContext for Deliveries {
 /// The partitioning key of a line: the value of its identity's first key field
 /// (`user_id` by default) when it has one, so that an event and its re-sends share a
 /// partition.
-fn key_of(line: &[u8], identity: &Identity) -> Option<String> {
-    if let Ok(mut e) = event::parse_as(Some(line), usize::MAX, identity) {
+fn key_of(line: &[u8], schema: &EventSchema) -> Option<String> {
+    if let Ok(mut e) = event::parse_with(Some(line), usize::MAX, schema) {
         return Some(e.parts.swap_remove(0).into_owned());
     }
     let value: serde_json::Value = serde_json::from_slice(line).ok()?;
-    let first = &identity.fields().first()?.path;
+    let first = &schema.identity().fields().first()?.path;
     let found = first.names().iter().try_fold(&value, |v, name| v.get(name))?;
     match found {
         serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -195,7 +195,7 @@ pub fn produce(settings: &Settings, input: &Path, rate: Option<f64>) -> Result<P
         if line.last() == Some(&b'\r') {
             line.pop();
         }
-        let key = key_of(&line, &settings.identity);
+        let key = key_of(&line, &settings.schema);
         sender.send(&line, key.as_deref().map(str::as_bytes))?;
         lines += 1;
         if lines.is_multiple_of(4096) {

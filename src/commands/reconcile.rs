@@ -33,9 +33,9 @@ pub struct ReconcileSummary {
 
 pub async fn reconcile(settings: &Settings) -> Result<ReconcileSummary, ReconcileError> {
     let table = EventTable::open(&settings.delta_path).await?;
-    // The rows go to ClickHouse under the configuration's key columns.
-    table.check_identity(&settings.identity)?;
-    let clickhouse = ClickHouse::connect(&settings.clickhouse).await?;
+    // The rows go to ClickHouse in the table's columns.
+    let schema = table.effective_schema(&settings.schema)?;
+    let clickhouse = ClickHouse::connect(&settings.clickhouse).await?.with_schema(schema);
     let layout = clickhouse.layout().await?.ok_or_else(|| ReconcileError::NoTable { table: clickhouse.table() })?;
     let delta_keys: HashSet<String> = table.keys().await?.into_iter().collect();
     let clickhouse_keys = clickhouse.keys().await?;

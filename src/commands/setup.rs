@@ -42,7 +42,9 @@ pub async fn setup(settings: &Settings, with_clickhouse: bool) -> Result<SetupRe
     };
     // Before anything is written to it: a store without put-if-absent loses commits.
     settings.delta_path.check_put_if_absent().await.map_err(DeltaError::from)?;
-    let table = EventTable::create_if_missing(&settings.delta_path, &settings.identity).await?;
+    let table = EventTable::create_if_missing(&settings.delta_path, &settings.schema).await?;
+    // ClickHouse takes the table's columns: the declared ones and those it has beside.
+    let schema = table.effective_schema(&settings.schema)?;
     let topic = |name, partitions, written| kafka::TopicSpec { name, partitions, written };
     let topics = kafka::ensure_topics(
         settings,
@@ -54,7 +56,9 @@ pub async fn setup(settings: &Settings, with_clickhouse: bool) -> Result<SetupRe
     )
     .await?;
     let clickhouse = match clickhouse {
-        Some(c) => Some(c.ensure_schema(&settings.clickhouse.kafka_brokers, &settings.topics.processed).await?),
+        Some(c) => Some(
+            c.with_schema(schema).ensure_schema(&settings.clickhouse.kafka_brokers, &settings.topics.processed).await?,
+        ),
         None => None,
     };
     Ok(SetupReport { topics, delta_path: table.location().to_string(), delta_version: table.version(), clickhouse })

@@ -22,7 +22,7 @@ pub use crate::config::options::{
     FileOptions, MAX_MAINTENANCE_DURATION, OPTIONS, Options, REDACTED, ReplicationFactor, is_secret, redact_url,
     split_url_credentials,
 };
-use crate::event::Identity;
+use crate::event::{ColumnSpec, ColumnType, EventSchema, FieldPath, Identity};
 use crate::table::Location;
 
 /// A configuration problem, found at start-up.
@@ -198,9 +198,9 @@ pub struct ClickHouseSettings {
     pub max_batch_bytes: NonZeroUsize,
     /// The Kafka brokers as ClickHouse's Kafka engine reaches them.
     pub kafka_brokers: String,
-    /// The identity's key columns (`user_id`, `event_type` by default): the events
-    /// table's columns after `dedup_key`, and the processed record's fields.
-    pub key_columns: Vec<String>,
+    /// The event schema: its key and declared columns are the events table's columns
+    /// after `dedup_key`, and fields of the processed record.
+    pub schema: EventSchema,
 }
 
 impl std::fmt::Debug for ClickHouseSettings {
@@ -250,8 +250,8 @@ pub struct Settings {
     /// Replication factor of the topics that `setup` creates.
     pub replication_factor: ReplicationFactor,
     pub max_message_bytes: usize,
-    /// Which fields make an event's key, and which is its time.
-    pub identity: Identity,
+    /// Which fields make an event's key and its time, and the declared columns.
+    pub schema: EventSchema,
     /// The accepted event times ([`crate::batch::Limits`]).
     pub event_window: EventWindow,
     pub batch: BatchLimits,
@@ -294,6 +294,45 @@ pub const GUARDED_KAFKA_SETTINGS: [(&str, &[&str], &str); 7] = [
     ("auto.offset.reset", &[], "where a partition starts is decided from the Delta table's offsets"),
 ];
 
+/// The declared columns of the `[columns]` table, in name order (a TOML table has no
+/// order of its own): `name = "type"`, or `name = { type = "…", field = "a.b", required =
+/// true }`. The error names the column.
+pub(crate) fn column_specs(table: BTreeMap<String, toml::Value>) -> Result<Vec<ColumnSpec>, ConfigError> {
+    let invalid =
+        |name: &str, why: String| ConfigError::Invalid { key: "columns", reason: format!("column `{name}`: {why}") };
+    let mut specs = Vec::new();
+    for (name, value) in table {
+        let (kind, field, required) = match value {
+            toml::Value::String(kind) => (kind, name.clone(), false),
+            toml::Value::Table(mut t) => {
+                let kind = match t.remove("type") {
+                    Some(toml::Value::String(kind)) => kind,
+                    _ => return Err(invalid(&name, "needs `type = \"…\"`".into())),
+                };
+                let field = match t.remove("field") {
+                    None => name.clone(),
+                    Some(toml::Value::String(field)) => field,
+                    Some(other) => return Err(invalid(&name, format!("`field` is {other}, not a string"))),
+                };
+                let required = match t.remove("required") {
+                    None => false,
+                    Some(toml::Value::Boolean(b)) => b,
+                    Some(other) => return Err(invalid(&name, format!("`required` is {other}, not true or false"))),
+                };
+                if let Some(unknown) = t.keys().next() {
+                    return Err(invalid(&name, format!("unknown key `{unknown}` (type, field, required)")));
+                }
+                (kind, field, required)
+            }
+            other => return Err(invalid(&name, format!("{other} is neither a type nor a table"))),
+        };
+        let kind = ColumnType::parse(&kind).map_err(|why| invalid(&name, why))?;
+        let field = FieldPath::parse(field.trim()).map_err(|why| invalid(&name, why))?;
+        specs.push(ColumnSpec { name, field, kind, required });
+    }
+    Ok(specs)
+}
+
 /// librdkafka's default `message.max.bytes`.
 pub(crate) const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
@@ -309,6 +348,7 @@ impl Settings {
     /// already merged, flags winning), then validates the result.
     pub fn resolve(mut file: FileConfig, args: &CommonArgs) -> Result<Self, ConfigError> {
         let kafka = PassThrough::layer(std::iter::empty(), std::mem::take(&mut file.kafka), &args.kafka);
+        let columns = column_specs(std::mem::take(&mut file.columns))?;
         let storage_env = std::env::vars().filter(|(k, _)| STORAGE_ENV_PREFIXES.iter().any(|p| k.starts_with(p)));
         let storage = PassThrough::layer(storage_env, std::mem::take(&mut file.storage), &args.storage);
         let o = Options::resolve(file, &args.options, &args.from_env)?;
@@ -329,6 +369,8 @@ impl Settings {
         }
         let identity = Identity::new(&options::key_fields(&o.event_key), &o.event_time, o.event_time_format)
             .map_err(|reason| ConfigError::Invalid { key: "event_time", reason })?;
+        let schema = EventSchema::new(identity, columns, o.payload)
+            .map_err(|reason| ConfigError::Invalid { key: "columns", reason })?;
         let settings = Settings {
             brokers: o.brokers.clone(),
             topics: Topics { raw: o.raw_topic.clone(), processed: o.processed_topic.clone(), dlq: o.dlq_topic.clone() },
@@ -349,12 +391,12 @@ impl Settings {
                 max_batch_rows: o.clickhouse_max_batch_rows,
                 max_batch_bytes: o.clickhouse_max_batch_bytes,
                 kafka_brokers: o.clickhouse_kafka_brokers.clone(),
-                key_columns: identity.key_columns(),
+                schema: schema.clone(),
             },
             partitions: o.partitions,
             replication_factor: o.replication_factor,
             max_message_bytes: o.max_message_bytes.get(),
-            identity: identity.clone(),
+            schema,
             event_window: EventWindow { max_age: o.max_event_age, max_future: o.max_event_future },
             batch: BatchLimits { trigger: o.trigger, max_events: o.max_batch_events, max_bytes: o.max_batch_bytes },
             consumer_mode: o.consumer_mode,
@@ -403,6 +445,10 @@ impl Settings {
         let mut out = self.options.entries();
         out.extend(self.kafka.entries("kafka."));
         out.extend(self.storage.entries("storage."));
+        out.extend(self.schema.columns().iter().map(|c| {
+            let required = if c.required { ", required" } else { "" };
+            (format!("columns.{}", c.name), format!("{} (field {}{required})", c.kind, c.field), Origin::File)
+        }));
         out.sort();
         out
     }
@@ -656,6 +702,32 @@ aws_endpoint_url = "http://user:endpoint-secret-5@s3.example"
         assert!(err.to_string().contains("brokerz"), "{err}");
         let err = toml::from_str::<FileConfig>("trigger = \"soon\"").unwrap_err();
         assert!(err.to_string().contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn declared_columns_are_read_in_name_order_and_bad_ones_named() {
+        let s = resolve(
+            "event_key = \"order_id,line\"\npayload = \"rest\"\n[columns]\nline = \"int\"\n\
+             zip = { type = \"int\", field = \"address.zip\", required = true }\namount = \"decimal(12, 2)\"",
+            &["idempipe", "verify"],
+        )
+        .unwrap();
+        let columns: Vec<String> =
+            s.schema.columns().iter().map(|c| format!("{} {} {} {}", c.name, c.kind, c.field, c.required)).collect();
+        assert_eq!(columns, ["amount decimal(12,2) amount false", "zip int address.zip true"]);
+        assert_eq!(s.schema.key_kinds(), [crate::event::KeyKind::TextOrInteger, crate::event::KeyKind::Int]);
+        assert_eq!(s.schema.payload(), crate::event::PayloadMode::Rest);
+        assert_eq!(s.clickhouse.schema, s.schema);
+        for (file, named) in [
+            ("[columns]\nx = \"float\"", "column `x`"),
+            ("[columns]\nx = { field = \"y\" }", "needs `type"),
+            ("[columns]\nx = { type = \"int\", nullable = true }", "unknown key `nullable`"),
+            ("[columns]\nuser_id = \"double\"", "not double"),
+            ("[columns]\nx = 5", "neither a type"),
+        ] {
+            let err = resolve(file, &["idempipe", "verify"]).unwrap_err().to_string();
+            assert!(err.contains("`columns`") && err.contains(named), "{file}: {err}");
+        }
     }
 
     #[test]

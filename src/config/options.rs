@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{ClickHouseIngest, ConfigError, ConsumerMode, KeyCheck, LogFormat, Origin};
-use crate::event::{FieldPath, Identity, TimeFormat};
+use crate::event::{FieldPath, Identity, PayloadMode, TimeFormat};
 use crate::table::Location;
 
 /// One option as the docs describe it.
@@ -106,6 +106,10 @@ macro_rules! options {
             /// Object-store options for the table, with object_store's and delta-rs's
             /// names, e.g. `aws_endpoint_url` or `aws_allow_http`.
             pub storage: BTreeMap<String, String>,
+            /// Declared columns, by name: a type (`"decimal(12,2)"`) or a table with
+            /// `type`, `field` (the event field's path; the name by default) and
+            /// `required` ([`crate::config::column_specs`]).
+            pub columns: BTreeMap<String, toml::Value>,
         }
 
         impl<'de> serde::Deserialize<'de> for FileOptions {
@@ -118,6 +122,11 @@ macro_rules! options {
                         "kafka" => {
                             file.kafka = value.try_into().map_err(|e| {
                                 D::Error::custom(format!("`[kafka]` must be a table of strings: {e}"))
+                            })?;
+                        }
+                        "columns" => {
+                            file.columns = value.try_into().map_err(|e| {
+                                D::Error::custom(format!("`[columns]` must be a table of column declarations: {e}"))
                             })?;
                         }
                         "storage" => {
@@ -287,6 +296,9 @@ options! {
     /// milliseconds), `rfc3339`, or a number (or numeric string) of `epoch_s`,
     /// `epoch_ms`, `epoch_us` or `epoch_ns`.
     event_time_format: TimeFormat = "auto", env "IDEMPIPE_EVENT_TIME_FORMAT";
+    /// What the `payload` column keeps of a message: `message` (all of it), `rest` (the
+    /// fields no key, time or declared column takes, as a JSON object) or `drop`.
+    payload: PayloadMode = "message", env "IDEMPIPE_PAYLOAD";
     /// The oldest accepted event time, as an age at the message's Kafka timestamp, e.g.
     /// 90days, or `off`: older events are dead letters (`event_time_out_of_window`).
     max_event_age: Interval = "off", env "IDEMPIPE_MAX_EVENT_AGE", check interval;
@@ -434,6 +446,15 @@ pub type Interval = Option<Duration>;
 pub const MAX_MAINTENANCE_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
 
 // The values options hold.
+
+impl OptionValue for PayloadMode {
+    fn parse(text: &str) -> Result<Self, String> {
+        PayloadMode::parse(text.trim())
+    }
+    fn show(&self) -> String {
+        self.as_str().to_owned()
+    }
+}
 
 impl OptionValue for TimeFormat {
     fn parse(text: &str) -> Result<Self, String> {

@@ -58,7 +58,7 @@ impl FieldPath {
 
     /// Whether one of the two paths leads into the other (`a` and `a.b`): no event can
     /// hold both as values.
-    fn overlaps(&self, other: &FieldPath) -> bool {
+    pub(crate) fn overlaps(&self, other: &FieldPath) -> bool {
         let n = self.0.len().min(other.0.len());
         self.0[..n] == other.0[..n]
     }
@@ -160,14 +160,10 @@ pub struct Identity {
     fields: Vec<KeyField>,
     time: FieldPath,
     format: TimeFormat,
-    /// The paths of the key fields then the time field, as a tree: what the parser looks
-    /// for in one pass over the message.
-    wanted: Vec<Wanted>,
 }
 
 /// A name the parser looks for at one level of the message, and what lies under it: the
-/// value of a slot (key field `i` for `i` below the key's length, the time after them),
-/// or names one level deeper.
+/// value of a slot (see [`crate::event::EventSchema`]'s paths), or names one level deeper.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Wanted {
     pub name: String,
@@ -245,26 +241,7 @@ impl Identity {
     }
 
     fn build(fields: Vec<KeyField>, time: FieldPath, format: TimeFormat) -> Self {
-        let mut wanted: Vec<Wanted> = Vec::new();
-        let paths = fields.iter().map(|f| &f.path).chain(std::iter::once(&time));
-        for (slot, path) in paths.enumerate() {
-            let mut level = &mut wanted;
-            for (depth, name) in path.names().iter().enumerate() {
-                let at = match level.iter().position(|w| &w.name == name) {
-                    Some(at) => at,
-                    None => {
-                        level.push(Wanted { name: name.clone(), slot: None, children: Vec::new() });
-                        level.len() - 1
-                    }
-                };
-                if depth + 1 == path.names().len() {
-                    level[at].slot = Some(slot);
-                } else {
-                    level = &mut level[at].children;
-                }
-            }
-        }
-        Self { fields, time, format, wanted }
+        Self { fields, time, format }
     }
 
     pub fn fields(&self) -> &[KeyField] {
@@ -277,10 +254,6 @@ impl Identity {
 
     pub fn format(&self) -> TimeFormat {
         self.format
-    }
-
-    pub(crate) fn wanted(&self) -> &[Wanted] {
-        &self.wanted
     }
 
     /// The columns that hold the key fields, in key order.
@@ -323,6 +296,29 @@ impl fmt::Display for Identity {
     }
 }
 
+/// `paths` as a tree of the names the parser looks for, slot `i` at the end of path `i`.
+pub(crate) fn wanted_tree<'a>(paths: impl Iterator<Item = &'a FieldPath>) -> Vec<Wanted> {
+    let mut wanted: Vec<Wanted> = Vec::new();
+    for (slot, path) in paths.enumerate() {
+        let mut level = &mut wanted;
+        for (depth, name) in path.names().iter().enumerate() {
+            let at = match level.iter().position(|w| &w.name == name) {
+                Some(at) => at,
+                None => {
+                    level.push(Wanted { name: name.clone(), slot: None, children: Vec::new() });
+                    level.len() - 1
+                }
+            };
+            if depth + 1 == path.names().len() {
+                level[at].slot = Some(slot);
+            } else {
+                level = &mut level[at].children;
+            }
+        }
+    }
+    wanted
+}
+
 /// `[A-Za-z_][A-Za-z0-9_]*`: a name Delta, ClickHouse and SQL take unquoted.
 pub(crate) fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
@@ -354,10 +350,11 @@ mod tests {
         assert!(!id.same_definition(&Identity::default()));
         assert_eq!(id.to_string(), "md5(order.id, line, time) with the time from `ts` (epoch_ms)");
         // One tree: `order` holds `id`; `line` and `ts` at the top.
-        let names: Vec<&str> = id.wanted().iter().map(|w| w.name.as_str()).collect();
+        let tree = wanted_tree(id.fields().iter().map(|f| &f.path).chain([id.time()]));
+        let names: Vec<&str> = tree.iter().map(|w| w.name.as_str()).collect();
         assert_eq!(names, ["order", "line", "ts"]);
-        assert_eq!(id.wanted()[0].children[0].slot, Some(0));
-        assert_eq!(id.wanted()[2].slot, Some(2));
+        assert_eq!(tree[0].children[0].slot, Some(0));
+        assert_eq!(tree[2].slot, Some(2));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 mod identity;
 mod key;
 mod reject;
+mod schema;
+mod typed;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -18,6 +20,8 @@ use identity::Wanted;
 pub use identity::{FieldPath, Identity, KeyField, TABLE_PROPERTY, TimeFormat};
 pub use key::{DedupKey, EventTime, TimeError};
 pub use reject::{RejectClass, Rejection};
+pub use schema::{ColumnSpec, EventSchema, KeyKind, PayloadMode};
+pub use typed::ColumnType;
 
 /// Messages larger than this are refused unless configured otherwise: 1 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -39,24 +43,27 @@ pub struct Event<'a> {
     pub time: EventTime,
     /// The original message text, kept whole so that no field is lost.
     pub payload: &'a str,
+    /// The declared columns' values in their normal form ([`ColumnType::check`]), null
+    /// where absent, in the schema's order.
+    pub values: Vec<serde_json::Value>,
 }
 
-/// Validates one message value against the contract of the default identity (the seed's:
+/// Validates one message value against the contract of the default schema (the seed's:
 /// `user_id`, `event_type`, `timestamp`) and computes its key.
 pub fn parse(value: Option<&[u8]>, max_bytes: usize) -> Result<Event<'_>, Rejection> {
-    parse_as(value, max_bytes, default_identity())
+    parse_with(value, max_bytes, default_schema())
 }
 
-/// The default identity, built once.
-fn default_identity() -> &'static Identity {
-    static DEFAULT: std::sync::OnceLock<Identity> = std::sync::OnceLock::new();
-    DEFAULT.get_or_init(Identity::default)
+/// The default schema, built once.
+fn default_schema() -> &'static EventSchema {
+    static DEFAULT: std::sync::OnceLock<EventSchema> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(EventSchema::default)
 }
 
-/// Validates one message value against the contract of `identity` and computes its key.
+/// Validates one message value against `schema` and computes its key.
 ///
 /// `value` is `None` for a Kafka message without a value (a tombstone).
-pub fn parse_as<'a>(value: Option<&'a [u8]>, max_bytes: usize, identity: &Identity) -> Result<Event<'a>, Rejection> {
+pub fn parse_with<'a>(value: Option<&'a [u8]>, max_bytes: usize, schema: &EventSchema) -> Result<Event<'a>, Rejection> {
     let Some(bytes) = value else {
         return Err(Rejection::new(RejectClass::NullValue, "the message has no value"));
     };
@@ -82,39 +89,66 @@ pub fn parse_as<'a>(value: Option<&'a [u8]>, max_bytes: usize, identity: &Identi
             format!("arrays and objects are nested deeper than {MAX_DEPTH} levels"),
         ));
     }
+    let identity = schema.identity();
     let key_len = identity.fields().len();
-    let mut fields = Fields { slots: (0..=key_len).map(|_| None).collect(), duplicate: None };
+    let mut fields = Fields {
+        slots: (0..=key_len).map(|_| None).collect(),
+        values: (0..schema.columns().len()).map(|_| None).collect(),
+        duplicate: None,
+    };
     let mut de = serde_json::Deserializer::from_str(text);
-    de::DeserializeSeed::deserialize(Level { wanted: identity.wanted(), fields: &mut fields }, &mut de)
+    de::DeserializeSeed::deserialize(Level { wanted: schema.wanted(), fields: &mut fields }, &mut de)
         .map_err(|e| invalid_json(&e))?;
     de.end().map_err(|e| invalid_json(&e))?;
 
-    let Fields { mut slots, duplicate } = fields;
+    let Fields { mut slots, values, duplicate } = fields;
     if let Some(slot) = duplicate {
-        let name = path_of(identity, slot);
+        let name = schema.path_of(slot).map(ToString::to_string).unwrap_or_default();
         return Err(Rejection::new(RejectClass::DuplicateField, format!("field `{name}` appears more than once")));
     }
     let time_value = slots.pop().flatten();
     let mut parts = Vec::with_capacity(key_len);
-    for (field, value) in identity.fields().iter().zip(slots) {
-        let name = &field.path;
-        let part = match required(name, value)? {
-            Scalar::Str(s) => non_empty(name, s)?,
-            Scalar::Int(n) if field.integers => Cow::Owned(n.to_string()),
-            Scalar::UInt(n) if field.integers => Cow::Owned(n.to_string()),
-            other if field.integers => return Err(wrong_type(name, &other, "a non-empty string or an integer")),
-            other => return Err(wrong_type(name, &other, "a non-empty string")),
-        };
-        parts.push(part);
+    for ((field, kind), value) in identity.fields().iter().zip(schema.key_kinds()).zip(slots) {
+        parts.push(key_part(&field.path, *kind, required(&field.path, value)?)?);
     }
     let time = time_of(required(identity.time(), time_value)?, identity.format(), identity.time())?;
+    let mut checked = Vec::with_capacity(values.len());
+    for (spec, value) in schema.columns().iter().zip(values) {
+        checked.push(match value {
+            None | Some(serde_json::Value::Null) if spec.required => {
+                return Err(Rejection::new(
+                    RejectClass::MissingField,
+                    format!("required field `{}` is missing or null", spec.field),
+                ));
+            }
+            None | Some(serde_json::Value::Null) => serde_json::Value::Null,
+            Some(value) => spec.kind.check(&value, &spec.field.to_string())?,
+        });
+    }
     let key = DedupKey::compute_parts(&parts, time);
-    Ok(Event { key, parts, time, payload: text })
+    Ok(Event { key, parts, time, payload: text, values: checked })
 }
 
-/// The path of slot `slot` (a key field, or the time after them).
-fn path_of(identity: &Identity, slot: usize) -> String {
-    identity.fields().get(slot).map_or_else(|| identity.time().to_string(), |f| f.path.to_string())
+/// A key field's value as the key's text, if it is of its kind.
+fn key_part<'a>(name: &FieldPath, kind: KeyKind, value: Scalar<'a>) -> Result<Cow<'a, str>, Rejection> {
+    let in_range = |n: i64| kind != KeyKind::Int || i32::try_from(n).is_ok();
+    let out_of_range = |n: &dyn fmt::Display| {
+        Rejection::new(
+            RejectClass::ValueOutOfRange,
+            format!("field `{name}` ({n}) is outside the range of {}", kind.column_type()),
+        )
+    };
+    match (kind, value) {
+        (KeyKind::Text | KeyKind::TextOrInteger, Scalar::Str(s)) => non_empty(name, s),
+        (KeyKind::TextOrInteger, Scalar::Int(n)) => Ok(Cow::Owned(n.to_string())),
+        (KeyKind::TextOrInteger, Scalar::UInt(n)) => Ok(Cow::Owned(n.to_string())),
+        (KeyKind::Int | KeyKind::Long, Scalar::Int(n)) if in_range(n) => Ok(Cow::Owned(n.to_string())),
+        (KeyKind::Int | KeyKind::Long, Scalar::Int(n)) => Err(out_of_range(&n)),
+        (KeyKind::Int | KeyKind::Long, Scalar::UInt(n)) => Err(out_of_range(&n)),
+        (KeyKind::TextOrInteger, other) => Err(wrong_type(name, &other, "a non-empty string or an integer")),
+        (KeyKind::Text, other) => Err(wrong_type(name, &other, "a non-empty string")),
+        (KeyKind::Int | KeyKind::Long, other) => Err(wrong_type(name, &other, "an integer")),
+    }
 }
 
 /// The event time of the time field's value, read in `format`.
@@ -203,7 +237,10 @@ fn wrong_type(name: &impl fmt::Display, found: &Scalar<'_>, expected: &str) -> R
 /// The values of the fields the identity reads (its key fields, then its time), each
 /// found by its path; every other field is skipped unread.
 struct Fields<'a> {
+    /// The key fields' and the time's values.
     slots: Vec<Option<Scalar<'a>>>,
+    /// The declared columns' values (slots after the time's).
+    values: Vec<Option<serde_json::Value>>,
     /// The first wanted field seen twice: JSON parsers disagree on which copy wins, so
     /// such a message has no single meaning and is refused.
     duplicate: Option<usize>,
@@ -241,11 +278,17 @@ impl<'de> Visitor<'de> for Level<'_, '_, 'de> {
                 continue;
             };
             if let Some(slot) = wanted.slot {
-                let value = map.next_value::<Scalar<'de>>()?;
-                if self.fields.slots[slot].is_some() {
+                let scalars = self.fields.slots.len();
+                let seen = if slot < scalars {
+                    let value = map.next_value::<Scalar<'de>>()?;
+                    self.fields.slots[slot].replace(value).is_some()
+                } else {
+                    let value = map.next_value::<serde_json::Value>()?;
+                    self.fields.values[slot - scalars].replace(value).is_some()
+                };
+                if seen {
                     self.fields.duplicate.get_or_insert(slot);
                 }
-                self.fields.slots[slot] = Some(value);
             } else {
                 map.next_value_seed(Nested { wanted: &wanted.children, fields: &mut *self.fields })?;
             }
@@ -542,7 +585,7 @@ mod tests {
     }
 
     fn parsed<'a>(text: &'a str, identity: &Identity) -> Result<Event<'a>, Rejection> {
-        parse_as(Some(text.as_bytes()), DEFAULT_MAX_MESSAGE_BYTES, identity)
+        parse_with(Some(text.as_bytes()), DEFAULT_MAX_MESSAGE_BYTES, &EventSchema::of(identity.clone()))
     }
 
     #[test]

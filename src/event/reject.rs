@@ -43,6 +43,9 @@ pub enum RejectClass {
     /// The event time lies outside the accepted window (`max_event_age`,
     /// `max_event_future`).
     EventTimeOutOfWindow,
+    /// A declared column's value has the right type but does not fit it (an integer
+    /// past 32 or 64 bits, a decimal with too many digits, a date outside 0001 to 9999).
+    ValueOutOfRange,
 }
 
 impl RejectClass {
@@ -64,6 +67,7 @@ impl RejectClass {
             Self::UnreadableProcessedRecord => "unreadable_processed_record",
             Self::ClickHouseRefused => "clickhouse_refused",
             Self::EventTimeOutOfWindow => "event_time_out_of_window",
+            Self::ValueOutOfRange => "value_out_of_range",
         }
     }
 }

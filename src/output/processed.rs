@@ -11,9 +11,32 @@ use crate::event::EventTime;
 use crate::output::OutRecord;
 use crate::table::{Row, StoredRow};
 
-/// The fields of a processed record after the key columns, in order (every column of the
-/// Delta row, plus the times as microseconds): `dedup_key` and the key columns (by
-/// default `user_id` and `event_type`) come first.
+/// The names of the fields of a processed record that follow the schema: the key columns
+/// (by default `user_id` and `event_type`) and the declared columns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordFields {
+    pub key: Vec<String>,
+    pub declared: Vec<String>,
+}
+
+impl RecordFields {
+    /// The fields of the default schema's records.
+    pub fn of_default() -> Self {
+        Self::of(&crate::event::EventSchema::default())
+    }
+
+    pub fn of(schema: &crate::event::EventSchema) -> Self {
+        Self {
+            key: schema.identity().key_columns(),
+            declared: schema.columns().iter().map(|c| c.name.clone()).collect(),
+        }
+    }
+}
+
+/// The fields of a processed record after the key and declared columns, in order (every
+/// column of the Delta row, plus the times as microseconds): `dedup_key`, the key columns
+/// and the declared columns (their values in the normal form of
+/// [`crate::event::ColumnType::check`]) come first.
 pub const FIELDS: [&str; 9] = [
     "event_time",
     "event_time_us",
@@ -26,21 +49,21 @@ pub const FIELDS: [&str; 9] = [
     "ingested_at_us",
 ];
 
-/// Parses a processed record's value back into the stored row it carries, its key
-/// columns named `key_columns`; the error says what is wrong with it.
-pub fn parse(value: &[u8], key_columns: &[String]) -> Result<StoredRow, serde_json::Error> {
+/// Parses a processed record's value back into the stored row it carries, its key and
+/// declared columns named by `fields`; the error says what is wrong with it.
+pub fn parse(value: &[u8], fields: &RecordFields) -> Result<StoredRow, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(value);
-    let row = RecordSeed { key_columns }.deserialize(&mut de)?;
+    let row = RecordSeed { fields }.deserialize(&mut de)?;
     de.end()?;
     Ok(row)
 }
 
-/// The record of one row, its key fields under `key_columns`.
-pub fn record(topic: &str, key_columns: &[String], row: &Row, batch_id: i64, ingested_at: EventTime) -> OutRecord {
+/// The record of one row, its fields named by `fields`.
+pub fn record(topic: &str, fields: &RecordFields, row: &Row, batch_id: i64, ingested_at: EventTime) -> OutRecord {
     OutRecord {
         topic: topic.to_owned(),
         key: Some(row.key.to_string().into_bytes()),
-        value: Some(value(key_columns, row, batch_id, ingested_at)),
+        value: Some(value(fields, row, batch_id, ingested_at)),
         headers: None,
     }
 }
@@ -48,24 +71,28 @@ pub fn record(topic: &str, key_columns: &[String], row: &Row, batch_id: i64, ing
 /// The most bytes (key and value) the record of `row` can take, whatever its batch id and
 /// ingestion time: the payload is JSON-escaped again inside it, so a string of quotes or
 /// control characters grows up to six times.
-pub fn record_bytes(row: &Row, key_columns: &[String]) -> usize {
+pub fn record_bytes(row: &Row, fields: &RecordFields) -> usize {
     // The batch id and the ingestion time in microseconds are the only fields whose
     // width varies with what `record` is given (the canonical time text has one width):
     // each at most 20 characters more than measured here.
     const VARYING: usize = 2 * 20;
     const KEY_HEX: usize = 32;
-    KEY_HEX + value(key_columns, row, 0, row.time).len() + VARYING
+    KEY_HEX + value(fields, row, 0, row.time).len() + VARYING
 }
 
-/// The JSON value of `row`'s record: `dedup_key`, the key columns, then [`FIELDS`].
-fn value(key_columns: &[String], row: &Row, batch_id: i64, ingested_at: EventTime) -> Vec<u8> {
-    let mut out = Vec::with_capacity(row.payload.len() + 256);
+/// The JSON value of `row`'s record: `dedup_key`, the key columns, the declared columns,
+/// then [`FIELDS`].
+fn value(fields: &RecordFields, row: &Row, batch_id: i64, ingested_at: EventTime) -> Vec<u8> {
+    let mut out = Vec::with_capacity(row.payload.as_ref().map_or(0, String::len) + 256);
     let mut ser = serde_json::Serializer::new(&mut out);
     let written = (|| {
-        let mut map = ser.serialize_map(Some(1 + key_columns.len() + FIELDS.len()))?;
+        let mut map = ser.serialize_map(Some(1 + fields.key.len() + fields.declared.len() + FIELDS.len()))?;
         map.serialize_entry("dedup_key", &row.key.to_string())?;
-        for (column, part) in key_columns.iter().zip(&row.parts) {
+        for (column, part) in fields.key.iter().zip(&row.parts) {
             map.serialize_entry(column, part)?;
+        }
+        for (column, value) in fields.declared.iter().zip(&row.values) {
+            map.serialize_entry(column, value)?;
         }
         map.serialize_entry("event_time", &row.time.to_string())?;
         map.serialize_entry("event_time_us", &row.time.micros())?;
@@ -86,7 +113,7 @@ fn value(key_columns: &[String], row: &Row, batch_id: i64, ingested_at: EventTim
 /// Reads a record into a [`StoredRow`]: the fields it needs, each once; the string forms
 /// of the times (derived from the numbers) and unknown fields are skipped.
 struct RecordSeed<'c> {
-    key_columns: &'c [String],
+    fields: &'c RecordFields,
 }
 
 impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
@@ -106,8 +133,10 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StoredRow, A::Error> {
         let mut dedup_key: Option<String> = None;
-        let mut parts: Vec<Option<String>> = vec![None; self.key_columns.len()];
-        let (mut event_time_us, mut payload, mut source_partition, mut source_offset) = (None, None, None, None);
+        let mut parts: Vec<Option<String>> = vec![None; self.fields.key.len()];
+        let mut values: Vec<Option<serde_json::Value>> = vec![None; self.fields.declared.len()];
+        let (mut event_time_us, mut payload, mut source_partition, mut source_offset) =
+            (None, None::<Option<String>>, None, None);
         let (mut batch_id, mut ingested_at_us) = (None, None);
         fn once<'de, T: de::Deserialize<'de>, A: MapAccess<'de>>(
             slot: &mut Option<T>,
@@ -129,30 +158,42 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                 "source_offset" => once(&mut source_offset, &mut map, "source_offset")?,
                 "batch_id" => once(&mut batch_id, &mut map, "batch_id")?,
                 "ingested_at_us" => once(&mut ingested_at_us, &mut map, "ingested_at_us")?,
-                other => match self.key_columns.iter().position(|c| c == other) {
-                    Some(i) => {
+                other => {
+                    if let Some(i) = self.fields.key.iter().position(|c| c == other) {
                         if parts[i].is_some() {
                             return Err(de::Error::custom(format_args!("duplicate field `{other}`")));
                         }
                         parts[i] = Some(map.next_value()?);
-                    }
-                    None => {
+                    } else if let Some(i) = self.fields.declared.iter().position(|c| c == other) {
+                        if values[i].is_some() {
+                            return Err(de::Error::custom(format_args!("duplicate field `{other}`")));
+                        }
+                        values[i] = Some(map.next_value()?);
+                    } else {
                         map.next_value::<IgnoredAny>()?;
                     }
-                },
+                }
             }
         }
         let missing = |name: &str| de::Error::custom(format_args!("missing field `{name}`"));
         let parts = parts
             .into_iter()
-            .zip(self.key_columns)
+            .zip(&self.fields.key)
             .map(|(part, column)| part.ok_or_else(|| missing(column)))
             .collect::<Result<Vec<String>, A::Error>>()?;
+        // A declared column's value may be null, never absent.
+        let values = values
+            .into_iter()
+            .zip(&self.fields.declared)
+            .map(|(value, column)| value.ok_or_else(|| missing(column)))
+            .collect::<Result<Vec<serde_json::Value>, A::Error>>()?;
         Ok(StoredRow {
             dedup_key: dedup_key.ok_or_else(|| missing("dedup_key"))?,
             parts,
+            values,
             event_time_us: event_time_us.ok_or_else(|| missing("event_time_us"))?,
-            payload: payload.ok_or_else(|| missing("payload"))?,
+            // Null when the schema keeps nothing of the message.
+            payload: payload.ok_or_else(|| missing("payload"))?.unwrap_or_default(),
             source_partition: source_partition.ok_or_else(|| missing("source_partition"))?,
             source_offset: source_offset.ok_or_else(|| missing("source_offset"))?,
             batch_id: batch_id.ok_or_else(|| missing("batch_id"))?,
@@ -173,20 +214,21 @@ mod tests {
             key: DedupKey::from_hex("0d268ed825d0878a0d268ed825d0878a").unwrap(),
             parts: vec!["u1".into(), "click".into()],
             time,
-            payload: r#"{"x":1}"#.into(),
+            payload: Some(r#"{"x":1}"#.into()),
+            values: Vec::new(),
             source_partition: 2,
             source_offset: 40,
         };
         let ingested = EventTime::from_micros(1_767_323_046_000_001).unwrap();
-        let columns = crate::event::Identity::default().key_columns();
-        let out = record("processed", &columns, &row, 7, ingested);
-        let back = parse(out.value.as_deref().unwrap(), &columns).unwrap();
+        let fields = RecordFields::of_default();
+        let out = record("processed", &fields, &row, 7, ingested);
+        let back = parse(out.value.as_deref().unwrap(), &fields).unwrap();
         assert_eq!(back.parts, row.parts);
         assert_eq!(back.dedup_key, row.key.to_string());
         assert_eq!(back.event_time_us, time.micros());
         assert_eq!(back.ingested_at_us, ingested.micros());
         assert_eq!((back.source_partition, back.source_offset, back.batch_id), (2, 40, 7));
-        assert_eq!(back.payload, row.payload);
+        assert_eq!(Some(back.payload), row.payload);
         assert_eq!(out.key.as_deref(), Some(row.key.to_string().as_bytes()));
         // The record's format, field for field, in order (the default identity's).
         assert_eq!(
@@ -200,14 +242,20 @@ mod tests {
 
     #[test]
     fn a_record_of_other_key_columns_needs_them_all() {
-        let columns = vec!["customerId".to_owned(), "order_line".to_owned()];
-        let text = br#"{"dedup_key":"k","order_line":"7","customerId":"c1","event_time_us":1,"payload":"{}","#;
-        let tail = br#""source_partition":0,"source_offset":3,"batch_id":1,"ingested_at_us":2,"extra":[1]}"#;
-        let row = parse(&[&text[..], &tail[..]].concat(), &columns).unwrap();
+        let fields = RecordFields {
+            key: vec!["customerId".to_owned(), "order_line".to_owned()],
+            declared: vec!["amount".to_owned()],
+        };
+        let text = br#"{"dedup_key":"k","order_line":"7","customerId":"c1","amount":"1.50","event_time_us":1,"#;
+        let tail = br#""payload":null,"source_partition":0,"source_offset":3,"batch_id":1,"ingested_at_us":2,"x":[1]}"#;
+        let row = parse(&[&text[..], &tail[..]].concat(), &fields).unwrap();
         assert_eq!(row.parts, ["c1", "7"]);
-        let err = parse(&[&text[..], &tail[..]].concat(), &["user_id".to_owned()]).unwrap_err();
+        assert_eq!(row.values, [serde_json::json!("1.50")]);
+        assert_eq!(row.payload, "", "a payload the schema dropped");
+        let other = RecordFields { key: vec!["user_id".to_owned()], declared: Vec::new() };
+        let err = parse(&[&text[..], &tail[..]].concat(), &other).unwrap_err();
         assert!(err.to_string().contains("missing field `user_id`"), "{err}");
         let twice = br#"{"dedup_key":"k","dedup_key":"k"}"#;
-        assert!(parse(twice, &columns).unwrap_err().to_string().contains("duplicate field"));
+        assert!(parse(twice, &fields).unwrap_err().to_string().contains("duplicate field"));
     }
 }

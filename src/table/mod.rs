@@ -37,7 +37,7 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 
-use crate::event::Identity;
+use crate::event::{EventSchema, Identity};
 
 pub use crate::table::key_cache::{CheckStats, KeyCache};
 pub use crate::table::key_index::{KeyIndex, SyncStats};
@@ -116,9 +116,10 @@ pub type Result<T, E = DeltaError> = std::result::Result<T, E>;
 pub struct EventTable {
     location: Location,
     table: DeltaTable,
-    /// The identity the table was created with (the table property
-    /// [`crate::event::TABLE_PROPERTY`]; the default one without it), and its columns.
-    identity: Identity,
+    /// The table's event schema: the identity it was created with (the table property
+    /// [`crate::event::TABLE_PROPERTY`]; the default one without it) and its other
+    /// columns; and its columns.
+    schema: EventSchema,
     columns: Columns,
     /// With a key index or a key cache, the already-stored check is a lookup and new
     /// rows are appended by a commit that declares the partitions it checked; with
@@ -154,7 +155,7 @@ impl EventTable {
         Self {
             location: self.location.clone(),
             table: self.table.clone(),
-            identity: self.identity.clone(),
+            schema: self.schema.clone(),
             columns: self.columns.clone(),
             keys: None,
         }
@@ -163,7 +164,8 @@ impl EventTable {
     /// Creates the table if there is none, with the events schema of `identity`
     /// partitioned by `event_date`, recording the identity; opens it otherwise (and checks
     /// that it has the same identity). Running it again changes nothing.
-    pub async fn create_if_missing(location: impl Into<Location>, identity: &Identity) -> Result<Self> {
+    pub async fn create_if_missing(location: impl Into<Location>, schema: &EventSchema) -> Result<Self> {
+        let identity = schema.identity();
         let location = location.into();
         if let Some(path) = location.local_path()
             && path.exists()
@@ -172,6 +174,8 @@ impl EventTable {
             return Err(DeltaError::NotADirectory { location: location.to_string() });
         }
         let err = |source| DeltaError::Table { location: location.to_string(), source: Box::new(source) };
+        let columns =
+            Columns::of(schema).map_err(|what| DeltaError::Unexpected { location: location.to_string(), what })?;
         let url = location.url().map_err(err)?;
         let created = DeltaTable::try_from_url_with_storage_options(url.clone(), location.option_map())
             .await
@@ -179,7 +183,7 @@ impl EventTable {
             .create()
             .with_table_name("events")
             .with_comment("idempipe events: one row per distinct dedup_key")
-            .with_columns(Columns::of(identity).delta())
+            .with_columns(columns.delta())
             .with_partition_columns([PARTITION_COLUMN])
             .with_configuration([(crate::event::TABLE_PROPERTY, Some(identity.definition()))])
             // The identity's property is idempipe's, not one delta-rs knows.
@@ -192,7 +196,7 @@ impl EventTable {
             Err(_) => deltalake::open_table_with_storage_options(url, location.option_map()).await.map_err(err)?,
         };
         let this = Self::loaded(location, table)?;
-        this.check_identity(identity)?;
+        this.effective_schema(schema)?;
         Ok(this)
     }
 
@@ -253,15 +257,84 @@ impl EventTable {
                 what: format!("its property {}: {what}", crate::event::TABLE_PROPERTY),
             })?,
         };
-        let columns = Columns::of(&identity);
-        let this = Self { location, table, identity, columns, keys: None };
+        let schema = table_schema(identity, snapshot.schema().as_ref());
+        let columns =
+            Columns::of(&schema).map_err(|what| DeltaError::Unexpected { location: location.to_string(), what })?;
+        let this = Self { location, table, schema, columns, keys: None };
         this.check_schema()?;
         Ok(this)
     }
 
     /// The identity the table's events are keyed by.
     pub fn identity(&self) -> &Identity {
-        &self.identity
+        self.schema.identity()
+    }
+
+    /// The table's event schema: its identity, its key columns' types, and its columns
+    /// beside idempipe's own as declared columns (each holding the field of its name).
+    pub fn schema(&self) -> &EventSchema {
+        &self.schema
+    }
+
+    /// The schema events are read by for this table, given the configuration's: the
+    /// configuration's declared columns (their fields, types and whether required) and
+    /// the table's other columns as it has them, in the table's order; after
+    /// [`EventTable::check_identity`]. Refused, naming the column: a declared column the
+    /// table lacks or has with another type, a key column of another type.
+    pub fn effective_schema(&self, configured: &EventSchema) -> Result<EventSchema> {
+        self.check_identity(configured.identity())?;
+        let refused = |what: String| DeltaError::Unexpected { location: self.location.to_string(), what };
+        for ((column, theirs), ours) in
+            self.identity().key_columns().iter().zip(self.schema.key_kinds()).zip(configured.key_kinds())
+        {
+            if theirs.column_type() != ours.column_type() {
+                return Err(refused(format!(
+                    "key column `{column}` is {} in the table; the configuration declares {}",
+                    theirs.column_type(),
+                    ours.column_type()
+                )));
+            }
+        }
+        for ours in configured.columns() {
+            match self.schema.columns().iter().find(|c| c.name == ours.name) {
+                None => {
+                    return Err(refused(format!(
+                        "the configuration declares column `{}` ({}), which the table does not have",
+                        ours.name, ours.kind
+                    )));
+                }
+                Some(theirs) if theirs.kind != ours.kind => {
+                    return Err(refused(format!(
+                        "column `{}` is {} in the table; the configuration declares {}",
+                        ours.name, theirs.kind, ours.kind
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        // The key fields' kinds as configured (of the same column types, checked above),
+        // then the declared columns in the table's order.
+        let identity = configured.identity();
+        let mut specs: Vec<crate::event::ColumnSpec> = identity
+            .fields()
+            .iter()
+            .zip(identity.key_columns())
+            .zip(configured.key_kinds())
+            .filter_map(|((field, name), kind)| {
+                let kind = match kind {
+                    crate::event::KeyKind::TextOrInteger => return None,
+                    other => other.column_type(),
+                };
+                Some(crate::event::ColumnSpec { name, field: field.path.clone(), kind, required: true })
+            })
+            .collect();
+        specs.extend(
+            self.schema
+                .columns()
+                .iter()
+                .map(|theirs| configured.columns().iter().find(|c| c.name == theirs.name).unwrap_or(theirs).clone()),
+        );
+        EventSchema::new(identity.clone(), specs, configured.payload()).map_err(refused)
     }
 
     /// The table's columns.
@@ -272,12 +345,12 @@ impl EventTable {
     /// Refuses a processor whose identity is not the table's: its keys would not be the
     /// stored ones, so every replay would be stored again.
     pub fn check_identity(&self, configured: &Identity) -> Result<()> {
-        if self.identity.same_definition(configured) {
+        if self.identity().same_definition(configured) {
             return Ok(());
         }
         Err(DeltaError::OtherIdentity {
             location: self.location.to_string(),
-            table: self.identity.to_string(),
+            table: self.identity().to_string(),
             configured: configured.to_string(),
         })
     }
@@ -409,7 +482,10 @@ pub(crate) fn layout_problems(state: &deltalake::table::state::DeltaTableState, 
     let extra: Vec<&str> =
         schema.fields().map(|f| f.name().as_str()).filter(|n| !ours.iter().any(|c| c.name() == *n)).collect();
     if !extra.is_empty() {
-        problems.push(format!("columns {extra:?} are not idempipe's (it writes its own only)"));
+        problems.push(format!(
+            "columns {extra:?} are not idempipe's and not of a type a declared column may have (string, boolean, \
+             int, long, double, decimal, date, timestamp, and lists, maps and structs of them)"
+        ));
     }
     let partitions = state.metadata().partition_columns();
     if partitions != [PARTITION_COLUMN] {
@@ -461,6 +537,37 @@ fn is_date_of_event_time(expression: &str) -> bool {
     let plain: String =
         expression.chars().filter(|c| !c.is_whitespace() && *c != '`').collect::<String>().to_lowercase();
     matches!(plain.as_str(), "cast(event_timeasdate)" | "to_date(event_time)")
+}
+
+/// A table's event schema: `identity`, the key columns' types as the table has them, and
+/// every other column the table has beside idempipe's own whose type a declared column
+/// may have, as a declared column holding the field of its name (required if the column
+/// is not nullable). Columns it cannot take stay out, for the layout check to name.
+fn table_schema(identity: Identity, delta_schema: &deltalake::kernel::StructType) -> EventSchema {
+    use crate::event::{ColumnSpec, FieldPath, PayloadMode};
+    let key_columns = identity.key_columns();
+    let own = |name: &str| name == "dedup_key" || schema::OWN_COLUMNS.contains(&name);
+    let mut specs = Vec::new();
+    for field in delta_schema.fields() {
+        let name = field.name().as_str();
+        if own(name) {
+            continue;
+        }
+        let Some(kind) = schema::column_type(field.data_type()) else { continue };
+        if key_columns.iter().any(|k| k == name) {
+            // A string key column keeps the identity's own kind (the default's
+            // `event_type` is a string only; other key fields take integers too).
+            if kind.can_be_key() && kind != crate::event::ColumnType::String {
+                let i = key_columns.iter().position(|k| k == name).unwrap_or(0);
+                let field_path = identity.fields()[i].path.clone();
+                specs.push(ColumnSpec { name: name.to_owned(), field: field_path, kind, required: false });
+            }
+            continue;
+        }
+        let Ok(path) = FieldPath::parse(name) else { continue };
+        specs.push(ColumnSpec { name: name.to_owned(), field: path, kind, required: !field.is_nullable() });
+    }
+    EventSchema::new(identity.clone(), specs, PayloadMode::Message).unwrap_or_else(|_| EventSchema::of(identity))
 }
 
 pub(crate) fn without_post_commit_maintenance() -> CommitProperties {

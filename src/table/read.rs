@@ -101,16 +101,28 @@ impl EventTable {
         }
         // Timestamps come back as microseconds; the cast below reads them as Int64.
         let key_columns = self.columns.key();
-        let parts: String = key_columns.iter().map(|c| format!("\"{c}\", ")).collect();
+        let declared = self.columns.declared();
+        let quoted: String =
+            key_columns.iter().chain(declared.iter().map(|(name, _)| name)).map(|c| format!("\"{c}\", ")).collect();
         let sql = format!(
             "SELECT dedup_key, event_time, payload, source_partition, source_offset, batch_id, ingested_at, \
-             {parts}1 FROM t"
+             {quoted}1 FROM t"
         );
+        let declared_types = self.columns.declared_arrow_types();
         let mut out = Vec::new();
         for batch in self.query(&sql).await? {
             let (key, payload) = (self.strings(&batch, 0)?, self.strings(&batch, 2)?);
             let parts =
                 (0..key_columns.len()).map(|i| self.strings(&batch, 7 + i)).collect::<Result<Vec<StringArray>>>()?;
+            // In the columns' own Arrow types (DataFusion may hand back string views).
+            let values = declared_types
+                .iter()
+                .enumerate()
+                .map(|(j, kind)| {
+                    deltalake::arrow::compute::cast(batch.column(7 + key_columns.len() + j), kind)
+                        .map_err(|e| self.error(e.into()))
+                })
+                .collect::<Result<Vec<_>>>()?;
             let int64 = |i: usize| -> Result<Int64Array> {
                 let c = deltalake::arrow::compute::cast(batch.column(i), &ArrowType::Int64)
                     .map_err(|e| self.error(e.into()))?;
@@ -124,6 +136,11 @@ impl EventTable {
                 out.push(StoredRow {
                     dedup_key: key.value(i).to_owned(),
                     parts: parts.iter().map(|p| p.value(i).to_owned()).collect(),
+                    values: values
+                        .iter()
+                        .zip(declared)
+                        .map(|(array, (_, kind))| crate::table::schema::json_value(array.as_ref(), i, kind))
+                        .collect(),
                     event_time_us: time.value(i),
                     payload: payload.value(i).to_owned(),
                     source_partition: partition.value(i) as i32,

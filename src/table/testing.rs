@@ -16,7 +16,8 @@ pub(crate) fn row(n: u32, day: i32, partition: i32) -> Row {
         key: DedupKey::compute(&user_id, "click", time),
         parts: vec![user_id, "click".into()],
         time,
-        payload: "{}".into(),
+        payload: Some("{}".into()),
+        values: Vec::new(),
         source_partition: partition,
         source_offset: i64::from(n),
     }
@@ -47,7 +48,7 @@ pub(crate) async fn check_and_insert(table: &mut EventTable, rows: &[Row], parti
 pub(crate) async fn new_table() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events");
-    EventTable::create_if_missing(&path, &crate::event::Identity::default()).await.unwrap();
+    EventTable::create_if_missing(&path, &crate::event::EventSchema::default()).await.unwrap();
     (dir, path)
 }
 
