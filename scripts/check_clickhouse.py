@@ -14,6 +14,10 @@ reader of the Delta table. Modes (JSON in on stdin where noted, one JSON object 
                    runs: [[start, end]...]}: inserts one row per event time in one insert
                    (current servers refuse more than 100 partitions), then in the runs the
                    sink would make; reports the first insert's error and the rows loaded
+  rowbinary        stdin {database_ddl, table_ddl, database, table, columns: [[name, type]...],
+                   file}: creates the table, inserts the RowBinary rows of FILE (in that
+                   column order) and returns the rows as JSON objects (decimals as
+                   strings)
   kafka-engine     stdin {database, table, kafka_engine: [queue, view], expected_rows,
                    timeout_s}: creates the table and the Kafka-engine objects, waits until
                    FINAL holds expected_rows (ClickHouse consumes the topic itself), and
@@ -145,6 +149,25 @@ def partitions(spec):
         print(json.dumps({"whole_insert_error": whole_error, "rows": rows, "months": months}))
 
 
+def rowbinary(spec):
+    with tempfile.TemporaryDirectory() as d:
+        s = session.Session(d)
+        s.query(spec["database_ddl"])
+        s.query(spec["table_ddl"])
+        name = f"`{spec['database']}`.`{spec['table']}`"
+        names = ", ".join(f"`{n}`" for n, _ in spec["columns"])
+        structure = ", ".join(f"`{n}` {t}" for n, t in spec["columns"])
+        # The file table function reads under the working directory.
+        os.chdir(os.path.dirname(spec["file"]))
+        s.query(
+            f"INSERT INTO {name} ({names}) SELECT * FROM file('{os.path.basename(spec['file'])}', "
+            f"'RowBinary', '{structure.replace(chr(39), chr(92) + chr(39))}')"
+        )
+        settings = "SETTINGS output_format_json_quote_decimals = 1, output_format_json_quote_64bit_integers = 0"
+        out = str(s.query(f"SELECT * FROM {name} ORDER BY dedup_key {settings}", "JSONEachRow")).strip()
+        print(json.dumps({"rows": [json.loads(line) for line in out.splitlines()]}))
+
+
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
     if mode == "delta" and len(sys.argv) == 3:
@@ -153,6 +176,8 @@ def main():
         ddl(json.load(sys.stdin))
     elif mode == "partitions":
         partitions(json.load(sys.stdin))
+    elif mode == "rowbinary":
+        rowbinary(json.load(sys.stdin))
     elif mode == "kafka-engine":
         kafka_engine(json.load(sys.stdin))
     else:

@@ -142,8 +142,8 @@ fn chdb(mode: &str, spec: &serde_json::Value) -> serde_json::Value {
 
 /// The DDL and queries we send to current ClickHouse servers, run on the embedded current
 /// ClickHouse (chdb): the table (twice), FINAL, the checksum query and the deduplication
-/// token. (Rows go in through SQL here; the sink's RowBinary encoding of the current
-/// layout is not exercised against a current server, only 18.16's legacy layout is.)
+/// token. (Rows go in through SQL here; the sink's RowBinary of the current layout is
+/// `current_clickhouse_reads_the_sinks_rowbinary_of_declared_columns`'s.)
 #[test]
 fn current_clickhouse_accepts_our_ddl_and_queries() {
     let current = ServerVersion::parse("26.9.2.1").unwrap();
@@ -166,6 +166,100 @@ fn current_clickhouse_accepts_our_ddl_and_queries() {
     assert_eq!(seen["checksum_matches"], true, "{seen}");
     assert_eq!(seen["final_keeps_highest_version"], true, "{seen}");
     assert_eq!(seen["event_time_micros_exact"], true, "{seen}");
+}
+
+/// The sink's RowBinary, current layout, on current ClickHouse (chdb): a table of declared
+/// columns of every type (a key field declared `long`) takes two encoded rows (one with
+/// every value, one with nulls and empty nested values) and gives the values back.
+#[test]
+fn current_clickhouse_reads_the_sinks_rowbinary_of_declared_columns() {
+    use idempipe::event::{ColumnSpec, ColumnType, EventSchema, FieldPath, Identity, PayloadMode, TimeFormat};
+    let current = ServerVersion::parse("26.9.2.1").unwrap();
+    let spec = |name: &str, kind: &str| ColumnSpec {
+        name: name.into(),
+        field: FieldPath::parse(name).unwrap(),
+        kind: ColumnType::parse(kind).unwrap(),
+        required: false,
+    };
+    let identity = Identity::new(&["order_id", "line"], "ts", TimeFormat::EpochMillis).unwrap();
+    let schema = EventSchema::new(
+        identity,
+        vec![
+            spec("line", "long"),
+            spec("amount", "decimal(12,2)"),
+            spec("big", "decimal(30,3)"),
+            spec("paid", "boolean"),
+            spec("placed", "date"),
+            spec("at", "timestamp"),
+            spec("score", "double"),
+            spec("tags", "list<string>"),
+            spec("ship", "struct<city:string,n:int>"),
+            spec("attrs", "map<string,long>"),
+        ],
+        PayloadMode::Message,
+    )
+    .unwrap();
+    let row = |key: &str, values: serde_json::Value| idempipe::table::StoredRow {
+        dedup_key: key.into(),
+        parts: vec![format!("o-{key}"), "7".into()],
+        values: values.as_array().unwrap().clone(),
+        event_time_us: 1_704_067_200_123_456,
+        payload: "{}".into(),
+        source_partition: 1,
+        source_offset: 2,
+        batch_id: 3,
+        ingested_at_us: 1_704_067_201_000_000,
+    };
+    let rows = [
+        row(
+            "a",
+            serde_json::json!([
+                "-12.30",
+                "123456789012345678901234567.891",
+                true,
+                "2024-02-29",
+                "2024-01-01T00:00:00.000001Z",
+                0.5,
+                ["x", null],
+                {"city": "c", "n": 5},
+                {"k": 1}
+            ]),
+        ),
+        row("b", serde_json::json!([null, null, null, null, null, null, null, null, null])),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rows.bin");
+    std::fs::write(&file, clickhouse::encode_rows(clickhouse::Layout::Current, &schema, &rows)).unwrap();
+    let columns = schema::columns(clickhouse::Layout::Current, &schema);
+    let seen = chdb(
+        "rowbinary",
+        &serde_json::json!({
+            "database": "idempipe",
+            "table": "typed",
+            "database_ddl": schema::create_database("idempipe"),
+            "table_ddl": schema::create_events(&current, "idempipe", "typed", &schema),
+            "columns": columns,
+            "file": file,
+        }),
+    );
+    let a = &seen["rows"][0];
+    assert_eq!((&a["order_id"], &a["line"]), (&serde_json::json!("o-a"), &serde_json::json!(7)), "{seen}");
+    // Current servers print a decimal without trailing zeros.
+    assert_eq!(a["amount"], serde_json::json!("-12.3"), "{seen}");
+    assert_eq!(a["big"], serde_json::json!("123456789012345678901234567.891"), "{seen}");
+    assert_eq!(a["ship"], serde_json::json!(["c", 5]), "{seen}");
+    assert_eq!((&a["paid"], &a["placed"]), (&serde_json::json!(1), &serde_json::json!("2024-02-29")), "{seen}");
+    assert_eq!(a["at"], serde_json::json!("2024-01-01 00:00:00.000001"), "{seen}");
+    assert_eq!(a["tags"], serde_json::json!(["x", null]), "{seen}");
+    assert_eq!(a["attrs"], serde_json::json!("{\"k\":1}"), "{seen}");
+    assert_eq!(a["event_time"], serde_json::json!("2024-01-01 00:00:00.123456"), "{seen}");
+    assert_eq!(a["source_offset"], serde_json::json!(2), "{seen}");
+    let b = &seen["rows"][1];
+    assert_eq!(
+        (&b["amount"], &b["tags"], &b["attrs"]),
+        (&serde_json::Value::Null, &serde_json::json!([]), &serde_json::Value::Null),
+        "{seen}"
+    );
 }
 
 /// The Kafka-engine route: `setup --clickhouse-ingest kafka-engine` creates the Kafka

@@ -467,6 +467,16 @@ fn seconds(micros: i64) -> u32 {
     micros.div_euclid(1_000_000).clamp(0, i64::from(u32::MAX)) as u32
 }
 
+/// `rows` in RowBinary, in the column order of [`schema::columns`]`(layout, schema)`, as
+/// the sink inserts them (for checks against a server of the tests' own).
+pub fn encode_rows(layout: Layout, schema: &crate::event::EventSchema, rows: &[StoredRow]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for row in rows {
+        encode_row(&mut out, layout, schema, row);
+    }
+    out
+}
+
 /// Appends `row` in RowBinary, in the column order of [`schema::columns`]: strings as a
 /// LEB128 length and the bytes, integers little-endian, `Date` as UInt16 days,
 /// `DateTime` as UInt32 seconds, `DateTime64(6)` as Int64 microseconds, declared columns

@@ -15,9 +15,9 @@ use std::fmt;
 /// The table property that records a table's identity ([`Identity::definition`]).
 pub const TABLE_PROPERTY: &str = "idempipe.identity";
 
-/// Column names the table and the speed layer use for their own columns: a key field may
-/// not take one.
-pub(crate) const RESERVED_COLUMNS: [&str; 10] = [
+/// Names the table, the processed record and the speed layer use for their own columns
+/// and fields: no key field or declared column may take one.
+pub(crate) const RESERVED_COLUMNS: [&str; 11] = [
     "dedup_key",
     "event_time",
     "event_time_us",
@@ -27,6 +27,7 @@ pub(crate) const RESERVED_COLUMNS: [&str; 10] = [
     "source_offset",
     "batch_id",
     "ingested_at",
+    "ingested_at_us",
     "version",
 ];
 

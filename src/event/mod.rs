@@ -246,8 +246,9 @@ struct Fields<'a> {
     duplicate: Option<usize>,
 }
 
-/// One level of the message (the object itself, or an object under a wanted name): the
-/// names wanted here, and where their values go.
+/// One level of the message (the object itself, or the value under a wanted name that
+/// leads to wanted fields): the names wanted here, and where their values go. An object
+/// is searched; any other value is skipped (the fields it would hold are then missing).
 struct Level<'w, 'f, 'a> {
     wanted: &'w [Wanted],
     fields: &'f mut Fields<'a>,
@@ -257,7 +258,7 @@ impl<'de> de::DeserializeSeed<'de> for Level<'_, '_, 'de> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
+        d.deserialize_any(self)
     }
 }
 
@@ -265,7 +266,7 @@ impl<'de> Visitor<'de> for Level<'_, '_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
+        f.write_str("any JSON value")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
@@ -290,36 +291,10 @@ impl<'de> Visitor<'de> for Level<'_, '_, 'de> {
                     self.fields.duplicate.get_or_insert(slot);
                 }
             } else {
-                map.next_value_seed(Nested { wanted: &wanted.children, fields: &mut *self.fields })?;
+                map.next_value_seed(Level { wanted: &wanted.children, fields: &mut *self.fields })?;
             }
         }
         Ok(())
-    }
-}
-
-/// The value under a name that leads to wanted fields: searched if it is an object,
-/// skipped otherwise (the fields it would hold are then missing).
-struct Nested<'w, 'f, 'a> {
-    wanted: &'w [Wanted],
-    fields: &'f mut Fields<'a>,
-}
-
-impl<'de> de::DeserializeSeed<'de> for Nested<'_, '_, 'de> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Nested<'_, '_, 'de> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        Level { wanted: self.wanted, fields: self.fields }.visit_map(map)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}

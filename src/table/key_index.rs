@@ -19,13 +19,11 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use deltalake::arrow::array::{Array, StringArray};
-use deltalake::arrow::datatypes::DataType as ArrowType;
 use deltalake::{DeltaTable, DeltaTableError, ObjectStore};
 use futures::StreamExt;
 
 use crate::event::DedupKey;
-use crate::table::read::{data_file_stream, scan_keys};
+use crate::table::read::{KeySink, data_file_stream, scan_keys};
 use crate::table::schema::PARTITION_COLUMN;
 
 /// The keys of the table at one version, and the files they were read from.
@@ -295,41 +293,6 @@ pub(crate) async fn read_keys(
         rows += keys.add_key_column(column, &location)?;
     }
     Ok(rows)
-}
-
-/// Where [`read_keys`] (and the table scan of `scan_keys`) put the keys they read.
-pub(crate) trait KeySink: Extend<DedupKey> {
-    fn reserve_keys(&mut self, additional: usize);
-
-    /// Adds the keys of a `dedup_key` column read from `source`; returns its rows. A
-    /// value that is not a key's hex form can never equal one computed by the contract,
-    /// so leaving it out keeps the check exact.
-    fn add_key_column(
-        &mut self,
-        column: &deltalake::arrow::array::ArrayRef,
-        source: &dyn std::fmt::Display,
-    ) -> Result<u64, DeltaTableError> {
-        let column = deltalake::arrow::compute::cast(column, &ArrowType::Utf8)?;
-        let strings = column
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| DeltaTableError::Generic(format!("dedup_key in {source} is not a string column")))?;
-        self.reserve_keys(strings.len());
-        self.extend(strings.iter().flatten().filter_map(DedupKey::from_hex));
-        Ok(strings.len() as u64)
-    }
-}
-
-impl KeySink for HashSet<DedupKey> {
-    fn reserve_keys(&mut self, additional: usize) {
-        self.reserve(additional);
-    }
-}
-
-impl KeySink for Vec<DedupKey> {
-    fn reserve_keys(&mut self, additional: usize) {
-        self.reserve(additional);
-    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use deltalake::parquet::arrow::async_reader::{
     ParquetObjectReader, ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
 };
 
+use crate::event::DedupKey;
 use crate::table::{EventTable, PARTITION_COLUMN, Result, StoredRow};
 
 /// Counts of the table's content, for `verify`.
@@ -185,7 +186,7 @@ impl EventTable {
 pub(crate) async fn scan_keys(
     table: &deltalake::DeltaTable,
     dates: &std::collections::BTreeSet<Option<String>>,
-    keys: &mut impl crate::table::key_index::KeySink,
+    keys: &mut impl KeySink,
 ) -> std::result::Result<u64, DeltaTableError> {
     let mut conditions: Vec<String> = dates
         .iter()
@@ -231,6 +232,42 @@ pub(crate) async fn data_file_stream(
         None => builder,
     };
     Ok(builder.with_batch_size(64 * 1024).build()?)
+}
+
+/// Where the key index's `read_keys` and the table scan of [`scan_keys`] put the keys
+/// they read.
+pub(crate) trait KeySink: Extend<DedupKey> {
+    fn reserve_keys(&mut self, additional: usize);
+
+    /// Adds the keys of a `dedup_key` column read from `source`; returns its rows. A
+    /// value that is not a key's hex form can never equal one computed by the contract,
+    /// so leaving it out keeps the check exact.
+    fn add_key_column(
+        &mut self,
+        column: &deltalake::arrow::array::ArrayRef,
+        source: &dyn std::fmt::Display,
+    ) -> Result<u64, DeltaTableError> {
+        let column = deltalake::arrow::compute::cast(column, &ArrowType::Utf8)?;
+        let strings = column
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| DeltaTableError::Generic(format!("dedup_key in {source} is not a string column")))?;
+        self.reserve_keys(strings.len());
+        self.extend(strings.iter().flatten().filter_map(DedupKey::from_hex));
+        Ok(strings.len() as u64)
+    }
+}
+
+impl KeySink for HashSet<DedupKey> {
+    fn reserve_keys(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+}
+
+impl KeySink for Vec<DedupKey> {
+    fn reserve_keys(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
 }
 
 #[cfg(test)]
