@@ -445,7 +445,7 @@ impl Settings {
         let mut out = self.options.entries();
         out.extend(self.kafka.entries("kafka."));
         out.extend(self.storage.entries("storage."));
-        out.extend(self.schema.columns().iter().map(|c| {
+        out.extend(self.schema.declared_keys().iter().chain(self.schema.columns()).map(|c| {
             let required = if c.required { ", required" } else { "" };
             (format!("columns.{}", c.name), format!("{} (field {}{required})", c.kind, c.field), Origin::File)
         }));
@@ -718,6 +718,16 @@ aws_endpoint_url = "http://user:endpoint-secret-5@s3.example"
         assert_eq!(s.schema.key_kinds(), [crate::event::KeyKind::TextOrInteger, crate::event::KeyKind::Int]);
         assert_eq!(s.schema.payload(), crate::event::PayloadMode::Rest);
         assert_eq!(s.clickhouse.schema, s.schema);
+        let shown: Vec<(String, String)> =
+            s.entries().into_iter().filter(|(k, _, _)| k.starts_with("columns.")).map(|(k, v, _)| (k, v)).collect();
+        assert_eq!(
+            shown,
+            [
+                ("columns.amount".to_owned(), "decimal(12,2) (field amount)".to_owned()),
+                ("columns.line".to_owned(), "int (field line)".to_owned()),
+                ("columns.zip".to_owned(), "int (field address.zip, required)".to_owned()),
+            ]
+        );
         for (file, named) in [
             ("[columns]\nx = \"float\"", "column `x`"),
             ("[columns]\nx = { field = \"y\" }", "needs `type"),

@@ -91,6 +91,8 @@ pub struct EventSchema {
     identity: Identity,
     key_kinds: Vec<KeyKind>,
     columns: Vec<ColumnSpec>,
+    /// The declarations of key columns (each types its key field: [`KeyKind`]).
+    declared_keys: Vec<ColumnSpec>,
     payload: PayloadMode,
     /// [`EventSchema::paths`] as a tree: what the parser looks for in one pass.
     wanted: Vec<Wanted>,
@@ -108,8 +110,14 @@ impl EventSchema {
     pub fn of(identity: Identity) -> Self {
         let key_kinds =
             identity.fields().iter().map(|f| if f.integers { KeyKind::TextOrInteger } else { KeyKind::Text }).collect();
-        let mut this =
-            Self { identity, key_kinds, columns: Vec::new(), payload: PayloadMode::Message, wanted: Vec::new() };
+        let mut this = Self {
+            identity,
+            key_kinds,
+            columns: Vec::new(),
+            declared_keys: Vec::new(),
+            payload: PayloadMode::Message,
+            wanted: Vec::new(),
+        };
         this.wanted = wanted_tree(this.paths());
         this
     }
@@ -149,6 +157,7 @@ impl EventSchema {
                         ));
                     }
                 };
+                this.declared_keys.push(spec);
                 continue;
             }
             if seen.contains(&spec.name) {
@@ -189,6 +198,11 @@ impl EventSchema {
 
     pub fn payload(&self) -> PayloadMode {
         self.payload
+    }
+
+    /// The declarations of key columns, as given (see [`EventSchema::new`]).
+    pub fn declared_keys(&self) -> &[ColumnSpec] {
+        &self.declared_keys
     }
 
     /// What the `payload` column keeps of `message` (a valid event's text): all of it,
