@@ -240,6 +240,41 @@ mod tests {
         );
     }
 
+    /// ARCHITECTURE.md's table of the record's fields names the default record's fields,
+    /// in order.
+    #[test]
+    fn the_documented_record_format_is_the_records() {
+        let doc = include_str!("../../ARCHITECTURE.md");
+        let section = &doc[doc.find("### The processed record").unwrap()..];
+        let documented: Vec<String> = section
+            .lines()
+            .skip_while(|l| !l.starts_with("| field |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .flat_map(|l| {
+                let first = l.split('|').nth(1).unwrap_or_default();
+                first.split('`').skip(1).step_by(2).map(str::to_owned).collect::<Vec<_>>()
+            })
+            .collect();
+        let row = Row {
+            key: crate::event::DedupKey([0; 16]),
+            parts: vec!["u".into(), "e".into()],
+            time: EventTime::from_micros(0).unwrap(),
+            payload: None,
+            values: Vec::new(),
+            source_partition: 0,
+            source_offset: 0,
+        };
+        let out = record("t", &RecordFields::of_default(), &row, 1, EventTime::from_micros(0).unwrap());
+        let value: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(out.value.as_deref().unwrap()).unwrap();
+        // serde_json's map is ordered by key: the order comes from the text.
+        let text = String::from_utf8(out.value.unwrap()).unwrap();
+        let mut fields: Vec<&String> = value.keys().collect();
+        fields.sort_by_key(|k| text.find(&format!("\"{k}\":")));
+        assert_eq!(fields, documented.iter().collect::<Vec<_>>());
+    }
+
     #[test]
     fn a_record_of_other_key_columns_needs_them_all() {
         let fields = RecordFields {
