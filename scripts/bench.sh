@@ -44,8 +44,7 @@ key_check=${BENCH_KEY_CHECK:-cache}
 source scripts/lib.sh
 bench_broker
 export IDEMPIPE_BROKERS=127.0.0.1:$port IDEMPIPE_KEY_CHECK=$key_check
-cargo build --locked --release --bin idempipe 2>&1 | tail -1
-bin=$PWD/target/release/idempipe
+bench_release
 
 # Peak RSS (KiB) and wall seconds of one command, from GNU time, into $rss and $secs;
 # with $perf_out set, under `perf record` writing there.

@@ -25,8 +25,7 @@ days=365
 source scripts/lib.sh
 bench_broker
 export IDEMPIPE_BROKERS=127.0.0.1:$port
-cargo build --locked --release --bin idempipe 2>&1 | tail -1
-bin=$PWD/target/release/idempipe
+bench_release
 root=data/history$(date +%s)
 mkdir -p "$root"
 results=()

@@ -28,8 +28,7 @@ source scripts/pyenv.sh
 pyenv_ready 'pyspark=pyspark==4.2.0' 'delta=delta-spark==4.4.0'
 bench_broker
 export IDEMPIPE_BROKERS=127.0.0.1:$port
-cargo build --locked --release --bin idempipe 2>&1 | tail -1
-bin=$PWD/target/release/idempipe
+bench_release
 root=data/spark$(date +%s)
 mkdir -p "$root"
 results=()

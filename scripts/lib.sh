@@ -26,6 +26,13 @@ metrics_addr = "127.0.0.1:0"
 TOML
 }
 
+# bench_release: the release build of idempipe (built if stale); sets $bin to it.
+bench_release() {
+  cargo build --locked --release --bin idempipe 2>&1 | tail -1
+  # shellcheck disable=SC2034 # the sourcing script's
+  bin=$PWD/target/release/idempipe
+}
+
 # bench_broker: a fresh Kafka cluster of the benchmark's own, stopped when the script
 # exits; sets $port (broker 1's). Apache Kafka (scripts/kafka.sh: brokers on
 # $BENCH_KAFKA_PORT, default 19092, and +2, the controller on +1; data in

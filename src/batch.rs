@@ -133,12 +133,8 @@ impl Batch {
         let started = std::time::Instant::now();
         let length = value.map_or(0, <[u8]>::len);
         let parsed = event::parse_with(value, limits.message_bytes, &limits.schema).map(|e| {
-            if limits.schema.payload() == crate::event::PayloadMode::Message {
-                Row::from_event(e, partition, offset)
-            } else {
-                let payload = limits.schema.payload_of(e.payload);
-                Row::from_event(e, partition, offset).with_payload(payload)
-            }
+            let payload = limits.schema.payload_of(e.payload);
+            Row::from_event(e, payload, partition, offset)
         });
         let parsed = parsed.and_then(|row| {
             if (limits.max_age.is_some() || limits.max_future.is_some())
@@ -321,7 +317,10 @@ mod tests {
 
     #[test]
     fn the_size_bound_holds_for_any_batch_id_and_time() {
-        let row = Row::from_event(event::parse(Some(&msg(7)), 1024).unwrap(), 3, 99);
+        let message = msg(7);
+        let event = event::parse(Some(&message), 1024).unwrap();
+        let payload = Some(event.payload.to_owned());
+        let row = Row::from_event(event, payload, 3, 99);
         let fields = crate::output::processed::RecordFields::of_default();
         let bound = crate::output::processed::record_bytes(&row, &fields);
         let time = crate::event::EventTime::from_micros(253_402_300_799_999_999).unwrap();

@@ -109,6 +109,8 @@ pub struct Pipeline {
     shutdown: Shutdown,
     /// Checkpoints, compaction and vacuum, beside the batch loop.
     maintenance: MaintenanceTask,
+    /// The processed record's key and declared columns (the table's schema).
+    fields: processed::RecordFields,
 }
 
 impl Pipeline {
@@ -164,7 +166,8 @@ impl Pipeline {
         // It may have changed the table's properties.
         runtime.block_on(table.reload())?;
         metrics::table_state(table.version(), table.live_files(), table.stored_keys());
-        Ok(Self { settings, source, output, table, log, runtime, shutdown, maintenance })
+        let fields = processed::RecordFields::of(&settings.schema);
+        Ok(Self { settings, source, output, table, log, runtime, shutdown, maintenance, fields })
     }
 
     /// The highest offsets the processor's producer has had acknowledged, per topic and
@@ -507,12 +510,8 @@ impl Pipeline {
         // batch of encoded records is never held beside its copies.
         let unsent = || new_rows.iter().filter(|r| !sent.events.contains(&r.key));
         let event_count = unsent().count();
-        let columns = self.table.columns();
-        let fields = processed::RecordFields {
-            key: columns.key().to_vec(),
-            declared: columns.declared().iter().map(|(name, _)| name.clone()).collect(),
-        };
-        let events = unsent().map(|r| processed::record(&settings.topics.processed, &fields, r, batch_id, ingested_at));
+        let fields = &self.fields;
+        let events = unsent().map(|r| processed::record(&settings.topics.processed, fields, r, batch_id, ingested_at));
         record.phases.produce_ms += ms(encode.elapsed());
         let rows = self.table.columns().batch(&new_rows, batch_id, ingested_at)?;
         let dead_letter_count = dead_letters.len();

@@ -161,9 +161,10 @@ impl EventTable {
         }
     }
 
-    /// Creates the table if there is none, with the events schema of `identity`
-    /// partitioned by `event_date`, recording the identity; opens it otherwise (and checks
-    /// that it has the same identity). Running it again changes nothing.
+    /// Creates the table if there is none, with the columns of `schema` partitioned by
+    /// `event_date`, recording its identity; opens it otherwise (and checks that its
+    /// identity and declared columns agree: [`EventTable::effective_schema`]). Running it
+    /// again changes nothing.
     pub async fn create_if_missing(location: impl Into<Location>, schema: &EventSchema) -> Result<Self> {
         let identity = schema.identity();
         let location = location.into();
@@ -554,11 +555,10 @@ fn table_schema(identity: Identity, delta_schema: &deltalake::kernel::StructType
             continue;
         }
         let Some(kind) = schema::column_type(field.data_type()) else { continue };
-        if key_columns.iter().any(|k| k == name) {
+        if let Some(i) = key_columns.iter().position(|k| k == name) {
             // A string key column keeps the identity's own kind (the default's
             // `event_type` is a string only; other key fields take integers too).
             if kind.can_be_key() && kind != crate::event::ColumnType::String {
-                let i = key_columns.iter().position(|k| k == name).unwrap_or(0);
                 let field_path = identity.fields()[i].path.clone();
                 specs.push(ColumnSpec { name: name.to_owned(), field: field_path, kind, required: false });
             }

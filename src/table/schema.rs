@@ -311,19 +311,19 @@ pub struct Row {
 }
 
 impl Row {
-    /// The row with `payload` in place of the message text.
-    pub(crate) fn with_payload(mut self, payload: Option<String>) -> Self {
-        self.payload = payload;
-        self
-    }
-
-    /// The row of a validated event read at `partition` and `offset`.
-    pub(crate) fn from_event(event: crate::event::Event<'_>, partition: i32, offset: i64) -> Self {
+    /// The row of a validated event read at `partition` and `offset`, with what the schema
+    /// keeps of its message ([`crate::event::EventSchema::payload_of`]).
+    pub(crate) fn from_event(
+        event: crate::event::Event<'_>,
+        payload: Option<String>,
+        partition: i32,
+        offset: i64,
+    ) -> Self {
         Self {
             key: event.key,
             parts: event.parts.into_iter().map(std::borrow::Cow::into_owned).collect(),
             time: event.time,
-            payload: Some(event.payload.to_owned()),
+            payload,
             values: event.values,
             source_partition: partition,
             source_offset: offset,
