@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::event::{self, RejectClass, Rejection};
+use crate::event::{self, ColumnType, EventSchema, RejectClass, Rejection};
 use crate::table::Row;
 
 /// A refused message, kept whole for the dead-letter topic.
@@ -159,7 +159,12 @@ impl Batch {
             }
         });
         match parsed {
-            Ok(row) => self.rows.push(row),
+            Ok(mut row) => {
+                if let Some(unplaced) = row.unplaced.as_mut() {
+                    unplaced.key = key.map(<[u8]>::to_vec);
+                }
+                self.rows.push(row);
+            }
             Err(rejection) => self.dead_letters.push(DeadLetter {
                 key: key.map(<[u8]>::to_vec),
                 value: value.map(<[u8]>::to_vec),
@@ -201,6 +206,106 @@ impl Batch {
     /// more may be waiting.
     pub(crate) fn is_at_limit(&self, limits: &crate::config::BatchLimits) -> bool {
         self.messages() >= limits.max_events.get() as u64 || self.bytes >= limits.max_bytes.get()
+    }
+
+    /// Moves the rows' declared values from `from`'s columns to `to`'s, by name (null in a
+    /// column `from` does not have): the table's columns changed under the batch.
+    pub(crate) fn follow(&mut self, from: &EventSchema, to: &EventSchema) {
+        let moves: Vec<Option<usize>> =
+            to.columns().iter().map(|c| from.columns().iter().position(|f| f.name == c.name)).collect();
+        for row in &mut self.rows {
+            let mut old = std::mem::take(&mut row.values);
+            row.values = moves
+                .iter()
+                .map(|at| at.and_then(|i| old.get_mut(i)).map_or(serde_json::Value::Null, std::mem::take))
+                .collect();
+        }
+    }
+
+    /// Schema evolution: places the rows' unplaced fields ([`Row::unplaced`]) in the
+    /// columns of `schema` that hold them, each value checked against its column's type;
+    /// a row with a value that does not fit (or whose record would then be too large)
+    /// becomes a dead letter. Returns the columns to add for the fields left, with the
+    /// type inferred from their values ([`ColumnType::inferred`]), and how many rows
+    /// became dead letters.
+    pub(crate) fn place(&mut self, schema: &EventSchema, limits: &Limits) -> (Vec<(String, ColumnType)>, u64) {
+        let fields = crate::output::processed::RecordFields::of(schema);
+        let mut additions: Vec<(String, ColumnType)> = Vec::new();
+        let mut refused = 0;
+        let rows = std::mem::take(&mut self.rows);
+        for mut row in rows {
+            let Some(mut unplaced) = row.unplaced.take() else {
+                self.rows.push(row);
+                continue;
+            };
+            let mut left = Vec::new();
+            let mut placed = false;
+            let mut rejection = None;
+            for (i, (name, value)) in unplaced.fields.iter().enumerate() {
+                if unplaced.fields[..i].iter().any(|(n, _)| n == name) {
+                    rejection = Some(Rejection::new(
+                        RejectClass::DuplicateField,
+                        format!("field `{name}` appears more than once"),
+                    ));
+                    break;
+                }
+                if let Some(column) = schema.column_of_field(name) {
+                    match schema.columns()[column].kind.check(value, name) {
+                        Ok(value) => row.values[column] = value,
+                        Err(refusal) => {
+                            rejection = Some(refusal);
+                            break;
+                        }
+                    }
+                    placed = true;
+                } else if schema.may_add_column(name)
+                    && let Some(kind) = ColumnType::inferred(value)
+                {
+                    match additions.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                        // Another spelling of a column to add: the field stays in `payload`.
+                        Some((n, _)) if n != name => continue,
+                        Some((_, known)) => {
+                            // A value of a third type waits: the column's type refuses it.
+                            if let Some(wider) = known.widened(&kind) {
+                                *known = wider;
+                            }
+                        }
+                        None => additions.push((name.clone(), kind)),
+                    }
+                    left.push((name.clone(), value.clone()));
+                }
+            }
+            if rejection.is_none() && placed {
+                let bytes = crate::output::processed::record_bytes(&row, &fields);
+                if bytes > limits.record_bytes {
+                    rejection = Some(Rejection::new(
+                        RejectClass::TooLarge,
+                        format!(
+                            "the event's processed record would be {bytes} bytes with its new columns, over the \
+                             producer's limit of {}",
+                            limits.record_bytes
+                        ),
+                    ));
+                }
+            }
+            if let Some(rejection) = rejection {
+                refused += 1;
+                self.dead_letters.push(DeadLetter {
+                    key: unplaced.key.take(),
+                    value: Some(std::mem::take(&mut unplaced.message)),
+                    rejection,
+                    partition: row.source_partition,
+                    offset: row.source_offset,
+                });
+                continue;
+            }
+            if !left.is_empty() {
+                unplaced.fields = left;
+                row.unplaced = Some(unplaced);
+            }
+            self.rows.push(row);
+        }
+        (additions, refused)
     }
 
     pub fn messages(&self) -> u64 {
@@ -385,5 +490,67 @@ mod tests {
         assert_eq!(b.drop_partitions(&std::collections::BTreeSet::from([1, 2])), 10);
         assert_eq!(b.ranges.keys().copied().collect::<Vec<_>>(), [0]);
         assert_eq!((b.rows.len(), b.dead_letters.len(), b.messages()), (5, 0, 5));
+    }
+
+    fn limits(schema: &EventSchema) -> Limits {
+        Limits {
+            schema: schema.clone(),
+            fields: crate::output::processed::RecordFields::of(schema),
+            message_bytes: 1 << 20,
+            record_bytes: 1 << 20,
+            max_age: None,
+            max_future: None,
+        }
+    }
+
+    #[test]
+    fn unplaced_fields_make_columns_then_fill_them_or_dead_letters() {
+        use crate::event::SchemaEvolution;
+        let evolving = EventSchema::default().with_evolution(SchemaEvolution::AddColumns);
+        let mut batch = Batch::default();
+        let messages = [
+            r#"{"user_id":"u1","event_type":"e","timestamp":1,"coupon":"A","n":1}"#,
+            r#"{"user_id":"u2","event_type":"e","timestamp":1,"n":2.5,"Coupon":"B"}"#,
+            r#"{"user_id":"u3","event_type":"e","timestamp":1,"coupon":7}"#,
+            r#"{"user_id":"u4","event_type":"e","timestamp":1,"payload":"x","coupon":"C","coupon":"D"}"#,
+        ];
+        for (offset, m) in messages.iter().enumerate() {
+            batch.add(0, offset as i64, Some(b"k"), Some(m.as_bytes()), &limits(&evolving));
+        }
+        assert_eq!((batch.rows.len(), batch.dead_letters.len()), (4, 0));
+        let (additions, refused) = batch.place(&evolving, &limits(&evolving));
+        // The first value's type; an integer and a number make a double; another spelling
+        // of a name stays in the payload; the reserved `payload` is never a column.
+        assert_eq!(additions, [("coupon".to_owned(), ColumnType::String), ("n".to_owned(), ColumnType::Double)]);
+        assert_eq!((refused, batch.dead_letters.len()), (1, 1));
+        assert_eq!(batch.dead_letters[0].rejection.class, RejectClass::DuplicateField);
+        assert_eq!(batch.dead_letters[0].key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(batch.dead_letters[0].value.as_deref(), Some(messages[3].as_bytes()));
+
+        // The table took the columns: the rows follow and are placed.
+        let spec = |name: &str, kind: ColumnType| crate::event::ColumnSpec {
+            name: name.into(),
+            field: crate::event::FieldPath::parse(name).unwrap(),
+            kind,
+            required: false,
+        };
+        let grown = EventSchema::new(
+            crate::event::Identity::default(),
+            vec![spec("coupon", ColumnType::String), spec("n", ColumnType::Double)],
+            crate::event::PayloadMode::Message,
+        )
+        .unwrap()
+        .with_evolution(SchemaEvolution::AddColumns);
+        batch.follow(&evolving, &grown);
+        let (additions, refused) = batch.place(&grown, &limits(&grown));
+        assert!(additions.is_empty());
+        assert_eq!(refused, 1, "coupon 7 is no string");
+        let refusal = &batch.dead_letters[1].rejection;
+        assert_eq!((refusal.class, batch.dead_letters[1].offset), (RejectClass::WrongType, 2));
+        assert!(refusal.message.contains("`coupon`"), "{}", refusal.message);
+        let values: Vec<&[serde_json::Value]> = batch.rows.iter().map(|r| r.values.as_slice()).collect();
+        let (a, n1, n2) = (serde_json::json!("A"), serde_json::json!(1), serde_json::json!(2.5));
+        assert_eq!(values, [&[a, n1][..], &[serde_json::Value::Null, n2]]);
+        assert!(batch.rows.iter().all(|r| r.unplaced.is_none()), "the other spelling is not placed");
     }
 }

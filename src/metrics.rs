@@ -44,6 +44,7 @@ pub const MAINTENANCE_FAILURES: &str = "idempipe_maintenance_failures_total";
 pub const CLICKHOUSE_ROWS: &str = "idempipe_clickhouse_rows_inserted_total";
 pub const CLICKHOUSE_REFUSED: &str = "idempipe_clickhouse_rows_refused_total";
 pub const CLICKHOUSE_RETRIES: &str = "idempipe_clickhouse_insert_retries_total";
+pub const COLUMNS_ADDED: &str = "idempipe_columns_added_total";
 pub const CLICKHOUSE_SINK_LAG: &str = "idempipe_clickhouse_sink_lag";
 pub const CLIENT_ERRORS: &str = "idempipe_client_errors_total";
 pub const HEAP_ALLOCATED: &str = "idempipe_heap_allocated_bytes";
@@ -110,6 +111,7 @@ fn describe() {
         "Delta maintenance runs by kind (checkpoint, log_cleanup, compact, compact_lost_race, compact_deferred, vacuum)."
     );
     describe_counter!(MAINTENANCE_FAILURES, "Delta maintenance runs that failed, by kind.");
+    describe_counter!(COLUMNS_ADDED, "Columns schema evolution added, by store (delta, clickhouse).");
     describe_counter!(CLICKHOUSE_ROWS, "Rows the ClickHouse sink inserted.");
     describe_counter!(CLICKHOUSE_REFUSED, "Rows ClickHouse refused on their own, sent to the dead-letter topic.");
     describe_counter!(CLICKHOUSE_RETRIES, "ClickHouse inserts retried.");
@@ -243,6 +245,16 @@ pub fn clickhouse_sink_lag(lag: &BTreeMap<i32, i64>) {
 
 pub(crate) fn clickhouse_loaded(rows: usize) {
     counter!(CLICKHOUSE_ROWS).increment(rows as u64);
+}
+
+/// Columns schema evolution added to the Delta table.
+pub(crate) fn columns_added(columns: usize) {
+    counter!(COLUMNS_ADDED, "store" => "delta").increment(columns as u64);
+}
+
+/// Columns the ClickHouse sink added to its table, following the Delta table's.
+pub(crate) fn clickhouse_columns_added(columns: usize) {
+    counter!(COLUMNS_ADDED, "store" => "clickhouse").increment(columns as u64);
 }
 
 /// Rows ClickHouse refused on their own (dead letters).

@@ -31,7 +31,7 @@ use crate::batch::Batch;
 use crate::batch_log::{BatchLog, BatchRecord, Phases};
 use crate::config::{KeyCheck, Settings};
 use crate::dedup;
-use crate::event::{DedupKey, EventTime};
+use crate::event::{DedupKey, EventTime, SchemaEvolution};
 use crate::kafka::KafkaFailure;
 use crate::kafka::positioned::{Collector, Positions};
 use crate::kafka::ranges::OffsetReset;
@@ -111,6 +111,12 @@ pub struct Pipeline {
     maintenance: MaintenanceTask,
     /// The processed record's key and declared columns (the table's schema).
     fields: processed::RecordFields,
+    /// The configuration's schema (`settings.schema` is the effective one: the
+    /// configuration's with the table's columns beside).
+    configured: crate::event::EventSchema,
+    /// The table's schema `settings.schema` was made from: when the table's changes (a
+    /// column added), so does the effective one.
+    table_schema: crate::event::EventSchema,
 }
 
 impl Pipeline {
@@ -135,7 +141,8 @@ impl Pipeline {
     ) -> Result<Self, PipelineError> {
         // Events are read by the table's schema: the configuration's, with the columns the
         // table has beside (refused if the two disagree).
-        settings.schema = table.effective_schema(&settings.schema)?;
+        let configured = settings.schema.clone();
+        settings.schema = table.effective_schema(&configured)?;
         settings.clickhouse.schema = settings.schema.clone();
         if settings.key_check == KeyCheck::Cache {
             table.enable_key_cache(settings.key_cache_bytes)?;
@@ -166,8 +173,24 @@ impl Pipeline {
         // It may have changed the table's properties.
         runtime.block_on(table.reload())?;
         metrics::table_state(table.version(), table.live_files(), table.stored_keys());
+        // The reload may have brought columns another writer added.
+        settings.schema = table.effective_schema(&configured)?;
+        settings.clickhouse.schema = settings.schema.clone();
         let fields = processed::RecordFields::of(&settings.schema);
-        Ok(Self { settings, source, output, table, log, runtime, shutdown, maintenance, fields })
+        let table_schema = table.schema().clone();
+        Ok(Self {
+            settings,
+            source,
+            output,
+            table,
+            log,
+            runtime,
+            shutdown,
+            maintenance,
+            fields,
+            configured,
+            table_schema,
+        })
     }
 
     /// The highest offsets the processor's producer has had acknowledged, per topic and
@@ -182,8 +205,9 @@ impl Pipeline {
         let mut summary = RunSummary::default();
         let mut positions = Positions::default();
         let mut checks = Checks::new(self.source.mode());
-        let limits = crate::batch::Limits::of(&self.settings);
         loop {
+            // Per batch: the schema grows when the table gains columns.
+            let limits = crate::batch::Limits::of(&self.settings);
             let started_at = EventTime::now();
             let collect_started = Instant::now();
             // The source check is asked while the batch is collected (`source::check`).
@@ -472,6 +496,7 @@ impl Pipeline {
         let rt = self.runtime.clone();
         let t = Instant::now();
         rt.block_on(self.table.reload())?;
+        self.follow_table(batch, sent)?;
         let ids = AppIds::of(&self.settings);
         let stored = rt.block_on(self.table.stored_offsets(&ids, batch.ranges.keys().copied()))?;
         let dropped = batch.drop_stored(&stored);
@@ -489,6 +514,9 @@ impl Pipeline {
         if batch.is_empty() {
             record.delta_version = self.table.version();
             return Ok(());
+        }
+        if self.settings.schema.evolution() == SchemaEvolution::AddColumns {
+            self.evolve(batch, sent, record)?;
         }
 
         let t = Instant::now();
@@ -555,6 +583,55 @@ impl Pipeline {
             record.stored_duplicates += new_rows.len() as u64 - outcome.inserted;
         }
         Ok(())
+    }
+}
+
+impl Pipeline {
+    /// Takes the table's columns when they changed (another writer, or this one, added
+    /// some): the effective schema is made again, the batch's rows follow it, and records
+    /// already sent are sent again, so that they carry the new columns too (ClickHouse
+    /// keeps the last copy).
+    fn follow_table(&mut self, batch: &mut Batch, sent: &mut Sent) -> Result<(), PipelineError> {
+        if *self.table.schema() == self.table_schema {
+            return Ok(());
+        }
+        let effective = self.table.effective_schema(&self.configured)?;
+        batch.follow(&self.settings.schema, &effective);
+        tracing::info!(
+            version = self.table.version(),
+            columns = ?effective.columns().iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            "the table's columns changed: events are read by its new columns"
+        );
+        self.fields = processed::RecordFields::of(&effective);
+        self.settings.clickhouse.schema = effective.clone();
+        self.settings.schema = effective;
+        self.table_schema = self.table.schema().clone();
+        sent.events.clear();
+        Ok(())
+    }
+
+    /// Schema evolution: places the batch's fields no column held when they were read
+    /// ([`Batch::place`]), adding the columns they need to the table first (one metadata
+    /// commit; a lost race is a write conflict, and the attempt starts again from the
+    /// new version).
+    fn evolve(&mut self, batch: &mut Batch, sent: &mut Sent, record: &mut BatchRecord) -> Result<(), PipelineError> {
+        loop {
+            let limits = crate::batch::Limits::of(&self.settings);
+            let (additions, refused) = batch.place(&self.settings.schema, &limits);
+            record.invalid += refused;
+            if additions.is_empty() {
+                return Ok(());
+            }
+            let rt = self.runtime.clone();
+            let version = rt.block_on(self.table.add_columns(&additions))?;
+            tracing::info!(
+                version,
+                columns = ?additions.iter().map(|(name, kind)| format!("{name} {kind}")).collect::<Vec<_>>(),
+                "schema evolution: added columns to the table"
+            );
+            metrics::columns_added(additions.len());
+            self.follow_table(batch, sent)?;
+        }
     }
 }
 

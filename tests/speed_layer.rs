@@ -209,6 +209,7 @@ fn current_clickhouse_reads_the_sinks_rowbinary_of_declared_columns() {
         source_offset: 2,
         batch_id: 3,
         ingested_at_us: 1_704_067_201_000_000,
+        unknown: Vec::new(),
     };
     let rows = [
         row(

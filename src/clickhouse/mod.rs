@@ -201,6 +201,11 @@ impl ClickHouse {
         self
     }
 
+    /// Events of `schema` from now on (the Delta table gained columns).
+    pub fn set_schema(&mut self, schema: crate::event::EventSchema) {
+        self.settings.schema = schema;
+    }
+
     /// `` `db`.`table` `` of the events table.
     pub fn table(&self) -> String {
         schema::qualified(&self.settings.database, &self.settings.table)
@@ -301,18 +306,45 @@ impl ClickHouse {
         })
     }
 
+    /// The events table's columns: name, type.
+    async fn table_columns(&self) -> Result<Vec<(String, String)>> {
+        self.timed(
+            "reading the table's columns",
+            self.client
+                .query("SELECT name, type FROM system.columns WHERE database = ? AND table = ?")
+                .bind(&self.settings.database)
+                .bind(&self.settings.table)
+                .fetch_all::<(String, String)>(),
+        )
+        .await
+    }
+
+    /// Adds to the events table (of `layout`) the schema's columns it lacks, nullable
+    /// (schema evolution: the sink follows the Delta table's columns), and returns their
+    /// names. Another sink adding one meanwhile is no failure. (Servers before 19.x have
+    /// no `ADD COLUMN IF NOT EXISTS`: the columns are read again instead.)
+    pub async fn add_missing_columns(&self, layout: Layout) -> Result<Vec<String>> {
+        let have = self.table_columns().await?;
+        let mut added = Vec::new();
+        for (name, kind) in schema::columns(layout, &self.settings.schema) {
+            if have.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            let sql = format!("ALTER TABLE {} ADD COLUMN `{name}` {kind}", self.table());
+            if let Err(e) = self.execute(&sql, &format!("adding column {name} {kind}")).await {
+                if !self.table_columns().await?.iter().any(|(n, _)| *n == name) {
+                    return Err(e);
+                }
+                continue;
+            }
+            added.push(name);
+        }
+        Ok(added)
+    }
+
     /// The layout of the existing events table; `None` when there is no such table.
     pub async fn layout(&self) -> Result<Option<Layout>> {
-        let columns: Vec<(String, String)> = self
-            .timed(
-                "reading the table's columns",
-                self.client
-                    .query("SELECT name, type FROM system.columns WHERE database = ? AND table = ?")
-                    .bind(&self.settings.database)
-                    .bind(&self.settings.table)
-                    .fetch_all::<(String, String)>(),
-            )
-            .await?;
+        let columns = self.table_columns().await?;
         if columns.is_empty() {
             return Ok(None);
         }
@@ -590,6 +622,7 @@ mod tests {
             source_offset: 9,
             batch_id: 5,
             ingested_at_us: 2_000_000,
+            unknown: Vec::new(),
         };
         let mut out = Vec::new();
         let schema = crate::event::EventSchema::default();

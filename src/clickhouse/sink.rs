@@ -30,7 +30,7 @@
 //! The sink holds every partition of the processed topic (static assignment) and starts
 //! each from the group's committed offset, or from the beginning when there is none.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,8 @@ pub enum ClickHouseSinkError {
     Kafka(#[from] KafkaFailure),
     #[error(transparent)]
     ClickHouse(#[from] ClickHouseError),
+    #[error("following the Delta table's columns: {0}")]
+    Delta(#[from] crate::table::DeltaError),
     #[error("consumer failed: {0}")]
     Consumer(KafkaError),
     #[error("a Kafka client met an error no retry mends, so the ClickHouse sink stops: {0}")]
@@ -150,6 +152,12 @@ pub struct ClickHouseSink {
     /// Per partition, the next offset to read (`None`: from the beginning, nothing
     /// committed); after each insert, the first offset not yet loaded.
     positions: Positions,
+    /// The configuration's schema; the sink loads the Delta table's columns beside
+    /// ([`ClickHouseSink::follow_table`]).
+    configured: crate::event::EventSchema,
+    /// Record fields that no column of the Delta table named either, when last followed:
+    /// skipped (each logged once).
+    strangers: BTreeSet<String>,
     /// The last row ClickHouse took: inserted again, it shows whether the server takes
     /// inserts at all when every row of a batch is refused.
     last_loaded: Option<StoredRow>,
@@ -213,13 +221,14 @@ impl ClickHouseSink {
             dedup_token = clickhouse.version().has_dedup_token(),
             "ClickHouse sink ready"
         );
+        let configured = settings.clickhouse.schema.clone();
         let output = Output::new(&settings)?;
         let token_nonce = format!(
             "{}-{}",
             std::process::id(),
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros())
         );
-        Ok(Self {
+        let mut sink = Self {
             settings,
             consumer,
             output,
@@ -237,7 +246,76 @@ impl ClickHouseSink {
             errors_since_check: false,
             partitions: count,
             partitions_checked: Instant::now(),
-        })
+            configured,
+            strangers: BTreeSet::new(),
+        };
+        sink.follow_table()?;
+        Ok(sink)
+    }
+
+    /// Loads the Delta table's columns (those schema evolution or another engine added)
+    /// beside the configuration's, adding to the ClickHouse table those it lacks; with no
+    /// Delta table yet, the configuration's alone. The processor adds a column to Delta
+    /// before it sends a record that holds it, so a record field the sink does not know
+    /// is found here.
+    fn follow_table(&mut self) -> Result<(), ClickHouseSinkError> {
+        let path = self.settings.delta_path.clone();
+        let schema = match self.runtime.block_on(crate::table::EventTable::open(&path)) {
+            Ok(table) => table.effective_schema(&self.configured)?,
+            Err(crate::table::DeltaError::Missing { .. }) => self.configured.clone(),
+            Err(e) => return Err(e.into()),
+        };
+        if schema == self.settings.clickhouse.schema {
+            return Ok(());
+        }
+        self.clickhouse.set_schema(schema.clone());
+        let (clickhouse, layout) = (&self.clickhouse, self.layout);
+        let added = retrying(&self.shutdown, self.patient, "adding columns to the ClickHouse table", || {
+            self.runtime.block_on(clickhouse.add_missing_columns(layout))
+        })?;
+        if !added.is_empty() {
+            crate::metrics::clickhouse_columns_added(added.len());
+            tracing::info!(table = %self.clickhouse.table(), columns = ?added, "added the Delta table's new columns");
+        }
+        // The types of the columns it had are checked as at the start.
+        retrying(&self.shutdown, self.patient, "reading the ClickHouse table", || {
+            self.runtime.block_on(self.clickhouse.layout())?.ok_or_else(|| self.clickhouse.missing_table())
+        })?;
+        self.settings.clickhouse.schema = schema;
+        Ok(())
+    }
+
+    /// Rows read with record fields `before` hold fields `fields` did not know: follows
+    /// the table and moves each row's values to its columns (null in a column its record
+    /// did not have).
+    fn place_unknown(
+        &mut self,
+        rows: &mut [StoredRow],
+        before: &processed::RecordFields,
+    ) -> Result<(), ClickHouseSinkError> {
+        self.follow_table()?;
+        let after = processed::RecordFields::of(&self.settings.clickhouse.schema);
+        for row in rows.iter_mut() {
+            let mut old = std::mem::take(&mut row.values);
+            row.values = after
+                .declared
+                .iter()
+                .map(|name| match before.declared.iter().position(|n| n == name) {
+                    Some(i) => std::mem::take(&mut old[i]),
+                    None => row
+                        .unknown
+                        .iter()
+                        .position(|(n, _)| n == name)
+                        .map_or(serde_json::Value::Null, |i| row.unknown.swap_remove(i).1),
+                })
+                .collect();
+            for (name, _) in std::mem::take(&mut row.unknown) {
+                if self.strangers.insert(name.clone()) {
+                    tracing::warn!(field = %name, "processed records hold a field that is no column of the Delta table: not loaded");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Makes `until_idle` wait for the processor beside it (see [`Upstream`]), and count
@@ -268,7 +346,7 @@ impl ClickHouseSink {
         let mut carried = Carried::default();
         // Rounds in a row that left rows not loaded: the backoff's attempt number.
         let mut unproven_rounds = 0;
-        let fields = processed::RecordFields::of(&self.settings.clickhouse.schema);
+        let mut fields = processed::RecordFields::of(&self.settings.clickhouse.schema);
         loop {
             let Carried { rows, sources, bytes, ranges } = std::mem::take(&mut carried);
             let mut batch = SinkBatch {
@@ -290,7 +368,11 @@ impl ClickHouseSink {
             if let Some(fatal) = kafka::fatal_client_error() {
                 return Err(ClickHouseSinkError::FatalKafka(fatal));
             }
-            let SinkBatch { rows, sources, dead, ranges, consumer_error, .. } = batch;
+            let SinkBatch { mut rows, sources, dead, ranges, consumer_error, .. } = batch;
+            if rows.iter().any(|r| r.unknown.iter().any(|(name, _)| !self.strangers.contains(name))) {
+                self.place_unknown(&mut rows, &fields)?;
+                fields = processed::RecordFields::of(&self.settings.clickhouse.schema);
+            }
             self.errors_since_check |= consumer_error;
             if !ranges.is_empty() {
                 if !dead.is_empty() {
@@ -826,6 +908,7 @@ mod tests {
             source_offset: offset,
             batch_id: 1,
             ingested_at_us: 2,
+            unknown: Vec::new(),
         };
         let source = |offset: i64| RowSource { key: Some(vec![b'k'; 2]), value: vec![b'v'; 10], partition: 0, offset };
         let ranges = BTreeMap::from([(0, (0, 4)), (1, (7, 9))]);

@@ -81,6 +81,7 @@ pub async fn prefill(
                     values: Vec::new(),
                     source_partition: -1,
                     source_offset: i as i64,
+                    unplaced: None,
                 }
             })
             .collect();

@@ -370,7 +370,8 @@ impl Settings {
         let identity = Identity::new(&options::key_fields(&o.event_key), &o.event_time, o.event_time_format)
             .map_err(|reason| ConfigError::Invalid { key: "event_time", reason })?;
         let schema = EventSchema::new(identity, columns, o.payload)
-            .map_err(|reason| ConfigError::Invalid { key: "columns", reason })?;
+            .map_err(|reason| ConfigError::Invalid { key: "columns", reason })?
+            .with_evolution(o.schema_evolution);
         let settings = Settings {
             brokers: o.brokers.clone(),
             topics: Topics { raw: o.raw_topic.clone(), processed: o.processed_topic.clone(), dlq: o.dlq_topic.clone() },
@@ -473,6 +474,15 @@ impl Settings {
             return invalid(
                 "clickhouse_in_run",
                 "the built-in sink and `clickhouse_ingest = \"kafka-engine\"` would both load ClickHouse; pick one",
+            );
+        }
+        if self.schema.evolution() == crate::event::SchemaEvolution::AddColumns
+            && self.clickhouse.ingest == ClickHouseIngest::KafkaEngine
+        {
+            return invalid(
+                "schema_evolution",
+                "`add_columns` needs the ClickHouse sink (`clickhouse_ingest = \"sink\"`): the Kafka-engine route \
+                 loads a fixed set of columns",
             );
         }
         for (key, value) in &self.kafka.values {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{ClickHouseIngest, ConfigError, ConsumerMode, KeyCheck, LogFormat, Origin};
-use crate::event::{FieldPath, Identity, PayloadMode, TimeFormat};
+use crate::event::{FieldPath, Identity, PayloadMode, SchemaEvolution, TimeFormat};
 use crate::table::Location;
 
 /// One option as the docs describe it.
@@ -299,6 +299,11 @@ options! {
     /// What the `payload` column keeps of a message: `message` (all of it), `rest` (the
     /// fields no key, time or declared column takes, as a JSON object) or `drop`.
     payload: PayloadMode = "message", env "IDEMPIPE_PAYLOAD";
+    /// What becomes of a top-level field no column holds: `off` (it stays in `payload`)
+    /// or `add_columns` (a string, boolean or number field becomes a nullable column of
+    /// the type of its first value, in Delta and ClickHouse, while running; a later value
+    /// of another type is a dead letter).
+    schema_evolution: SchemaEvolution = "off", env "IDEMPIPE_SCHEMA_EVOLUTION";
     /// The oldest accepted event time, as an age at the message's Kafka timestamp, e.g.
     /// 90days, or `off`: older events are dead letters (`event_time_out_of_window`).
     max_event_age: Interval = "off", env "IDEMPIPE_MAX_EVENT_AGE", check interval;
@@ -450,6 +455,15 @@ pub const MAX_MAINTENANCE_DURATION: Duration = Duration::from_secs(3650 * 24 * 3
 impl OptionValue for PayloadMode {
     fn parse(text: &str) -> Result<Self, String> {
         PayloadMode::parse(text.trim())
+    }
+    fn show(&self) -> String {
+        self.as_str().to_owned()
+    }
+}
+
+impl OptionValue for SchemaEvolution {
+    fn parse(text: &str) -> Result<Self, String> {
+        SchemaEvolution::parse(text.trim())
     }
     fn show(&self) -> String {
         self.as_str().to_owned()

@@ -20,7 +20,7 @@ use identity::Wanted;
 pub use identity::{FieldPath, Identity, KeyField, TABLE_PROPERTY, TimeFormat};
 pub use key::{DedupKey, EventTime, TimeError};
 pub use reject::{RejectClass, Rejection};
-pub use schema::{ColumnSpec, EventSchema, KeyKind, PayloadMode};
+pub use schema::{ColumnSpec, EventSchema, KeyKind, PayloadMode, SchemaEvolution};
 pub use typed::ColumnType;
 
 /// Messages larger than this are refused unless configured otherwise: 1 MiB.
@@ -46,6 +46,10 @@ pub struct Event<'a> {
     /// The declared columns' values in their normal form ([`ColumnType::check`]), null
     /// where absent, in the schema's order.
     pub values: Vec<serde_json::Value>,
+    /// With [`SchemaEvolution::AddColumns`]: the top-level fields the schema does not
+    /// read whose values are strings, booleans or numbers, in message order (empty
+    /// otherwise).
+    pub unread: Vec<(String, serde_json::Value)>,
 }
 
 /// Validates one message value against the contract of the default schema (the seed's:
@@ -95,13 +99,18 @@ pub fn parse_with<'a>(value: Option<&'a [u8]>, max_bytes: usize, schema: &EventS
         slots: (0..=key_len).map(|_| None).collect(),
         values: (0..schema.columns().len()).map(|_| None).collect(),
         duplicate: None,
+        unread: Vec::new(),
+    };
+    let top = Level {
+        wanted: schema.wanted(),
+        fields: &mut fields,
+        keep_unread: schema.evolution() == SchemaEvolution::AddColumns,
     };
     let mut de = serde_json::Deserializer::from_str(text);
-    de::DeserializeSeed::deserialize(Level { wanted: schema.wanted(), fields: &mut fields }, &mut de)
-        .map_err(|e| invalid_json(&e))?;
+    de::DeserializeSeed::deserialize(top, &mut de).map_err(|e| invalid_json(&e))?;
     de.end().map_err(|e| invalid_json(&e))?;
 
-    let Fields { mut slots, values, duplicate } = fields;
+    let Fields { mut slots, values, duplicate, unread } = fields;
     if let Some(slot) = duplicate {
         let name = schema.path_of(slot).map(ToString::to_string).unwrap_or_default();
         return Err(Rejection::new(RejectClass::DuplicateField, format!("field `{name}` appears more than once")));
@@ -126,7 +135,7 @@ pub fn parse_with<'a>(value: Option<&'a [u8]>, max_bytes: usize, schema: &EventS
         });
     }
     let key = DedupKey::compute_parts(&parts, time);
-    Ok(Event { key, parts, time, payload: text, values: checked })
+    Ok(Event { key, parts, time, payload: text, values: checked, unread })
 }
 
 /// A key field's value as the key's text, if it is of its kind.
@@ -244,6 +253,8 @@ struct Fields<'a> {
     /// The first wanted field seen twice: JSON parsers disagree on which copy wins, so
     /// such a message has no single meaning and is refused.
     duplicate: Option<usize>,
+    /// The top-level fields not wanted whose values are scalars, when kept.
+    unread: Vec<(String, serde_json::Value)>,
 }
 
 /// One level of the message (the object itself, or the value under a wanted name that
@@ -252,6 +263,8 @@ struct Fields<'a> {
 struct Level<'w, 'f, 'a> {
     wanted: &'w [Wanted],
     fields: &'f mut Fields<'a>,
+    /// Keep the scalar values of the names not wanted here (the top level, evolving).
+    keep_unread: bool,
 }
 
 impl<'de> de::DeserializeSeed<'de> for Level<'_, '_, 'de> {
@@ -275,7 +288,16 @@ impl<'de> Visitor<'de> for Level<'_, '_, 'de> {
                 Scalar::Str(s) => self.wanted.iter().find(|w| w.name == *s),
                 _ => None,
             }) else {
-                map.next_value::<IgnoredAny>()?;
+                match (&name, self.keep_unread) {
+                    (Scalar::Str(s), true) => {
+                        if let Unread(Some(value)) = map.next_value::<Unread>()? {
+                            self.fields.unread.push((s.to_string(), value));
+                        }
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
                 continue;
             };
             if let Some(slot) = wanted.slot {
@@ -291,7 +313,7 @@ impl<'de> Visitor<'de> for Level<'_, '_, 'de> {
                     self.fields.duplicate.get_or_insert(slot);
                 }
             } else {
-                map.next_value_seed(Level { wanted: &wanted.children, fields: &mut *self.fields })?;
+                map.next_value_seed(Level { wanted: &wanted.children, fields: &mut *self.fields, keep_unread: false })?;
             }
         }
         Ok(())
@@ -320,6 +342,58 @@ impl<'de> Visitor<'de> for Level<'_, '_, 'de> {
     }
     fn visit_none<E: de::Error>(self) -> Result<(), E> {
         Ok(())
+    }
+}
+
+/// A field's value if it is a string, a boolean or a number (what a column may be added
+/// for); anything else is skipped unread.
+struct Unread(Option<serde_json::Value>);
+
+impl<'de> Deserialize<'de> for Unread {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UnreadVisitor)
+    }
+}
+
+struct UnreadVisitor;
+
+impl<'de> Visitor<'de> for UnreadVisitor {
+    type Value = Unread;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Unread, E> {
+        Ok(Unread(Some(serde_json::Value::String(v.to_owned()))))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Unread, E> {
+        Ok(Unread(Some(serde_json::Value::String(v))))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Unread, E> {
+        Ok(Unread(Some(serde_json::Value::Bool(v))))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Unread, E> {
+        Ok(Unread(Some(v.into())))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Unread, E> {
+        Ok(Unread(Some(v.into())))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Unread, E> {
+        Ok(Unread(serde_json::Number::from_f64(v).map(serde_json::Value::Number)))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Unread, E> {
+        Ok(Unread(None))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Unread, E> {
+        Ok(Unread(None))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Unread, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Unread(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Unread, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Unread(None))
     }
 }
 
@@ -636,5 +710,19 @@ mod tests {
         assert!(r.message.contains("event_type"), "{r}");
         let r = parse(Some(br#"{"user_id":"u1","event_type":"e","timestamp":true}"#), 1024).unwrap_err();
         assert!(r.message.contains("timestamp") && r.message.contains("boolean"), "{r}");
+    }
+
+    #[test]
+    fn evolving_keeps_the_top_level_scalars_no_column_holds() {
+        let text = r#"{"user_id":"u1","event_type":"click","timestamp":0,"coupon":"X1","n":3,"ok":true,
+            "price":2.5,"tags":["a"],"meta":{"a":1},"gone":null}"#;
+        let off = parse(Some(text.as_bytes()), 1 << 20).unwrap();
+        assert!(off.unread.is_empty(), "off: nothing kept");
+        let schema = EventSchema::default().with_evolution(SchemaEvolution::AddColumns);
+        let on = parse_with(Some(text.as_bytes()), 1 << 20, &schema).unwrap();
+        let names: Vec<&str> = on.unread.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["coupon", "n", "ok", "price"], "lists, objects and nulls are not kept");
+        assert_eq!(on.unread[3].1, serde_json::json!(2.5));
+        assert_eq!(on.key, off.key, "the key does not change");
     }
 }

@@ -61,6 +61,44 @@ impl fmt::Display for PayloadMode {
     }
 }
 
+/// What becomes of a top-level field that no column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchemaEvolution {
+    /// It stays in `payload` (the default).
+    #[default]
+    Off,
+    /// A field whose value is a string, a boolean or a number becomes a nullable column
+    /// of the type of its first value (`string`, `boolean`, `long` for an integer,
+    /// `double`), added to the table (and to ClickHouse) before the batch that holds it
+    /// is written. A later value of another type is a dead letter (`wrong_type`).
+    AddColumns,
+}
+
+impl SchemaEvolution {
+    pub const NAMES: [&'static str; 2] = ["off", "add_columns"];
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "off" => Ok(Self::Off),
+            "add_columns" => Ok(Self::AddColumns),
+            other => Err(format!("unknown schema evolution {other:?}; expected one of {}", Self::NAMES.join(", "))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::AddColumns => "add_columns",
+        }
+    }
+}
+
+impl fmt::Display for SchemaEvolution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a key field's value may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
@@ -94,6 +132,7 @@ pub struct EventSchema {
     /// The declarations of key columns (each types its key field: [`KeyKind`]).
     declared_keys: Vec<ColumnSpec>,
     payload: PayloadMode,
+    evolution: SchemaEvolution,
     /// [`EventSchema::paths`] as a tree: what the parser looks for in one pass.
     wanted: Vec<Wanted>,
 }
@@ -116,6 +155,7 @@ impl EventSchema {
             columns: Vec::new(),
             declared_keys: Vec::new(),
             payload: PayloadMode::Message,
+            evolution: SchemaEvolution::Off,
             wanted: Vec::new(),
         };
         this.wanted = wanted_tree(this.paths());
@@ -198,6 +238,32 @@ impl EventSchema {
 
     pub fn payload(&self) -> PayloadMode {
         self.payload
+    }
+
+    /// The same schema with `evolution`.
+    pub fn with_evolution(mut self, evolution: SchemaEvolution) -> Self {
+        self.evolution = evolution;
+        self
+    }
+
+    pub fn evolution(&self) -> SchemaEvolution {
+        self.evolution
+    }
+
+    /// The declared column that holds top-level field `name`, by index in
+    /// [`EventSchema::columns`].
+    pub fn column_of_field(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| matches!(c.field.names(), [only] if only == name))
+    }
+
+    /// Whether top-level field `name` may become a column of its own name: a plain
+    /// identifier, and no column's name yet, in any case (Delta's column names are not
+    /// case-sensitive).
+    pub fn may_add_column(&self, name: &str) -> bool {
+        is_identifier(name)
+            && !RESERVED_COLUMNS.iter().any(|r| r.eq_ignore_ascii_case(name))
+            && !self.identity.key_columns().iter().any(|k| k.eq_ignore_ascii_case(name))
+            && !self.columns.iter().chain(&self.declared_keys).any(|c| c.name.eq_ignore_ascii_case(name))
     }
 
     /// The declarations of key columns, as given (see [`EventSchema::new`]).

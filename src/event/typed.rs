@@ -60,6 +60,29 @@ impl ColumnType {
         Ok(kind)
     }
 
+    /// The type a column added for a field of this first value gets (schema
+    /// evolution): `string`, `boolean`, `long` for an integer within 64 bits, `double`
+    /// for any other number; none for anything else.
+    pub fn inferred(value: &Value) -> Option<Self> {
+        match value {
+            Value::String(_) => Some(ColumnType::String),
+            Value::Bool(_) => Some(ColumnType::Boolean),
+            Value::Number(n) if n.is_i64() => Some(ColumnType::Long),
+            Value::Number(_) => Some(ColumnType::Double),
+            _ => None,
+        }
+    }
+
+    /// The type of a column inferred as `self` and as `other` for two values: a long and
+    /// a double make a double; two other types have none.
+    pub fn widened(&self, other: &Self) -> Option<Self> {
+        match (self, other) {
+            (a, b) if a == b => Some(a.clone()),
+            (ColumnType::Long, ColumnType::Double) | (ColumnType::Double, ColumnType::Long) => Some(ColumnType::Double),
+            _ => None,
+        }
+    }
+
     /// Whether a key field may have this type: its value is part of the key as text.
     pub fn can_be_key(&self) -> bool {
         matches!(self, ColumnType::String | ColumnType::Int | ColumnType::Long)

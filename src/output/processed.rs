@@ -111,7 +111,8 @@ fn value(fields: &RecordFields, row: &Row, batch_id: i64, ingested_at: EventTime
 }
 
 /// Reads a record into a [`StoredRow`]: the fields it needs, each once; the string forms
-/// of the times (derived from the numbers) and unknown fields are skipped.
+/// of the times (derived from the numbers) are skipped, fields `fields` do not name are
+/// kept apart ([`StoredRow::unknown`]).
 struct RecordSeed<'c> {
     fields: &'c RecordFields,
 }
@@ -138,6 +139,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         let (mut event_time_us, mut payload, mut source_partition, mut source_offset) =
             (None, None::<Option<String>>, None, None);
         let (mut batch_id, mut ingested_at_us) = (None, None);
+        let mut unknown: Vec<(String, serde_json::Value)> = Vec::new();
         fn once<'de, T: de::Deserialize<'de>, A: MapAccess<'de>>(
             slot: &mut Option<T>,
             map: &mut A,
@@ -169,8 +171,12 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                             return Err(de::Error::custom(format_args!("duplicate field `{other}`")));
                         }
                         values[i] = Some(map.next_value()?);
-                    } else {
+                    } else if matches!(other, "event_time" | "event_date" | "ingested_at") {
+                        // Derived from the numbers.
                         map.next_value::<IgnoredAny>()?;
+                    } else {
+                        // A column added to the table since `fields` were known.
+                        unknown.push((other.to_owned(), map.next_value()?));
                     }
                 }
             }
@@ -198,6 +204,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
             source_offset: source_offset.ok_or_else(|| missing("source_offset"))?,
             batch_id: batch_id.ok_or_else(|| missing("batch_id"))?,
             ingested_at_us: ingested_at_us.ok_or_else(|| missing("ingested_at_us"))?,
+            unknown,
         })
     }
 }
@@ -218,6 +225,7 @@ mod tests {
             values: Vec::new(),
             source_partition: 2,
             source_offset: 40,
+            unplaced: None,
         };
         let ingested = EventTime::from_micros(1_767_323_046_000_001).unwrap();
         let fields = RecordFields::of_default();
@@ -264,6 +272,7 @@ mod tests {
             values: Vec::new(),
             source_partition: 0,
             source_offset: 0,
+            unplaced: None,
         };
         let out = record("t", &RecordFields::of_default(), &row, 1, EventTime::from_micros(0).unwrap());
         let value: serde_json::Map<String, serde_json::Value> =

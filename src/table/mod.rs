@@ -45,7 +45,7 @@ pub use crate::table::location::{Location, ProbeError};
 pub use crate::table::maintenance::{CompactOutcome, VacuumOutcome};
 pub use crate::table::offsets::AppIds;
 pub use crate::table::read::TableCounts;
-pub use crate::table::schema::{Columns, PARTITION_COLUMN, Row, StoredRow};
+pub use crate::table::schema::{Columns, PARTITION_COLUMN, Row, StoredRow, Unplaced};
 pub use crate::table::write::{InsertOutcome, PendingWrite};
 
 /// Errors of the Delta table, with the path they concern.
@@ -85,11 +85,11 @@ impl DeltaError {
     }
 
     /// Whether a commit lost a race: another writer committed first something this one
-    /// read (new files in its partitions, files it read removed, or a txn of the same
-    /// id), or others took every version delta-rs tried (`MaxCommitAttempts`: each of its
-    /// puts-if-absent was refused, so none landed). The attempt must be redone on the
-    /// new version. Other conflicts (a metadata or protocol change, a corrupt state) are
-    /// plain failures.
+    /// read (new files in its partitions, files it read removed, new columns, or a txn of
+    /// the same id), or others took every version delta-rs tried (`MaxCommitAttempts`:
+    /// each of its puts-if-absent was refused, so none landed). The attempt must be redone
+    /// on the new version. Other conflicts (a protocol change, a corrupt state) are plain
+    /// failures.
     pub fn is_write_conflict(&self) -> bool {
         use deltalake::kernel::transaction::{CommitConflictError as C, TransactionError};
         matches!(
@@ -100,6 +100,7 @@ impl DeltaError {
                     DeltaTableError::Transaction {
                         source: TransactionError::CommitConflict(
                             C::ConcurrentAppend
+                                | C::MetadataChanged
                                 | C::ConcurrentDeleteRead
                                 | C::ConcurrentDeleteDelete
                                 | C::ConcurrentTransaction
@@ -335,7 +336,9 @@ impl EventTable {
                 .iter()
                 .map(|theirs| configured.columns().iter().find(|c| c.name == theirs.name).unwrap_or(theirs).clone()),
         );
-        EventSchema::new(identity.clone(), specs, configured.payload()).map_err(refused)
+        EventSchema::new(identity.clone(), specs, configured.payload())
+            .map(|schema| schema.with_evolution(configured.evolution()))
+            .map_err(refused)
     }
 
     /// The table's columns.
@@ -389,9 +392,57 @@ impl EventTable {
         self.table.version().unwrap_or(0)
     }
 
-    /// Brings the table to the latest committed version.
+    /// Brings the table to the latest committed version, and its schema with it (columns
+    /// another writer added: [`EventTable::add_columns`]).
     pub async fn reload(&mut self) -> Result<()> {
-        self.table.update_state().await.map_err(|e| self.error(e))
+        self.table.update_state().await.map_err(|e| self.error(e))?;
+        self.follow_schema()
+    }
+
+    /// Takes the loaded version's columns, when they changed; refuses, as at load, a
+    /// column of a type idempipe does not write.
+    fn follow_schema(&mut self) -> Result<()> {
+        let snapshot = self.table.snapshot().map_err(|e| self.error(e))?;
+        let schema = table_schema(self.identity().clone(), snapshot.schema().as_ref());
+        if schema == self.schema {
+            return Ok(());
+        }
+        let columns = Columns::of(&schema)
+            .map_err(|what| DeltaError::Unexpected { location: self.location.to_string(), what })?;
+        tracing::info!(
+            version = self.version(),
+            columns = ?columns.declared().iter().map(|(name, kind)| format!("{name} {kind}")).collect::<Vec<_>>(),
+            "the table's columns changed"
+        );
+        self.schema = schema;
+        self.columns = columns;
+        self.check_schema()
+    }
+
+    /// Adds nullable `columns` to the table in one metadata commit (schema evolution),
+    /// and returns the new version. A column the table gained meanwhile makes it a write
+    /// conflict ([`DeltaError::is_write_conflict`]): reload and look again.
+    pub async fn add_columns(&mut self, columns: &[(String, crate::event::ColumnType)]) -> Result<u64> {
+        let unexpected = |what: String| DeltaError::Unexpected { location: self.location.to_string(), what };
+        let fields = columns
+            .iter()
+            .map(|(name, kind)| Ok(deltalake::kernel::StructField::new(name, schema::delta_type(kind)?, true)))
+            .collect::<std::result::Result<Vec<_>, String>>()
+            .map_err(unexpected)?;
+        let added: Vec<String> = columns.iter().map(|(name, kind)| format!("{name} {kind}")).collect();
+        let properties = CommitProperties::default()
+            .with_metadata([("idempipe.added_columns".to_owned(), serde_json::json!(added))]);
+        let table = self
+            .table
+            .clone()
+            .add_columns()
+            .with_fields(fields)
+            .with_commit_properties(properties)
+            .await
+            .map_err(|e| self.error(e))?;
+        self.table = table;
+        self.follow_schema()?;
+        Ok(self.version())
     }
 
     /// Switches the already-stored check to an in-memory index of every key in the table
@@ -594,8 +645,48 @@ mod tests {
         // Outcome unknown or plain failures: not conflicts (they must reload and check).
         let version = table_error(DeltaTableError::Transaction { source: TransactionError::VersionAlreadyExists(3) });
         assert!(!version.is_write_conflict());
-        assert!(!lost(CommitConflictError::MetadataChanged).is_write_conflict());
+        assert!(lost(CommitConflictError::MetadataChanged).is_write_conflict(), "a column added: redo on it");
         assert!(!table_error(DeltaTableError::Generic("io".into())).is_write_conflict());
         assert!(!DeltaError::Missing { location: "/t".into() }.is_write_conflict());
+    }
+
+    #[tokio::test]
+    async fn a_column_added_by_one_writer_is_a_conflict_for_the_other_which_then_writes_it() {
+        use crate::event::ColumnType;
+        use crate::table::testing;
+        use std::collections::HashSet;
+        let (_dir, path) = testing::new_table().await;
+        let (mut a, mut b) = (EventTable::open(&path).await.unwrap(), EventTable::open(&path).await.unwrap());
+        let ingested = crate::event::EventTime::from_micros(0).unwrap();
+        let txns = |n: i64| [deltalake::kernel::Transaction::new("g-raw-0", n)];
+        // b checks its batch before a adds the column, and commits after.
+        let rows = testing::rows(0..10, 20_000, 0);
+        let new = b.new_rows(&rows).await.unwrap();
+        let pending = b.prepare(b.columns().batch(&new, 1, ingested).unwrap()).await.unwrap();
+        let version =
+            a.add_columns(&[("coupon".into(), ColumnType::String), ("n".into(), ColumnType::Long)]).await.unwrap();
+        assert_eq!(a.schema().columns().iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["coupon", "n"]);
+        let lost = b.commit(pending, &txns(9), serde_json::json!({})).await.unwrap_err();
+        assert!(lost.is_write_conflict(), "{lost}");
+        b.reload().await.unwrap();
+        assert_eq!(b.version(), version);
+        assert_eq!(b.schema(), a.schema(), "b follows the table's new columns");
+        assert!(b.columns().names().contains(&"coupon"));
+        // Redone on the new version, with the new columns' values.
+        let mut rows = rows;
+        for (i, row) in rows.iter_mut().enumerate() {
+            row.values = vec![serde_json::json!(format!("c{i}")), serde_json::Value::Null];
+        }
+        let new = b.new_rows(&rows).await.unwrap();
+        let outcome = b.insert(b.columns().batch(&new, 1, ingested).unwrap(), &txns(9), serde_json::json!({})).await;
+        assert_eq!(outcome.unwrap().inserted, 10);
+        let keys: HashSet<String> = rows.iter().map(|r| r.key.to_string()).collect();
+        let mut stored = b.rows_with_keys(&keys).await.unwrap();
+        stored.sort_by_key(|r| r.source_offset);
+        assert_eq!(stored.len(), 10);
+        assert_eq!(stored[3].values, [serde_json::json!("c3"), serde_json::Value::Null]);
+        // Adding a column the table has, with another type, is refused.
+        let refused = a.add_columns(&[("coupon".into(), ColumnType::Long)]).await.unwrap_err();
+        assert!(!refused.is_write_conflict(), "{refused}");
     }
 }

@@ -148,6 +148,7 @@ impl EventTable {
                     source_offset: offset.value(i),
                     batch_id: batch_id.value(i),
                     ingested_at_us: ingested.value(i),
+                    unknown: Vec::new(),
                 });
             }
         }

@@ -308,6 +308,18 @@ pub struct Row {
     pub values: Vec<serde_json::Value>,
     pub source_partition: i32,
     pub source_offset: i64,
+    /// With schema evolution: the event's fields that no column holds yet.
+    pub unplaced: Option<Box<Unplaced>>,
+}
+
+/// What schema evolution has still to place of a row: the top-level fields that no column
+/// holds yet (strings, booleans and numbers), and the message, for the dead letter it
+/// becomes should a value not fit the column added for its field.
+#[derive(Debug, Clone)]
+pub struct Unplaced {
+    pub fields: Vec<(String, serde_json::Value)>,
+    pub key: Option<Vec<u8>>,
+    pub message: Vec<u8>,
 }
 
 impl Row {
@@ -319,6 +331,9 @@ impl Row {
         partition: i32,
         offset: i64,
     ) -> Self {
+        let unplaced = (!event.unread.is_empty()).then(|| {
+            Box::new(Unplaced { fields: event.unread, key: None, message: event.payload.as_bytes().to_vec() })
+        });
         Self {
             key: event.key,
             parts: event.parts.into_iter().map(std::borrow::Cow::into_owned).collect(),
@@ -327,6 +342,7 @@ impl Row {
             values: event.values,
             source_partition: partition,
             source_offset: offset,
+            unplaced,
         }
     }
 }
@@ -348,6 +364,9 @@ pub struct StoredRow {
     pub source_offset: i64,
     pub batch_id: i64,
     pub ingested_at_us: i64,
+    /// The record's fields that no column named when it was read (columns added since:
+    /// the sink follows the table, [`crate::clickhouse::sink`]).
+    pub unknown: Vec<(String, serde_json::Value)>,
 }
 
 /// The distinct `event_date` values of a batch built by [`Columns::batch`].

@@ -20,6 +20,7 @@ pub(crate) fn row(n: u32, day: i32, partition: i32) -> Row {
         values: Vec::new(),
         source_partition: partition,
         source_offset: i64::from(n),
+        unplaced: None,
     }
 }
 
