@@ -228,6 +228,114 @@ score = "double"
     assert_eq!(count(&again, "processed_distinct_keys"), 300, "{again}");
 }
 
+/// Schema evolution with two processors running on one table (each reading every
+/// partition) and the ClickHouse sink beside them: new fields in the events add nullable
+/// columns of their values' types to Delta (one instance adds them, the other follows
+/// the table's new columns) and to ClickHouse; every key is stored once; re-sends that
+/// carry the new fields change nothing; a later value of another type is a dead letter
+/// naming its field.
+#[test]
+fn a_new_field_adds_a_column_everywhere_while_two_instances_run() {
+    let p = Harness::with_options("evolve", "schema_evolution = \"add_columns\"");
+    p.setup();
+    let q = p.instance("evolve-b");
+    let start_ms: i64 = 1_704_067_200_000;
+    let event = |i: i64, extra: &str| {
+        format!(r#"{{"user_id":"u{}","event_type":"view","timestamp":{}{extra}}}"#, i % 50, start_ms + i * 1_000)
+    };
+    let write = |name: &str, lines: &[String]| {
+        let file = p.path(name);
+        std::fs::write(&file, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        file
+    };
+    let _a = p.spawn(&["run"], "a");
+    let _b = q.spawn(&["run"], "b");
+    let _sink = p.spawn(&["sink-clickhouse"], "sink");
+    let final_rows = || {
+        let sql = format!("SELECT count() FROM {} FINAL", p.clickhouse_table());
+        clickhouse_query(&p.clickhouse_url(), &sql).ok().and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    let stored = |rows: u64| {
+        common::wait_until(std::time::Duration::from_secs(120), &format!("{rows} rows in every store"), || {
+            let v = p.verify();
+            count(&v, "delta_distinct_keys") == rows && final_rows() == Some(rows)
+        })
+    };
+
+    // Before: the seed's fields only.
+    p.produce(&write("before.jsonl", &(0..300).map(|i| event(i, "")).collect::<Vec<_>>()));
+    stored(300);
+    // New fields: a string, an integer and a number; re-sends of earlier events with them.
+    let mut with_fields: Vec<String> =
+        (300..600).map(|i| event(i, &format!(r#","coupon":"c{i}","qty":{},"price":{}.25"#, i % 7, i))).collect();
+    with_fields.extend((0..30).map(|i| event(i, r#","coupon":"late""#)));
+    p.produce(&write("with-fields.jsonl", &with_fields));
+    stored(600);
+    // A value of another type for `qty`: dead letters; beside them, events that fit.
+    let mut after: Vec<String> = (600..605).map(|i| event(i, r#","qty":"many""#)).collect();
+    after.extend((605..610).map(|i| event(i, &format!(r#","qty":{i},"coupon":null"#))));
+    p.produce(&write("after.jsonl", &after));
+    stored(605);
+    common::wait_until(std::time::Duration::from_secs(60), "the dead letters", || {
+        count(&p.verify(), "dlq_records") == 5
+    });
+    let v = assert_stores(&p, 605, 5);
+    assert_eq!(count(&v, "delta_rows"), 605, "{v}");
+    for letter in common::read_all(&format!("{}_dlq", p.name)) {
+        assert_eq!(letter.headers["error.class"], "wrong_type");
+        assert!(letter.headers["error.message"].contains("`qty`"), "{}", letter.headers["error.message"]);
+    }
+
+    // Delta: the columns, typed by their values, and the values.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let table = runtime.block_on(idempipe::table::EventTable::open(&p.delta_path())).unwrap();
+    let mut declared: Vec<String> = table.columns().declared().iter().map(|(n, k)| format!("{n} {k}")).collect();
+    declared.sort();
+    assert_eq!(declared, ["coupon string", "price double", "qty long"]);
+    let key = |i: i64| {
+        let time = idempipe::event::EventTime::from_epoch_millis(start_ms + i * 1_000).unwrap();
+        idempipe::event::DedupKey::compute_parts(&[&format!("u{}", i % 50), "view"], time).to_string()
+    };
+    let value_of = |row: &idempipe::table::StoredRow, column: &str| {
+        let i = table.columns().declared().iter().position(|(n, _)| n == column).unwrap();
+        row.values[i].clone()
+    };
+    let keys = [key(3), key(307), key(607)].into_iter().collect();
+    let mut rows = runtime.block_on(table.rows_with_keys(&keys)).unwrap();
+    rows.sort_by_key(|r| r.event_time_us);
+    assert_eq!(rows.len(), 3);
+    let values = |row| ["coupon", "qty", "price"].map(|c| value_of(row, c)).to_vec();
+    let nulls = vec![serde_json::Value::Null; 3];
+    assert_eq!(values(&rows[0]), nulls, "stored before the fields existed; re-sends change nothing");
+    assert_eq!(values(&rows[1]), [serde_json::json!("c307"), serde_json::json!(307 % 7), serde_json::json!(307.25)]);
+    assert_eq!(values(&rows[2]), [serde_json::Value::Null, serde_json::json!(607), serde_json::Value::Null]);
+
+    // ClickHouse: the sink added the columns and loaded the same values.
+    let described = clickhouse_query(&p.clickhouse_url(), &format!("DESCRIBE TABLE {}", p.clickhouse_table())).unwrap();
+    for (column, kind) in [("coupon", "Nullable(String)"), ("qty", "Nullable(Int64)"), ("price", "Nullable(Float64)")] {
+        assert!(described.lines().any(|l| l.starts_with(&format!("{column}\t{kind}"))), "{column}: {described}");
+    }
+    let found = clickhouse_query(
+        &p.clickhouse_url(),
+        &format!(
+            "SELECT coupon, qty, price FROM {} FINAL WHERE dedup_key IN ('{}', '{}') ORDER BY event_time",
+            p.clickhouse_table(),
+            key(3),
+            key(307)
+        ),
+    )
+    .unwrap();
+    assert_eq!(found.trim(), format!("\\N\t\\N\t\\N\nc307\t{}\t307.25", 307 % 7));
+
+    // Both instances took the new columns: one added them, the other followed (or lost
+    // the race to add them, and then followed).
+    let (a, b) = (p.log("a"), q.log("b"));
+    assert!(a.contains("added columns to the table") || b.contains("added columns to the table"), "{a}\n{b}");
+    for log in [&a, &b] {
+        assert!(log.contains("the table's columns changed"), "{log}");
+    }
+}
+
 /// A table made by the release before identities could be configured (a fixture it
 /// wrote: 300 events, no identity property) is read and written by this one: replays of
 /// its events change nothing, new ones land once.

@@ -337,9 +337,16 @@ fn with_date(
             if field.name() == PARTITION_COLUMN {
                 return Ok(Arc::new(Date32Array::from(vec![day; batch.num_rows()])));
             }
-            let column = batch.column_by_name(field.name()).ok_or_else(|| {
-                deltalake::arrow::error::ArrowError::SchemaError(format!("data file lacks column {}", field.name()))
-            })?;
+            let Some(column) = batch.column_by_name(field.name()) else {
+                // A column added since the file was written (schema evolution): null in it.
+                if field.is_nullable() {
+                    return Ok(deltalake::arrow::array::new_null_array(field.data_type(), batch.num_rows()));
+                }
+                return Err(deltalake::arrow::error::ArrowError::SchemaError(format!(
+                    "data file lacks column {}",
+                    field.name()
+                )));
+            };
             if column.data_type() == field.data_type() {
                 Ok(column.clone())
             } else {
@@ -660,6 +667,32 @@ mod table_tests {
         assert!(err.is_lost_compaction_race(), "{err}");
         let counts = EventTable::open(&path).await.unwrap().counts().await.unwrap();
         assert_eq!((counts.rows, counts.distinct_keys, counts.files), (30, 30, 1));
+    }
+
+    #[tokio::test]
+    async fn a_compaction_rewrites_files_written_before_a_column_was_added() {
+        let (_dir, path) = new_table().await;
+        let mut table = EventTable::open(&path).await.unwrap();
+        check_and_insert(&mut table, &rows(0..10, 100, 0), 0).await.unwrap();
+        table.add_columns(&[("coupon".into(), crate::event::ColumnType::String)]).await.unwrap();
+        let mut later = rows(10..20, 100, 0);
+        for row in &mut later {
+            row.values = vec![serde_json::json!(format!("c{}", row.source_offset))];
+        }
+        let new = table.new_rows(&later).await.unwrap();
+        let batch = table.columns().batch(&new, 2, EventTime::from_micros(0).unwrap()).unwrap();
+        let txns = [deltalake::kernel::Transaction::new("g-raw-0", 20)];
+        table.insert(batch, &txns, serde_json::json!({})).await.unwrap();
+        let outcome = table.compact().await.unwrap();
+        assert_eq!((outcome.files_removed, outcome.files_added), (2, 1));
+        let table = EventTable::open(&path).await.unwrap();
+        let counts = table.counts().await.unwrap();
+        assert_eq!((counts.rows, counts.distinct_keys, counts.files), (20, 20, 1));
+        let keys = rows(0..20, 100, 0).iter().map(|r| r.key.to_string()).collect();
+        let mut stored = table.rows_with_keys(&keys).await.unwrap();
+        stored.sort_by_key(|r| r.source_offset);
+        assert_eq!(stored[3].values, [serde_json::Value::Null]);
+        assert_eq!(stored[13].values, [serde_json::json!("c13")]);
     }
 
     #[tokio::test]
