@@ -262,9 +262,11 @@ impl ClickHouse {
     pub(crate) async fn ensure_schema(&self, brokers: &str, topic: &str) -> Result<SchemaReport> {
         let s = &self.settings;
         self.execute(&schema::create_database(&s.database), "creating the database").await?;
-        let existed = self.layout().await?.is_some();
+        let existed = !self.table_columns().await?.is_empty();
         let create = schema::create_events(&self.version, &s.database, &s.table, &s.schema);
         self.execute(&create, "creating the events table").await?;
+        // The Delta table's columns added since the table was made (schema evolution).
+        self.add_missing_columns().await?;
         let layout = self
             .layout()
             .await?
@@ -323,8 +325,13 @@ impl ClickHouse {
     /// (schema evolution: the sink follows the Delta table's columns), and returns their
     /// names. Another sink adding one meanwhile is no failure. (Servers before 19.x have
     /// no `ADD COLUMN IF NOT EXISTS`: the columns are read again instead.)
-    pub async fn add_missing_columns(&self, layout: Layout) -> Result<Vec<String>> {
+    /// With no table, adds nothing.
+    pub async fn add_missing_columns(&self) -> Result<Vec<String>> {
         let have = self.table_columns().await?;
+        if have.is_empty() {
+            return Ok(Vec::new());
+        }
+        let layout = layout_of(&have);
         let mut added = Vec::new();
         for (name, kind) in schema::columns(layout, &self.settings.schema) {
             if have.iter().any(|(n, _)| *n == name) {
@@ -348,7 +355,7 @@ impl ClickHouse {
         if columns.is_empty() {
             return Ok(None);
         }
-        let layout = if columns.iter().any(|(n, _)| n == "event_time_us") { Layout::Legacy } else { Layout::Current };
+        let layout = layout_of(&columns);
         // Inserts are RowBinary without validation: a column of another type would
         // misalign every row after it, so the types are checked here, once.
         let normal = |t: &str| t.replace(' ', "");
@@ -497,6 +504,11 @@ fn date(micros: i64) -> u16 {
 /// Seconds since the epoch as `DateTime` (UInt32, 1970 to 2106): clamped.
 fn seconds(micros: i64) -> u32 {
     micros.div_euclid(1_000_000).clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// The layout of a table of `columns` (name, type).
+fn layout_of(columns: &[(String, String)]) -> Layout {
+    if columns.iter().any(|(n, _)| n == "event_time_us") { Layout::Legacy } else { Layout::Current }
 }
 
 /// `rows` in RowBinary, in the column order of [`schema::columns`]`(layout, schema)`, as

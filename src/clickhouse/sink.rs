@@ -269,9 +269,8 @@ impl ClickHouseSink {
             return Ok(());
         }
         self.clickhouse.set_schema(schema.clone());
-        let (clickhouse, layout) = (&self.clickhouse, self.layout);
         let added = retrying(&self.shutdown, self.patient, "adding columns to the ClickHouse table", || {
-            self.runtime.block_on(clickhouse.add_missing_columns(layout))
+            self.runtime.block_on(self.clickhouse.add_missing_columns())
         })?;
         if !added.is_empty() {
             crate::metrics::clickhouse_columns_added(added.len());

@@ -36,6 +36,8 @@ pub async fn reconcile(settings: &Settings) -> Result<ReconcileSummary, Reconcil
     // The rows go to ClickHouse in the table's columns.
     let schema = table.effective_schema(&settings.schema)?;
     let clickhouse = ClickHouse::connect(&settings.clickhouse).await?.with_schema(schema);
+    // Columns schema evolution added to Delta that no sink has added yet.
+    clickhouse.add_missing_columns().await?;
     let layout = clickhouse.layout().await?.ok_or_else(|| ReconcileError::NoTable { table: clickhouse.table() })?;
     let delta_keys: HashSet<String> = table.keys().await?.into_iter().collect();
     let clickhouse_keys = clickhouse.keys().await?;
