@@ -24,6 +24,8 @@
 //!   consumer the processor and the sink share (positions, the one collect loop, the
 //!   broker's ranges and resets) and reading topics back; [`source`]: what is particular
 //!   to the raw topic (Delta-driven starts, the rebalance hook, the orphan watch).
+//! - [`registry`]: messages in the Confluent wire format (Avro, Protobuf, JSON Schema)
+//!   and the schema registry they name.
 //! - [`batch`]: a micro-batch being collected; [`dedup`]: in-batch dedup.
 //! - [`table`]: the Delta table: schema and rows, writing (check, stage, commit, MERGE),
 //!   Kafka offsets as txn actions, reading back, maintenance, the key index.
@@ -52,6 +54,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
+pub mod registry;
 pub mod retry;
 pub mod shutdown;
 pub mod source;

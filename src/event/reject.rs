@@ -46,6 +46,13 @@ pub enum RejectClass {
     /// A declared column's value has the right type but does not fit it (an integer
     /// past 32 or 64 bits, a decimal with too many digits, a date outside 0001 to 9999).
     ValueOutOfRange,
+    /// With `message_format = "schema-registry"`: the message is not in the Confluent
+    /// wire format (no magic byte 0, or shorter than its 5-byte header).
+    NotWireFormat,
+    /// The message's schema id is not in the schema registry.
+    UnknownSchema,
+    /// The body does not decode by its schema (or its schema cannot be read).
+    Undecodable,
 }
 
 impl RejectClass {
@@ -68,6 +75,9 @@ impl RejectClass {
             Self::ClickHouseRefused => "clickhouse_refused",
             Self::EventTimeOutOfWindow => "event_time_out_of_window",
             Self::ValueOutOfRange => "value_out_of_range",
+            Self::NotWireFormat => "not_wire_format",
+            Self::UnknownSchema => "unknown_schema",
+            Self::Undecodable => "undecodable",
         }
     }
 }
