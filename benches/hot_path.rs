@@ -20,7 +20,7 @@ use idempipe::table::key_index::KeyIndex;
 const BATCH: u64 = 200_000;
 
 fn messages(unique: u64, duplicates: u64) -> Vec<Vec<u8>> {
-    generate(&Spec { unique, duplicates, invalid: 0, seed: 7, days: 3, time_order: false }).0
+    generate(&Spec { unique, duplicates, invalid: 0, seed: 7, days: 3, time_order: false, text_fields: false }).0
 }
 
 fn parse(c: &mut Criterion) {
@@ -42,6 +42,7 @@ fn parse(c: &mut Criterion) {
         record_bytes: 1_000_000 - 1024,
         max_age: None,
         max_future: None,
+        registry: None,
     };
     group.bench_function("collect_into_batch", |b| {
         b.iter_batched(

@@ -12,6 +12,7 @@
 #   url      prints the Confluent-compatible API's URL
 # Environment:
 #   REGISTRY_PORT   its HTTP port (default 9180)
+#   REGISTRY_MANAGEMENT_PORT  its health and metrics port (default REGISTRY_PORT + 1)
 #   REGISTRY_JAVA   the java to run it with; by default JAVA_HOME's, or the newest JDK under
 #                   /usr/lib/jvm, whichever is version 21 or later (Apicurio 3.3 needs 21)
 #   SERVICES_DIR    where its log and pid file live (default data/services)
@@ -20,8 +21,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 version=3.3.3
 dir=${SERVICES_DIR:-$root/data/services}
+[[ $dir == /* ]] || dir=$PWD/$dir
 install_dir=$root/data/apicurio/$version
 port=${REGISTRY_PORT:-9180}
+# Its health and metrics interface (Quarkus's default, 0.0.0.0:9000, is ClickHouse's).
+management_port=${REGISTRY_MANAGEMENT_PORT:-$((port + 1))}
 url=http://127.0.0.1:$port/apis/ccompat/v7
 
 log() { echo "registry: $*" >&2; }
@@ -69,6 +73,7 @@ up() {
   mkdir -p "$dir"
   log "starting Apicurio Registry $version on 127.0.0.1:$port ($java)"
   (cd "$install_dir" && exec "$java" -Xmx512m "-Dquarkus.http.host=127.0.0.1" "-Dquarkus.http.port=$port" \
+    "-Dquarkus.management.host=127.0.0.1" "-Dquarkus.management.port=$management_port" \
     -jar quarkus-run.jar >"$dir/registry.log" 2>&1) &
   pid=$!
   echo "$pid" >"$dir/registry.pid"

@@ -3,9 +3,11 @@
 # The tests' Kafka is a cluster of their own (Apache Kafka: brokers on 127.0.0.1:9192 and
 # :9194, the KRaft controller on :9193; with KAFKA_IMPL=tansu, tansu on :9192), on new
 # storage each run (data/test-services): it exports
-# IDEMPIPE_TEST_BROKERS=127.0.0.1:9192 and IDEMPIPE_TEST_S3 (the S3 server) for the
-# tests, replacing any value they had. (A bare `cargo test` reads both: default
-# 127.0.0.1:9092 and http://127.0.0.1:9300, the services' own.)
+# IDEMPIPE_TEST_BROKERS=127.0.0.1:9192, IDEMPIPE_TEST_S3 (the S3 server) and
+# IDEMPIPE_TEST_REGISTRY (the schema registry's Confluent-compatible API) for the tests,
+# replacing any value they had. (A bare `cargo test` reads them too: default
+# 127.0.0.1:9092, http://127.0.0.1:9300 and http://127.0.0.1:9180/apis/ccompat/v7, the
+# services' own.)
 # Usage: scripts/test.sh [extra cargo test arguments]
 # Environment:
 #   SERVICES_DIR    where ClickHouse's and the S3 server's data, logs and pid files live
@@ -28,6 +30,12 @@ export IDEMPIPE_TEST_BROKERS=127.0.0.1:9192
 # S3 (moto): the tables of tests/object_storage.rs.
 SERVICES_DIR=${SERVICES_DIR:-data/services} scripts/services.sh s3-up
 export IDEMPIPE_TEST_S3=http://127.0.0.1:${S3_PORT:-9300}
+
+# The schema registry (Apicurio, Confluent's API) of tests/registry.rs; tests that stop
+# one start their own (scripts/registry.sh with REGISTRY_PORT and SERVICES_DIR).
+SERVICES_DIR=${SERVICES_DIR:-data/services} scripts/registry.sh up
+IDEMPIPE_TEST_REGISTRY=$(scripts/registry.sh url)
+export IDEMPIPE_TEST_REGISTRY
 
 # Independent readers and writers the tests use, in the project's own virtual
 # environment: the Python `deltalake` (the Delta table), `chdb` (current ClickHouse in

@@ -46,6 +46,9 @@ pub struct Limits {
     /// (`max_event_age`) and this far ahead (`max_event_future`); `None`: no bound.
     pub max_age: Option<Duration>,
     pub max_future: Option<Duration>,
+    /// With `message_format = "schema-registry"`: the registry that turns each message
+    /// into the JSON the contract reads.
+    pub registry: Option<std::sync::Arc<crate::registry::Registry>>,
 }
 
 impl Limits {
@@ -57,6 +60,7 @@ impl Limits {
             record_bytes: settings.max_record_bytes(),
             max_age: settings.event_window.max_age,
             max_future: settings.event_window.max_future,
+            registry: None,
         }
     }
 
@@ -103,6 +107,9 @@ pub struct Batch {
     pub bytes: usize,
     /// Time spent parsing and validating, summed over messages.
     pub parse_time: Duration,
+    /// Set when shutdown came while a message waited for the schema registry: that
+    /// message is in no row, dead letter or range, so the batch must not be committed.
+    pub abandoned: Option<String>,
     /// Offsets the broker skipped inside the partition's range: the next message on a
     /// partition came later than the offset expected (the start Delta gave, or the
     /// previous message + 1). Transaction markers, aborted transactions' records
@@ -132,10 +139,30 @@ impl Batch {
     ) {
         let started = std::time::Instant::now();
         let length = value.map_or(0, <[u8]>::len);
-        let parsed = event::parse_with(value, limits.message_bytes, &limits.schema).map(|e| {
-            let payload = limits.schema.payload_of(e.payload);
-            Row::from_event(e, payload, partition, offset)
-        });
+        // In the wire format: the event as JSON, decoded by its schema.
+        let decoded = match (&limits.registry, value) {
+            (Some(registry), Some(bytes)) if bytes.len() <= limits.message_bytes => match registry.decode(bytes) {
+                Ok(json) => Ok(Some(json)),
+                Err(crate::registry::Undecoded::Rejected(rejection)) => Err(rejection),
+                Err(crate::registry::Undecoded::Abandoned(why)) => {
+                    self.abandoned = Some(why);
+                    return;
+                }
+            },
+            _ => Ok(None),
+        };
+        // The size limit is the message's (checked before decoding).
+        let (text, max) = match &decoded {
+            Ok(Some(json)) => (Some(json.as_bytes()), usize::MAX),
+            _ => (value, limits.message_bytes),
+        };
+        let parsed =
+            decoded.as_ref().map_err(Clone::clone).and_then(|_| event::parse_with(text, max, &limits.schema)).map(
+                |e| {
+                    let payload = limits.schema.payload_of(e.payload);
+                    Row::from_event(e, payload, partition, offset)
+                },
+            );
         let parsed = parsed.and_then(|row| {
             if (limits.max_age.is_some() || limits.max_future.is_some())
                 && let Some(rejection) = limits.outside_window(row.time, reference())
@@ -161,7 +188,9 @@ impl Batch {
         match parsed {
             Ok(mut row) => {
                 if let Some(unplaced) = row.unplaced.as_mut() {
+                    // A dead letter carries the message as it came.
                     unplaced.key = key.map(<[u8]>::to_vec);
+                    unplaced.message = value.map(<[u8]>::to_vec).unwrap_or_default();
                 }
                 self.rows.push(row);
             }
@@ -370,6 +399,7 @@ mod tests {
             record_bytes: 1 << 20,
             max_age: None,
             max_future: None,
+            registry: None,
         }
     }
 
@@ -500,6 +530,7 @@ mod tests {
             record_bytes: 1 << 20,
             max_age: None,
             max_future: None,
+            registry: None,
         }
     }
 

@@ -226,6 +226,11 @@ pub struct GenerateArgs {
     /// events after its original); without it they are shuffled through the whole file.
     #[arg(long)]
     pub time_order: bool,
+    /// The format the file will be produced in (`produce --format`): with `protobuf`,
+    /// every user id is a string and every time RFC 3339 text (the built-in Protobuf
+    /// schema's fields have one type); the counts are the same in every format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: crate::registry::encode::Format,
     /// The file to write.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -239,6 +244,23 @@ pub struct ProduceArgs {
     /// Send at this steady rate instead of as fast as possible.
     #[arg(long, value_name = "EVENTS_PER_SEC")]
     pub rate: Option<f64>,
+    /// Write each line as it is (`json`), or in the Confluent wire format as `avro`,
+    /// `protobuf` or `json-schema`, its schema registered at `schema_registry_url`. A
+    /// line the schema cannot hold as it is goes as it is (the processor makes it a dead
+    /// letter).
+    #[arg(long, value_enum, default_value_t)]
+    pub format: crate::registry::encode::Format,
+    /// The schema to register (an `.avsc`, `.proto` or JSON Schema file); by default the
+    /// built-in schema of the generator's events.
+    #[arg(long, value_name = "FILE")]
+    pub schema: Option<PathBuf>,
+    /// The Protobuf message the lines are (a full name); by default the schema's first.
+    #[arg(long, value_name = "NAME")]
+    pub message: Option<String>,
+    /// The subject the schema is registered under: `topic` (`<topic>-value`), `record`
+    /// (the record's full name) or `topic-record` (`<topic>-<record>`).
+    #[arg(long, value_enum, default_value_t)]
+    pub subject_strategy: crate::registry::encode::SubjectStrategy,
 }
 
 #[derive(Debug, Args)]

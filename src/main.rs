@@ -150,12 +150,19 @@ fn main_inner() -> anyhow::Result<()> {
                 seed: args.seed,
                 days: args.days,
                 time_order: args.time_order,
+                text_fields: args.format == idempipe::registry::encode::Format::Protobuf,
             };
             emit(&generate::generate_file(&spec, &args.out)?, json)
         }
         Command::Produce(args) => {
             let _guard = runtime.enter();
-            emit(&produce::produce(&settings, &args.input, args.rate)?, json)
+            let encoding = produce::Encoding {
+                format: args.format,
+                schema: args.schema.clone(),
+                message: args.message.clone(),
+                strategy: args.subject_strategy,
+            };
+            emit(&produce::produce_as(&settings, &args.input, args.rate, &encoding)?, json)
         }
         Command::Run(args) => emit(&run::run(settings, &runtime, args.until_idle)?, json),
         Command::Drain(args) => emit(&drain::drain(&settings, args.topic)?, json),

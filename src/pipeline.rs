@@ -61,6 +61,8 @@ pub enum PipelineError {
     Assignment(String),
     #[error("a Kafka client met an error no retry mends, so the processor stops: {0}")]
     FatalKafka(String),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
     #[error("building the Arrow batch failed: {0}")]
     Arrow(#[from] deltalake::arrow::error::ArrowError),
     #[error(
@@ -117,6 +119,9 @@ pub struct Pipeline {
     /// The table's schema `settings.schema` was made from: when the table's changes (a
     /// column added), so does the effective one.
     table_schema: crate::event::EventSchema,
+    /// With `message_format = "schema-registry"`: the schemas of the ids seen, and the
+    /// registry they come from.
+    registry: Option<std::sync::Arc<crate::registry::Registry>>,
 }
 
 impl Pipeline {
@@ -178,6 +183,13 @@ impl Pipeline {
         settings.clickhouse.schema = settings.schema.clone();
         let fields = processed::RecordFields::of(&settings.schema);
         let table_schema = table.schema().clone();
+        let registry =
+            match settings.message_format {
+                crate::config::MessageFormat::Json => None,
+                crate::config::MessageFormat::SchemaRegistry => Some(std::sync::Arc::new(
+                    crate::registry::Registry::new(&settings.registry, runtime.clone(), shutdown.clone())?,
+                )),
+            };
         Ok(Self {
             settings,
             source,
@@ -190,6 +202,7 @@ impl Pipeline {
             fields,
             configured,
             table_schema,
+            registry,
         })
     }
 
@@ -207,7 +220,8 @@ impl Pipeline {
         let mut checks = Checks::new(self.source.mode());
         loop {
             // Per batch: the schema grows when the table gains columns.
-            let limits = crate::batch::Limits::of(&self.settings);
+            let limits =
+                crate::batch::Limits { registry: self.registry.clone(), ..crate::batch::Limits::of(&self.settings) };
             let started_at = EventTime::now();
             let collect_started = Instant::now();
             // The source check is asked while the batch is collected (`source::check`).
@@ -235,6 +249,13 @@ impl Pipeline {
             });
             collected?;
             let (consumer_error, batch) = (collecting.consumer_error, collecting.batch);
+            if let Some(why) = &batch.abandoned {
+                // A message waited for the registry when shutdown came: it is in no row,
+                // dead letter or range, so nothing of this batch is committed; it is all
+                // read again at the next start.
+                tracing::warn!(error = %why, "shutdown while the schema registry did not answer: the batch in progress is not committed");
+                return Ok(summary);
+            }
             checks.collected(consumer_error);
             // A batch cut at its size limit: more is waiting (a backlog), and a compaction
             // waits for the loop to catch up (see `MaintenanceTask::committed`).
@@ -658,7 +679,7 @@ impl Collector for Collecting<'_> {
     type Error = PipelineError;
 
     fn is_full(&self) -> bool {
-        self.consumer_error || self.batch.is_at_limit(&self.settings.batch)
+        self.consumer_error || self.batch.abandoned.is_some() || self.batch.is_at_limit(&self.settings.batch)
     }
 
     fn consumer_error(&mut self, error: KafkaError) {

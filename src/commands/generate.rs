@@ -27,6 +27,10 @@ pub struct Spec {
     /// [`RESEND_WINDOW`] of the events after its original, invalid lines anywhere.
     /// Otherwise the lines are shuffled through the whole file.
     pub time_order: bool,
+    /// Every user id a string and every time RFC 3339 text, as a schema whose fields
+    /// have one type holds them (`--format protobuf`); otherwise some user ids are
+    /// integers and some times epoch milliseconds.
+    pub text_fields: bool,
 }
 
 /// In time order, how far after its original a re-send may come: this fraction of the
@@ -124,13 +128,17 @@ pub fn generate(spec: &Spec) -> (Vec<Vec<u8>>, Expected) {
     for i in 0..spec.unique {
         let ms_in_slot = rng.below(slot_us as u64 / 1_000) as i64;
         let mut t = base_us + i as i64 * slot_us + ms_in_slot * 1_000;
-        let style = rng.below(8);
+        let mut style = rng.below(8);
+        if spec.text_fields && style == 0 {
+            style = 1;
+        }
         if style != 0 {
             t += rng.below(1_000) as i64; // sub-millisecond digits, except for epoch millis
         }
         let time = EventTime::from_micros(t).expect("generated times are in 2024");
         let user = rng.below(users);
-        let user_json = if rng.below(10) == 0 { user.to_string() } else { format!("\"user_{user}\"") };
+        let user_json =
+            if rng.below(10) == 0 && !spec.text_fields { user.to_string() } else { format!("\"user_{user}\"") };
         let event_type = EVENT_TYPES[rng.below(EVENT_TYPES.len() as u64) as usize];
         let ts_json = spell(time, style, &mut rng);
         let line = format!(
@@ -314,7 +322,15 @@ mod tests {
 
     #[test]
     fn the_file_holds_exactly_the_counts_it_claims() {
-        let spec = Spec { unique: 5_000, duplicates: 700, invalid: 130, seed: 7, days: 3, time_order: false };
+        let spec = Spec {
+            unique: 5_000,
+            duplicates: 700,
+            invalid: 130,
+            seed: 7,
+            days: 3,
+            time_order: false,
+            text_fields: false,
+        };
         let (lines, expected) = generate(&spec);
         assert_eq!(lines.len() as u64, expected.lines);
         let mut keys = HashSet::new();
@@ -347,6 +363,7 @@ mod tests {
             seed: 1,
             days: 1,
             time_order: false,
+            text_fields: false,
         };
         let (lines, _) = generate(&spec);
         let mut classes = HashSet::new();
@@ -359,7 +376,15 @@ mod tests {
 
     #[test]
     fn time_order_holds_the_same_lines_in_event_time() {
-        let shuffled = Spec { unique: 5_000, duplicates: 700, invalid: 130, seed: 7, days: 3, time_order: false };
+        let shuffled = Spec {
+            unique: 5_000,
+            duplicates: 700,
+            invalid: 130,
+            seed: 7,
+            days: 3,
+            time_order: false,
+            text_fields: false,
+        };
         let (mut a, expected) = generate(&shuffled);
         let (mut b, expected_b) = generate(&Spec { time_order: true, ..shuffled });
         assert_eq!(expected, expected_b);
@@ -395,7 +420,8 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_file_and_another_seed_does_not() {
-        let spec = Spec { unique: 300, duplicates: 30, invalid: 12, seed: 42, days: 2, time_order: false };
+        let spec =
+            Spec { unique: 300, duplicates: 30, invalid: 12, seed: 42, days: 2, time_order: false, text_fields: false };
         assert_eq!(generate(&spec).0, generate(&spec).0);
         assert_ne!(generate(&spec).0, generate(&Spec { seed: 43, ..spec }).0);
     }
@@ -403,7 +429,8 @@ mod tests {
     #[test]
     fn dense_files_keep_keys_distinct() {
         // More events than milliseconds in the span: slots stay at least 1 ms wide.
-        let spec = Spec { unique: 20_000, duplicates: 0, invalid: 0, seed: 3, days: 0, time_order: false };
+        let spec =
+            Spec { unique: 20_000, duplicates: 0, invalid: 0, seed: 3, days: 0, time_order: false, text_fields: false };
         let (lines, _) = generate(&spec);
         let keys: HashSet<_> =
             lines.iter().map(|l| event::parse(Some(l), DEFAULT_MAX_MESSAGE_BYTES).unwrap().key).collect();

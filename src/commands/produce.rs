@@ -13,6 +13,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use crate::config::Settings;
 use crate::event::{self, EventSchema};
 use crate::kafka::{self, KafkaFailure, Role, client_config};
+use crate::registry::RegistryClient;
+use crate::registry::encode::{Encoder, Format, SubjectStrategy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceFileError {
@@ -24,6 +26,24 @@ pub enum ProduceFileError {
     NotDelivered { topic: String, sent: u64, failed: u64, first: String },
     #[error("--rate must be a positive number of events per second, not {0}")]
     BadRate(f64),
+    #[error(transparent)]
+    Encode(#[from] crate::registry::encode::EncodeError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("cannot read the schema file {path}: {source}")]
+    Schema { path: String, source: std::io::Error },
+}
+
+/// How `produce` writes each line: as it is, or in the wire format of a schema it
+/// registers.
+#[derive(Debug, Clone, Default)]
+pub struct Encoding {
+    pub format: Format,
+    /// The schema file; the built-in schema of the generator's events when `None`.
+    pub schema: Option<std::path::PathBuf>,
+    /// The Protobuf message (full name).
+    pub message: Option<String>,
+    pub strategy: SubjectStrategy,
 }
 
 /// What was sent.
@@ -35,6 +55,14 @@ pub struct ProduceSummary {
     pub bytes: u64,
     pub seconds: f64,
     pub messages_per_sec: f64,
+    /// The format written, and in the wire format the schema's subject and id.
+    pub format: Format,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_id: Option<u32>,
+    /// Lines the schema cannot hold as they are, sent as they are (dead letters to be).
+    pub unencodable: u64,
 }
 
 /// Counts deliveries; the first failure is kept for the error message.
@@ -164,6 +192,10 @@ impl<'a> RawSender<'a> {
             bytes: self.bytes,
             seconds,
             messages_per_sec: self.sent as f64 / seconds.max(1e-9),
+            format: Format::Json,
+            subject: None,
+            schema_id: None,
+            unencodable: 0,
         })
     }
 }
@@ -171,6 +203,41 @@ impl<'a> RawSender<'a> {
 /// Sends every line of `input` to the raw topic (a trailing `\r` dropped), keyed by its
 /// first key field's value ([`key_of`]).
 pub fn produce(settings: &Settings, input: &Path, rate: Option<f64>) -> Result<ProduceSummary, ProduceFileError> {
+    produce_as(settings, input, rate, &Encoding::default())
+}
+
+/// [`produce`], each line written as `encoding` says. Must run inside a Tokio runtime's
+/// context (not on one of its workers): the schema is registered through it.
+pub fn produce_as(
+    settings: &Settings,
+    input: &Path,
+    rate: Option<f64>,
+    encoding: &Encoding,
+) -> Result<ProduceSummary, ProduceFileError> {
+    let encoder = match encoding.format {
+        Format::Json => None,
+        format => {
+            let schema = match &encoding.schema {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|source| ProduceFileError::Schema { path: path.display().to_string(), source })?,
+                ),
+                None => None,
+            };
+            let client = RegistryClient::new(&settings.registry)?;
+            let register = Encoder::register(
+                &client,
+                format,
+                schema.as_deref(),
+                encoding.message.as_deref(),
+                &settings.topics.raw,
+                encoding.strategy,
+            );
+            let encoder = tokio::runtime::Handle::current().block_on(register)?;
+            tracing::info!(subject = encoder.subject(), id = encoder.id(), "schema registered");
+            Some(encoder)
+        }
+    };
     let read_err = |source| ProduceFileError::Read { path: input.display().to_string(), source };
     let file = std::fs::File::open(input).map_err(read_err)?;
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -183,6 +250,7 @@ pub fn produce(settings: &Settings, input: &Path, rate: Option<f64>) -> Result<P
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::new();
     let mut lines = 0_u64;
+    let mut unencodable = 0_u64;
     loop {
         line.clear();
         let n = reader.read_until(b'\n', &mut line).map_err(read_err)?;
@@ -196,7 +264,12 @@ pub fn produce(settings: &Settings, input: &Path, rate: Option<f64>) -> Result<P
             line.pop();
         }
         let key = key_of(&line, &settings.schema);
-        sender.send(&line, key.as_deref().map(str::as_bytes))?;
+        let encoded = encoder.as_ref().and_then(|e| {
+            let encoded = e.encode(&line);
+            unencodable += u64::from(encoded.is_none());
+            encoded
+        });
+        sender.send(encoded.as_deref().unwrap_or(&line), key.as_deref().map(str::as_bytes))?;
         lines += 1;
         if lines.is_multiple_of(4096) {
             progress.set_position(sender.bytes());
@@ -204,7 +277,12 @@ pub fn produce(settings: &Settings, input: &Path, rate: Option<f64>) -> Result<P
     }
     let summary = sender.finish();
     progress.finish_and_clear();
-    summary
+    let mut summary = summary?;
+    summary.format = encoding.format;
+    summary.subject = encoder.as_ref().map(|e| e.subject().to_owned());
+    summary.schema_id = encoder.as_ref().map(Encoder::id);
+    summary.unencodable = unencodable;
+    Ok(summary)
 }
 
 impl std::fmt::Display for ProduceSummary {
@@ -213,6 +291,15 @@ impl std::fmt::Display for ProduceSummary {
             f,
             "sent {} messages ({} bytes) to {} in {:.2} s: {:.0} messages/s",
             self.messages, self.bytes, self.topic, self.seconds, self.messages_per_sec
-        )
+        )?;
+        if let (Some(subject), Some(id)) = (&self.subject, self.schema_id) {
+            writeln!(
+                f,
+                "{:?} in the wire format, schema id {id} (subject {subject}); {} lines its schema cannot hold sent as \
+                 they are",
+                self.format, self.unencodable
+            )?;
+        }
+        Ok(())
     }
 }

@@ -159,6 +159,18 @@ pub struct BatchLimits {
     pub max_bytes: NonZeroUsize,
 }
 
+/// How raw messages are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MessageFormat {
+    /// A JSON object per message.
+    #[default]
+    Json,
+    /// The Confluent wire format (Avro, Protobuf or JSON Schema), its schema in a schema
+    /// registry.
+    SchemaRegistry,
+}
+
 /// How events get from the processed topic into ClickHouse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -256,6 +268,9 @@ pub struct Settings {
     pub event_window: EventWindow,
     pub batch: BatchLimits,
     pub consumer_mode: ConsumerMode,
+    /// How raw messages are written, and the registry their schemas are in.
+    pub message_format: MessageFormat,
+    pub registry: crate::registry::RegistrySettings,
     /// Whether a stored offset the broker no longer holds stops the processor (`true`) or
     /// is skipped from, the loss recorded ([`crate::kafka::ranges`]).
     pub fail_on_data_loss: bool,
@@ -401,6 +416,13 @@ impl Settings {
             event_window: EventWindow { max_age: o.max_event_age, max_future: o.max_event_future },
             batch: BatchLimits { trigger: o.trigger, max_events: o.max_batch_events, max_bytes: o.max_batch_bytes },
             consumer_mode: o.consumer_mode,
+            message_format: o.message_format,
+            registry: crate::registry::RegistrySettings {
+                url: o.schema_registry_url.clone(),
+                user: o.schema_registry_user.clone(),
+                password: o.schema_registry_password.clone(),
+                ca_file: o.schema_registry_ca_file.clone(),
+            },
             fail_on_data_loss: o.fail_on_data_loss,
             key_check: o.key_check,
             key_cache_bytes: o.key_cache_bytes.get(),
@@ -475,6 +497,18 @@ impl Settings {
                 "clickhouse_in_run",
                 "the built-in sink and `clickhouse_ingest = \"kafka-engine\"` would both load ClickHouse; pick one",
             );
+        }
+        if self.message_format == MessageFormat::SchemaRegistry && self.registry.url.is_none() {
+            return invalid(
+                "schema_registry_url",
+                "must be set with `message_format = \"schema-registry\"`: each message's schema is fetched from it",
+            );
+        }
+        if let Some(url) = &self.registry.url
+            && !url.starts_with("http://")
+            && !url.starts_with("https://")
+        {
+            return invalid("schema_registry_url", &format!("{:?} is not an http:// or https:// URL", redact_url(url)));
         }
         if self.schema.evolution() == crate::event::SchemaEvolution::AddColumns
             && self.clickhouse.ingest == ClickHouseIngest::KafkaEngine

@@ -17,7 +17,7 @@ use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{ClickHouseIngest, ConfigError, ConsumerMode, KeyCheck, LogFormat, Origin};
+use crate::config::{ClickHouseIngest, ConfigError, ConsumerMode, KeyCheck, LogFormat, MessageFormat, Origin};
 use crate::event::{FieldPath, Identity, PayloadMode, SchemaEvolution, TimeFormat};
 use crate::table::Location;
 
@@ -304,6 +304,22 @@ options! {
     /// the type of its first value, in Delta and ClickHouse, while running; a later value
     /// of another type is a dead letter).
     schema_evolution: SchemaEvolution = "off", env "IDEMPIPE_SCHEMA_EVOLUTION";
+    /// How raw messages are written: `json` (a JSON object per message) or
+    /// `schema-registry` (the Confluent wire format: Avro, Protobuf or JSON Schema, the
+    /// schema fetched by the id each message carries from `schema_registry_url`).
+    message_format: MessageFormat = "json", env "IDEMPIPE_MESSAGE_FORMAT";
+    /// The schema registry's Confluent-compatible API, e.g. `http://registry:8081` or
+    /// Apicurio's `http://registry:8080/apis/ccompat/v7` (`https://`: certificates
+    /// verified against the system's roots and `schema_registry_ca_file`).
+    schema_registry_url: Option<String> = "none" => None, env "IDEMPIPE_SCHEMA_REGISTRY_URL";
+    /// The registry user (HTTP basic authentication).
+    schema_registry_user: Option<String> = "none" => None, env "IDEMPIPE_SCHEMA_REGISTRY_USER";
+    /// The registry password (prefer the environment variable to the flag).
+    #[arg(hide_env_values = true)]
+    schema_registry_password: Option<String> = "none" => None, env "IDEMPIPE_SCHEMA_REGISTRY_PASSWORD";
+    /// A PEM file of CA certificates that sign the registry's, trusted besides the
+    /// system's roots.
+    schema_registry_ca_file: Option<PathBuf> = "none" => None, env "IDEMPIPE_SCHEMA_REGISTRY_CA_FILE";
     /// The oldest accepted event time, as an age at the message's Kafka timestamp, e.g.
     /// 90days, or `off`: older events are dead letters (`event_time_out_of_window`).
     max_event_age: Interval = "off", env "IDEMPIPE_MAX_EVENT_AGE", check interval;
@@ -613,7 +629,7 @@ macro_rules! value_enum_option {
         }
     )+};
 }
-value_enum_option!(ClickHouseIngest, ConsumerMode, KeyCheck, LogFormat);
+value_enum_option!(ClickHouseIngest, ConsumerMode, KeyCheck, LogFormat, MessageFormat);
 
 // The checks of single values (relations between options are checked in
 // `Settings::validate`).

@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod clickhouse;
 pub mod kafka;
+pub mod registry;
 pub mod s3;
 pub mod spark;
 pub mod tls;
@@ -20,6 +21,8 @@ use serde_json::Value;
 
 pub use clickhouse::*;
 pub use kafka::*;
+#[allow(unused_imports)]
+pub use registry::*;
 pub use s3::*;
 pub use tls::*;
 
