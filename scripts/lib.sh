@@ -67,3 +67,43 @@ bench_broker() {
   trap 'kill "$(cat data/services/bench-tansu.pid)" 2>/dev/null || true' EXIT
   until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.2; done
 }
+
+# Measuring a benchmark step (the sourcing script sets $bin and $work).
+# Peak RSS (KiB) and wall seconds of one command, from GNU time, into $rss and $secs;
+# with $perf_out set, under `perf record` writing there.
+timed() { # config, args...
+  local config=$1; shift
+  local wrap=()
+  [[ -z ${perf_out:-} ]] || wrap=(perf record -q -F 499 -o "$perf_out" --)
+  "${wrap[@]}" /usr/bin/time -f '%M %e' -o "$work/time" "$bin" --config "$config" "$@"
+  read -r rss secs <"$work/time"
+}
+# The batches' phases over batch log lines [from, to): each phase's share of the
+# batches' summed wall time, as a JSON object.
+phases_of() { # batch log, first line, last line
+  python3 - "$1" "$2" "$3" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])][int(sys.argv[2]):int(sys.argv[3])]
+total = {}
+for l in lines:
+    for k, v in l["phases"].items():
+        total[k] = total.get(k, 0) + v
+wall = sum(v for k, v in total.items() if k != "parse_ms" and k != "write_ms") or 1
+print(json.dumps({k.removesuffix("_ms"): round(v / wall, 3) for k, v in total.items()}, separators=(",", ":")))
+PY
+}
+# Events in, seconds, events/s, batches, files added, over batch log lines [from, to):
+# the rate is taken over the batches (first start to last end), so the group join and
+# the idle tail of `run --until-idle` are left out.
+from_log() { # batch log, first line, last line
+  python3 - "$1" "$2" "$3" <<'PY'
+import json, sys
+from datetime import datetime
+lines = [json.loads(l) for l in open(sys.argv[1])][int(sys.argv[2]):int(sys.argv[3])]
+t = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+events = sum(l["events_in"] for l in lines)
+secs = t(lines[-1]["ended_at"]) - t(lines[0]["started_at"])
+files = sum(l.get("files_added", 0) for l in lines)
+print(f"{events} {secs:.3f} {events / secs:.0f} {len(lines)} {files}")
+PY
+}
