@@ -13,6 +13,8 @@
 # Environment:
 #   REGISTRY_PORT   its HTTP port (default 9180)
 #   REGISTRY_MANAGEMENT_PORT  its health and metrics port (default REGISTRY_PORT + 1)
+#   REGISTRY_TLS_CERT, REGISTRY_TLS_KEY  PEM certificate and key: HTTPS only, on
+#                   REGISTRY_PORT (plain HTTP refused)
 #   REGISTRY_JAVA   the java to run it with; by default JAVA_HOME's, or the newest JDK under
 #                   /usr/lib/jvm, whichever is version 21 or later (Apicurio 3.3 needs 21)
 #   SERVICES_DIR    where its log and pid file live (default data/services)
@@ -26,7 +28,13 @@ install_dir=$root/data/apicurio/$version
 port=${REGISTRY_PORT:-9180}
 # Its health and metrics interface (Quarkus's default, 0.0.0.0:9000, is ClickHouse's).
 management_port=${REGISTRY_MANAGEMENT_PORT:-$((port + 1))}
-url=http://127.0.0.1:$port/apis/ccompat/v7
+# With REGISTRY_TLS_CERT and REGISTRY_TLS_KEY (PEM files), HTTPS only on $port.
+tls=${REGISTRY_TLS_CERT:+yes}
+if [[ -n $tls ]]; then
+  url=https://127.0.0.1:$port/apis/ccompat/v7
+else
+  url=http://127.0.0.1:$port/apis/ccompat/v7
+fi
 
 log() { echo "registry: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -63,7 +71,8 @@ install() {
   [[ -f $install_dir/quarkus-run.jar ]] || die "the distribution has no quarkus-run.jar"
 }
 
-answers() { curl -fsS "$url/subjects" >/dev/null 2>&1; }
+# Whether the API answers (over TLS, whatever signs its certificate: a loopback check).
+answers() { curl -fsSk "$url/subjects" >/dev/null 2>&1; }
 
 up() {
   if answers; then return; fi
@@ -72,7 +81,13 @@ up() {
   java=$(find_java)
   mkdir -p "$dir"
   log "starting Apicurio Registry $version on 127.0.0.1:$port ($java)"
-  (cd "$install_dir" && exec "$java" -Xmx512m "-Dquarkus.http.host=127.0.0.1" "-Dquarkus.http.port=$port" \
+  local listen=("-Dquarkus.http.port=$port")
+  if [[ -n $tls ]]; then
+    listen=("-Dquarkus.http.ssl-port=$port" "-Dquarkus.http.port=$((port + 2))" -Dquarkus.http.insecure-requests=disabled
+      "-Dquarkus.http.ssl.certificate.files=$REGISTRY_TLS_CERT"
+      "-Dquarkus.http.ssl.certificate.key-files=${REGISTRY_TLS_KEY:?REGISTRY_TLS_KEY is needed with REGISTRY_TLS_CERT}")
+  fi
+  (cd "$install_dir" && exec "$java" -Xmx512m "-Dquarkus.http.host=127.0.0.1" "${listen[@]}" \
     "-Dquarkus.management.host=127.0.0.1" "-Dquarkus.management.port=$management_port" \
     -jar quarkus-run.jar >"$dir/registry.log" 2>&1) &
   pid=$!
@@ -103,5 +118,5 @@ case ${1:-} in
   down) down ;;
   status) answers ;;
   url) echo "$url" ;;
-  *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,20p' "$0" >&2; exit 2 ;;
 esac

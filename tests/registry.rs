@@ -28,18 +28,27 @@ fn produce(p: &Harness, file: &std::path::Path, format: &str, extra: &[&str]) ->
 }
 
 /// The seed scenario (10,000 events, 1,000 re-sends, 100 invalid; 10 replays; 15 new) in
-/// `format`: every store exact at each step, ClickHouse matching Delta; the invalid lines
-/// are dead letters whether the schema could not hold them (sent as they are) or their
-/// decoded event breaks the contract.
+/// `format`, with the events' `session_id` and `value` as typed columns: every store
+/// exact at each step, ClickHouse matching Delta; the invalid lines are dead letters
+/// whether the schema could not hold them (sent as they are) or their decoded event
+/// breaks the contract.
 fn seed_scenario_in(format: &str) {
-    let p = Harness::with_options(&format!("seed_{}", format.replace('-', "_")), &registry_options(&registry_url()));
+    // The generator's other fields as typed columns; the payload keeps what is left.
+    let mut options = String::new();
+    if format != "json" {
+        options = registry_options(&registry_url());
+    }
+    options.push_str("\npayload = \"rest\"\n[columns]\nsession_id = \"string\"\nvalue = \"long\"\n");
+    let p = Harness::with_options(&format!("seed_{}", format.replace('-', "_")), &options);
     p.setup();
     let seed = ["--unique", "10000", "--duplicates", "1000", "--invalid", "100", "--seed", "11"];
     let (file, expected) = generate(&p, "seed.jsonl", format, &seed);
     let sent = produce(&p, &file, format, &[]);
     assert_eq!(count(&sent, "messages"), 11_100, "{sent}");
     assert!(count(&sent, "unencodable") <= 100, "only invalid lines may go unframed: {sent}");
-    assert_eq!(sent["subject"], format!("{}-value", p.raw_topic()), "{sent}");
+    if format != "json" {
+        assert_eq!(sent["subject"], format!("{}-value", p.raw_topic()), "{sent}");
+    }
     p.run_until_idle(&["--clickhouse-in-run"]);
     let v = p.verify();
     assert_exact(&v, &expected);
@@ -47,13 +56,21 @@ fn seed_scenario_in(format: &str) {
         read_all(&format!("{}_dlq", p.name)).into_iter().map(|d| d.headers["error.class"].clone()).collect();
     classes.sort();
     classes.dedup();
-    for class in ["not_wire_format", "invalid_timestamp"] {
+    let framed_only = if format == "json" { "invalid_json" } else { "not_wire_format" };
+    for class in [framed_only, "invalid_timestamp"] {
         assert!(classes.iter().any(|c| c == class), "{format}: no {class} among {classes:?}");
     }
+    // The typed columns hold the generator's values.
+    let sample = common::clickhouse_query(
+        &p.clickhouse_url(),
+        &format!("SELECT count() FROM {} FINAL WHERE startsWith(session_id, 's') AND value >= 0", p.clickhouse_table()),
+    )
+    .unwrap();
+    assert_eq!(sample.trim(), "10000", "every event's session_id and value in their columns");
 
     for _ in 0..10 {
         let again = produce(&p, &file, format, &[]);
-        assert_eq!(again["schema_id"], sent["schema_id"], "the same schema, the same id");
+        assert_eq!(again.get("schema_id"), sent.get("schema_id"), "the same schema, the same id");
     }
     p.run_until_idle(&["--clickhouse-in-run"]);
     let v = p.verify();
@@ -68,6 +85,11 @@ fn seed_scenario_in(format: &str) {
     let v = p.verify();
     assert_eq!((count(&v, "delta_rows"), count(&v, "delta_distinct_keys")), (10_015, 10_015), "{v}");
     assert_eq!((count(&v, "clickhouse_final_rows"), v["clickhouse_keys_match"].clone()), (10_015, true.into()), "{v}");
+}
+
+#[test]
+fn the_seed_scenario_is_exact_in_json_with_typed_columns() {
+    seed_scenario_in("json");
 }
 
 #[test]
@@ -185,4 +207,31 @@ fn a_registry_that_stops_answering_under_load_holds_the_batch_and_loses_nothing(
     assert_eq!(count(&v, "dlq_records"), count(&expected, "invalid"), "{v}");
     let log = p.log("run");
     assert!(log.contains("the batch waits for the registry"), "{log}");
+}
+
+/// A registry that serves HTTPS only, its certificate signed by a private CA: `produce`
+/// and `run` reach it with `schema_registry_ca_file`, and without it `produce` fails
+/// naming the certificate problem.
+#[test]
+fn a_registry_over_tls_is_reached_with_its_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = common::make_certificates(&dir.path().join("tls"));
+    let registry = PrivateRegistry::start_tls(dir.path(), &cert, &key);
+    assert!(registry.url().starts_with("https://"));
+    let untrusted = Harness::with_options("registry_untrusted", &registry_options(&registry.url()));
+    untrusted.setup();
+    let (file, _) = generate(&untrusted, "events.jsonl", "avro", &["--unique", "500", "--seed", "31"]);
+    let out = untrusted.output(&["produce", "--input", file.to_str().unwrap(), "--format", "avro"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a certificate nobody trusts was accepted");
+    assert!(err.contains("certificate") || err.contains("UnknownIssuer"), "{err}");
+
+    let options = format!("{}\nschema_registry_ca_file = \"{}\"", registry_options(&registry.url()), ca.display());
+    let p = Harness::with_options("registry_tls", &options);
+    p.setup();
+    let sent = produce(&p, &file, "avro", &[]);
+    assert_eq!(count(&sent, "messages"), 500, "{sent}");
+    p.run_until_idle(&[]);
+    let v = p.verify();
+    assert_eq!((count(&v, "delta_rows"), count(&v, "delta_distinct_keys")), (500, 500), "{v}");
 }

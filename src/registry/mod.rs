@@ -355,3 +355,76 @@ impl Registry {
         Ok(decoder)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// One HTTP exchange on a loopback listener: the request it got, and `status` with
+    /// `body` as the answer.
+    fn answer_once(status: &str, body: &'static str) -> (String, std::thread::JoinHandle<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let status = status.to_owned();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0_u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).unwrap();
+                request.extend_from_slice(&buf[..n]);
+            }
+            let reply = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(reply.as_bytes()).unwrap();
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        (url, server)
+    }
+
+    fn client(url: String, user: Option<&str>) -> RegistryClient {
+        let settings = RegistrySettings {
+            url: Some(url),
+            user: user.map(str::to_owned),
+            password: user.map(|_| "s3cret".to_owned()),
+            ca_file: None,
+        };
+        RegistryClient::new(&settings).unwrap()
+    }
+
+    #[test]
+    fn schemas_are_asked_for_by_id_with_the_credentials() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (url, server) = answer_once("200 OK", r#"{"schema":"{\"type\":\"object\"}","schemaType":"JSON"}"#);
+        let fetched = runtime.block_on(client(url, Some("reader")).schema(42)).unwrap();
+        assert_eq!((fetched.kind, fetched.text.as_str()), (SchemaKind::Json, r#"{"type":"object"}"#));
+        let request = server.join().unwrap();
+        assert!(request.starts_with("GET /schemas/ids/42 "), "{request}");
+        // base64("reader:s3cret")
+        assert!(request.to_ascii_lowercase().contains("authorization: basic cmvhzgvyonmzy3jlda=="), "{request}");
+    }
+
+    #[test]
+    fn answers_are_told_apart_unknown_ids_from_an_unavailable_registry() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (url, server) = answer_once("404 Not Found", r#"{"error_code":40403,"message":"Schema 7 not found"}"#);
+        let err = runtime.block_on(client(url, None).schema(7)).unwrap_err();
+        assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+        assert!(!server.join().unwrap().to_ascii_lowercase().contains("authorization"), "no credentials configured");
+        let (url, server) = answer_once("503 Service Unavailable", r#"{"message":"starting"}"#);
+        let err = runtime.block_on(client(url, None).schema(7)).unwrap_err();
+        assert!(matches!(err, RegistryError::Unavailable { .. }), "{err}");
+        server.join().unwrap();
+        let (url, server) = answer_once("401 Unauthorized", r#"{"message":"who are you"}"#);
+        let err = runtime.block_on(client(url, None).schema(7)).unwrap_err();
+        assert!(matches!(err, RegistryError::Refused { .. }), "{err}");
+        server.join().unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let err = runtime.block_on(client(format!("http://{closed}"), None).schema(7)).unwrap_err();
+        assert!(matches!(err, RegistryError::Unavailable { .. }), "{err}");
+    }
+}

@@ -20,28 +20,40 @@ pub fn registry_options(url: &str) -> String {
 pub struct PrivateRegistry {
     dir: PathBuf,
     port: u16,
+    /// Its certificate and key, when it serves HTTPS only.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl PrivateRegistry {
     pub fn start(dir: &Path) -> Self {
-        let this = Self { dir: dir.to_owned(), port: super::free_port() };
+        Self::launch(dir, None)
+    }
+
+    /// A registry that serves HTTPS only, with this PEM certificate and key.
+    pub fn start_tls(dir: &Path, cert: &Path, key: &Path) -> Self {
+        Self::launch(dir, Some((cert.to_owned(), key.to_owned())))
+    }
+
+    fn launch(dir: &Path, tls: Option<(PathBuf, PathBuf)>) -> Self {
+        let this = Self { dir: dir.to_owned(), port: super::free_port(), tls };
         this.script("up");
         this
     }
 
     fn script(&self, action: &str) {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let status = Command::new(root.join("scripts/registry.sh"))
-            .arg(action)
-            .env("REGISTRY_PORT", self.port.to_string())
-            .env("SERVICES_DIR", &self.dir)
-            .status()
-            .unwrap();
+        let mut command = Command::new(root.join("scripts/registry.sh"));
+        command.arg(action).env("REGISTRY_PORT", self.port.to_string()).env("SERVICES_DIR", &self.dir);
+        if let Some((cert, key)) = &self.tls {
+            command.env("REGISTRY_TLS_CERT", cert).env("REGISTRY_TLS_KEY", key);
+        }
+        let status = command.status().unwrap();
         assert!(status.success(), "scripts/registry.sh {action} failed");
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/apis/ccompat/v7", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/apis/ccompat/v7", self.port)
     }
 
     fn signal(&self, signal: &str) {
