@@ -9,9 +9,9 @@
 # a second of 3 recent days arrive for 90 s. Prints each compaction, every batch's wait
 # after the previous one's commit (the loop's own time between batches: its checks,
 # maintenance if it ran in the loop), the longest time between two commits, and the
-# group's assignments. Uses a fresh broker of its own (scripts/lib.sh `bench_broker`,
-# tansu's memory storage; BENCH_KAFKA_PORT, TANSU_BIN), or the brokers in COMPACT_BROKERS (e.g. scripts/services.sh's
-# sqlite tansu, 127.0.0.1:9092). Writes data/hcompact<time>/.
+# group's assignments. Uses a fresh cluster of its own (scripts/lib.sh `bench_broker`:
+# Apache Kafka, or tansu with BENCH_KAFKA_IMPL=tansu; BENCH_KAFKA_PORT), or the brokers in
+# COMPACT_BROKERS (e.g. scripts/services.sh's, 127.0.0.1:9092). Writes data/hcompact<time>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-3000000}

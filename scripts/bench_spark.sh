@@ -3,7 +3,7 @@
 # Structured Streaming, MD5 key, dropDuplicates per micro-batch, MERGE ... WHEN NOT
 # MATCHED THEN INSERT *, the processed topic from the same batch), one after the other on
 # the same broker, the same files and the same trigger (release build; BENCHMARKS.md,
-# "Beside Spark"). Workloads (BENCH_WORKLOADS, default "seed million latency"):
+# "Beside Spark"). Workloads (BENCH_WORKLOADS, default "seed million year latency"):
 #   seed:     10,000 unique + 1,000 re-sends + 100 invalid, sent 11 times (the first and
 #             10 replays), then 15 new events: a backlog drained from the start;
 #   million:  900,000 unique + 100,000 re-sends (1,000,000 events), drained;

@@ -265,9 +265,9 @@ fn current_clickhouse_reads_the_sinks_rowbinary_of_declared_columns() {
 
 /// The Kafka-engine route: `setup --clickhouse-ingest kafka-engine` creates the Kafka
 /// table and view on the 18.16 server; current ClickHouse (chdb) with the same DDL
-/// consumes the processed topic from tansu and ends up with exactly Delta's keys.
-/// (18.16's own Kafka engine cannot talk to tansu: its librdkafka fails the handshake;
-/// see the README.)
+/// consumes the processed topic from the tests' broker and ends up with exactly Delta's
+/// keys. (The 18.16 server's own Kafka engine is not run here: ARCHITECTURE.md, "The
+/// speed layer".)
 #[test]
 fn the_kafka_engine_route_loads_exactly_the_delta_keys() {
     let p = Harness::with_options("kafkaengine", "clickhouse_ingest = \"kafka-engine\"");

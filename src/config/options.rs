@@ -761,7 +761,10 @@ mod tests {
         let example = include_str!("../../idempipe.example.toml");
         for o in OPTIONS {
             let row = format!("| `{}` / `{}` | `{}` | `{}` |", o.flag(), o.name, o.env, o.default);
-            assert!(readme.lines().any(|l| l.starts_with(&row)), "docs/CONFIGURATION.md has no configuration row {row}");
+            assert!(
+                readme.lines().any(|l| l.starts_with(&row)),
+                "docs/CONFIGURATION.md has no configuration row {row}"
+            );
             let key = |l: &str| l.trim_start_matches(['#', ' ']).starts_with(&format!("{} =", o.name));
             assert!(example.lines().any(key), "idempipe.example.toml does not show `{}`", o.name);
         }
