@@ -320,18 +320,32 @@ mod tests {
     use super::*;
     use crate::event::{self, DEFAULT_MAX_MESSAGE_BYTES};
 
+    const SAMPLE: Spec =
+        Spec { unique: 5_000, duplicates: 700, invalid: 130, seed: 7, days: 3, time_order: false, text_fields: false };
+
+    #[test]
+    fn text_fields_spell_every_id_and_time_as_text_with_the_same_counts() {
+        let (plain, expected) = generate(&SAMPLE);
+        let (text, expected_text) = generate(&Spec { text_fields: true, ..SAMPLE });
+        assert_eq!(expected, expected_text);
+        let values = |lines: &[Vec<u8>]| -> Vec<serde_json::Value> {
+            lines.iter().filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok()).collect()
+        };
+        let numbers = |events: &[serde_json::Value], field: &str| {
+            events.iter().filter(|e| e.get("session_id").is_some() && e[field].is_number()).count()
+        };
+        let (plain, text) = (values(&plain), values(&text));
+        assert!(numbers(&plain, "user_id") > 0 && numbers(&plain, "timestamp") > 0, "plain has numeric spellings");
+        assert_eq!((numbers(&text, "user_id"), numbers(&text, "timestamp")), (0, 0), "every valid event as text");
+        let keys = |lines: &[Vec<u8>]| -> std::collections::HashSet<String> {
+            lines.iter().filter_map(|l| event::parse(Some(l), DEFAULT_MAX_MESSAGE_BYTES).ok()).map(|e| e.key.to_string()).collect()
+        };
+        assert_eq!(keys(&generate(&Spec { text_fields: true, ..SAMPLE }).0).len() as u64, expected.distinct_keys);
+    }
+
     #[test]
     fn the_file_holds_exactly_the_counts_it_claims() {
-        let spec = Spec {
-            unique: 5_000,
-            duplicates: 700,
-            invalid: 130,
-            seed: 7,
-            days: 3,
-            time_order: false,
-            text_fields: false,
-        };
-        let (lines, expected) = generate(&spec);
+        let (lines, expected) = generate(&SAMPLE);
         assert_eq!(lines.len() as u64, expected.lines);
         let mut keys = HashSet::new();
         let (mut valid, mut invalid) = (0, 0);
@@ -376,15 +390,7 @@ mod tests {
 
     #[test]
     fn time_order_holds_the_same_lines_in_event_time() {
-        let shuffled = Spec {
-            unique: 5_000,
-            duplicates: 700,
-            invalid: 130,
-            seed: 7,
-            days: 3,
-            time_order: false,
-            text_fields: false,
-        };
+        let shuffled = SAMPLE;
         let (mut a, expected) = generate(&shuffled);
         let (mut b, expected_b) = generate(&Spec { time_order: true, ..shuffled });
         assert_eq!(expected, expected_b);
