@@ -154,6 +154,9 @@ def rowbinary(spec):
         s = session.Session(d)
         s.query(spec["database_ddl"])
         s.query(spec["table_ddl"])
+        # Columns added since the table was made (schema evolution).
+        for sql in spec.get("alter_ddl", []):
+            s.query(sql)
         name = f"`{spec['database']}`.`{spec['table']}`"
         names = ", ".join(f"`{n}`" for n, _ in spec["columns"])
         structure = ", ".join(f"`{n}` {t}" for n, t in spec["columns"])

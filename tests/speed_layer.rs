@@ -168,6 +168,74 @@ fn current_clickhouse_accepts_our_ddl_and_queries() {
     assert_eq!(seen["event_time_micros_exact"], true, "{seen}");
 }
 
+/// Schema evolution on current ClickHouse (chdb): a table made for the default schema
+/// takes the `ALTER TABLE … ADD COLUMN` the sink sends for columns evolution added, then
+/// the sink's RowBinary rows of the grown schema, values and nulls in the new columns.
+#[test]
+fn current_clickhouse_takes_the_columns_evolution_adds_and_rows_in_them() {
+    use idempipe::event::{ColumnSpec, ColumnType, EventSchema, FieldPath, Identity, PayloadMode};
+    let current = ServerVersion::parse("26.9.2.1").unwrap();
+    let added = |name: &str, kind: ColumnType| ColumnSpec {
+        name: name.into(),
+        field: FieldPath::parse(name).unwrap(),
+        kind,
+        required: false,
+    };
+    let grown = EventSchema::new(
+        Identity::default(),
+        vec![added("coupon", ColumnType::String), added("qty", ColumnType::Long), added("price", ColumnType::Double)],
+        PayloadMode::Message,
+    )
+    .unwrap();
+    let layout = clickhouse::Layout::Current;
+    let alter: Vec<String> = schema::columns(layout, &grown)
+        .into_iter()
+        .filter(|(name, _)| ["coupon", "qty", "price"].contains(&name.as_str()))
+        .map(|(name, kind)| schema::add_column("idempipe", "evolved", &name, &kind))
+        .collect();
+    assert_eq!(alter.len(), 3);
+    let row = |key: &str, values: serde_json::Value| idempipe::table::StoredRow {
+        dedup_key: key.into(),
+        parts: vec!["u1".into(), "click".into()],
+        values: values.as_array().unwrap().clone(),
+        event_time_us: 1_704_067_200_000_000,
+        payload: "{}".into(),
+        source_partition: 0,
+        source_offset: 1,
+        batch_id: 2,
+        ingested_at_us: 1_704_067_201_000_000,
+        unknown: Vec::new(),
+    };
+    let rows = [row("a", serde_json::json!(["c1", 3, 2.25])), row("b", serde_json::json!([null, null, null]))];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rows.bin");
+    std::fs::write(&file, clickhouse::encode_rows(layout, &grown, &rows)).unwrap();
+    let seen = chdb(
+        "rowbinary",
+        &serde_json::json!({
+            "database": "idempipe",
+            "table": "evolved",
+            "database_ddl": schema::create_database("idempipe"),
+            "table_ddl": schema::create_events(&current, "idempipe", "evolved", &EventSchema::default()),
+            "alter_ddl": alter,
+            "columns": schema::columns(layout, &grown),
+            "file": file,
+        }),
+    );
+    let (a, b) = (&seen["rows"][0], &seen["rows"][1]);
+    assert_eq!(
+        (&a["coupon"], &a["qty"], &a["price"]),
+        (&serde_json::json!("c1"), &serde_json::json!(3), &serde_json::json!(2.25)),
+        "{seen}"
+    );
+    assert_eq!(
+        (&b["coupon"], &b["qty"], &b["price"]),
+        (&serde_json::Value::Null, &serde_json::Value::Null, &serde_json::Value::Null),
+        "{seen}"
+    );
+    assert_eq!(a["user_id"], serde_json::json!("u1"), "{seen}");
+}
+
 /// The sink's RowBinary, current layout, on current ClickHouse (chdb): a table of declared
 /// columns of every type (a key field declared `long`) takes two encoded rows (one with
 /// every value, one with nulls and empty nested values) and gives the values back.

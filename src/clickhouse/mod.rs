@@ -337,7 +337,7 @@ impl ClickHouse {
             if have.iter().any(|(n, _)| *n == name) {
                 continue;
             }
-            let sql = format!("ALTER TABLE {} ADD COLUMN `{name}` {kind}", self.table());
+            let sql = schema::add_column(&self.settings.database, &self.settings.table, &name, &kind);
             if let Err(e) = self.execute(&sql, &format!("adding column {name} {kind}")).await {
                 if !self.table_columns().await?.iter().any(|(n, _)| *n == name) {
                     return Err(e);

@@ -110,6 +110,13 @@ pub fn columns(layout: Layout, schema: &EventSchema) -> Vec<(String, String)> {
     columns
 }
 
+/// Adds column `name` of ClickHouse type `kind` to the events table (schema evolution;
+/// without `IF NOT EXISTS`, which 18.16 lacks: the caller reads the columns again when it
+/// fails).
+pub fn add_column(database: &str, table: &str, name: &str, kind: &str) -> String {
+    format!("ALTER TABLE {} ADD COLUMN `{name}` {kind}", qualified(database, table))
+}
+
 /// The events table.
 pub fn create_events(server: &ServerVersion, database: &str, table: &str, schema: &EventSchema) -> String {
     let columns: Vec<String> =

@@ -338,7 +338,11 @@ mod tests {
         assert!(numbers(&plain, "user_id") > 0 && numbers(&plain, "timestamp") > 0, "plain has numeric spellings");
         assert_eq!((numbers(&text, "user_id"), numbers(&text, "timestamp")), (0, 0), "every valid event as text");
         let keys = |lines: &[Vec<u8>]| -> std::collections::HashSet<String> {
-            lines.iter().filter_map(|l| event::parse(Some(l), DEFAULT_MAX_MESSAGE_BYTES).ok()).map(|e| e.key.to_string()).collect()
+            lines
+                .iter()
+                .filter_map(|l| event::parse(Some(l), DEFAULT_MAX_MESSAGE_BYTES).ok())
+                .map(|e| e.key.to_string())
+                .collect()
         };
         assert_eq!(keys(&generate(&Spec { text_fields: true, ..SAMPLE }).0).len() as u64, expected.distinct_keys);
     }
