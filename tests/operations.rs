@@ -281,10 +281,19 @@ fn maintenance_while_writing(p: &Harness, vacuum_retention: Option<Duration>) {
     }
     let mut run = p.spawn(&args, "run");
     // A trickle, so that many small commits land while compactions run.
-    let mut producer = p.spawn(&["produce", "--input", file.to_str().unwrap(), "--rate", "600"], "produce");
+    let mut producer = p.spawn(&["produce", "--input", file.to_str().unwrap(), "--rate", "300"], "produce");
+    // The processor's own compaction first (it runs every 3 s while files pile up): an
+    // outside compaction every 2 s from the start could take every file before it, on a
+    // busy machine.
+    let compacted = || std::fs::read_to_string(p.path("run.log")).unwrap().contains("compacted the Delta table");
+    wait_until(Duration::from_secs(120), "the processor's own compaction", || {
+        assert!(run.try_wait().unwrap().is_none(), "run exited:\n{}", p.tail("run"));
+        compacted()
+    });
     let mut outside = 0;
     let mut compact_outside = |producer: &mut common::Background| {
-        while producer.try_wait().unwrap().is_none() {
+        // While the trickle lasts, and until one has succeeded.
+        while outside == 0 || producer.try_wait().unwrap().is_none() {
             std::thread::sleep(Duration::from_secs(2));
             let out = p.output(&["compact", "--json"]);
             if out.status.success() {

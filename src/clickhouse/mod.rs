@@ -321,9 +321,9 @@ impl ClickHouse {
         .await
     }
 
-    /// Adds to the events table (of `layout`) the schema's columns it lacks, nullable
-    /// (schema evolution: the sink follows the Delta table's columns), and returns their
-    /// names. Another sink adding one meanwhile is no failure. (Servers before 19.x have
+    /// Adds to the events table the schema's declared columns it lacks, nullable (schema
+    /// evolution: the sink follows the Delta table's columns), and returns their names; a
+    /// table that lacks one of idempipe's own or key columns is left alone. Another sink adding one meanwhile is no failure. (Servers before 19.x have
     /// no `ADD COLUMN IF NOT EXISTS`: the columns are read again instead.)
     /// With no table, adds nothing.
     pub async fn add_missing_columns(&self) -> Result<Vec<String>> {
@@ -332,11 +332,17 @@ impl ClickHouse {
             return Ok(Vec::new());
         }
         let layout = layout_of(&have);
+        let wanted = schema::columns(layout, &self.settings.schema);
+        let declared = |name: &str| self.settings.schema.columns().iter().any(|c| c.name == name);
+        let missing: Vec<(String, String)> =
+            wanted.into_iter().filter(|(name, _)| !have.iter().any(|(n, _)| n == name)).collect();
+        if missing.iter().any(|(name, _)| !declared(name)) {
+            // Not an idempipe events table (one of idempipe's own or key columns is
+            // missing): left as it is, for the layout check to name what is wrong.
+            return Ok(Vec::new());
+        }
         let mut added = Vec::new();
-        for (name, kind) in schema::columns(layout, &self.settings.schema) {
-            if have.iter().any(|(n, _)| *n == name) {
-                continue;
-            }
+        for (name, kind) in missing {
             let sql = schema::add_column(&self.settings.database, &self.settings.table, &name, &kind);
             if let Err(e) = self.execute(&sql, &format!("adding column {name} {kind}")).await {
                 if !self.table_columns().await?.iter().any(|(n, _)| *n == name) {
