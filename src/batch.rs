@@ -252,13 +252,13 @@ impl Batch {
     }
 
     /// Schema evolution: places the rows' unplaced fields ([`Row::unplaced`]) in the
-    /// columns of `schema` that hold them, each value checked against its column's type;
+    /// columns of `limits`' schema that hold them, each value checked against its column's type;
     /// a row with a value that does not fit (or whose record would then be too large)
     /// becomes a dead letter. Returns the columns to add for the fields left, with the
     /// type inferred from their values ([`ColumnType::inferred`]), and how many rows
     /// became dead letters.
-    pub(crate) fn place(&mut self, schema: &EventSchema, limits: &Limits) -> (Vec<(String, ColumnType)>, u64) {
-        let fields = crate::output::processed::RecordFields::of(schema);
+    pub(crate) fn place(&mut self, limits: &Limits) -> (Vec<(String, ColumnType)>, u64) {
+        let (schema, fields) = (&limits.schema, &limits.fields);
         let mut additions: Vec<(String, ColumnType)> = Vec::new();
         let mut refused = 0;
         let rows = std::mem::take(&mut self.rows);
@@ -305,7 +305,7 @@ impl Batch {
                 }
             }
             if rejection.is_none() && placed {
-                let bytes = crate::output::processed::record_bytes(&row, &fields);
+                let bytes = crate::output::processed::record_bytes(&row, fields);
                 if bytes > limits.record_bytes {
                     rejection = Some(Rejection::new(
                         RejectClass::TooLarge,
@@ -549,7 +549,7 @@ mod tests {
             batch.add(0, offset as i64, Some(b"k"), Some(m.as_bytes()), &limits(&evolving));
         }
         assert_eq!((batch.rows.len(), batch.dead_letters.len()), (4, 0));
-        let (additions, refused) = batch.place(&evolving, &limits(&evolving));
+        let (additions, refused) = batch.place(&limits(&evolving));
         // The first value's type; an integer and a number make a double; another spelling
         // of a name stays in the payload; the reserved `payload` is never a column.
         assert_eq!(additions, [("coupon".to_owned(), ColumnType::String), ("n".to_owned(), ColumnType::Double)]);
@@ -573,7 +573,7 @@ mod tests {
         .unwrap()
         .with_evolution(SchemaEvolution::AddColumns);
         batch.follow(&evolving, &grown);
-        let (additions, refused) = batch.place(&grown, &limits(&grown));
+        let (additions, refused) = batch.place(&limits(&grown));
         assert!(additions.is_empty());
         assert_eq!(refused, 1, "coupon 7 is no string");
         let refusal = &batch.dead_letters[1].rejection;

@@ -638,7 +638,7 @@ impl Pipeline {
     fn evolve(&mut self, batch: &mut Batch, sent: &mut Sent, record: &mut BatchRecord) -> Result<(), PipelineError> {
         loop {
             let limits = crate::batch::Limits::of(&self.settings);
-            let (additions, refused) = batch.place(&self.settings.schema, &limits);
+            let (additions, refused) = batch.place(&limits);
             record.invalid += refused;
             if additions.is_empty() {
                 return Ok(());
