@@ -18,6 +18,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A cold debug build fills about 8 GB of target/, the services' data about 3 GB more: a
+# disk that fills up mid-link fails as a linker crash ("Bus error"), so say so up front.
+free_gb=$(( $(df -Pk . | awk 'NR == 2 {print $4}') / 1048576 ))
+if (( free_gb < 12 )); then
+  echo "test: warning: ${free_gb} GB free on the disk of $PWD; a cold build and the tests need about 12 GB" >&2
+fi
+
 # ClickHouse as usual; Kafka: a cluster of the tests' own on :9192, on new storage each
 # run, so that every run starts alike; the cluster on :9092 is untouched. Tests that need
 # a cluster of their own (TLS, SASL, stopping it, killing a broker) start one with

@@ -378,7 +378,15 @@ impl Pipeline {
         // Never any other offset: on failure the processor stops, and restarts from the
         // offsets just recorded.
         let to: BTreeMap<i32, i64> = resets.iter().map(|r| (r.partition, r.low)).collect();
-        self.source.reposition(&to, &positions.next).map_err(PipelineError::Consumer)?;
+        if resets.iter().any(OffsetReset::starts_over) {
+            // A recreated topic: a consumer that read the old one may never fetch the new
+            // one's partitions (`Source::renew`). A new one starts from the offsets just
+            // recorded, and the batch loop adopts its positions.
+            let table = self.table.without_stored_keys();
+            self.source.renew(&self.settings, self.runtime.clone(), table).map_err(PipelineError::from)?;
+        } else {
+            self.source.reposition(&to, &positions.next).map_err(PipelineError::Consumer)?;
+        }
         for reset in &resets {
             positions.moved(reset.partition, reset.low);
             metrics::offset_reset(reset.kind(), reset.lost);

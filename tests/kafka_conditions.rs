@@ -666,3 +666,56 @@ fn the_clients_run_with_read_committed_and_idempotence() {
     // idempotence requires.
     assert!(!producer.contains("acks = 0") && !producer.contains("acks = 1"), "{producer}");
 }
+
+/// The raw and processed topics recreated under `run --clickhouse-in-run` after a leader
+/// change (broker 1 killed and started again, so that its partitions' leader epochs
+/// grew): librdkafka ignores the new topics' metadata as older than the epochs it keeps,
+/// and a consumer of the old topic never fetched such a partition again, with no error.
+/// The processor and the sink replace their consumers after the reset, and every event
+/// of the new topic is stored and loaded.
+#[test]
+fn topics_recreated_after_a_leader_change_are_read_from_their_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = PrivateKafka::plain(dir.path().join("kafka"));
+    let p = Harness::with_brokers("recreated_epoch", &kafka.brokers(), "");
+    p.ingest_generated(1_000, 0, 0, 4131);
+    let mut run = p.spawn(&["run", "--fail-on-data-loss=false", "--clickhouse-in-run"], "run");
+    let rows = || p.verify()["delta_rows"].as_u64().unwrap_or(0);
+    let alive = |run: &mut common::Background| {
+        assert_eq!(run.try_wait().unwrap(), None, "the processor exited; its log:\n{}", p.tail("run"))
+    };
+    wait_until(RUN_TIMEOUT, "the processor started", || p.log("run").contains("starting after the offsets stored"));
+    // Broker 1's partitions move to broker 2 (their leader epoch grows), and stay there.
+    kafka.kill_broker(1);
+    let (file, _) = p.generate_as("during", 100, 0, 0, 4132);
+    p.produce(&file);
+    wait_until(RUN_TIMEOUT, "events stored with broker 1 dead", || {
+        alive(&mut run);
+        rows() == 1_100
+    });
+    kafka.start_broker(1);
+    wait_until(RUN_TIMEOUT, "broker 1 back in the cluster", || {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::BaseConsumer = kafka.client_config().create().unwrap();
+        consumer.fetch_metadata(None, Duration::from_secs(5)).is_ok_and(|m| m.brokers().len() == 2)
+    });
+
+    recreate_topic(&kafka.brokers(), &p.raw_topic(), 4);
+    recreate_topic(&kafka.brokers(), &p.processed_topic(), 4);
+    let (file, _) = p.generate_as("again", 400, 0, 0, 4133);
+    p.produce(&file);
+    wait_until(RUN_TIMEOUT, "the recreated topic's events stored", || {
+        alive(&mut run);
+        rows() == 1_500
+    });
+    wait_until(RUN_TIMEOUT, "the new processed records loaded", || {
+        p.verify()["clickhouse_final_rows"].as_u64() == Some(1_500)
+    });
+    let log = p.log("run");
+    for consumer in ["raw", "processed"] {
+        assert!(log.contains(&format!("replacing the {consumer} topic's consumer")), "{}", p.tail("run"));
+    }
+    let v = p.verify();
+    assert_eq!((count(&v, "delta_rows"), count(&v, "delta_distinct_keys")), (1_500, 1_500), "{v}");
+    assert_eq!((count(&v, "processed_distinct_keys"), &v["clickhouse_keys_match"]), (400, &json!(true)), "{v}");
+}

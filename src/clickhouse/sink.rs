@@ -43,7 +43,7 @@ use tokio::runtime::Handle;
 use crate::clickhouse::{ClickHouse, ClickHouseError, Failure, Layout, insert_runs, partition_of};
 use crate::config::{ClickHouseIngest, Settings, Topics};
 use crate::kafka::positioned::{self, Collector, Positions};
-use crate::kafka::ranges;
+use crate::kafka::ranges::{self, OffsetReset};
 use crate::kafka::{self, KafkaFailure, LagReporting, Role};
 use crate::output::{OutRecord, Output, ProduceError};
 use crate::output::{dlq, processed};
@@ -194,21 +194,7 @@ impl ClickHouseSink {
             runtime.block_on(clickhouse.layout())?.ok_or_else(|| clickhouse.missing_table())
         })?;
         let topic = settings.topics.processed.clone();
-        let consumer: BaseConsumer<LagReporting> = kafka::client_config(
-            &settings,
-            Role::Consumer,
-            &[
-                ("group.id", settings.clickhouse.group.as_str()),
-                ("enable.auto.commit", "false"),
-                ("enable.partition.eof", "true"),
-                // Starts are set explicitly; one the broker does not hold is handled by
-                // `check_partitions` (read on from the first offset held).
-                ("auto.offset.reset", "error"),
-                ("statistics.interval.ms", kafka::STATS_INTERVAL_MS),
-            ],
-        )
-        .create_with_context(LagReporting { topic: topic.clone(), report: crate::metrics::clickhouse_sink_lag })
-        .map_err(kafka::client_error(&settings))?;
+        let consumer = sink_consumer(&settings)?;
         let count = kafka::partition_count(&settings, consumer.client(), Some(&topic))? as i32;
         let next = committed_starts(&settings, &consumer, 0..count)?;
         tracing::info!(starts = ?next, "sink reads from");
@@ -609,7 +595,17 @@ impl ClickHouseSink {
         let (resets, answered) = ranges::out_of_range(&self.consumer, topic, &self.positions.next, read_to);
         self.errors_since_check &= !(answered && resets.is_empty());
         let to: BTreeMap<i32, i64> = resets.iter().map(|r| (r.partition, r.low)).collect();
-        if !to.is_empty() {
+        if resets.iter().any(OffsetReset::starts_over) {
+            // A recreated topic: a consumer that read the old one may never fetch the new
+            // one's partitions (`crate::source::Source::renew`); a new one starts where
+            // the sink stands, the reset partitions at their first offset.
+            tracing::info!(topic = %topic, "replacing the processed topic's consumer, which may hold the old topic's metadata");
+            let mut next = self.positions.next.clone();
+            next.extend(to.iter().map(|(p, low)| (*p, Some(*low))));
+            let tpl = positioned::assignment(topic, &next).map_err(kafka::client_error(&self.settings))?;
+            self.consumer = sink_consumer(&self.settings)?;
+            self.consumer.assign(&tpl).map_err(kafka::client_error(&self.settings))?;
+        } else if !to.is_empty() {
             ranges::reposition(&self.consumer, topic, &to, &self.positions.next)
                 .map_err(kafka::client_error(&self.settings))?;
         }
@@ -651,6 +647,27 @@ impl ClickHouseSink {
             tracing::warn!(error = %e, "committing the sink's offsets failed (they will be re-read after a restart)");
         }
     }
+}
+
+/// A new consumer of the processed topic, that has taken no partition yet.
+fn sink_consumer(settings: &Settings) -> Result<BaseConsumer<LagReporting>, ClickHouseSinkError> {
+    let topic = settings.topics.processed.clone();
+    let consumer = kafka::client_config(
+        settings,
+        Role::Consumer,
+        &[
+            ("group.id", settings.clickhouse.group.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "true"),
+            // Starts are set explicitly; one the broker does not hold is handled by
+            // `check_partitions` (read on from the first offset held).
+            ("auto.offset.reset", "error"),
+            ("statistics.interval.ms", kafka::STATS_INTERVAL_MS),
+        ],
+    )
+    .create_with_context(LagReporting { topic, report: crate::metrics::clickhouse_sink_lag })
+    .map_err(kafka::client_error(settings))?;
+    Ok(consumer)
 }
 
 /// How often the sink looks for new partitions of the processed topic.

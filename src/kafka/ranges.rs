@@ -184,7 +184,13 @@ impl OffsetReset {
     /// `truncated` (messages deleted unread) or `rewound` (the partition starts over
     /// below the stored offset).
     pub fn kind(&self) -> &'static str {
-        if self.lost.is_some() { "truncated" } else { "rewound" }
+        if self.starts_over() { "rewound" } else { "truncated" }
+    }
+
+    /// Whether the partition starts over below the stored offset (a topic deleted and
+    /// recreated, or another cluster's), rather than having lost messages to retention.
+    pub fn starts_over(&self) -> bool {
+        self.lost.is_none()
     }
 }
 

@@ -190,8 +190,54 @@ impl Source {
     /// up to date incrementally: never opened again).
     pub fn subscribe(settings: &Settings, runtime: Handle, table: EventTable) -> Result<Self, KafkaFailure> {
         let state = Arc::new(Mutex::new(Assignment::default()));
-        let context =
-            SourceContext { settings: settings.clone(), runtime, table: Mutex::new(table), state: state.clone() };
+        let (consumer, partitions) = Self::take_partitions(settings, runtime, table, state.clone())?;
+        Ok(Self {
+            consumer,
+            assignment: state,
+            topic: settings.topics.raw.clone(),
+            mode: settings.consumer_mode,
+            partitions,
+        })
+    }
+
+    /// Replaces the consumer with a new one that takes the partitions again as at start,
+    /// from the offsets Delta stores (between batches, after a reset was recorded there).
+    /// After the raw topic was deleted and recreated, librdkafka keeps the old topic's
+    /// leader epochs and ignores the new topic's metadata as older wherever a leader had
+    /// changed: such a partition is never fetched again, with no error. A new client has
+    /// no such memory. The assignment generation goes on from the old consumer's, so the
+    /// batch loop adopts the new positions.
+    pub fn renew(&mut self, settings: &Settings, runtime: Handle, table: EventTable) -> Result<(), KafkaFailure> {
+        tracing::info!(topic = %self.topic, "replacing the raw topic's consumer, which may hold the old topic's metadata");
+        let consumer = Self::consumer(settings, runtime, table, self.assignment.clone())?;
+        // The old consumer is closed first: in group mode it leaves the group, its
+        // partitions revoked from the shared state, before the new one joins.
+        drop(std::mem::replace(&mut self.consumer, consumer));
+        self.partitions = Self::take(&self.consumer, settings, &self.assignment)?;
+        Ok(())
+    }
+
+    /// A new consumer of the raw topic, sharing `state`, with the partitions taken as
+    /// [`Source::subscribe`] says; and the topic's partition count.
+    fn take_partitions(
+        settings: &Settings,
+        runtime: Handle,
+        table: EventTable,
+        state: Arc<Mutex<Assignment>>,
+    ) -> Result<(BaseConsumer<SourceContext>, i32), KafkaFailure> {
+        let consumer = Self::consumer(settings, runtime, table, state.clone())?;
+        let partitions = Self::take(&consumer, settings, &state)?;
+        Ok((consumer, partitions))
+    }
+
+    /// A new consumer of the raw topic, sharing `state`, that has taken no partition yet.
+    fn consumer(
+        settings: &Settings,
+        runtime: Handle,
+        table: EventTable,
+        state: Arc<Mutex<Assignment>>,
+    ) -> Result<BaseConsumer<SourceContext>, KafkaFailure> {
+        let context = SourceContext { settings: settings.clone(), runtime, table: Mutex::new(table), state };
         let consumer: BaseConsumer<SourceContext> = client_config(
             settings,
             Role::Consumer,
@@ -223,6 +269,16 @@ impl Source {
         )
         .create_with_context(context)
         .map_err(kafka::client_error(settings))?;
+        Ok(consumer)
+    }
+
+    /// Takes the raw topic's partitions with `consumer` (see [`Source::subscribe`]);
+    /// returns the topic's partition count.
+    fn take(
+        consumer: &BaseConsumer<SourceContext>,
+        settings: &Settings,
+        state: &Mutex<Assignment>,
+    ) -> Result<i32, KafkaFailure> {
         let partitions = kafka::partition_count(settings, consumer.client(), Some(&settings.topics.raw))? as i32;
         match settings.consumer_mode {
             ConsumerMode::Group => {
@@ -245,13 +301,7 @@ impl Source {
                 s.next = starts;
             }
         }
-        Ok(Self {
-            consumer,
-            assignment: state,
-            topic: settings.topics.raw.clone(),
-            mode: settings.consumer_mode,
-            partitions,
-        })
+        Ok(partitions)
     }
 
     pub fn assignment(&self) -> MutexGuard<'_, Assignment> {
