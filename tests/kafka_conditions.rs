@@ -671,8 +671,9 @@ fn the_clients_run_with_read_committed_and_idempotence() {
 /// change (broker 1 killed and started again, so that its partitions' leader epochs
 /// grew): librdkafka ignores the new topics' metadata as older than the epochs it keeps,
 /// and a consumer of the old topic never fetched such a partition again, with no error.
-/// The processor and the sink replace their consumers after the reset, and every event
-/// of the new topic is stored and loaded.
+/// The processor and the sink replace their consumers after the reset, the processor its
+/// producer once an acknowledgement shows the processed topic started over, and every
+/// event of the new topic is stored and loaded.
 #[test]
 fn topics_recreated_after_a_leader_change_are_read_from_their_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -715,6 +716,11 @@ fn topics_recreated_after_a_leader_change_are_read_from_their_start() {
     for consumer in ["raw", "processed"] {
         assert!(log.contains(&format!("replacing the {consumer} topic's consumer")), "{}", p.tail("run"));
     }
+    // The producer too: the processed partitions broker 2 led from the start took the
+    // new topic's metadata and acknowledged records below the old offsets, so the records
+    // still pending (for the partitions broker 1 had led) were purged and sent again by a
+    // new producer, instead of waiting out `message.timeout.ms`.
+    assert!(log.contains("acknowledged below the partition's last acknowledged offset"), "{}", p.tail("run"));
     let v = p.verify();
     assert_eq!((count(&v, "delta_rows"), count(&v, "delta_distinct_keys")), (1_500, 1_500), "{v}");
     assert_eq!((count(&v, "processed_distinct_keys"), &v["clickhouse_keys_match"]), (400, &json!(true)), "{v}");
