@@ -136,8 +136,21 @@ fn the_sink_dead_letters_records_that_are_not_ours() {
     assert_eq!(count(&v, "clickhouse_rows"), 0, "{v}");
 }
 
-fn chdb(mode: &str, spec: &serde_json::Value) -> serde_json::Value {
-    common::chdb(&[mode], Some(spec))
+/// The current ClickHouse the DDL is made for (the release chdb embeds).
+fn current() -> ServerVersion {
+    ServerVersion::parse("26.9.2.1").unwrap()
+}
+
+/// Runs chdb's check `mode` on the table `idempipe.<table>`, made for `schema` by the DDL
+/// sent to current servers, with the check's own entries in `spec`.
+fn chdb(mode: &str, table: &str, schema: &idempipe::event::EventSchema, spec: serde_json::Value) -> serde_json::Value {
+    let mut spec = spec;
+    let entries = spec.as_object_mut().unwrap();
+    entries.insert("database".into(), "idempipe".into());
+    entries.insert("table".into(), table.into());
+    entries.insert("database_ddl".into(), schema::create_database("idempipe").into());
+    entries.insert("table_ddl".into(), schema::create_events(&current(), "idempipe", table, schema).into());
+    common::chdb(&[mode], Some(&spec))
 }
 
 /// The DDL and queries we send to current ClickHouse servers, run on the embedded current
@@ -146,14 +159,11 @@ fn chdb(mode: &str, spec: &serde_json::Value) -> serde_json::Value {
 /// `current_clickhouse_reads_the_sinks_rowbinary_of_declared_columns`'s.)
 #[test]
 fn current_clickhouse_accepts_our_ddl_and_queries() {
-    let current = ServerVersion::parse("26.9.2.1").unwrap();
     let seen = chdb(
         "ddl",
-        &serde_json::json!({
-            "database": "idempipe",
-            "table": "events",
-            "database_ddl": schema::create_database("idempipe"),
-            "table_ddl": schema::create_events(&current, "idempipe", "events", &idempipe::event::EventSchema::default()),
+        "events",
+        &idempipe::event::EventSchema::default(),
+        serde_json::json!({
             "count_final": schema::key_summary("idempipe", "events", true),
             "optimize_final": schema::optimize_final("idempipe", "events"),
         }),
@@ -174,7 +184,6 @@ fn current_clickhouse_accepts_our_ddl_and_queries() {
 #[test]
 fn current_clickhouse_takes_the_columns_evolution_adds_and_rows_in_them() {
     use idempipe::event::{ColumnSpec, ColumnType, EventSchema, FieldPath, Identity, PayloadMode};
-    let current = ServerVersion::parse("26.9.2.1").unwrap();
     let added = |name: &str, kind: ColumnType| ColumnSpec {
         name: name.into(),
         field: FieldPath::parse(name).unwrap(),
@@ -212,11 +221,9 @@ fn current_clickhouse_takes_the_columns_evolution_adds_and_rows_in_them() {
     std::fs::write(&file, clickhouse::encode_rows(layout, &grown, &rows)).unwrap();
     let seen = chdb(
         "rowbinary",
-        &serde_json::json!({
-            "database": "idempipe",
-            "table": "evolved",
-            "database_ddl": schema::create_database("idempipe"),
-            "table_ddl": schema::create_events(&current, "idempipe", "evolved", &EventSchema::default()),
+        "evolved",
+        &EventSchema::default(),
+        serde_json::json!({
             "alter_ddl": alter,
             "columns": schema::columns(layout, &grown),
             "file": file,
@@ -242,7 +249,6 @@ fn current_clickhouse_takes_the_columns_evolution_adds_and_rows_in_them() {
 #[test]
 fn current_clickhouse_reads_the_sinks_rowbinary_of_declared_columns() {
     use idempipe::event::{ColumnSpec, ColumnType, EventSchema, FieldPath, Identity, PayloadMode, TimeFormat};
-    let current = ServerVersion::parse("26.9.2.1").unwrap();
     let spec = |name: &str, kind: &str| ColumnSpec {
         name: name.into(),
         field: FieldPath::parse(name).unwrap(),
@@ -302,11 +308,9 @@ fn current_clickhouse_reads_the_sinks_rowbinary_of_declared_columns() {
     let columns = schema::columns(clickhouse::Layout::Current, &schema);
     let seen = chdb(
         "rowbinary",
-        &serde_json::json!({
-            "database": "idempipe",
-            "table": "typed",
-            "database_ddl": schema::create_database("idempipe"),
-            "table_ddl": schema::create_events(&current, "idempipe", "typed", &schema),
+        "typed",
+        &schema,
+        serde_json::json!({
             "columns": columns,
             "file": file,
         }),
@@ -363,17 +367,14 @@ fn the_kafka_engine_route_loads_exactly_the_delta_keys() {
     let v = p.verify();
     assert_eq!(count(&v, "delta_rows"), 2_000, "{v}");
 
-    let current = ServerVersion::parse("26.9.2.1").unwrap();
     let group = format!("{}-chdb", p.name);
     let seen = chdb(
         "kafka-engine",
-        &serde_json::json!({
-            "database": "idempipe",
-            "table": "events",
-            "database_ddl": schema::create_database("idempipe"),
-            "table_ddl": schema::create_events(&current, "idempipe", "events", &idempipe::event::EventSchema::default()),
+        "events",
+        &idempipe::event::EventSchema::default(),
+        serde_json::json!({
             "kafka_engine": schema::create_kafka_engine(
-                &current, "idempipe", "events", &default_key(), &common::brokers(), &format!("{}_processed", p.name), &group),
+                &current(), "idempipe", "events", &default_key(), &common::brokers(), &format!("{}_processed", p.name), &group),
             "expected_rows": 2_000,
             "timeout_s": 120,
         }),
@@ -486,7 +487,6 @@ fn a_dropped_clickhouse_table_stops_nothing_and_loading_resumes_after_setup() {
 /// such limit.
 #[test]
 fn current_clickhouse_accepts_a_200_month_batch_in_the_sinks_inserts() {
-    let current = ServerVersion::parse("26.9.2.1").unwrap();
     // The first of each month from January 2000, in order (as the sink sorts them).
     let times: Vec<i64> = (0..200)
         .map(|m| {
@@ -498,11 +498,9 @@ fn current_clickhouse_accepts_a_200_month_batch_in_the_sinks_inserts() {
     assert_eq!(runs, vec![0..100, 100..200]);
     let seen = chdb(
         "partitions",
-        &serde_json::json!({
-            "database": "idempipe",
-            "table": "events",
-            "database_ddl": schema::create_database("idempipe"),
-            "table_ddl": schema::create_events(&current, "idempipe", "events", &idempipe::event::EventSchema::default()),
+        "events",
+        &idempipe::event::EventSchema::default(),
+        serde_json::json!({
             "times": times,
             "runs": runs.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
         }),
