@@ -103,15 +103,7 @@ impl Output {
     /// [`Output::delivered`], the new ones taking their place.
     pub async fn send_all(&self, records: impl IntoIterator<Item = OutRecord>) -> Result<u64, ProduceError> {
         let before: BTreeMap<(String, i32), i64> = self.delivered.lock().map(|d| d.clone()).unwrap_or_default();
-        let mut tally = Tally {
-            before: &before,
-            producer: &self.producer,
-            acked: BTreeMap::new(),
-            total: 0,
-            failed: 0,
-            first: None,
-            started_over: None,
-        };
+        let mut tally = Tally::new(&before, &self.producer);
         let mut pending = FuturesUnordered::new();
         for record in records {
             tally.total += 1;
@@ -187,7 +179,11 @@ struct Tally<'a> {
     started_over: Option<(String, i32, i64, i64)>,
 }
 
-impl Tally<'_> {
+impl<'a> Tally<'a> {
+    fn new(before: &'a BTreeMap<(String, i32), i64>, producer: &'a FutureProducer) -> Self {
+        Self { before, producer, acked: BTreeMap::new(), total: 0, failed: 0, first: None, started_over: None }
+    }
+
     fn delivery(&mut self, topic: String, result: Result<OwnedDeliveryResult, Canceled>) {
         match result {
             Ok(Ok(d)) => self.ack(topic, d.partition, d.offset),
@@ -233,15 +229,7 @@ mod tests {
         let producer: FutureProducer =
             rdkafka::ClientConfig::new().set("bootstrap.servers", "127.0.0.1:1").create().unwrap();
         let before = BTreeMap::from([(("t".to_owned(), 0), 100), (("u".to_owned(), 0), 100)]);
-        let mut tally = Tally {
-            before: &before,
-            producer: &producer,
-            acked: BTreeMap::new(),
-            total: 0,
-            failed: 0,
-            first: None,
-            started_over: None,
-        };
+        let mut tally = Tally::new(&before, &producer);
         tally.ack("t".to_owned(), 0, 101);
         tally.ack("t".to_owned(), 1, 0);
         tally.ack("v".to_owned(), 0, 0);

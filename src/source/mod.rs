@@ -190,7 +190,8 @@ impl Source {
     /// up to date incrementally: never opened again).
     pub fn subscribe(settings: &Settings, runtime: Handle, table: EventTable) -> Result<Self, KafkaFailure> {
         let state = Arc::new(Mutex::new(Assignment::default()));
-        let (consumer, partitions) = Self::take_partitions(settings, runtime, table, state.clone())?;
+        let consumer = Self::consumer(settings, runtime, table, state.clone())?;
+        let partitions = Self::take(&consumer, settings, &state)?;
         Ok(Self {
             consumer,
             assignment: state,
@@ -215,19 +216,6 @@ impl Source {
         drop(std::mem::replace(&mut self.consumer, consumer));
         self.partitions = Self::take(&self.consumer, settings, &self.assignment)?;
         Ok(())
-    }
-
-    /// A new consumer of the raw topic, sharing `state`, with the partitions taken as
-    /// [`Source::subscribe`] says; and the topic's partition count.
-    fn take_partitions(
-        settings: &Settings,
-        runtime: Handle,
-        table: EventTable,
-        state: Arc<Mutex<Assignment>>,
-    ) -> Result<(BaseConsumer<SourceContext>, i32), KafkaFailure> {
-        let consumer = Self::consumer(settings, runtime, table, state.clone())?;
-        let partitions = Self::take(&consumer, settings, &state)?;
-        Ok((consumer, partitions))
     }
 
     /// A new consumer of the raw topic, sharing `state`, that has taken no partition yet.
